@@ -1,0 +1,12 @@
+//! Quota accounting for hubfs homes.
+//!
+//! Everything that decides how much a user stores and what happens about it:
+//! the user key encoding shared by every component that names a home on disk,
+//! and (as they land) the usage walker, quota records, the state machine, the
+//! graded overquota policy, the hub client and the controller.
+
+pub mod size;
+pub mod userkey;
+
+pub use size::{format_size, parse_size, SizeError};
+pub use userkey::{EncodeError, UserKey};
