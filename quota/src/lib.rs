@@ -7,6 +7,14 @@
 
 pub mod size;
 pub mod userkey;
+pub mod clock;
+pub mod config;
+pub mod lease;
+pub mod policy;
+pub mod record;
+pub mod state;
+pub mod store;
+pub mod hub;
 
 pub use size::{format_size, parse_size, SizeError};
 pub use userkey::{EncodeError, UserKey};

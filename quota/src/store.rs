@@ -1,0 +1,486 @@
+//! The record store: one `quota.yaml` per user under the control directory,
+//! the seed's "poor man's database", shared by controller replicas.
+//!
+//! Every change is a read-modify-write under the user's lease lock, written to
+//! a temporary file, fsynced and renamed over the old one, so readers (the
+//! HTTP API, `check-quota` through the read-only mount) never see half a
+//! record. A record that does not parse is never overwritten: it is renamed to
+//! `quota.yaml.corrupt-<time>` for an admin and replaced by one in state
+//! `error`, which enforces nothing.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use parking_lot::RwLock;
+
+use crate::lease::{Lease, LeaseError};
+use crate::record::{QuotaRecord, RecordError};
+use crate::userkey::UserKey;
+
+pub const RECORD_FILE: &str = "quota.yaml";
+pub const LOCK_FILE: &str = "quota.lock";
+pub const WALK_LOCK_FILE: &str = "walk.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("user name {user:?} cannot name a record: {why}")]
+    BadUser { user: String, why: String },
+    #[error("record {path} is corrupt: {source}")]
+    Corrupt { path: String, source: RecordError },
+    #[error("record {path} belongs to {found:?}, not {wanted:?}")]
+    UserMismatch {
+        path: String,
+        found: String,
+        wanted: String,
+    },
+    #[error("record {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error(transparent)]
+    Lock(#[from] LeaseError),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What `scan` found in one user directory.
+#[derive(Debug)]
+pub enum Scanned {
+    Record(QuotaRecord),
+    Bad { dir: PathBuf, error: StoreError },
+}
+
+/// The result of an update.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub record: QuotaRecord,
+    pub created: bool,
+    /// Where a corrupt predecessor was kept.
+    pub quarantined: Option<PathBuf>,
+    pub written: bool,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    owner: String,
+    lease: Duration,
+    wait: Duration,
+    /// user → directory, for seed deployments whose directory names are not
+    /// our encoding. Filled by `scan`.
+    index: RwLock<HashMap<String, PathBuf>>,
+}
+
+impl Store {
+    pub fn open(dir: &Path, owner: &str, lease: Duration, wait: Duration) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            owner: owner.to_string(),
+            lease,
+            wait,
+            index: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The directory holding a user's record.
+    pub fn user_dir(&self, user: &str) -> Result<PathBuf, StoreError> {
+        if let Some(d) = self.index.read().get(user) {
+            return Ok(d.clone());
+        }
+        let key = UserKey::new(user).map_err(|e| StoreError::BadUser {
+            user: user.into(),
+            why: e.to_string(),
+        })?;
+        Ok(self.dir.join(key.encoded()))
+    }
+
+    /// Reads a record without locking (writes are atomic renames).
+    pub fn load(&self, user: &str) -> Result<Option<QuotaRecord>, StoreError> {
+        let path = self.user_dir(user)?.join(RECORD_FILE);
+        match read_record(&path)? {
+            None => Ok(None),
+            Some(r) if r.user != user => Err(StoreError::UserMismatch {
+                path: path.display().to_string(),
+                found: r.user,
+                wanted: user.into(),
+            }),
+            Some(r) => Ok(Some(r)),
+        }
+    }
+
+    /// Every `*/quota.yaml`, trusting the `user` field inside.
+    pub fn scan(&self) -> Result<Vec<Scanned>, StoreError> {
+        let mut out = Vec::new();
+        let mut index = HashMap::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
+            let entry = entry.map_err(io_at(&self.dir))?;
+            let dir = entry.path();
+            if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            match read_record(&dir.join(RECORD_FILE)) {
+                Ok(None) => {}
+                Ok(Some(r)) => {
+                    index.insert(r.user.clone(), dir);
+                    out.push(Scanned::Record(r));
+                }
+                Err(error) => out.push(Scanned::Bad { dir, error }),
+            }
+        }
+        // Our own encoding wins when a user appears twice.
+        for (user, dir) in index.iter_mut() {
+            if let Ok(k) = UserKey::new(user) {
+                let ours = self.dir.join(k.encoded());
+                if ours.join(RECORD_FILE).exists() {
+                    *dir = ours;
+                }
+            }
+        }
+        *self.index.write() = index;
+        Ok(out)
+    }
+
+    /// Read-modify-write of one user's record under the lock. `init` makes a
+    /// record for a user without one; `change` returns whether it changed.
+    pub fn update(
+        &self,
+        user: &str,
+        init: impl FnOnce() -> QuotaRecord,
+        change: impl FnOnce(&mut QuotaRecord) -> bool,
+    ) -> Result<Updated, StoreError> {
+        let dir = self.user_dir(user)?;
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        let _lock = Lease::acquire(&dir.join(LOCK_FILE), &self.owner, self.lease, self.wait)?;
+        let path = dir.join(RECORD_FILE);
+        let mut created = false;
+        let mut quarantined = None;
+        let mut rec = match read_record(&path) {
+            Ok(Some(r)) if r.user == user => r,
+            Ok(Some(r)) => {
+                return Err(StoreError::UserMismatch {
+                    path: path.display().to_string(),
+                    found: r.user,
+                    wanted: user.into(),
+                })
+            }
+            Ok(None) => {
+                created = true;
+                init()
+            }
+            Err(StoreError::Corrupt { source, .. }) => {
+                let aside = quarantine(&path)?;
+                let mut r = init();
+                r.error = Some(corrupt_note(&source, &aside));
+                r.quota_state = crate::record::QuotaState::Error;
+                quarantined = Some(aside);
+                r
+            }
+            Err(e) => return Err(e),
+        };
+        let changed = change(&mut rec);
+        let written = changed || created || quarantined.is_some();
+        if written {
+            write_atomic(&path, rec.to_yaml().as_bytes())?;
+        }
+        self.index.write().insert(user.to_string(), dir);
+        Ok(Updated {
+            record: rec,
+            created,
+            quarantined,
+            written,
+        })
+    }
+
+    /// Keeps a corrupt record found by `scan` aside. When the directory name
+    /// decodes to a user, a record in state `error` takes its place so the
+    /// user is visible (and not punished); otherwise only the file moves.
+    pub fn quarantine_dir(
+        &self,
+        dir: &Path,
+        init: impl FnOnce(&str) -> QuotaRecord,
+    ) -> Result<Option<(Option<String>, PathBuf)>, StoreError> {
+        let _lock = Lease::acquire(&dir.join(LOCK_FILE), &self.owner, self.lease, self.wait)?;
+        let path = dir.join(RECORD_FILE);
+        let source = match read_record(&path) {
+            Err(StoreError::Corrupt { source, .. }) => source,
+            // Fixed or removed meanwhile, or unreadable (left in place).
+            _ => return Ok(None),
+        };
+        let aside = quarantine(&path)?;
+        let user = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| UserKey::decode(n).ok())
+            .map(|k| k.name().to_string());
+        if let Some(u) = &user {
+            let mut r = init(u);
+            r.error = Some(corrupt_note(&source, &aside));
+            r.quota_state = crate::record::QuotaState::Error;
+            write_atomic(&path, r.to_yaml().as_bytes())?;
+            self.index.write().insert(u.clone(), dir.to_path_buf());
+        }
+        Ok(Some((user, aside)))
+    }
+
+    /// Claims the walk of a user's home for this replica; `None` if another
+    /// replica is walking it now.
+    pub fn claim_walk(&self, user: &str) -> Result<Option<Lease>, StoreError> {
+        let dir = self.user_dir(user)?;
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        Ok(Lease::try_acquire(&dir.join(WALK_LOCK_FILE), &self.owner, self.lease)?)
+    }
+}
+
+fn corrupt_note(source: &RecordError, aside: &Path) -> String {
+    format!(
+        "the previous record was unreadable ({source}) and was kept as {}; nothing is enforced until an admin checks it and removes this line",
+        aside.display()
+    )
+}
+
+fn read_record(path: &Path) -> Result<Option<QuotaRecord>, StoreError> {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    let text = String::from_utf8(text).map_err(|e| StoreError::Corrupt {
+        path: path.display().to_string(),
+        source: RecordError::Parse(format!("not UTF-8: {e}")),
+    })?;
+    QuotaRecord::from_yaml(&text)
+        .map(Some)
+        .map_err(|source| StoreError::Corrupt {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn quarantine(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    let aside = path.with_file_name(format!("{RECORD_FILE}.corrupt-{stamp}"));
+    fs::rename(path, &aside).map_err(io_at(path))?;
+    tracing::error!(record = %path.display(), kept = %aside.display(), "corrupt quota record kept aside");
+    Ok(aside)
+}
+
+/// temp file + fsync + rename + fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{:016x}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("record"),
+        rand::random::<u64>()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_at(path))
+}
+
+/// The capacity the CSI controller provisioned for a user's volume
+/// (`<users-dir>/.hubfs/<encoded>.json`, `capacity_bytes`), if any.
+pub fn provisioned_quota(users_dir: &Path, user: &str) -> Option<i64> {
+    let key = UserKey::new(user).ok()?;
+    let path = users_dir.join(".hubfs").join(format!("{}.json", key.encoded()));
+    let text = fs::read_to_string(&path).ok()?;
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "unreadable provisioned-volume file ignored");
+            return None;
+        }
+    };
+    v.get("capacity_bytes").and_then(|c| c.as_i64()).filter(|c| *c > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Defaults;
+    use crate::record::QuotaState;
+
+    const SEED_EXAMPLE: &str = "actual_bytes: 2469232
+fraction_used: 1.1498257517814636e-05
+last_activity: '2022-08-15T20:52:14.403000'
+lockout_enabled: true
+quota_bytes: 214748364800
+quota_enabled: true
+quota_state: ok
+reaper_time: '2022-08-15T20:52:58.469571'
+started: '2022-08-15T20:27:57.049991'
+stopped: '2022-08-15T20:27:57.527531'
+timed_out: false
+user: jmiller@stsci.edu
+warn_fraction: 0.8
+";
+
+    fn store(dir: &Path) -> Store {
+        Store::open(dir, "test", Duration::from_secs(60), Duration::from_secs(20)).unwrap()
+    }
+
+    fn init(u: &str) -> QuotaRecord {
+        QuotaRecord::new(u, &Defaults::default())
+    }
+
+    #[test]
+    fn seed_deployment_directory_loads_by_user_field() {
+        let d = tempfile::tempdir().unwrap();
+        // The seed's own encoding, not ours: trust the user field inside.
+        fs::create_dir_all(d.path().join("seed-style-jmiller")).unwrap();
+        fs::write(d.path().join("seed-style-jmiller/quota.yaml"), SEED_EXAMPLE).unwrap();
+        let s = store(d.path());
+        let found = s.scan().unwrap();
+        assert_eq!(found.len(), 1);
+        let Scanned::Record(r) = &found[0] else { panic!("{found:?}") };
+        assert_eq!(r.user, "jmiller@stsci.edu");
+        assert_eq!(r.actual_bytes, 2469232);
+        let r = s.load("jmiller@stsci.edu").unwrap().unwrap();
+        assert_eq!(r.reaper_time.to_string(), "2022-08-15T20:52:58.469571");
+        // Updates go to the same file.
+        s.update("jmiller@stsci.edu", || init("x"), |r| {
+            r.actual_bytes = 5;
+            true
+        })
+        .unwrap();
+        let text = fs::read_to_string(d.path().join("seed-style-jmiller/quota.yaml")).unwrap();
+        assert!(text.contains("actual_bytes: 5"), "{text}");
+        assert!(text.contains("user: jmiller@stsci.edu"));
+    }
+
+    #[test]
+    fn corrupt_record_is_kept_aside_and_user_is_not_punished() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let dir = s.user_dir("ada").unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        let garbage = "actual_bytes: [oops\nuser: ada\n";
+        fs::write(dir.join(RECORD_FILE), garbage).unwrap();
+        assert!(matches!(s.load("ada"), Err(StoreError::Corrupt { .. })));
+        let u = s
+            .update("ada", || init("ada"), |r| {
+                r.actual_bytes = 999 << 30;
+                true
+            })
+            .unwrap();
+        let aside = u.quarantined.unwrap();
+        assert_eq!(fs::read_to_string(&aside).unwrap(), garbage);
+        assert!(aside.file_name().unwrap().to_str().unwrap().starts_with("quota.yaml.corrupt-"));
+        assert_eq!(u.record.quota_state, QuotaState::Error);
+        assert!(u.record.error.as_deref().unwrap().contains("kept as"));
+        // The error survives the next update until an admin clears it.
+        let again = s.update("ada", || init("ada"), |_| true).unwrap();
+        assert!(again.record.error.is_some());
+        assert!(again.quarantined.is_none());
+    }
+
+    #[test]
+    fn scan_quarantines_corrupt_records_it_can_name() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let dir = s.user_dir("bob").unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(RECORD_FILE), b"\xff\xfe\x00binary").unwrap();
+        let found = s.scan().unwrap();
+        let Scanned::Bad { dir: bad, error } = &found[0] else { panic!() };
+        assert!(error.to_string().contains("UTF-8"));
+        let (user, aside) = s.quarantine_dir(bad, init).unwrap().unwrap();
+        assert_eq!(user.as_deref(), Some("bob"));
+        assert!(aside.exists());
+        assert_eq!(s.load("bob").unwrap().unwrap().quota_state, QuotaState::Error);
+    }
+
+    #[test]
+    fn provisioned_capacity_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let key = UserKey::new("ada@example.org").unwrap();
+        fs::create_dir_all(d.path().join(".hubfs")).unwrap();
+        fs::write(
+            d.path().join(".hubfs").join(format!("{}.json", key.encoded())),
+            r#"{"volume_name":"pvc-1","user":"ada@example.org","capacity_bytes":10737418240}"#,
+        )
+        .unwrap();
+        assert_eq!(provisioned_quota(d.path(), "ada@example.org"), Some(10 << 30));
+        assert_eq!(provisioned_quota(d.path(), "bob"), None);
+    }
+
+    /// Child half of `two_processes_never_lose_an_update`.
+    #[test]
+    fn concurrent_writer_child() {
+        let Ok(dir) = std::env::var("HUBFS_STORE_CHILD_DIR") else {
+            return;
+        };
+        let s = store(Path::new(&dir));
+        for _ in 0..150 {
+            s.update("shared", || init("shared"), |r| {
+                r.actual_bytes = r.actual_bytes.max(0) + 1;
+                true
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn two_processes_never_lose_an_update() {
+        let d = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let spawn = || {
+            std::process::Command::new(&exe)
+                .args(["--exact", "store::tests::concurrent_writer_child", "--test-threads=1"])
+                .env("HUBFS_STORE_CHILD_DIR", d.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let (mut a, mut b) = (spawn(), spawn());
+        // This process reads while they write: never a torn record.
+        let s = store(d.path());
+        let mut reads = 0;
+        while reads < 2000 {
+            if let Ok(Some(r)) = s.load("shared") {
+                assert!(r.actual_bytes >= 1);
+            }
+            reads += 1;
+            if a.try_wait().unwrap().is_some() && b.try_wait().unwrap().is_some() {
+                break;
+            }
+        }
+        assert!(a.wait().unwrap().success());
+        assert!(b.wait().unwrap().success());
+        assert_eq!(s.load("shared").unwrap().unwrap().actual_bytes, 300);
+        let dir = s.user_dir("shared").unwrap();
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != RECORD_FILE)
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
