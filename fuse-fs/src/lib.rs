@@ -4,3 +4,4 @@
 //! kernel plus a thin `fuser` adapter: the S3 filesystem (buckets as folders
 //! under `/s3/<bucket>`) and the home layer (a passthrough over a user's
 //! directory that accounts usage at write time and enforces the quota).
+pub mod home;

@@ -6,6 +6,7 @@
 //! graded overquota policy, the hub client and the controller.
 
 pub mod size;
+pub mod walker;
 pub mod userkey;
 pub mod clock;
 pub mod config;

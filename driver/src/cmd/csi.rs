@@ -1,0 +1,109 @@
+//! `hubfs csi`: serve the CSI services on a unix socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use hubfs::controller::ControllerService;
+use hubfs::identity::{valid_driver_name, IdentityService};
+use hubfs::mounter::SysMounter;
+use hubfs::node::{NodeConfig, NodeService};
+use hubfs::share::Shares;
+use hubfs_proto::csi::{controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer};
+
+/// Which CSI services to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Identity + Node (the DaemonSet on every notebook node).
+    Node,
+    /// Identity + Controller (beside external-provisioner).
+    Controller,
+    /// All three (single-node installs, tests, the demo).
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct CsiArgs {
+    /// Socket to serve on, e.g. unix:///csi/csi.sock.
+    #[arg(long, env = "CSI_ENDPOINT")]
+    endpoint: String,
+    /// This node's name, as NodeGetInfo reports it (usually the Kubernetes node name).
+    #[arg(long, env = "NODE_ID")]
+    node_id: String,
+    /// Which services to serve.
+    #[arg(long, value_enum, default_value_t = Mode::All)]
+    mode: Mode,
+    /// CSI driver name (must match the CSIDriver object).
+    #[arg(long, default_value = hubfs::DEFAULT_DRIVER_NAME)]
+    driver_name: String,
+    /// Directory for share mounts and bookkeeping.
+    #[arg(long, default_value = "/var/lib/hubfs")]
+    state_dir: PathBuf,
+    /// kubelet's root directory: staging and target paths must lie inside it (repeatable).
+    #[arg(long = "kubelet-dir", default_value = "/var/lib/kubelet")]
+    kubelet_dirs: Vec<PathBuf>,
+    /// Directories a `backend: local` root may lie in (repeatable); volume ids naming
+    /// anything else are refused.
+    #[arg(long = "allowed-root", default_value = "/srv/hubfs")]
+    allowed_roots: Vec<PathBuf>,
+}
+
+pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
+    if !valid_driver_name(&args.driver_name) {
+        bail!(
+            "driver name {:?} is not a valid CSI name (letters, digits, '-', '.', '_'; starts and ends with a letter; at most 63)",
+            args.driver_name
+        );
+    }
+    let path = hubfs::server::socket_path(&args.endpoint)?;
+    let abs = |what: &str, p: &PathBuf| -> anyhow::Result<PathBuf> {
+        Ok(hubfs::paths::absolute(what, &p.to_string_lossy())?)
+    };
+    let kubelet_dirs = args.kubelet_dirs.iter().map(|p| abs("--kubelet-dir", p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let allowed_roots = args.allowed_roots.iter().map(|p| abs("--allowed-root", p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let state_dir = abs("--state-dir", &args.state_dir)?;
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("create {}", state_dir.display()))?;
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let incoming = hubfs::server::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+        let mounter = Arc::new(SysMounter);
+        let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(IdentityService {
+            driver_name: args.driver_name.clone(),
+        }));
+        if matches!(args.mode, Mode::Controller | Mode::All) {
+            let shares = Shares::new(mounter.clone(), state_dir.clone(), allowed_roots.clone());
+            router = router.add_service(ControllerServer::new(ControllerService::new(shares)));
+        }
+        if matches!(args.mode, Mode::Node | Mode::All) {
+            let cfg = NodeConfig {
+                node_id: args.node_id.clone(),
+                allowed_targets: kubelet_dirs,
+                state_dir: state_dir.clone(),
+                allowed_roots,
+            };
+            router = router.add_service(NodeServer::new(NodeService::new(cfg, mounter)));
+        }
+        tracing::info!(endpoint = %path.display(), mode = ?args.mode, driver = %args.driver_name,
+            node = %args.node_id, "serving CSI");
+        router
+            .serve_with_incoming_shutdown(incoming, shutdown())
+            .await
+            .context("gRPC server")?;
+        let _ = std::fs::remove_file(&path);
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("signal received, shutting down");
+}

@@ -1,0 +1,204 @@
+//! Home directories on a share: creating, describing, archiving, deleting.
+//!
+//! Next to the homes (`<share>/<basePath>/<encoded user>`) the driver keeps a
+//! small JSON description per user in `<share>/<basePath>/.hubfs/` holding the
+//! PV name and the provisioned quota. It lives outside the home so the user
+//! cannot edit it, on the share so every node and the quota controller read
+//! the same value, and its name can never collide with a home because encoded
+//! user names never start with a dot.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DriverError, Result};
+use crate::volume::HomeVolume;
+
+/// Directory of per-user descriptions below a users dir.
+pub const META_DIR: &str = ".hubfs";
+
+/// What the controller recorded about a provisioned home.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeMeta {
+    /// The CSI volume name (PV name) that provisioned it last.
+    pub volume_name: String,
+    /// The user name (decoded).
+    pub user: String,
+    /// The provisioned quota: the PVC capacity.
+    pub capacity_bytes: u64,
+    /// Optional inode limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode_quota: Option<u64>,
+    /// When the directory was first created (RFC 3339).
+    pub created: String,
+    /// When this description was last written (RFC 3339).
+    pub updated: String,
+}
+
+/// Path of the description of `vol` below a share root.
+pub fn meta_path(vol: &HomeVolume, share_root: &Path) -> PathBuf {
+    vol.users_dir(share_root)
+        .join(META_DIR)
+        .join(format!("{}.json", vol.user.encoded()))
+}
+
+/// Reads the description, `None` if there is none.
+pub fn read_meta(vol: &HomeVolume, share_root: &Path) -> Result<Option<HomeMeta>> {
+    let p = meta_path(vol, share_root);
+    match std::fs::read(&p) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            DriverError::FailedPrecondition(format!(
+                "home description {} is corrupt ({e}); fix or remove it",
+                p.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DriverError::io("read", p, e)),
+    }
+}
+
+/// Writes the description atomically (temp file, fsync, rename), so a crash
+/// leaves either the old or the new one, never half of each.
+pub fn write_meta(vol: &HomeVolume, share_root: &Path, meta: &HomeMeta) -> Result<()> {
+    let p = meta_path(vol, share_root);
+    let dir = p.parent().expect("meta path has a parent");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| DriverError::io("create", dir, e))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", vol.user.encoded(), std::process::id()));
+    let body = serde_json::to_vec_pretty(meta).expect("meta serializes");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &p)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DriverError::io("write", &p, e)
+    })
+}
+
+/// Creates the user's home if missing, owned by `uid:gid` with `mode`.
+/// Returns whether it was created. An existing entry that is not a real
+/// directory (a symlink planted by someone) is refused, not followed.
+pub fn ensure_home(home: &Path, uid: u32, gid: u32, mode: u32) -> Result<bool> {
+    match std::fs::symlink_metadata(home) {
+        Ok(m) if m.is_dir() => return Ok(false),
+        Ok(_) => {
+            return Err(DriverError::FailedPrecondition(format!(
+                "{} exists but is not a directory; refusing to use it as a home",
+                home.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DriverError::io("stat", home, e)),
+    }
+    let parent = home.parent().expect("home has a parent");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(|e| DriverError::io("create", parent, e))?;
+    match std::fs::DirBuilder::new().mode(0o700).create(home) {
+        Ok(()) => {}
+        // Lost a race with another provisioner call: theirs is as good as ours.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(DriverError::io("create", home, e)),
+    }
+    std::os::unix::fs::lchown(home, Some(uid), Some(gid))
+        .map_err(|e| DriverError::io("chown", home, e))?;
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| DriverError::io("chmod", home, e))?;
+    Ok(true)
+}
+
+/// Renames a home to `<encoded>.archived-<UTC timestamp>` beside it.
+pub fn archive_home(home: &Path, now: chrono::DateTime<chrono::Utc>) -> Result<Option<PathBuf>> {
+    if std::fs::symlink_metadata(home).is_err() {
+        return Ok(None);
+    }
+    let name = home.file_name().expect("home has a name").to_string_lossy();
+    let dest = home.with_file_name(format!("{name}.archived-{}", now.format("%Y%m%dT%H%M%SZ")));
+    std::fs::rename(home, &dest).map_err(|e| DriverError::io("archive", home, e))?;
+    Ok(Some(dest))
+}
+
+/// Removes a home and everything in it (never following symlinks).
+pub fn delete_home(home: &Path) -> Result<bool> {
+    match std::fs::remove_dir_all(home) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DriverError::io("delete", home, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::{Backend, OnDelete};
+    use hubfs_quota::UserKey;
+    use std::os::unix::fs::MetadataExt;
+
+    fn vol(root: &Path) -> HomeVolume {
+        HomeVolume {
+            volume_name: "pvc-1".into(),
+            backend: Backend::Local { root: root.into() },
+            base_path: "users".into(),
+            user: UserKey::new("alice").unwrap(),
+            on_delete: OnDelete::Retain,
+        }
+    }
+
+    #[test]
+    fn meta_round_trips_and_corruption_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let v = vol(d.path());
+        assert_eq!(read_meta(&v, d.path()).unwrap(), None);
+        let m = HomeMeta {
+            volume_name: "pvc-1".into(),
+            user: "alice".into(),
+            capacity_bytes: 5 << 30,
+            inode_quota: None,
+            created: "2026-01-01T00:00:00Z".into(),
+            updated: "2026-01-01T00:00:00Z".into(),
+        };
+        write_meta(&v, d.path(), &m).unwrap();
+        assert_eq!(read_meta(&v, d.path()).unwrap(), Some(m));
+        std::fs::write(meta_path(&v, d.path()), b"{not json").unwrap();
+        assert!(matches!(read_meta(&v, d.path()), Err(DriverError::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn homes_get_owner_and_mode_and_symlinks_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("users/alice");
+        assert!(ensure_home(&home, 1234, 4321, 0o750).unwrap());
+        assert!(!ensure_home(&home, 1234, 4321, 0o750).unwrap());
+        let m = std::fs::metadata(&home).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 4321, 0o750));
+        let evil = d.path().join("users/mallory");
+        std::os::unix::fs::symlink("/etc", &evil).unwrap();
+        assert!(matches!(ensure_home(&evil, 1, 1, 0o700), Err(DriverError::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn archive_and_delete_are_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("alice");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join("f"), b"x").unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().to_utc();
+        let dest = archive_home(&home, now).unwrap().unwrap();
+        assert_eq!(dest, d.path().join("alice.archived-20261122T100000Z"));
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"x");
+        assert_eq!(archive_home(&home, now).unwrap(), None);
+        assert!(delete_home(&dest).unwrap());
+        assert!(!delete_home(&dest).unwrap());
+    }
+}

@@ -1,0 +1,56 @@
+//! `hubfs`: one binary, one subcommand per component, so a single container
+//! image serves the CSI driver, the FUSE mounts, the quota controller and the
+//! admin and user tools.
+//!
+//! Each subcommand lives in `cmd/<name>.rs` and builds its own runtime: `mount`
+//! must be able to daemonize (fork) before any thread exists.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hubfs",
+    version,
+    about = "Storage for JupyterHub: homes with a real quota, S3 buckets as folders",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    log: hubfs::logging::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CSI Identity, Controller and Node services on a unix socket.
+    Csi(cmd::csi::CsiArgs),
+    /// Measure directory usage the way the quota controller does (parallel walk).
+    Du(cmd::du::DuArgs),
+    /// Mount a FUSE filesystem: `mount s3` shows S3 buckets as folders.
+    Mount(cmd::mount::MountArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = hubfs::logging::init(&cli.log) {
+        eprintln!("hubfs: cannot set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Csi(args) => cmd::csi::run(args),
+        Command::Du(args) => cmd::du::run(args),
+        Command::Mount(args) => cmd::mount::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hubfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Node side of home volumes.
+//!
+//! Stage: make the share reachable (NFS mounted once per node) and bind the
+//! user's directory onto kubelet's staging path. Publish: present the staged
+//! home at the pod's target, by bind mount or through the home FUSE layer
+//! (`accounting: fuse`). Stats: the accounted usage against the quota, so
+//! `kubectl describe` and kubelet metrics agree with the quota controller.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hubfs_proto::csi::{volume_usage::Unit, NodeGetVolumeStatsResponse, VolumeCondition, VolumeUsage};
+
+use super::NodeService;
+use crate::error::{DriverError, Result};
+use crate::homes;
+use crate::volume::{keys, Accounting, HomeVolume, IdError};
+
+fn parse(id: &str) -> Result<HomeVolume> {
+    HomeVolume::parse_id(id).map_err(DriverError::from)
+}
+
+/// Binds the user's home onto `staging`.
+pub(super) fn stage(node: &NodeService, id: &str, ctx: &HashMap<String, String>, staging: &Path) -> Result<()> {
+    let vol = parse(id)?;
+    let opts = ctx.get(keys::MOUNT_OPTIONS).map(String::as_str).unwrap_or("");
+    let root = node.inner.shares.root(&vol.backend, opts)?;
+    let home = vol.home_dir(&root);
+    if !std::fs::symlink_metadata(&home).is_ok_and(|m| m.is_dir()) {
+        return Err(DriverError::NotFound(format!(
+            "the home of {} ({}) does not exist on the share",
+            vol.user,
+            home.display()
+        )));
+    }
+    let m = &node.inner.mounter;
+    if let Some(existing) = m.mounted_at(staging)? {
+        let want = m.bind_identity(&home)?;
+        if existing.device == want.device && existing.root == want.root {
+            return Ok(());
+        }
+        return Err(DriverError::AlreadyExists(format!(
+            "{} is already mounted from {}:{}",
+            staging.display(),
+            existing.source,
+            existing.root.display()
+        )));
+    }
+    std::fs::create_dir_all(staging).map_err(|e| DriverError::io("create", staging, e))?;
+    node.inner.shares.acquire(&vol.backend, staging)?;
+    m.bind(&home, staging, false)?;
+    tracing::info!(user = %vol.user, home = %home.display(), "home staged");
+    Ok(())
+}
+
+/// Releases the share claim of a staged home (after the staging unmount).
+pub(super) fn release_share(node: &NodeService, id: &str, staging: &Path) -> Result<()> {
+    match HomeVolume::parse_id(id) {
+        Ok(vol) => node.inner.shares.release(&vol.backend, staging),
+        Err(IdError::Foreign) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Presents the staged home at `target`.
+pub(super) fn publish(
+    node: &NodeService,
+    id: &str,
+    ctx: &HashMap<String, String>,
+    staging: &Path,
+    target: &Path,
+    read_only: bool,
+) -> Result<()> {
+    let vol = parse(id)?;
+    let m = &node.inner.mounter;
+    if m.mounted_at(staging)?.is_none() {
+        return Err(DriverError::FailedPrecondition(format!(
+            "volume is not staged at {}; NodeStageVolume must come first",
+            staging.display()
+        )));
+    }
+    let accounting = ctx
+        .get(keys::ACCOUNTING)
+        .map(|a| Accounting::parse(a))
+        .transpose()?
+        .unwrap_or_default();
+    if let Some(existing) = m.mounted_at(target)? {
+        let want = m.bind_identity(staging)?;
+        if existing.device == want.device && existing.root == want.root && existing.read_only == read_only {
+            return Ok(());
+        }
+        return Err(DriverError::AlreadyExists(format!(
+            "{} is already published with a different source or access mode",
+            target.display()
+        )));
+    }
+    let created = !target.exists();
+    std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
+    let result = match accounting {
+        Accounting::Bind => m.bind(staging, target, read_only).map_err(DriverError::from),
+        Accounting::Fuse => Err(DriverError::FailedPrecondition(
+            "accounting: fuse needs the home FUSE layer, which this build does not include; use accounting: bind".into(),
+        )),
+    };
+    if let Err(e) = result {
+        if created {
+            let _ = std::fs::remove_dir(target);
+        }
+        return Err(e);
+    }
+    tracing::info!(user = %vol.user, read_only, accounting = accounting.as_str(), "home published");
+    Ok(())
+}
+
+/// Why a path cannot be used, in the words kubelet shows to people.
+fn condition_of(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(_) => None,
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOTCONN) => Some("the filesystem process died (ENOTCONN); the mount must be recreated".into()),
+            Some(libc::ESTALE) => Some("stale file handle (ESTALE): the share was changed under the mount".into()),
+            Some(libc::EIO) => Some("I/O error (EIO) on the volume".into()),
+            _ => Some(format!("volume path is unusable: {e}")),
+        },
+    }
+}
+
+/// Usage and quota of a published home.
+pub(super) fn stats(node: &NodeService, id: &str, path: &Path) -> Result<NodeGetVolumeStatsResponse> {
+    let vol = parse(id)?;
+    if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Err(DriverError::NotFound(format!("volume path {} does not exist", path.display())));
+    }
+    let mut abnormal = condition_of(path);
+    if abnormal.is_none() && node.inner.mounter.mounted_at(path)?.is_none() {
+        abnormal = Some("volume path is not mounted".into());
+    }
+    let usage = if abnormal.is_none() {
+        node.inner.stats.get(id, path)
+    } else {
+        node.inner.stats.last(id)
+    };
+    // The quota lives on the share; an unreadable description means "unknown", not zero.
+    let quota = node
+        .inner
+        .shares
+        .root(&vol.backend, "")
+        .ok()
+        .and_then(|root| homes::read_meta(&vol, &root).ok().flatten())
+        .map(|m| m.capacity_bytes);
+    let mut out = Vec::new();
+    if let Some(u) = usage {
+        let total = quota.unwrap_or(0);
+        out.push(VolumeUsage {
+            available: total.saturating_sub(u.bytes) as i64,
+            total: total as i64,
+            used: u.bytes as i64,
+            unit: Unit::Bytes as i32,
+        });
+        let (itotal, ifree) = match nix::sys::statvfs::statvfs(path) {
+            Ok(s) => (s.files() as i64, s.files_available() as i64),
+            Err(_) => (0, 0),
+        };
+        out.push(VolumeUsage {
+            available: ifree,
+            total: itotal,
+            used: u.inodes as i64,
+            unit: Unit::Inodes as i32,
+        });
+    }
+    Ok(NodeGetVolumeStatsResponse {
+        usage: out,
+        volume_condition: Some(VolumeCondition {
+            abnormal: abnormal.is_some(),
+            message: abnormal.unwrap_or_else(|| "ok".into()),
+        }),
+    })
+}

@@ -1,0 +1,270 @@
+//! The CSI Node service: staging shares, publishing homes and buckets into
+//! pods, and reporting usage.
+//!
+//! Every call is idempotent against what the kernel says is mounted (not
+//! against memory), so a driver restart mid-operation converges on the next
+//! retry. Paths from the CO must lie inside the kubelet directory; volume ids
+//! are re-validated on every call.
+
+mod home;
+mod s3;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hubfs_proto::csi::{
+    node_server::Node, node_service_capability, volume_capability::access_mode::Mode, NodeExpandVolumeRequest,
+    NodeExpandVolumeResponse, NodeGetCapabilitiesRequest, NodeGetCapabilitiesResponse, NodeGetInfoRequest,
+    NodeGetInfoResponse, NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
+    NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest, NodeStageVolumeResponse,
+    NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest, NodeUnstageVolumeResponse,
+    VolumeCapability,
+};
+use tonic::{Request, Response, Status};
+use tracing::info_span;
+
+use crate::controller::check_capabilities;
+use crate::error::{DriverError, Result};
+use crate::inflight::InFlight;
+use crate::mounter::Mounter;
+use crate::paths;
+use crate::server::blocking;
+use crate::share::Shares;
+use crate::stats::UsageCache;
+
+/// Node service settings.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// Staging and target paths must lie inside these (kubelet's root dir).
+    pub allowed_targets: Vec<PathBuf>,
+    /// Where the driver keeps share mounts and markers.
+    pub state_dir: PathBuf,
+    /// Local-backend roots that volume ids may name.
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+/// Node service state.
+#[derive(Clone)]
+pub struct NodeService {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    cfg: NodeConfig,
+    mounter: Arc<dyn Mounter>,
+    shares: Shares,
+    inflight: InFlight,
+    stats: UsageCache,
+}
+
+fn required<'a>(what: &'static str, v: &'a str) -> Result<&'a str> {
+    if v.is_empty() {
+        Err(DriverError::Missing(what))
+    } else {
+        Ok(v)
+    }
+}
+
+fn capability(c: Option<&VolumeCapability>) -> Result<&VolumeCapability> {
+    let c = c.ok_or(DriverError::Missing("volume_capability"))?;
+    check_capabilities(std::slice::from_ref(c))?;
+    Ok(c)
+}
+
+/// Whether the CO asked for a read-only publication, by flag or access mode.
+fn read_only(readonly: bool, c: &VolumeCapability) -> bool {
+    readonly
+        || c.access_mode.as_ref().is_some_and(|m| {
+            m.mode == Mode::SingleNodeReaderOnly as i32 || m.mode == Mode::MultiNodeReaderOnly as i32
+        })
+}
+
+impl NodeService {
+    pub fn new(cfg: NodeConfig, mounter: Arc<dyn Mounter>) -> Self {
+        let shares = Shares::new(mounter.clone(), cfg.state_dir.clone(), cfg.allowed_roots.clone());
+        Self {
+            inner: Arc::new(NodeInner {
+                cfg,
+                mounter,
+                shares,
+                inflight: InFlight::default(),
+                stats: UsageCache::default(),
+            }),
+        }
+    }
+
+    fn co_path(&self, what: &'static str, v: &str) -> Result<PathBuf> {
+        paths::inside(what, required(what, v)?, &self.inner.cfg.allowed_targets)
+    }
+
+    /// NodeStageVolume's body.
+    pub fn stage(&self, r: NodeStageVolumeRequest) -> Result<()> {
+        let id = required("volume_id", &r.volume_id)?;
+        let staging = self.co_path("staging_target_path", &r.staging_target_path)?;
+        capability(r.volume_capability.as_ref())?;
+        let _g = self.inner.inflight.begin(id)?;
+        match crate::volume::VolumeType::from_map(&r.volume_context)? {
+            crate::volume::VolumeType::S3 => s3::stage(self, &r, &staging),
+            crate::volume::VolumeType::Home => home::stage(self, id, &r.volume_context, &staging),
+        }
+    }
+
+    /// NodeUnstageVolume's body.
+    pub fn unstage(&self, r: NodeUnstageVolumeRequest) -> Result<()> {
+        let id = required("volume_id", &r.volume_id)?;
+        let staging = self.co_path("staging_target_path", &r.staging_target_path)?;
+        let _g = self.inner.inflight.begin(id)?;
+        self.unmount_all(&staging)?;
+        home::release_share(self, id, &staging)
+    }
+
+    /// NodePublishVolume's body.
+    pub fn publish(&self, r: NodePublishVolumeRequest) -> Result<()> {
+        let id = required("volume_id", &r.volume_id)?;
+        let target = self.co_path("target_path", &r.target_path)?;
+        let cap = capability(r.volume_capability.as_ref())?;
+        let ro = read_only(r.readonly, cap);
+        let _g = self.inner.inflight.begin(id)?;
+        match crate::volume::VolumeType::from_map(&r.volume_context)? {
+            crate::volume::VolumeType::S3 => s3::publish(self, &r, &target, ro),
+            crate::volume::VolumeType::Home => {
+                let staging = self.co_path("staging_target_path", &r.staging_target_path)?;
+                home::publish(self, id, &r.volume_context, &staging, &target, ro)
+            }
+        }
+    }
+
+    /// NodeUnpublishVolume's body: unmount and remove the target we created.
+    pub fn unpublish(&self, r: NodeUnpublishVolumeRequest) -> Result<()> {
+        let id = required("volume_id", &r.volume_id)?;
+        let target = self.co_path("target_path", &r.target_path)?;
+        let _g = self.inner.inflight.begin(id)?;
+        self.unmount_all(&target)?;
+        match std::fs::remove_dir(&target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Err(DriverError::FailedPrecondition(format!(
+                "target {} is not mounted but not empty; refusing to delete data",
+                target.display()
+            ))),
+            Err(e) => Err(DriverError::io("remove", target, e)),
+        }
+    }
+
+    /// NodeGetVolumeStats's body.
+    pub fn volume_stats(&self, r: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
+        let id = required("volume_id", &r.volume_id)?;
+        let path = paths::absolute("volume_path", required("volume_path", &r.volume_path)?)?;
+        home::stats(self, id, &path)
+    }
+
+    /// Unmounts everything stacked on `path` (a retried publish can leave two).
+    fn unmount_all(&self, path: &std::path::Path) -> Result<()> {
+        for _ in 0..8 {
+            if self.inner.mounter.mounted_at(path)?.is_none() {
+                return Ok(());
+            }
+            self.inner.mounter.unmount(path)?;
+            tracing::info!(path = %path.display(), "unmounted");
+        }
+        Err(DriverError::FailedPrecondition(format!(
+            "{} is still mounted after 8 unmounts",
+            path.display()
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        req: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let span = info_span!("NodeStageVolume", volume_id = %r.volume_id, target = %r.staging_target_path);
+        let this = self.clone();
+        blocking(span, move || this.stage(r)).await?;
+        Ok(Response::new(NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        req: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let span = info_span!("NodeUnstageVolume", volume_id = %r.volume_id, target = %r.staging_target_path);
+        let this = self.clone();
+        blocking(span, move || this.unstage(r)).await?;
+        Ok(Response::new(NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        req: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let span = info_span!("NodePublishVolume", volume_id = %r.volume_id, target = %r.target_path);
+        let this = self.clone();
+        blocking(span, move || this.publish(r)).await?;
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let span = info_span!("NodeUnpublishVolume", volume_id = %r.volume_id, target = %r.target_path);
+        let this = self.clone();
+        blocking(span, move || this.unpublish(r)).await?;
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let r = req.into_inner();
+        let span = info_span!("NodeGetVolumeStats", volume_id = %r.volume_id, target = %r.volume_path);
+        let this = self.clone();
+        Ok(Response::new(blocking(span, move || this.volume_stats(r)).await?))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "NodeExpandVolume is not needed: a quota change applies without touching the mount",
+        ))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::{rpc::Type, Rpc, Type as Cap};
+        let cap = |t: Type| NodeServiceCapability {
+            r#type: Some(Cap::Rpc(Rpc { r#type: t as i32 })),
+        };
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                cap(Type::StageUnstageVolume),
+                cap(Type::GetVolumeStats),
+                cap(Type::VolumeCondition),
+            ],
+        }))
+    }
+
+    async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.inner.cfg.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,335 @@
+//! Node service tests over the fake mounter: every RPC, its error codes, and
+//! repeated lifecycle calls. Real mounts are covered by `driver/tests/csi.rs`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hubfs_proto::csi::{
+    volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume},
+    volume_usage::Unit, NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+};
+use hubfs_quota::UserKey;
+use tonic::Code;
+
+use super::{NodeConfig, NodeService};
+use crate::error::DriverError;
+use crate::homes::{self, HomeMeta};
+use crate::mounter::{FakeMounter, MountCall, Mounter};
+use crate::volume::{Backend, HomeVolume, OnDelete};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    kubelet: PathBuf,
+    fake: FakeMounter,
+    node: NodeService,
+    vol: HomeVolume,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("share");
+    let kubelet = dir.path().join("kubelet");
+    std::fs::create_dir_all(&kubelet).unwrap();
+    let vol = HomeVolume {
+        volume_name: "pvc-1".into(),
+        backend: Backend::Local { root: root.clone() },
+        base_path: "users".into(),
+        user: UserKey::new("alice").unwrap(),
+        on_delete: OnDelete::Retain,
+    };
+    std::fs::create_dir_all(vol.home_dir(&root)).unwrap();
+    homes::write_meta(
+        &vol,
+        &root,
+        &HomeMeta {
+            volume_name: "pvc-1".into(),
+            user: "alice".into(),
+            capacity_bytes: 1000,
+            inode_quota: None,
+            created: "x".into(),
+            updated: "x".into(),
+        },
+    )
+    .unwrap();
+    let fake = FakeMounter::default();
+    let node = NodeService::new(
+        NodeConfig {
+            node_id: "n1".into(),
+            allowed_targets: vec![kubelet.clone()],
+            state_dir: dir.path().join("state"),
+            allowed_roots: vec![dir.path().into()],
+        },
+        Arc::new(fake.clone()),
+    );
+    Env { _dir: dir, root, kubelet, fake, node, vol }
+}
+
+fn mount_cap(mode: Mode) -> Option<VolumeCapability> {
+    Some(VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    })
+}
+
+fn code(e: DriverError) -> Code {
+    tonic::Status::from(e).code()
+}
+
+impl Env {
+    fn staging(&self) -> PathBuf {
+        self.kubelet.join("plugins/hubfs/pv/pvc-1/globalmount")
+    }
+    fn target(&self, pod: &str) -> PathBuf {
+        self.kubelet.join(format!("pods/{pod}/volumes/kubernetes.io~csi/pvc-1/mount"))
+    }
+    fn stage_req(&self) -> NodeStageVolumeRequest {
+        NodeStageVolumeRequest {
+            volume_id: self.vol.id(),
+            staging_target_path: self.staging().display().to_string(),
+            volume_capability: mount_cap(Mode::MultiNodeMultiWriter),
+            volume_context: HashMap::from([("type".into(), "home".into())]),
+            ..Default::default()
+        }
+    }
+    fn publish_req(&self, pod: &str) -> NodePublishVolumeRequest {
+        NodePublishVolumeRequest {
+            volume_id: self.vol.id(),
+            staging_target_path: self.staging().display().to_string(),
+            target_path: self.target(pod).display().to_string(),
+            volume_capability: mount_cap(Mode::MultiNodeMultiWriter),
+            volume_context: HashMap::from([("type".into(), "home".into())]),
+            ..Default::default()
+        }
+    }
+    fn unpublish_req(&self, pod: &str) -> NodeUnpublishVolumeRequest {
+        NodeUnpublishVolumeRequest {
+            volume_id: self.vol.id(),
+            target_path: self.target(pod).display().to_string(),
+        }
+    }
+    fn unstage_req(&self) -> NodeUnstageVolumeRequest {
+        NodeUnstageVolumeRequest {
+            volume_id: self.vol.id(),
+            staging_target_path: self.staging().display().to_string(),
+        }
+    }
+}
+
+#[test]
+fn full_lifecycle_is_idempotent() {
+    let e = env();
+    for _ in 0..3 {
+        e.node.stage(e.stage_req()).unwrap();
+    }
+    for _ in 0..3 {
+        e.node.publish(e.publish_req("p1")).unwrap();
+    }
+    let binds: Vec<_> = e.fake.calls().into_iter().filter(|c| matches!(c, MountCall::Bind { .. })).collect();
+    assert_eq!(binds.len(), 2, "one stage bind and one publish bind: {binds:?}");
+    assert_eq!(
+        binds[0],
+        MountCall::Bind { source: e.vol.home_dir(&e.root), target: e.staging(), read_only: false }
+    );
+    assert!(e.target("p1").is_dir());
+    for _ in 0..3 {
+        e.node.unpublish(e.unpublish_req("p1")).unwrap();
+    }
+    assert!(!e.target("p1").exists(), "target removed on unpublish");
+    for _ in 0..3 {
+        e.node.unstage(e.unstage_req()).unwrap();
+    }
+    assert_eq!(e.fake.mount_count(), 0);
+}
+
+#[test]
+fn read_only_by_flag_or_access_mode() {
+    let e = env();
+    e.node.stage(e.stage_req()).unwrap();
+    let mut r = e.publish_req("ro1");
+    r.readonly = true;
+    e.node.publish(r).unwrap();
+    let mut r = e.publish_req("ro2");
+    r.volume_capability = mount_cap(Mode::MultiNodeReaderOnly);
+    e.node.publish(r).unwrap();
+    for pod in ["ro1", "ro2"] {
+        assert!(e.fake.mounted_at(&e.target(pod)).unwrap().unwrap().read_only, "{pod}");
+    }
+    // Same target again but read-write: a conflict, not a silent remount.
+    let err = e.node.publish(e.publish_req("ro1")).unwrap_err();
+    assert_eq!(code(err), Code::AlreadyExists);
+}
+
+#[test]
+fn publish_before_stage_is_a_failed_precondition() {
+    let e = env();
+    let err = e.node.publish(e.publish_req("p1")).unwrap_err();
+    assert_eq!(code(err), Code::FailedPrecondition);
+    assert!(!e.target("p1").exists(), "no target left behind");
+}
+
+#[test]
+fn missing_fields_are_invalid_arguments() {
+    let e = env();
+    let mut r = e.stage_req();
+    r.volume_id.clear();
+    assert!(matches!(e.node.stage(r), Err(DriverError::Missing("volume_id"))));
+    let mut r = e.stage_req();
+    r.staging_target_path.clear();
+    assert!(matches!(e.node.stage(r), Err(DriverError::Missing("staging_target_path"))));
+    let mut r = e.stage_req();
+    r.volume_capability = None;
+    assert!(matches!(e.node.stage(r), Err(DriverError::Missing("volume_capability"))));
+    let mut r = e.publish_req("p");
+    r.target_path.clear();
+    assert!(matches!(e.node.publish(r), Err(DriverError::Missing("target_path"))));
+    let mut r = e.publish_req("p");
+    r.staging_target_path.clear();
+    assert!(matches!(e.node.publish(r), Err(DriverError::Missing("staging_target_path"))));
+    let mut r = e.unpublish_req("p");
+    r.volume_id.clear();
+    assert_eq!(code(e.node.unpublish(r).unwrap_err()), Code::InvalidArgument);
+    let mut r = e.unstage_req();
+    r.staging_target_path.clear();
+    assert_eq!(code(e.node.unstage(r).unwrap_err()), Code::InvalidArgument);
+    let r = NodeGetVolumeStatsRequest { volume_id: e.vol.id(), ..Default::default() };
+    assert_eq!(code(e.node.volume_stats(r).unwrap_err()), Code::InvalidArgument);
+}
+
+#[test]
+fn block_access_is_refused() {
+    let e = env();
+    let mut r = e.stage_req();
+    r.volume_capability = Some(VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+    });
+    assert_eq!(code(e.node.stage(r).unwrap_err()), Code::InvalidArgument);
+}
+
+#[test]
+fn paths_outside_kubelet_are_refused() {
+    let e = env();
+    for bad in ["/etc", "relative/path", "/tmp/../etc"] {
+        let mut r = e.stage_req();
+        r.staging_target_path = bad.into();
+        assert_eq!(code(e.node.stage(r).unwrap_err()), Code::InvalidArgument, "{bad}");
+        let mut r = e.publish_req("p");
+        r.target_path = bad.into();
+        assert_eq!(code(e.node.publish(r).unwrap_err()), Code::InvalidArgument, "{bad}");
+    }
+    let mut r = e.publish_req("p");
+    r.target_path = format!("{}/../../etc", e.kubelet.display());
+    assert_eq!(code(e.node.publish(r).unwrap_err()), Code::InvalidArgument);
+    assert_eq!(e.fake.mount_count(), 0);
+}
+
+#[test]
+fn unknown_and_crafted_volumes() {
+    let e = env();
+    let mut r = e.stage_req();
+    r.volume_id = "some-other-driver-id".into();
+    assert_eq!(code(e.node.stage(r).unwrap_err()), Code::NotFound);
+    // A well-formed id for a user without a home.
+    let mut ghost = e.vol.clone();
+    ghost.user = UserKey::new("ghost").unwrap();
+    let mut r = e.stage_req();
+    r.volume_id = ghost.id();
+    assert_eq!(code(e.node.stage(r).unwrap_err()), Code::NotFound);
+    // A crafted id naming a root outside the allowed roots.
+    let mut evil = e.vol.clone();
+    evil.backend = Backend::Local { root: "/etc".into() };
+    let mut r = e.stage_req();
+    r.volume_id = evil.id();
+    assert_eq!(code(e.node.stage(r).unwrap_err()), Code::InvalidArgument);
+    let mut r = e.stage_req();
+    r.volume_id = "home1:retain:local:/::..:alice:pv".into();
+    assert_eq!(code(e.node.stage(r).unwrap_err()), Code::InvalidArgument);
+    assert_eq!(e.fake.mount_count(), 0);
+}
+
+#[test]
+fn s3_volumes_are_refused_clearly_until_the_s3_filesystem_lands() {
+    let e = env();
+    let mut r = e.publish_req("p");
+    r.volume_id = "s3-bucket".into();
+    r.volume_context = HashMap::from([("type".into(), "s3".into()), ("bucket".into(), "b".into())]);
+    let err = e.node.publish(r).unwrap_err();
+    assert_eq!(code(err), Code::FailedPrecondition);
+}
+
+#[test]
+fn concurrent_operations_on_one_volume_are_aborted() {
+    let e = env();
+    let _held = e.node.inner.inflight.begin(&e.vol.id()).unwrap();
+    assert_eq!(code(e.node.stage(e.stage_req()).unwrap_err()), Code::Aborted);
+    assert_eq!(code(e.node.unpublish(e.unpublish_req("p")).unwrap_err()), Code::Aborted);
+}
+
+#[test]
+fn mount_failures_leave_no_target_behind() {
+    let e = env();
+    e.node.stage(e.stage_req()).unwrap();
+    e.fake.fail_next(nix::errno::Errno::EPERM);
+    let err = e.node.publish(e.publish_req("p")).unwrap_err();
+    assert_eq!(code(err), Code::PermissionDenied);
+    assert!(!e.target("p").exists());
+}
+
+#[test]
+fn unpublish_refuses_to_delete_data_in_an_unmounted_target() {
+    let e = env();
+    let t = e.target("p");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join("precious"), b"x").unwrap();
+    assert_eq!(code(e.node.unpublish(e.unpublish_req("p")).unwrap_err()), Code::FailedPrecondition);
+    assert!(t.join("precious").exists());
+}
+
+#[test]
+fn stats_report_usage_against_the_quota() {
+    let e = env();
+    let home = e.vol.home_dir(&e.root);
+    std::fs::write(home.join("f"), vec![0u8; 300]).unwrap();
+    e.node.stage(e.stage_req()).unwrap();
+    e.node.publish(e.publish_req("p")).unwrap();
+    // The fake mounter does not show the home at the target, so measure the
+    // home itself: register the home dir as a "mounted" volume path.
+    e.fake.bind(&home, &home, false).unwrap();
+    let r = NodeGetVolumeStatsRequest {
+        volume_id: e.vol.id(),
+        volume_path: home.display().to_string(),
+        ..Default::default()
+    };
+    let s = e.node.volume_stats(r).unwrap();
+    let bytes = s.usage.iter().find(|u| u.unit == Unit::Bytes as i32).unwrap();
+    assert_eq!((bytes.used, bytes.total, bytes.available), (300, 1000, 700));
+    let inodes = s.usage.iter().find(|u| u.unit == Unit::Inodes as i32).unwrap();
+    assert_eq!(inodes.used, 2);
+    assert!(!s.volume_condition.unwrap().abnormal);
+}
+
+#[test]
+fn stats_of_missing_or_unmounted_paths() {
+    let e = env();
+    let r = NodeGetVolumeStatsRequest {
+        volume_id: e.vol.id(),
+        volume_path: e.target("nope").display().to_string(),
+        ..Default::default()
+    };
+    assert_eq!(code(e.node.volume_stats(r).unwrap_err()), Code::NotFound);
+    let t = e.target("unmounted");
+    std::fs::create_dir_all(&t).unwrap();
+    let r = NodeGetVolumeStatsRequest {
+        volume_id: e.vol.id(),
+        volume_path: t.display().to_string(),
+        ..Default::default()
+    };
+    let s = e.node.volume_stats(r).unwrap();
+    let c = s.volume_condition.unwrap();
+    assert!(c.abnormal);
+    assert!(c.message.contains("not mounted"), "{}", c.message);
+    let _ = Path::new("");
+}

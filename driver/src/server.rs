@@ -1,0 +1,103 @@
+//! Serving the CSI services on a unix socket, and running each call.
+//!
+//! kubelet and the CSI sidecars connect over a unix socket. A socket file
+//! left by a crashed driver would make `bind` fail forever, so a stale one is
+//! removed first (but never a file that is not a socket). Older gRPC clients
+//! send the socket path as `:authority`; tonic accepts any authority on a
+//! server, which the integration tests check with a path-like authority.
+//!
+//! Every call runs its body on the blocking pool inside a span that names
+//! the volume and target: mount syscalls and filesystem walks block, and the
+//! span puts the volume id on every log line the call produces.
+
+use std::future::Future;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::Status;
+use tracing::Span;
+
+use crate::error::{DriverError, Result};
+
+/// Parses `unix:///path`, `unix:/path` or a plain path.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
+    let p = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if p.is_empty() || !p.starts_with('/') {
+        return Err(DriverError::Invalid(format!(
+            "endpoint must be unix:///absolute/path, got {endpoint:?}"
+        )));
+    }
+    Ok(PathBuf::from(p))
+}
+
+/// Binds the socket, removing a stale socket file first.
+pub fn bind(path: &Path) -> std::io::Result<UnixListenerStream> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; refusing to remove it", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(UnixListenerStream::new(UnixListener::bind(path)?))
+}
+
+/// Runs a blocking call body in `span`, logs its outcome, maps its error.
+pub fn blocking<T, F>(span: Span, f: F) -> impl Future<Output = Result<T, Status>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    async move {
+        let s = span.clone();
+        let out = tokio::task::spawn_blocking(move || s.in_scope(f))
+            .await
+            .map_err(|e| Status::internal(format!("call panicked: {e}")))?;
+        span.in_scope(|| match &out {
+            Ok(_) => tracing::debug!("ok"),
+            Err(DriverError::Busy(_)) => tracing::info!("busy, CO will retry"),
+            Err(e) => tracing::warn!(error = %e, "failed"),
+        });
+        out.map_err(Status::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(socket_path("unix:///csi/csi.sock").unwrap(), Path::new("/csi/csi.sock"));
+        assert_eq!(socket_path("unix:/csi/csi.sock").unwrap(), Path::new("/csi/csi.sock"));
+        assert_eq!(socket_path("/csi/csi.sock").unwrap(), Path::new("/csi/csi.sock"));
+        assert!(socket_path("tcp://1.2.3.4:5").is_err());
+        assert!(socket_path("unix://relative").is_err());
+        assert!(socket_path("").is_err());
+    }
+
+    #[tokio::test]
+    async fn stale_sockets_are_replaced_but_files_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("csi.sock");
+        drop(bind(&sock).unwrap());
+        assert!(sock.exists());
+        drop(bind(&sock).unwrap()); // stale socket from the first bind
+        let file = d.path().join("data");
+        std::fs::write(&file, b"keep").unwrap();
+        assert!(bind(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+}

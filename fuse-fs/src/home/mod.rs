@@ -1,0 +1,28 @@
+//! The home layer: a passthrough FUSE filesystem over a user's directory on
+//! the share that accounts usage as it is written and enforces the quota.
+//!
+//! The seed learned usage from a `du` every four hours, so users overshot
+//! their quota by terabytes before anyone knew. Here every operation that
+//! changes what a home stores updates [`usage::Usage`] on the spot, growth
+//! past the hard limit fails with EDQUOT, and the changes are reported to the
+//! quota controller in batches ([`sink`]), whose answer can switch the home
+//! to cleanup (no-write) mode while it stays mounted.
+//!
+//! * [`fs`]: the passthrough core (testable without the kernel);
+//! * [`usage`]: counters, reservations, limits, cleanup mode;
+//! * [`sink`]: the `UsageSink` trait, its gRPC and fake implementations and
+//!   the batching reporter;
+//! * [`adapter`]: the `fuser` glue; [`session`]: mounting it all together.
+
+pub mod adapter;
+pub mod error;
+pub mod fs;
+pub mod session;
+pub mod sink;
+pub mod usage;
+
+pub use error::HomeError;
+pub use fs::HomeFs;
+pub use session::{mount, HomeMount, HomeOptions, MountError};
+pub use sink::{Enforcement, FakeSink, GrpcSink, Reporter, UsageReport, UsageSink};
+pub use usage::{Limits, QuotaError, Usage};

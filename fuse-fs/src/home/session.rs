@@ -1,0 +1,203 @@
+//! One mounted home: the FUSE session, the mount-time walk in the background
+//! and the reporter, started and stopped together.
+//!
+//! The mount answers at once; the walk that gives the accounting its
+//! starting figure runs beside it (bounded by a timeout) and is added in
+//! when it ends, so a large home on a slow share never delays a notebook.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+use hubfs_quota::walker::{Progress, WalkOptions, Walker};
+
+use super::adapter::HomeFuse;
+use super::error::HomeError;
+use super::fs::HomeFs;
+use super::sink::{ReportKind, Reporter, UsageReport, UsageSink};
+use super::usage::{Limits, Usage};
+
+/// Everything needed to mount one home.
+#[derive(Debug, Clone)]
+pub struct HomeOptions {
+    /// The user's directory on the share.
+    pub source: PathBuf,
+    pub mountpoint: PathBuf,
+    /// The user key (hub user name), as reported to the controller.
+    pub user: String,
+    pub limits: Limits,
+    /// How often accumulated changes are reported.
+    pub report_interval: Duration,
+    /// Bound of the mount-time walk.
+    pub walk_timeout: Duration,
+    /// Threads serving FUSE requests.
+    pub fuse_threads: usize,
+}
+
+impl HomeOptions {
+    pub fn new(source: PathBuf, mountpoint: PathBuf, user: &str) -> Self {
+        HomeOptions {
+            source,
+            mountpoint,
+            user: user.to_string(),
+            limits: Limits::default(),
+            report_interval: Duration::from_secs(5),
+            walk_timeout: Duration::from_secs(3600),
+            fuse_threads: 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot open the home directory {path}: {source}")]
+    Source { path: PathBuf, source: HomeError },
+    #[error("cannot mount at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A mounted home; unmount with [`HomeMount::unmount`] (dropping it unmounts too).
+pub struct HomeMount {
+    session: Option<BackgroundSession>,
+    fs: Arc<HomeFs>,
+    reporter: Option<Reporter>,
+    walk: Option<JoinHandle<()>>,
+    cancel: Arc<AtomicBool>,
+    mountpoint: PathBuf,
+}
+
+/// Mounts a home. `sink` receives usage reports (None: account and enforce
+/// locally only).
+pub fn mount(
+    opts: &HomeOptions,
+    sink: Option<Arc<dyn UsageSink>>,
+) -> Result<HomeMount, MountError> {
+    let usage = Arc::new(Usage::new(opts.limits));
+    let fs = Arc::new(HomeFs::new(&opts.source, usage.clone()).map_err(|source| {
+        MountError::Source {
+            path: opts.source.clone(),
+            source,
+        }
+    })?);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!(
+            "hubfs-home:{}",
+            opts.user.replace([',', ' ', '\\'], "_")
+        )),
+        MountOption::Subtype("hubfs-home".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    // The daemon is root and the notebook is not: others must get in; the
+    // kernel's permission checks (default_permissions) keep them honest.
+    config.acl = SessionACL::All;
+    config.n_threads = Some(opts.fuse_threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(HomeFuse::new(fs.clone()), &opts.mountpoint, &config)
+        .map_err(|source| MountError::Mount {
+            path: opts.mountpoint.clone(),
+            source,
+        })?;
+    let reporter =
+        sink.map(|s| Reporter::start(usage.clone(), s, &opts.user, opts.report_interval));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let walk = {
+        let (usage, cancel) = (usage.clone(), cancel.clone());
+        let (source, user, timeout) = (opts.source.clone(), opts.user.clone(), opts.walk_timeout);
+        let report = reporter.as_ref().map(|r| r.absolute_sender());
+        std::thread::Builder::new()
+            .name("hubfs-walk".into())
+            .spawn(move || {
+                let walker = Walker::new(WalkOptions {
+                    timeout: Some(timeout),
+                    ..WalkOptions::default()
+                });
+                match walker.walk_with(&source, &Progress::default(), &cancel) {
+                    Ok(s) => {
+                        tracing::info!(user = %user, bytes = s.usage_bytes(), inodes = s.inodes(), timed_out = s.timed_out, seconds = s.elapsed.as_secs_f64(), "mount-time walk done");
+                        usage.add_baseline(s.usage_bytes(), s.inodes());
+                        if let Some(send) = report {
+                            send(UsageReport {
+                                user: user.clone(),
+                                kind: ReportKind::Absolute,
+                                bytes: 0,
+                                inodes: 0,
+                                measured_at: SystemTime::now(),
+                                timed_out: s.timed_out,
+                                walk_seconds: s.elapsed.as_secs_f64(),
+                                sequence: 0,
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(user = %user, error = %e, "mount-time walk failed"),
+                }
+            })
+            .ok()
+    };
+    Ok(HomeMount {
+        session: Some(session),
+        fs,
+        reporter,
+        walk,
+        cancel,
+        mountpoint: opts.mountpoint.clone(),
+    })
+}
+
+impl HomeMount {
+    pub fn usage(&self) -> &Arc<Usage> {
+        self.fs.usage()
+    }
+
+    /// True once the kernel has dropped the mount (e.g. `umount` from outside).
+    pub fn finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Waits for the mount-time walk (tests and tools that need the figure).
+    pub fn wait_baseline(&mut self) {
+        if let Some(w) = self.walk.take() {
+            let _ = w.join();
+        }
+    }
+
+    /// Unmounts, stops the walk and sends the last report.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        self.cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = match self.session.take() {
+            Some(s) if s.guard.is_finished() => s.join(),
+            Some(s) => s.umount_and_join().or_else(|e| {
+                // Busy or already gone: detach so the session can end.
+                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                Err(e)
+            }),
+            None => Ok(()),
+        };
+        if let Some(w) = self.walk.take() {
+            let _ = w.join();
+        }
+        if let Some(rep) = self.reporter.take() {
+            rep.stop();
+        }
+        r
+    }
+}
+
+impl Drop for HomeMount {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

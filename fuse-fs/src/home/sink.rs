@@ -1,0 +1,452 @@
+//! Where usage goes: the quota controller, in batches.
+//!
+//! The home layer must never wait on the network inside a filesystem
+//! operation, so changes are accumulated in [`Usage`] and a [`Reporter`]
+//! thread ships them every few seconds (and once more at unmount) through a
+//! [`UsageSink`]. The controller's answer carries the user's enforcement, so
+//! cleanup (no-write) mode is switched on and off with no extra round trip.
+//! A batch that fails is retried with the same sequence number; the
+//! controller drops it if it had in fact arrived.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+
+use super::usage::Usage;
+
+/// Whether a report is a change or a whole figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    /// Signed change since the previous report (write-time accounting).
+    Delta,
+    /// The whole usage, as measured by a walk.
+    Absolute,
+}
+
+/// One usage report, as `hubfs.quota.v1.UsageReport`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageReport {
+    pub user: String,
+    pub kind: ReportKind,
+    pub bytes: i64,
+    pub inodes: i64,
+    pub measured_at: SystemTime,
+    /// The walk behind an absolute figure hit its timeout.
+    pub timed_out: bool,
+    pub walk_seconds: f64,
+    pub sequence: u64,
+}
+
+/// What the controller decided for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    None,
+    /// Deletes and truncates only.
+    Cleanup,
+    /// Server stopped; a mount that still exists stays in cleanup mode.
+    Blocked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot reach the quota controller: {0}")]
+    Unavailable(String),
+    #[error("the quota controller refused the report: {0}")]
+    Refused(String),
+}
+
+/// The quota controller as seen by the home layer.
+pub trait UsageSink: Send + Sync {
+    /// Delivers a batch; returns the user's enforcement if the answer had one.
+    fn send(&self, reports: &[UsageReport]) -> Result<Option<Enforcement>, SinkError>;
+}
+
+/// An in-memory sink for tests: keeps what it was sent, answers with a
+/// settable enforcement and can be told to fail.
+#[derive(Debug, Default)]
+pub struct FakeSink {
+    pub received: Mutex<Vec<UsageReport>>,
+    pub enforcement: Mutex<Option<Enforcement>>,
+    pub failing: std::sync::atomic::AtomicBool,
+}
+
+impl UsageSink for FakeSink {
+    fn send(&self, reports: &[UsageReport]) -> Result<Option<Enforcement>, SinkError> {
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(SinkError::Unavailable("fake outage".into()));
+        }
+        let mut got = self.received.lock();
+        for r in reports {
+            // Like the controller: a retried sequence is not applied twice.
+            if !got.iter().any(|g| g.sequence == r.sequence) {
+                got.push(r.clone());
+            }
+        }
+        Ok(*self.enforcement.lock())
+    }
+}
+
+impl FakeSink {
+    /// Sum of the deltas received, for comparing with the counters.
+    pub fn delta_total(&self) -> (i64, i64) {
+        self.received
+            .lock()
+            .iter()
+            .filter(|r| r.kind == ReportKind::Delta)
+            .fold((0, 0), |(b, i), r| (b + r.bytes, i + r.inodes))
+    }
+}
+
+/// The real sink: `hubfs.quota.v1.Quota/ReportUsage` over gRPC.
+pub struct GrpcSink {
+    rt: tokio::runtime::Runtime,
+    endpoint: tonic::transport::Endpoint,
+    node_id: String,
+    user: String,
+}
+
+impl GrpcSink {
+    /// `endpoint` is a URL such as `http://hubfs-quota:9090`.
+    pub fn new(endpoint: &str, node_id: &str, user: &str) -> Result<Self, SinkError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| SinkError::Unavailable(format!("bad endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10));
+        Ok(GrpcSink {
+            rt,
+            endpoint,
+            node_id: node_id.to_string(),
+            user: user.to_string(),
+        })
+    }
+}
+
+fn to_proto(r: &UsageReport) -> hubfs_proto::quota::UsageReport {
+    use hubfs_proto::quota::{ReportKind as K, UsageSource as S};
+    let at = r
+        .measured_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    hubfs_proto::quota::UsageReport {
+        user: r.user.clone(),
+        kind: match r.kind {
+            ReportKind::Delta => K::Delta,
+            ReportKind::Absolute => K::Absolute,
+        } as i32,
+        source: match r.kind {
+            ReportKind::Delta => S::Write,
+            ReportKind::Absolute => S::Walk,
+        } as i32,
+        bytes: r.bytes,
+        inodes: r.inodes,
+        measured_at: Some(hubfs_proto::prost_types::Timestamp {
+            seconds: at.as_secs() as i64,
+            nanos: at.subsec_nanos() as i32,
+        }),
+        timed_out: r.timed_out,
+        walk_seconds: r.walk_seconds,
+        sequence: r.sequence,
+    }
+}
+
+impl UsageSink for GrpcSink {
+    fn send(&self, reports: &[UsageReport]) -> Result<Option<Enforcement>, SinkError> {
+        use hubfs_proto::quota::{quota_client::QuotaClient, Enforcement as E, ReportUsageRequest};
+        let req = ReportUsageRequest {
+            node_id: self.node_id.clone(),
+            reports: reports.iter().map(to_proto).collect(),
+        };
+        let resp = self.rt.block_on(async {
+            let channel = self
+                .endpoint
+                .connect()
+                .await
+                .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+            QuotaClient::new(channel)
+                .report_usage(req)
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                        SinkError::Unavailable(s.message().to_string())
+                    }
+                    _ => SinkError::Refused(s.message().to_string()),
+                })
+        })?;
+        let q = resp
+            .into_inner()
+            .quotas
+            .into_iter()
+            .find(|q| q.user == self.user);
+        Ok(q.and_then(|q| match E::try_from(q.enforcement) {
+            Ok(E::None) => Some(Enforcement::None),
+            Ok(E::Cleanup) => Some(Enforcement::Cleanup),
+            Ok(E::Blocked) => Some(Enforcement::Blocked),
+            _ => None,
+        }))
+    }
+}
+
+/// Ships usage from a [`Usage`] to a sink every `interval`, on a thread.
+pub struct Reporter {
+    tx: mpsc::Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum Msg {
+    Absolute(UsageReport),
+    Stop,
+}
+
+struct State {
+    usage: Arc<Usage>,
+    sink: Arc<dyn UsageSink>,
+    user: String,
+    next_seq: u64,
+    /// Sent but not acknowledged; resent as is (same sequence numbers).
+    unacked: Vec<UsageReport>,
+}
+
+impl Reporter {
+    pub fn start(
+        usage: Arc<Usage>,
+        sink: Arc<dyn UsageSink>,
+        user: &str,
+        interval: Duration,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        // Sequence numbers must grow across restarts of the mount: start from
+        // the clock in microseconds.
+        let next_seq = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let mut st = State {
+            usage,
+            sink,
+            user: user.to_string(),
+            next_seq,
+            unacked: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("hubfs-report".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(interval) {
+                    Ok(Msg::Absolute(mut r)) => {
+                        // The absolute figure is the whole of the counters;
+                        // unreported changes are part of it, not on top.
+                        let _ = st.usage.take_delta();
+                        let now = st.usage.snapshot();
+                        r.bytes = now.bytes;
+                        r.inodes = now.inodes;
+                        r.sequence = st.seq();
+                        st.unacked.push(r);
+                        st.flush();
+                    }
+                    Err(RecvTimeoutError::Timeout) => st.flush(),
+                    Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                        st.flush();
+                        return;
+                    }
+                }
+            })
+            .expect("spawn reporter thread");
+        Reporter {
+            tx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues an absolute report after a walk (its bytes and inodes are
+    /// replaced by the counters' totals); it is sent at once.
+    pub fn absolute(&self, r: UsageReport) {
+        let _ = self.tx.send(Msg::Absolute(r));
+    }
+
+    /// A handle that queues absolute reports from another thread.
+    pub fn absolute_sender(&self) -> impl Fn(UsageReport) + Send + 'static {
+        let tx = self.tx.clone();
+        move |r| {
+            let _ = tx.send(Msg::Absolute(r));
+        }
+    }
+
+    /// Sends what is left and stops.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+impl State {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn flush(&mut self) {
+        let d = self.usage.take_delta();
+        if d.bytes != 0 || d.inodes != 0 {
+            let sequence = self.seq();
+            self.unacked.push(UsageReport {
+                user: self.user.clone(),
+                kind: ReportKind::Delta,
+                bytes: d.bytes,
+                inodes: d.inodes,
+                measured_at: SystemTime::now(),
+                timed_out: false,
+                walk_seconds: 0.0,
+                sequence,
+            });
+        }
+        if self.unacked.is_empty() {
+            return;
+        }
+        match self.sink.send(&self.unacked) {
+            Ok(enforcement) => {
+                self.unacked.clear();
+                if let Some(e) = enforcement {
+                    let cleanup = e != Enforcement::None;
+                    if cleanup != self.usage.cleanup() {
+                        tracing::info!(user = %self.user, cleanup, "quota controller switched enforcement");
+                    }
+                    self.usage.set_cleanup(cleanup);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(user = %self.user, error = %e, pending = self.unacked.len(), "usage report not delivered; will retry");
+                // Bound memory during a long outage: fold deltas together.
+                if self.unacked.len() > 64 {
+                    let folded = self.unacked.split_off(0);
+                    let mut keep = Vec::new();
+                    let (mut b, mut i) = (0, 0);
+                    for r in folded {
+                        match r.kind {
+                            ReportKind::Delta => {
+                                b += r.bytes;
+                                i += r.inodes;
+                            }
+                            ReportKind::Absolute => keep.push(r),
+                        }
+                    }
+                    self.unacked = keep;
+                    self.usage.restore_delta(super::usage::Snapshot {
+                        bytes: b,
+                        inodes: i,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::usage::Limits;
+    use std::sync::atomic::Ordering;
+
+    fn setup() -> (Arc<Usage>, Arc<FakeSink>) {
+        (
+            Arc::new(Usage::new(Limits::default())),
+            Arc::new(FakeSink::default()),
+        )
+    }
+
+    #[test]
+    fn deltas_are_batched_and_flushed_on_stop() {
+        let (u, sink) = setup();
+        let rep = Reporter::start(u.clone(), sink.clone(), "alice", Duration::from_secs(3600));
+        u.apply(100, 1);
+        u.apply(-30, 0);
+        rep.stop();
+        assert_eq!(sink.delta_total(), (70, 1));
+        assert_eq!(sink.received.lock().len(), 1);
+        assert_eq!(sink.received.lock()[0].user, "alice");
+    }
+
+    #[test]
+    fn a_failed_batch_is_retried_with_the_same_sequence() {
+        let (u, sink) = setup();
+        sink.failing.store(true, Ordering::Relaxed);
+        let rep = Reporter::start(u.clone(), sink.clone(), "bob", Duration::from_millis(20));
+        u.apply(5, 1);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(sink.received.lock().is_empty());
+        sink.failing.store(false, Ordering::Relaxed);
+        u.apply(7, 0);
+        rep.stop();
+        assert_eq!(sink.delta_total(), (12, 1));
+    }
+
+    #[test]
+    fn the_answer_switches_cleanup_mode() {
+        let (u, sink) = setup();
+        *sink.enforcement.lock() = Some(Enforcement::Cleanup);
+        let rep = Reporter::start(u.clone(), sink.clone(), "carol", Duration::from_secs(3600));
+        u.add_baseline(40, 2);
+        u.apply(2, 0);
+        rep.absolute(UsageReport {
+            user: "carol".into(),
+            kind: ReportKind::Absolute,
+            bytes: 0,
+            inodes: 0,
+            measured_at: SystemTime::now(),
+            timed_out: false,
+            walk_seconds: 0.1,
+            sequence: 0,
+        });
+        rep.stop();
+        assert!(u.cleanup());
+        let got = sink.received.lock();
+        assert_eq!(got[0].kind, ReportKind::Absolute);
+        assert_eq!(
+            (got[0].bytes, got[0].inodes),
+            (42, 2),
+            "totals, delta included"
+        );
+        assert_eq!(got.len(), 1, "the delta is part of the absolute figure");
+        assert_ne!(got[0].sequence, 0);
+    }
+
+    #[test]
+    fn proto_conversion_keeps_every_field() {
+        let r = UsageReport {
+            user: "d".into(),
+            kind: ReportKind::Absolute,
+            bytes: -3,
+            inodes: 4,
+            measured_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1500),
+            timed_out: true,
+            walk_seconds: 2.5,
+            sequence: 9,
+        };
+        let p = to_proto(&r);
+        assert_eq!(p.kind, hubfs_proto::quota::ReportKind::Absolute as i32);
+        assert_eq!(p.source, hubfs_proto::quota::UsageSource::Walk as i32);
+        assert_eq!(
+            (p.bytes, p.inodes, p.sequence, p.timed_out),
+            (-3, 4, 9, true)
+        );
+        let ts = p.measured_at.unwrap();
+        assert_eq!((ts.seconds, ts.nanos), (1, 500_000_000));
+    }
+}
