@@ -4,4 +4,6 @@
 //! kernel plus a thin `fuser` adapter: the S3 filesystem (buckets as folders
 //! under `/s3/<bucket>`) and the home layer (a passthrough over a user's
 //! directory that accounts usage at write time and enforces the quota).
+
 pub mod home;
+pub mod s3;

@@ -1,0 +1,341 @@
+//! Running one S3 mount: options, the FUSE session, signals and unmount.
+//!
+//! [`MountOptions`] is what the `hubfs mount s3` command line parses into and
+//! what the CSI node service builds from a volume's attributes. The node
+//! service runs each mount as a child process (`hubfs mount s3 --foreground`,
+//! see [`MountOptions::command`]), so a crashed FUSE process shows up as
+//! ENOTCONN on the mountpoint ([`probe`]) and can be recreated.
+
+use std::ffi::OsString;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::fs::{FsConfig, S3Fs, Source};
+use super::fuse::FuseAdapter;
+use super::metrics::{Instrumented, Metrics};
+use super::prefetch::{MemoryLimiter, PrefetchConfig};
+use super::s3client::{S3Config, S3Store};
+use super::store::ObjectStore;
+
+/// Everything a mount needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    pub sources: Vec<Source>,
+    pub mountpoint: PathBuf,
+    pub s3: S3Config,
+    pub uid: u32,
+    pub gid: u32,
+    pub dir_mode: u16,
+    pub file_mode: u16,
+    pub allow_other: bool,
+    /// `None`: indefinite (immutable buckets).
+    pub metadata_ttl: Option<Duration>,
+    pub negative_ttl: Option<Duration>,
+    pub prefetch: PrefetchConfig,
+    pub allow_writes: bool,
+    pub allow_delete: bool,
+    pub metrics_addr: Option<SocketAddr>,
+    /// FUSE worker threads reading kernel requests.
+    pub fuse_threads: usize,
+}
+
+impl MountOptions {
+    pub fn new(sources: Vec<Source>, mountpoint: impl Into<PathBuf>) -> Self {
+        Self {
+            sources,
+            mountpoint: mountpoint.into(),
+            s3: S3Config::default(),
+            uid: 0,
+            gid: 0,
+            dir_mode: 0o755,
+            file_mode: 0o644,
+            allow_other: false,
+            metadata_ttl: Some(Duration::from_secs(60)),
+            negative_ttl: Some(Duration::from_secs(60)),
+            prefetch: PrefetchConfig::default(),
+            allow_writes: false,
+            allow_delete: false,
+            metrics_addr: None,
+            fuse_threads: 4,
+        }
+    }
+
+    fn fs_config(&self) -> FsConfig {
+        let mut cfg = FsConfig::new(self.sources.clone());
+        cfg.uid = self.uid;
+        cfg.gid = self.gid;
+        cfg.dir_mode = self.dir_mode;
+        cfg.file_mode = self.file_mode;
+        cfg.metadata_ttl = self.metadata_ttl.unwrap_or(Duration::MAX);
+        cfg.negative_ttl = self.negative_ttl.unwrap_or(Duration::MAX);
+        cfg.prefetch = self.prefetch.clone();
+        cfg.allow_writes = self.allow_writes;
+        cfg.allow_delete = self.allow_delete;
+        cfg
+    }
+
+    /// The arguments of `hubfs mount s3 --foreground ...` for these options.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["mount".into(), "s3".into(), "--foreground".into()];
+        let mut flag = |k: &str, v: String| {
+            a.push(format!("--{k}").into());
+            a.push(v.into());
+        };
+        if let Some(url) = &self.s3.endpoint_url {
+            flag("endpoint-url", url.clone());
+        }
+        if let Some(r) = &self.s3.region {
+            flag("region", r.clone());
+        }
+        flag("uid", self.uid.to_string());
+        flag("gid", self.gid.to_string());
+        flag("dir-mode", format!("{:o}", self.dir_mode));
+        flag("file-mode", format!("{:o}", self.file_mode));
+        let ttl = |t: Option<Duration>| match t {
+            Some(d) => format!("{}", d.as_secs_f64()),
+            None => "indefinite".to_string(),
+        };
+        flag("metadata-ttl", ttl(self.metadata_ttl));
+        flag("negative-metadata-ttl", ttl(self.negative_ttl));
+        flag("part-size", self.prefetch.part_size.to_string());
+        flag("max-prefetch-window", self.prefetch.max_window.to_string());
+        flag("max-memory", self.prefetch.max_memory.to_string());
+        flag("max-attempts", self.s3.max_attempts.to_string());
+        flag("fuse-threads", self.fuse_threads.to_string());
+        if let Some(addr) = self.metrics_addr {
+            flag("metrics-addr", addr.to_string());
+        }
+        for (on, name) in [
+            (self.s3.force_path_style, "--force-path-style"),
+            (self.s3.anonymous, "--no-sign-request"),
+            (self.allow_other, "--allow-other"),
+            (self.allow_writes, "--allow-writes"),
+            (self.allow_delete, "--allow-delete"),
+        ] {
+            if on {
+                a.push(name.into());
+            }
+        }
+        for s in &self.sources {
+            a.push(if s.prefix.is_empty() {
+                s.bucket.clone().into()
+            } else {
+                format!("{}:{}", s.bucket, s.prefix).into()
+            });
+        }
+        a.push(self.mountpoint.clone().into_os_string());
+        a
+    }
+
+    /// A command that runs this mount in the foreground: `hubfs_binary mount s3 ...`.
+    /// Kill it with SIGTERM to unmount.
+    pub fn command(&self, hubfs_binary: &Path) -> Command {
+        let mut c = Command::new(hubfs_binary);
+        c.args(self.args());
+        c
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("invalid mount: {0}")]
+    Invalid(String),
+    #[error("cannot reach bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: super::error::StoreError,
+    },
+    #[error("FUSE mount at {path} failed: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What a path shows when probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountState {
+    /// A mount answers at the path.
+    Healthy,
+    /// A FUSE mount whose process died: ENOTCONN.
+    Dead,
+    /// Nothing is mounted there.
+    NotMounted,
+}
+
+/// Whether `path` is a mountpoint according to /proc/self/mountinfo.
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(path) = std::fs::canonicalize(path).or_else(|_| Ok::<_, io::Error>(path.to_path_buf()))
+    else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Healthy, dead (ENOTCONN) or not mounted.
+pub fn probe(path: &Path) -> MountState {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => MountState::Dead,
+        _ if !is_mountpoint(path) => MountState::NotMounted,
+        Ok(_) => MountState::Healthy,
+        Err(_) => MountState::Dead,
+    }
+}
+
+/// Waits until a mount answers at `path`.
+pub fn wait_mounted(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if probe(path) == MountState::Healthy {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Unmounts `path`, lazily if it is busy.
+pub fn unmount(path: &Path) -> io::Result<()> {
+    use nix::mount::{umount2, MntFlags};
+    match umount2(path, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => {
+            tracing::warn!(path = %path.display(), "mountpoint busy, unmounting lazily");
+            umount2(path, MntFlags::MNT_DETACH).map_err(io::Error::from)
+        }
+        Err(nix::errno::Errno::EINVAL) if !is_mountpoint(path) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Mounts and serves until SIGTERM/SIGINT or an external unmount.
+/// `ready` runs once the mount answers (daemonizing parents wait for it).
+pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("hubfs-s3")
+        .enable_all()
+        .build()?;
+    let metrics = Metrics::new();
+    let store = rt.block_on(S3Store::new(&opts.s3));
+    let store = Arc::new(Instrumented::new(store, metrics.clone()));
+    // Fail at mount time, with the reason, rather than on the first `ls`.
+    for s in &opts.sources {
+        rt.block_on(store.list_page(&s.bucket, &s.prefix, Some("/"), None, 1))
+            .map_err(|e| SessionError::Bucket {
+                bucket: s.bucket.clone(),
+                source: e,
+            })?;
+    }
+    let limiter =
+        MemoryLimiter::with_gauge(opts.prefetch.max_memory, metrics.prefetch_bytes.clone());
+    let fs = S3Fs::new(store, opts.fs_config(), limiter).map_err(SessionError::Invalid)?;
+    let adapter = FuseAdapter::new(Arc::new(fs), rt.handle().clone());
+
+    let mut config = fuser::Config::default();
+    let fsname = opts
+        .sources
+        .iter()
+        .map(|s| s.bucket.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("hubfs-s3:{fsname}")),
+        fuser::MountOption::Subtype("hubfs-s3".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::DefaultPermissions,
+        if opts.allow_writes {
+            fuser::MountOption::RW
+        } else {
+            fuser::MountOption::RO
+        },
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(opts.fuse_threads.max(1));
+    let session = fuser::spawn_mount(adapter, &opts.mountpoint, &config).map_err(|e| {
+        SessionError::Mount {
+            path: opts.mountpoint.clone(),
+            source: e,
+        }
+    })?;
+    tracing::info!(mountpoint = %opts.mountpoint.display(), buckets = fsname, "mounted");
+    if let Some(addr) = opts.metrics_addr {
+        rt.spawn(serve_metrics(addr, metrics.clone()));
+    }
+    ready();
+
+    let mountpoint = opts.mountpoint.clone();
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = tick.tick() => {
+                    if session.guard.is_finished() {
+                        tracing::info!("unmounted from outside");
+                        return Ok::<(), io::Error>(());
+                    }
+                }
+            }
+        }
+        tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
+        unmount(&mountpoint)
+    })?;
+    if let Err(e) = session.join() {
+        tracing::debug!(error = %e, "FUSE session ended with an error");
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+/// A minimal `/metrics` endpoint: every request gets the registry text.
+async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot serve metrics");
+            return;
+        }
+    };
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let body = metrics.encode();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+        });
+    }
+}
