@@ -16,6 +16,11 @@ pub mod record;
 pub mod state;
 pub mod store;
 pub mod hub;
+pub mod notify;
+pub mod metrics;
+pub mod controller;
+pub mod grpc;
+pub mod http;
 
 pub use size::{format_size, parse_size, SizeError};
 pub use userkey::{EncodeError, UserKey};

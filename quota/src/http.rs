@@ -1,0 +1,97 @@
+//! The controller's HTTP API: what the spawn hook and `check-quota` ask
+//! (`GET /v1/users/{name}`), `/healthz` and Prometheus `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{Controller, ControllerError};
+use crate::policy;
+use crate::record::{Enforcement, QuotaRecord};
+use crate::state;
+use crate::store::StoreError;
+
+/// The JSON answer for one user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserStatus {
+    pub user: String,
+    /// Whether a record exists (false: never measured, defaults shown).
+    pub known: bool,
+    pub quota_state: String,
+    pub enforcement: Enforcement,
+    /// What the spawn hook obeys.
+    pub spawn_allowed: bool,
+    /// "41.2 GiB of 200 GiB (21%)".
+    pub usage: String,
+    /// Plain words for the user.
+    pub message: String,
+    pub overquota_state: String,
+    /// The next graded transition and when, if any.
+    pub next_transition: Option<(String, String)>,
+    pub record: QuotaRecord,
+}
+
+pub fn user_status(ctrl: &Controller, rec: QuotaRecord, known: bool) -> UserStatus {
+    let now = ctrl.now();
+    let plan = policy::plan(&rec, &ctrl.cfg.policy, now);
+    UserStatus {
+        user: rec.user.clone(),
+        known,
+        quota_state: rec.quota_state.as_str().into(),
+        enforcement: rec.enforcement,
+        spawn_allowed: rec.enforcement != Enforcement::Blocked,
+        usage: state::usage_line(&rec),
+        message: state::message(&rec, &ctrl.cfg, now),
+        overquota_state: rec.overquota_state.to_string(),
+        next_transition: plan.next.map(|(l, at)| (l.to_string(), at.to_rfc3339())),
+        record: rec,
+    }
+}
+
+fn error_response(e: ControllerError) -> Response {
+    let code = match &e {
+        ControllerError::Store(StoreError::BadUser { .. }) | ControllerError::BadReport(_) => StatusCode::BAD_REQUEST,
+        ControllerError::Store(StoreError::Corrupt { .. }) => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+}
+
+async fn get_user(State(ctrl): State<Arc<Controller>>, Path(name): Path<String>) -> Response {
+    let c = ctrl.clone();
+    let res = tokio::task::spawn_blocking(move || c.get(&name)).await;
+    match res {
+        Ok(Ok((rec, known))) => {
+            let status = user_status(&ctrl, rec, known);
+            let code = if known { StatusCode::OK } else { StatusCode::NOT_FOUND };
+            (code, Json(status)).into_response()
+        }
+        Ok(Err(e)) => error_response(e),
+        Err(e) => error_response(ControllerError::Internal(e.to_string())),
+    }
+}
+
+async fn metrics(State(ctrl): State<Arc<Controller>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        ctrl.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub fn router(ctrl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/v1/users/{name}", get(get_user))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(ctrl)
+}
