@@ -37,7 +37,7 @@ impl Driver {
         let child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
             .args(["csi", "--endpoint"])
             .arg(format!("unix://{}", socket.display()))
-            .args(["--node-id", "node-1", "--mode", "all", "--log-format", "json", "--log-level", "debug"])
+            .args(["--node-id", "node-1", "--mode", "all", "--log-format", "json", "--log-level", "info,hubfs=debug"])
             .arg("--kubelet-dir")
             .arg(dir.path().join("kubelet"))
             .arg("--allowed-root")
