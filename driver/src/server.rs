@@ -3,8 +3,8 @@
 //! kubelet and the CSI sidecars connect over a unix socket. A socket file
 //! left by a crashed driver would make `bind` fail forever, so a stale one is
 //! removed first (but never a file that is not a socket). Older gRPC clients
-//! send the socket path as `:authority`; tonic accepts any authority on a
-//! server, which the integration tests check with a path-like authority.
+//! send the socket path as `:authority`, which h2 refuses; `hubfs csi` wraps
+//! every connection in [`crate::authority::AuthorityFix`] for them.
 //!
 //! Every call runs its body on the blocking pool inside a span that names
 //! the volume and target: mount syscalls and filesystem walks block, and the

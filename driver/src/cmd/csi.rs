@@ -68,7 +68,9 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let incoming = hubfs::server::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+        let listener = hubfs::server::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+        // Older kubelets send the socket path as :authority, which h2 rejects.
+        let incoming = hubfs::authority::incoming(listener);
         let mounter = Arc::new(SysMounter);
         let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(IdentityService {
             driver_name: args.driver_name.clone(),
