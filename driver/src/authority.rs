@@ -990,4 +990,117 @@ mod tests {
         );
         assert_eq!(fs[3].flags, FLAG_END_HEADERS | FLAG_END_STREAM);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn header() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+            prop_oneof![
+                (
+                    Just(b":authority".to_vec()),
+                    prop::collection::vec(any::<u8>(), 0..40)
+                ),
+                (Just(b":authority".to_vec()), Just(SOCK.to_vec())),
+                (
+                    Just(b":path".to_vec()),
+                    "/[a-z./]{0,30}".prop_map(String::into_bytes)
+                ),
+                (
+                    "[a-z-]{1,12}".prop_map(String::into_bytes),
+                    prop::collection::vec(any::<u8>(), 0..60)
+                ),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the client's encoder does (indexing, Huffman) and
+            /// however the bytes arrive, h2 gets the same header lists with
+            /// only bad authorities replaced, decodable without any table.
+            #[test]
+            fn any_header_lists_any_split(
+                lists in prop::collection::vec(prop::collection::vec(header(), 0..8), 1..6),
+                step in 1usize..64,
+                huffman in any::<bool>(),
+            ) {
+                let mut enc = httlib_hpack::Encoder::default();
+                let flags = httlib_hpack::Encoder::WITH_INDEXING
+                    | httlib_hpack::Encoder::BEST_FORMAT
+                    | if huffman { httlib_hpack::Encoder::HUFFMAN_VALUE } else { 0 };
+                let mut input = PREFACE.to_vec();
+                for (i, list) in lists.iter().enumerate() {
+                    let mut block = Vec::new();
+                    for (n, v) in list {
+                        enc.encode((n.clone(), v.clone(), flags), &mut block).unwrap();
+                    }
+                    let id = 1 + 2 * i as u32;
+                    // Alternate one frame and a HEADERS + CONTINUATION split.
+                    if i % 2 == 0 || block.len() < 2 {
+                        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, id, &block));
+                    } else {
+                        let (a, b) = block.split_at(block.len() / 2);
+                        input.extend(frame(TYPE_HEADERS, 0, id, a));
+                        input.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, id, b));
+                    }
+                    input.extend(data(id));
+                }
+                let (out, rw) = rewrite(&input, step);
+                prop_assert_eq!(rw.state, State::FrameHeader);
+                let got = header_lists(&frames(&out));
+                let want: Vec<Vec<(Vec<u8>, Vec<u8>)>> = lists
+                    .iter()
+                    .map(|list| {
+                        list.iter()
+                            .map(|(n, v)| {
+                                if n == b":authority" && !valid_authority(v) {
+                                    (n.clone(), REPLACEMENT_AUTHORITY.to_vec())
+                                } else {
+                                    (n.clone(), v.clone())
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+
+            /// Garbage after the preface never panics, and garbage in place
+            /// of the preface is passed through untouched.
+            #[test]
+            fn garbage_never_panics(
+                body in prop::collection::vec(any::<u8>(), 0..2000),
+                step in 1usize..300,
+            ) {
+                let input = [PREFACE, &body].concat();
+                let _ = rewrite(&input, step);
+                if !body.starts_with(PREFACE) {
+                    let (out, _) = rewrite(&body, step);
+                    prop_assert_eq!(out, body);
+                }
+            }
+
+            /// Frame-shaped garbage: valid frame headers around random
+            /// header-block payloads.
+            #[test]
+            fn random_header_payloads_never_panic(
+                frames_in in prop::collection::vec(
+                    (prop::sample::select(vec![0x0u8, 0x1, 0x4, 0x9]), any::<u8>(), 0u32..4,
+                     prop::collection::vec(any::<u8>(), 0..100)),
+                    0..12),
+                step in 1usize..50,
+            ) {
+                let mut input = PREFACE.to_vec();
+                for (kind, flags, id, payload) in &frames_in {
+                    input.extend(frame(*kind, *flags, *id, payload));
+                }
+                let (out, _) = rewrite(&input, step);
+                // Rewritten or given up on, the output is whole frames and
+                // every frame outside header blocks is there unchanged.
+                let opaque = |f: &Frame| f.kind == 0x0 || f.kind == 0x4;
+                let sent: Vec<Frame> = frames(&input).into_iter().filter(opaque).collect();
+                let got: Vec<Frame> = frames(&out).into_iter().filter(opaque).collect();
+                prop_assert_eq!(got, sent);
+            }
+        }
+    }
 }
