@@ -220,9 +220,7 @@ impl Walker {
         };
         let threads = self.opts.threads.max(1);
         let parts: Vec<WalkStats> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| s.spawn(|| shared.work()))
-                .collect();
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| shared.work())).collect();
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_default())
@@ -231,7 +229,8 @@ impl Walker {
         for p in &parts {
             total.add(p);
         }
-        total.timed_out = shared.timed_out.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
+        total.timed_out =
+            shared.timed_out.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
         total.elapsed = started.elapsed();
         Ok(total)
     }
