@@ -33,6 +33,12 @@ enum Command {
     Du(cmd::du::DuArgs),
     /// Mount a FUSE filesystem: `mount s3` shows S3 buckets as folders.
     Mount(cmd::mount::MountArgs),
+    /// Run the quota controller: usage reports (gRPC), scheduled walks, states, hub enforcement.
+    Controller(cmd::controller::ControllerArgs),
+    /// Show a user's quota in plain words (notebook terminal); exit code reflects the state.
+    CheckQuota(cmd::check_quota::CheckQuotaArgs),
+    /// The graded overquota policy: dry run by default, --run, --repeat, --show-actions.
+    Overquota(cmd::overquota::OverquotaArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,9 @@ fn main() -> ExitCode {
         Command::Csi(args) => cmd::csi::run(args),
         Command::Du(args) => cmd::du::run(args),
         Command::Mount(args) => cmd::mount::run(args),
+        Command::Controller(args) => cmd::controller::run(args),
+        Command::CheckQuota(args) => cmd::check_quota::run(args),
+        Command::Overquota(args) => cmd::overquota::run(args),
     };
     match result {
         Ok(code) => code,

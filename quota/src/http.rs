@@ -10,6 +10,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
 use crate::controller::{Controller, ControllerError};
 use crate::policy;
 use crate::record::{Enforcement, QuotaRecord};
@@ -37,8 +40,12 @@ pub struct UserStatus {
 }
 
 pub fn user_status(ctrl: &Controller, rec: QuotaRecord, known: bool) -> UserStatus {
-    let now = ctrl.now();
-    let plan = policy::plan(&rec, &ctrl.cfg.policy, now);
+    user_status_with(&ctrl.cfg, ctrl.now(), rec, known)
+}
+
+/// The same answer computed from a record alone (`check-quota --file`).
+pub fn user_status_with(cfg: &Config, now: DateTime<Utc>, rec: QuotaRecord, known: bool) -> UserStatus {
+    let plan = policy::plan(&rec, &cfg.policy, now);
     UserStatus {
         user: rec.user.clone(),
         known,
@@ -46,7 +53,7 @@ pub fn user_status(ctrl: &Controller, rec: QuotaRecord, known: bool) -> UserStat
         enforcement: rec.enforcement,
         spawn_allowed: rec.enforcement != Enforcement::Blocked,
         usage: state::usage_line(&rec),
-        message: state::message(&rec, &ctrl.cfg, now),
+        message: state::message(&rec, cfg, now),
         overquota_state: rec.overquota_state.to_string(),
         next_transition: plan.next.map(|(l, at)| (l.to_string(), at.to_rfc3339())),
         record: rec,

@@ -27,9 +27,7 @@ pub enum MountKind {
     /// Mount S3 buckets (or prefixes) as folders: read-mostly, listing with
     /// one request per 1000 entries, parallel ranged reads.
     S3(S3Args),
-    /// Mount a user's home through the quota-accounting layer (EDQUOT at
-    /// the hard limit, usage reported to the quota controller).
-    Home(super::mount_home::HomeArgs),
+    // The home accounting layer adds its `Home(HomeArgs)` variant here.
 }
 
 /// Mount one or more S3 buckets.
@@ -192,7 +190,6 @@ impl S3Args {
 pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     match args.fs {
         MountKind::S3(a) => run_s3(a),
-        MountKind::Home(a) => super::mount_home::run(a),
     }
 }
 
@@ -267,9 +264,7 @@ mod tests {
         let mut all = vec!["hubfs"];
         all.extend_from_slice(args);
         let Top::Mount(m) = Cli::try_parse_from(all)?.cmd;
-        let MountKind::S3(a) = m.fs else {
-            panic!("not an s3 mount")
-        };
+        let MountKind::S3(a) = m.fs;
         Ok(a)
     }
 

@@ -1,0 +1,205 @@
+//! `hubfs controller`: the quota controller (replaces the seed's monitor and
+//! reaper pods). Serves `hubfs.quota.v1` for node reports and an HTTP API for
+//! the spawn hook, `check-quota` and Prometheus; walks homes on a schedule;
+//! lists hub users, records activity and stops servers that must stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hubfs_quota::clock::SystemClock;
+use hubfs_quota::config::Config;
+use hubfs_quota::controller::Controller;
+use hubfs_quota::grpc::QuotaService;
+use hubfs_quota::hub::{HubApi, HubClient, Token};
+use hubfs_quota::notify::LogNotifier;
+use hubfs_quota::store::Store;
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Directory holding the per-user records (`<user>/quota.yaml`).
+    #[arg(long, env = "HUBFS_CONTROL_DIR")]
+    pub control_dir: PathBuf,
+    /// Directory where the homes live (walked on schedule; `.hubfs/` there
+    /// holds provisioned capacities). Without it no scheduled walks run.
+    #[arg(long, env = "HUBFS_USERS_DIR")]
+    pub users_dir: Option<PathBuf>,
+    /// JupyterHub base URL (e.g. http://hub:8081). Without it the controller
+    /// runs accounting and states only.
+    #[arg(long, env = "HUBFS_HUB_URL")]
+    pub hub_url: Option<String>,
+    /// File holding the hub service token (else $JUPYTERHUB_API_TOKEN).
+    #[arg(long, env = "HUBFS_HUB_TOKEN_FILE")]
+    pub hub_token_file: Option<PathBuf>,
+    /// Address of the hubfs.quota.v1 gRPC server.
+    #[arg(long, default_value = "0.0.0.0:9500")]
+    pub grpc_listen: SocketAddr,
+    /// Address of the HTTP API (/v1/users/{name}, /healthz, /metrics).
+    #[arg(long, default_value = "0.0.0.0:9501")]
+    pub http_listen: SocketAddr,
+    /// YAML config (defaults, schedule, policy); see docs/quota.md.
+    #[arg(long, env = "HUBFS_QUOTA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Name of this replica in lock files (default: hostname and pid).
+    #[arg(long, env = "HUBFS_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Run one walk pass and one reaper cycle, print a JSON summary, exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// The hub token from the file or the environment; never logged.
+pub fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Token> {
+    let t = match file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("read hub token file {}", f.display()))?,
+        None => std::env::var("JUPYTERHUB_API_TOKEN")
+            .or_else(|_| std::env::var("HUBFS_HUB_TOKEN"))
+            .context("no --hub-token-file and no JUPYTERHUB_API_TOKEN in the environment")?,
+    };
+    if t.trim().is_empty() {
+        bail!("the hub token is empty");
+    }
+    Ok(Token::new(&t))
+}
+
+pub fn build(
+    control_dir: &PathBuf,
+    users_dir: Option<&PathBuf>,
+    hub_url: Option<&str>,
+    token_file: Option<&PathBuf>,
+    config: Option<&PathBuf>,
+    replica: Option<String>,
+) -> anyhow::Result<Arc<Controller>> {
+    let cfg = Config::load(config.map(|p| p.as_path()))?;
+    let owner = replica.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        format!("{host}:{}", std::process::id())
+    });
+    let store = Store::open(
+        control_dir,
+        &owner,
+        Duration::from_secs(cfg.locks.lease_seconds),
+        Duration::from_secs(cfg.locks.wait_seconds),
+    )?;
+    let hub: Option<Arc<dyn HubApi>> = match hub_url {
+        Some(url) => {
+            let token = read_token(token_file)?;
+            Some(Arc::new(HubClient::new(url, token, cfg.hub.clone())?))
+        }
+        None => None,
+    };
+    if let Some(d) = users_dir {
+        if !d.is_dir() {
+            bail!("--users-dir {} is not a directory", d.display());
+        }
+    }
+    Ok(Arc::new(Controller::new(
+        cfg,
+        store,
+        users_dir.cloned(),
+        Arc::new(SystemClock),
+        hub,
+        Arc::new(LogNotifier),
+    )))
+}
+
+pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let ctrl = build(
+            &args.control_dir,
+            args.users_dir.as_ref(),
+            args.hub_url.as_deref(),
+            args.hub_token_file.as_ref(),
+            args.config.as_ref(),
+            args.replica_id.clone(),
+        )?;
+        if !ctrl.has_hub() {
+            tracing::warn!("no --hub-url: running accounting and states only (no activity recorded, no servers stopped)");
+        }
+        if args.once {
+            let walked = ctrl.walk_cycle().await?;
+            let reaper = if ctrl.has_hub() {
+                let s = ctrl.reaper_cycle().await?;
+                serde_json::json!({
+                    "hub_users": s.hub_users,
+                    "records_updated": s.records_updated,
+                    "servers_stopped": s.servers_stopped,
+                    "seconds": s.seconds,
+                })
+            } else {
+                serde_json::Value::Null
+            };
+            println!("{}", serde_json::json!({ "walked": walked, "reaper": reaper }));
+            return Ok(ExitCode::SUCCESS);
+        }
+        serve(ctrl, args.grpc_listen, args.http_listen).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn serve(ctrl: Arc<Controller>, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
+    let grpc_listener = tokio::net::TcpListener::bind(grpc).await.with_context(|| format!("bind gRPC {grpc}"))?;
+    let http_listener = tokio::net::TcpListener::bind(http).await.with_context(|| format!("bind HTTP {http}"))?;
+    tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, "quota controller listening");
+
+    let svc = QuotaService::new(ctrl.clone()).server();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener)),
+    );
+    let router = hubfs_quota::http::router(ctrl.clone());
+    let http_task = tokio::spawn(async move { axum::serve(http_listener, router).await });
+
+    let walker_ctrl = ctrl.clone();
+    let walks = tokio::spawn(async move {
+        let every = Duration::from_secs(walker_ctrl.cfg.schedule.scan_every_seconds.max(1));
+        let fail = Duration::from_secs(walker_ctrl.cfg.schedule.fail_wait_seconds.max(1));
+        loop {
+            match walker_ctrl.walk_cycle().await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(walked = n, "walk pass");
+                    }
+                    tokio::time::sleep(every).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "walk pass failed");
+                    tokio::time::sleep(fail).await;
+                }
+            }
+        }
+    });
+    let reaper_ctrl = ctrl.clone();
+    let reaper = tokio::spawn(async move {
+        if !reaper_ctrl.has_hub() {
+            return;
+        }
+        let every = Duration::from_secs(reaper_ctrl.cfg.schedule.reaper_every_seconds.max(1));
+        let fail = Duration::from_secs(reaper_ctrl.cfg.schedule.fail_wait_seconds.max(1));
+        loop {
+            match reaper_ctrl.reaper_cycle().await {
+                Ok(_) => tokio::time::sleep(every).await,
+                Err(_) => tokio::time::sleep(fail).await,
+            }
+        }
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = grpc_task => { r?.context("gRPC server")?; }
+        r = http_task => { r?.context("HTTP server")?; }
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; exiting"),
+        _ = term.recv() => tracing::info!("terminated; exiting"),
+    }
+    walks.abort();
+    reaper.abort();
+    Ok(())
+}
