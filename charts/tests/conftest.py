@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "servicemonitor": {
         **NFS,
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True},
         "quotaController": {
             "hubUrl": "http://hub.jhub.svc:8081",
             "hubTokenSecret": {"name": "hubfs-hub-token", "key": "token"},
