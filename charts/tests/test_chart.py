@@ -276,8 +276,11 @@ def test_privileged_only_in_the_node_plugin(variant):
         if is_node_plugin:
             continue
         if w["kind"] == "Deployment" and c["name"] == "hubfs":
-            # CreateVolume mounts the NFS share privately: mount(2) only.
+            # CreateVolume mounts the NFS share privately: mount(2) only,
+            # which AppArmor's runtime default would still refuse.
             assert added == {"SYS_ADMIN"}
+            ann = w["spec"]["template"]["metadata"]["annotations"]
+            assert ann["container.apparmor.security.beta.kubernetes.io/hubfs"] == "unconfined"
         elif c["name"] == "quota":
             assert "SYS_ADMIN" not in added and sc["capabilities"]["drop"] == ["ALL"]
             assert sc["allowPrivilegeEscalation"] is False
