@@ -11,6 +11,8 @@ need=()
 "$PY" -c 'import kubernetes_validate' 2>/dev/null || need+=('kubernetes-validate>=1.31')
 "$PY" -c 'import pytest' 2>/dev/null || need+=('pytest>=7')
 "$PY" -c 'import yaml' 2>/dev/null || need+=('PyYAML>=6')
+# The spawn hook (quota/python) runs on tornado, as JupyterHub does.
+"$PY" -c 'import tornado' 2>/dev/null || need+=('tornado>=6')
 if [ "${#need[@]}" -gt 0 ]; then
     "$PY" -m pip install --quiet "${need[@]}"
 fi

@@ -210,3 +210,72 @@ def test_extra_config_chains_the_spawn_hook_file(tmp_path):
     assert ns["hubfs_hook"].calls == ["alice"]
     with pytest.raises(RuntimeError, match="over quota"):
         asyncio.run(c.Spawner.pre_spawn_hook(FakeSpawner("locked", [])))
+
+
+# ------------------------------------------------- with the real spawn hook
+
+HOOK = REPO / "quota" / "python" / "hubfs_spawn_hook.py"
+
+
+class FakeController:
+    """A stand-in for the quota controller's HTTP API on loopback."""
+
+    def __init__(self, answers):
+        import http.server
+        import json
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                user = self.path.rsplit("/", 1)[-1]
+                code, body = answers.get(user, (404, {"error": "unknown"}))
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_extra_config_loads_the_repositorys_spawn_hook(monkeypatch):
+    """hub.extraConfig with the real quota/python/hubfs_spawn_hook.py mounted
+    where hub.extraFiles puts it: a blocked user is refused with the
+    controller's message, others start, and the record mount is rewritten."""
+    assert HOOK.is_file(), f"{HOOK} is missing: docs/jupyterhub.md tells admins to pass it with --set-file"
+    from tornado import web
+
+    ctl = FakeController(
+        {
+            "locked": (200, {"spawn_allowed": False, "enforcement": "blocked", "message": "over quota (105%): delete files"}),
+            "alice": (200, {"spawn_allowed": True, "enforcement": "none", "message": "ok"}),
+        }
+    )
+    try:
+        hub_env = z2jh()["hub"]["extraEnv"]
+        assert "HUBFS_QUOTA_URL" in hub_env
+        monkeypatch.setenv("HUBFS_QUOTA_URL", ctl.url)
+        c, ns = load_extra_config(HOOK)
+        assert ns["hubfs_hook"] is not None
+        mounts = z2jh()["singleuser"]["storage"]["extraVolumeMounts"]
+        alice = FakeSpawner("alice", [dict(m) for m in mounts])
+        asyncio.run(c.Spawner.pre_spawn_hook(alice))
+        assert next(m for m in alice.volume_mounts if m["name"] == "quota-control")["subPath"] == "alice"
+        with pytest.raises(web.HTTPError) as e:
+            asyncio.run(c.Spawner.pre_spawn_hook(FakeSpawner("locked", [dict(m) for m in mounts])))
+        assert e.value.status_code == 403
+        assert "over quota (105%): delete files" in getattr(e.value, "jupyterhub_message", str(e.value))
+        # Never measured (404): the spawn goes ahead.
+        asyncio.run(c.Spawner.pre_spawn_hook(FakeSpawner("newcomer", [])))
+    finally:
+        ctl.close()
