@@ -196,10 +196,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn roundtrip_and_injective(a in "\\PC{1,40}", b in "\\PC{1,40}") {
+        fn roundtrip_and_injective(a in "\\PC{1,16}", b in "\\PC{1,16}") {
             let ka = UserKey::new(&a).unwrap();
             let kb = UserKey::new(&b).unwrap();
-            prop_assert_eq!(UserKey::decode(ka.encoded()).unwrap().name(), a.as_str());
+            let back = UserKey::decode(ka.encoded()).unwrap();
+            prop_assert_eq!(back.name(), a.as_str());
             prop_assert_eq!(a == b, ka.encoded() == kb.encoded());
             prop_assert!(ka.encoded().bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_'));
         }
