@@ -5,6 +5,7 @@
 //! and (as they land) the usage walker, quota records, the state machine, the
 //! graded overquota policy, the hub client and the controller.
 
+pub mod events;
 pub mod size;
 pub mod walker;
 pub mod userkey;
