@@ -25,6 +25,7 @@ pub struct Garage {
     pub bucket: String,
     admin_addr: String,
     metrics_token: String,
+    config: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -127,6 +128,7 @@ metrics_token = "{metrics_token}"
             bucket: bucket.to_string(),
             admin_addr: format!("127.0.0.1:{admin}"),
             metrics_token,
+            config: cfg_path.clone(),
         };
         g.wait_ready();
         g
@@ -165,6 +167,37 @@ metrics_token = "{metrics_token}"
             // Unsigned: 403 means the bucket resolved, 404 that it does not exist yet.
             && !out.starts_with("HTTP/1.1 404")
             && out.starts_with("HTTP/1.1")
+    }
+
+    /// Runs the garage CLI against this server (`bucket create`, ...).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(garage_binary())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run garage cli");
+        assert!(
+            out.status.success(),
+            "garage {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates another bucket the default key may read and write.
+    pub fn create_bucket(&self, name: &str) {
+        self.cli(&["bucket", "create", name]);
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            &self.access_key,
+        ]);
     }
 
     /// Garage's own log, for failure messages.
@@ -210,5 +243,132 @@ impl Drop for Garage {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An S3 client for this server, to put test data in and check what a mount wrote.
+pub async fn client(g: &Garage, endpoint: &str) -> hubfs_fuse::s3::s3client::S3Store {
+    use hubfs_fuse::s3::s3client::{S3Config, S3Store, StaticCredentials};
+    S3Store::new(&S3Config {
+        endpoint_url: Some(endpoint.to_string()),
+        region: Some(g.region.clone()),
+        force_path_style: true,
+        anonymous: false,
+        max_attempts: 5,
+        credentials: Some(StaticCredentials {
+            access_key_id: g.access_key.clone(),
+            secret_access_key: g.secret_key.clone(),
+        }),
+    })
+    .await
+}
+
+/// The `hubfs` binary built by cargo for this workspace.
+pub fn hubfs_binary() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug/hubfs");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p hubfs` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `hubfs mount s3 --foreground` process serving a Garage bucket.
+#[derive(Debug)]
+pub struct HubfsMount {
+    child: Option<Child>,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HubfsMount {
+    /// Mounts `sources` (BUCKET[:PREFIX]...) from `endpoint` with extra flags.
+    pub fn start(g: &Garage, endpoint: &str, flags: &[&str], sources: &[&str]) -> HubfsMount {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mountpoint");
+        let child = Command::new(hubfs_binary())
+            .args(["mount", "s3", "--foreground", "--force-path-style"])
+            .args(["--endpoint-url", endpoint, "--region", &g.region])
+            .args(flags)
+            .args(sources)
+            .arg(&path)
+            .env("AWS_ACCESS_KEY_ID", &g.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
+            .env_remove("AWS_PROFILE")
+            .env("HUBFS_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run hubfs mount s3");
+        let mut m = HubfsMount {
+            child: Some(child),
+            path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if hubfs_fuse::s3::session::probe(&m.path)
+                == hubfs_fuse::s3::session::MountState::Healthy
+            {
+                return m;
+            }
+            if let Some(Ok(Some(status))) = m.child.as_mut().map(|c| c.try_wait()) {
+                panic!("hubfs mount exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "mount did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The FUSE process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal mount");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait mount") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("hubfs mount did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HubfsMount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
     }
 }

@@ -283,29 +283,42 @@ pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError>
     }
     ready();
 
-    let mountpoint = opts.mountpoint.clone();
-    rt.block_on(async {
+    let signalled = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = term.recv() => return Ok::<bool, io::Error>(true),
+                _ = int.recv() => return Ok(true),
                 _ = tick.tick() => {
                     if session.guard.is_finished() {
-                        tracing::info!("unmounted from outside");
-                        return Ok::<(), io::Error>(());
+                        return Ok(false);
                     }
                 }
             }
         }
-        tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-        unmount(&mountpoint)
     })?;
-    if let Err(e) = session.join() {
-        tracing::debug!(error = %e, "FUSE session ended with an error");
+    let mountpoint = &opts.mountpoint;
+    if signalled {
+        tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
+        match session.umount_and_join() {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                // Files are still open: detach now; they fail once this
+                // process exits and the FUSE connection closes.
+                tracing::warn!(mountpoint = %mountpoint.display(), "mountpoint busy, unmounting lazily");
+                nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(io::Error::from)?;
+            }
+            Err(e) => tracing::debug!(error = %e, "FUSE session ended with an error"),
+        }
+    } else {
+        tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside");
+        if let Err(e) = session.join() {
+            tracing::debug!(error = %e, "FUSE session ended with an error");
+        }
     }
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())

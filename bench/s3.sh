@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Benchmark of `hubfs mount s3` against s3fs and rclone mount, in one run,
+# against a local Garage server (started here on loopback ports).
+#
+# For each filesystem: `ls -l` of 1,000 and 10,000 objects (seconds and S3
+# requests, counted server-side by Garage's metrics), time to first byte,
+# sequential read of 1 GiB (MiB/s) and peak RSS of the FUSE process; a direct
+# single-stream GET (curl, SigV4) is the ceiling. Prints hubfs/peer ratios.
+#
+# Needs: garage, s3fs, rclone, curl (.ci/install-s3.sh). Run as root.
+# Usage: bench/s3.sh            (HUBFS_BENCH_SIZE_MIB=1024 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${HUBFS_BENCH_SIZE_MIB:-1024}
+unset AWS_CA_BUNDLE # rclone refuses plain-HTTP endpoints with it set
+
+GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
+for t in "$GARAGE" s3fs rclone curl; do
+    command -v "$t" >/dev/null 2>&1 || { echo "bench/s3.sh: $t missing (run .ci/install-s3.sh)" >&2; exit 1; }
+done
+echo "== building hubfs (release)"
+cargo build --release -q -p hubfs
+HUBFS=$PWD/target/release/hubfs
+
+W=$(mktemp -d /tmp/hubfs-s3-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for m in "$W"/mnt-*; do umount -l "$m" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+S3P=$(port); RPCP=$(port); ADMP=$(port)
+AK=GK$(head -c12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+SK=$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+MT=$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+cat > "$W/garage.toml" <<TOML
+metadata_dir = "$W/meta"
+data_dir = "$W/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$RPCP"
+rpc_public_addr = "127.0.0.1:$RPCP"
+rpc_secret = "$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$S3P"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$ADMP"
+admin_token = "$MT"
+metrics_token = "$MT"
+TOML
+GARAGE_DEFAULT_ACCESS_KEY=$AK GARAGE_DEFAULT_SECRET_KEY=$SK GARAGE_DEFAULT_BUCKET=bench \
+    RUST_LOG=warn "$GARAGE" -c "$W/garage.toml" server --single-node --default-bucket >"$W/garage.log" 2>&1 &
+PIDS+=($!)
+EP=http://127.0.0.1:$S3P
+for _ in $(seq 100); do curl -sf -H "Authorization: Bearer $MT" "http://127.0.0.1:$ADMP/health" >/dev/null && break; sleep 0.1; done
+
+requests() {
+    curl -s -H "Authorization: Bearer $MT" "http://127.0.0.1:$ADMP/metrics" |
+        awk '/^api_s3_request_counter/ {s += $NF} END {printf "%d\n", s}'
+}
+
+export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other RCLONE_CONFIG_G_ENDPOINT=$EP
+export RCLONE_CONFIG_G_ACCESS_KEY_ID=$AK RCLONE_CONFIG_G_SECRET_ACCESS_KEY=$SK RCLONE_CONFIG_G_REGION=garage
+export RCLONE_CONFIG_G_FORCE_PATH_STYLE=true
+
+echo "== populating: 1,000 + 10,000 small objects, one ${SIZE_MIB} MiB object"
+mkdir -p "$W/src/l1k" "$W/src/l10k"
+for i in $(seq -w 0 999); do printf 'object %s\n' "$i" >"$W/src/l1k/f$i"; done
+for i in $(seq -w 0 9999); do printf 'object %s\n' "$i" >"$W/src/l10k/f$i"; done
+head -c $((SIZE_MIB << 20)) /dev/urandom >"$W/src/big.bin"
+rclone copy --transfers 32 --checkers 32 "$W/src" g:bench
+BIGSHA=$(sha256sum "$W/src/big.bin" | cut -d' ' -f1)
+rm -f "$W/src/big.bin"
+
+mount_fs() { # name -> mountpoint, sets FSPID
+    local name=$1 m=$W/mnt-$1
+    mkdir -p "$m"
+    case $name in
+    hubfs)
+        AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK HUBFS_LOG=warn "$HUBFS" mount s3 --foreground \
+            --endpoint-url "$EP" --region garage --force-path-style bench "$m" &
+        FSPID=$! ;;
+    s3fs)
+        echo "$AK:$SK" >"$W/passwd"; chmod 600 "$W/passwd"
+        s3fs bench "$m" -f -o url="$EP" -o use_path_request_style -o passwd_file="$W/passwd" \
+            -o endpoint=garage -o ro &
+        FSPID=$! ;;
+    rclone)
+        rclone mount g:bench "$m" --read-only &
+        FSPID=$! ;;
+    esac
+    PIDS+=("$FSPID")
+    for _ in $(seq 200); do mountpoint -q "$m" && ls "$m" >/dev/null 2>&1 && break; sleep 0.05; done
+    mountpoint -q "$m" || { echo "$name did not mount" >&2; exit 1; }
+}
+
+now() { date +%s.%N; }
+declare -A LS1 LS1R LS10 LS10R READ TTFB RSS
+for fs in hubfs s3fs rclone; do
+    echo "== $fs"
+    mount_fs "$fs"; m=$W/mnt-$fs
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    r0=$(requests); t0=$(now); n=$(ls -l "$m/l1k" | wc -l); t1=$(now); r1=$(requests)
+    LS1[$fs]=$(echo "$t1 - $t0" | bc -l); LS1R[$fs]=$((r1 - r0))
+    [ "$n" -eq 1001 ] || echo "  warning: ls -l l1k printed $n lines"
+    r0=$(requests); t0=$(now); n=$(ls -l "$m/l10k" | wc -l); t1=$(now); r1=$(requests)
+    LS10[$fs]=$(echo "$t1 - $t0" | bc -l); LS10R[$fs]=$((r1 - r0))
+    t0=$(now); head -c1 "$m/big.bin" >/dev/null; t1=$(now)
+    TTFB[$fs]=$(echo "$t1 - $t0" | bc -l)
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    t0=$(now); sha=$(dd if="$m/big.bin" bs=1M status=none | tee >(sha256sum >"$W/sha-$fs") | wc -c); t1=$(now)
+    READ[$fs]=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l)
+    sleep 0.2
+    [ "$(cut -d' ' -f1 "$W/sha-$fs")" = "$BIGSHA" ] || echo "  warning: $fs returned different bytes"
+    RSS[$fs]=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$FSPID/status")
+    printf '  ls -l 1k: %.3fs %d req | ls -l 10k: %.3fs %d req | ttfb %.3fs | read %.0f MiB/s | peak RSS %d MiB\n' \
+        "${LS1[$fs]}" "${LS1R[$fs]}" "${LS10[$fs]}" "${LS10R[$fs]}" "${TTFB[$fs]}" "${READ[$fs]}" "${RSS[$fs]}"
+    umount "$m" 2>/dev/null || umount -l "$m"
+    kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
+done
+
+echo "== direct single-stream GET (curl, SigV4)"
+t0=$(now)
+curl -sf --aws-sigv4 "aws:amz:garage:s3" --user "$AK:$SK" -o /dev/null "$EP/bench/big.bin"
+t1=$(now)
+DIRECT=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l)
+printf '  %.0f MiB/s\n' "$DIRECT"
+
+min() { echo "if ($1 < $2) $1 else $2" | bc -l; }
+max() { echo "if ($1 > $2) $1 else $2" | bc -l; }
+best_ls1=$(min "${LS1[s3fs]}" "${LS1[rclone]}")
+best_ls10=$(min "${LS10[s3fs]}" "${LS10[rclone]}")
+best_read=$(max "${READ[s3fs]}" "${READ[rclone]}")
+echo "== ratios (hubfs vs the better peer; > 1 means hubfs is better)"
+printf '  ls -l 1,000:   %.1fx faster (hubfs %d requests, s3fs %d, rclone %d; target ceil(N/1000) = 1)\n' \
+    "$(echo "$best_ls1 / ${LS1[hubfs]}" | bc -l)" "${LS1R[hubfs]}" "${LS1R[s3fs]}" "${LS1R[rclone]}"
+printf '  ls -l 10,000:  %.1fx faster (hubfs %d requests, s3fs %d, rclone %d; target 10)\n' \
+    "$(echo "$best_ls10 / ${LS10[hubfs]}" | bc -l)" "${LS10R[hubfs]}" "${LS10R[s3fs]}" "${LS10R[rclone]}"
+printf '  sequential read: %.2fx the better peer, %.2fx the direct GET\n' \
+    "$(echo "${READ[hubfs]} / $best_read" | bc -l)" "$(echo "${READ[hubfs]} / $DIRECT" | bc -l)"
+printf '  time to first byte: %.2fx (peer / hubfs)\n' \
+    "$(echo "$(min "${TTFB[s3fs]}" "${TTFB[rclone]}") / ${TTFB[hubfs]}" | bc -l)"
+printf '  peak RSS: hubfs %d MiB (target < 300), s3fs %d MiB, rclone %d MiB\n' "${RSS[hubfs]}" "${RSS[s3fs]}" "${RSS[rclone]}"

@@ -1,0 +1,542 @@
+//! `hubfs mount s3` against a real Garage server through real kernel FUSE mounts.
+//!
+//! Data goes into Garage through S3 (as users' data would), then is read
+//! back through the mount with ordinary tools and syscalls; request counts
+//! come from Garage's own metrics, so they include every request hubfs made.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use hubfs_e2e::garage::{client, Garage, HubfsMount};
+use hubfs_fuse::s3::s3client::S3Store;
+use hubfs_fuse::s3::session::{probe, MountState};
+use hubfs_fuse::s3::store::{collect, ObjectStore};
+use sha2::{Digest, Sha256};
+
+/// Deterministic bytes that do not compress or repeat at part boundaries.
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn sha_file(p: &Path) -> String {
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read through the mount");
+        if n == 0 {
+            return hex::encode(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+async fn put_multipart(s: &S3Store, bucket: &str, key: &str, body: &[u8]) {
+    let part = 16 << 20;
+    let id = s
+        .create_multipart(bucket, key)
+        .await
+        .expect("create upload");
+    let parts = futures::stream::iter(body.chunks(part).enumerate())
+        .map(|(i, c)| {
+            let id = id.clone();
+            async move {
+                s.upload_part(bucket, key, &id, i as i32 + 1, Bytes::copy_from_slice(c))
+                    .await
+                    .expect("upload part")
+            }
+        })
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await;
+    s.complete_multipart(bucket, key, &id, parts)
+        .await
+        .expect("complete upload");
+}
+
+async fn put_many(s: &S3Store, bucket: &str, items: Vec<(String, Vec<u8>)>) {
+    futures::stream::iter(items)
+        .map(|(k, v)| async move {
+            s.put(bucket, &k, Bytes::from(v))
+                .await
+                .unwrap_or_else(|e| panic!("put {k}: {e}"))
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+const BIG: usize = 300 << 20;
+const MID: usize = (8 << 20) + 1;
+const MANY: usize = 10_000;
+
+#[test]
+fn s3_mount_lists_stats_and_reads_like_a_filesystem() {
+    let g = Garage::start("data");
+    let rt = rt();
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    let big = data(1, BIG);
+    let mid = data(2, MID);
+    let unicode = "dir with space/ünïcödé ƒile ☃.txt";
+    rt.block_on(async {
+        put_multipart(&s3, "data", "big.bin", &big).await;
+        let mut items = vec![
+            ("empty".to_string(), vec![]),
+            ("one".to_string(), vec![42u8]),
+            ("mid.bin".to_string(), mid.clone()),
+            (unicode.to_string(), b"snow".to_vec()),
+            ("implicit/a/b.txt".to_string(), b"bee".to_vec()),
+            ("marker/".to_string(), vec![]),
+            ("marker/c.txt".to_string(), b"sea".to_vec()),
+            ("emptymarker/".to_string(), vec![]),
+        ];
+        items.extend((0..MANY).map(|i| (format!("many/f{i:05}"), vec![7u8; i % 100])));
+        put_many(&s3, "data", items).await;
+    });
+
+    let m = HubfsMount::start(
+        &g,
+        &g.endpoint,
+        &[
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--allow-other",
+            "--file-mode",
+            "444",
+        ],
+        &["data"],
+    );
+    let root = &m.path;
+
+    // ls: implicit directories and markers both appear, a marker is no file.
+    let expected: BTreeSet<String> = [
+        "big.bin",
+        "dir with space",
+        "empty",
+        "emptymarker",
+        "implicit",
+        "many",
+        "marker",
+        "mid.bin",
+        "one",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(names(root), expected);
+    assert_eq!(
+        names(&root.join("marker")),
+        BTreeSet::from(["c.txt".to_string()])
+    );
+    assert!(names(&root.join("emptymarker")).is_empty());
+    assert_eq!(
+        names(&root.join("dir with space")),
+        BTreeSet::from(["ünïcödé ƒile ☃.txt".to_string()])
+    );
+
+    // ls -l of 10,000 objects: exactly 10 LISTs, no HEAD, no GET.
+    std::fs::metadata(root.join("many")).expect("stat many");
+    let (lists, heads, gets) = (
+        g.s3_requests("ListObjectsV2"),
+        g.s3_requests("HeadObject"),
+        g.s3_requests("GetObject"),
+    );
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(root.join("many"))
+        .output()
+        .expect("ls -l");
+    assert!(out.status.success());
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        lines,
+        MANY + 1,
+        "ls -l prints a total and one line per object"
+    );
+    assert_eq!(
+        g.s3_requests("ListObjectsV2") - lists,
+        MANY.div_ceil(1000) as u64
+    );
+    assert_eq!(g.s3_requests("HeadObject") - heads, 0);
+    assert_eq!(g.s3_requests("GetObject") - gets, 0);
+    // The sizes came from the listing.
+    let meta = std::fs::metadata(root.join("many/f00099")).unwrap();
+    assert_eq!(meta.len(), 99);
+
+    // stat: size, owner and modes from the flags.
+    let meta = std::fs::metadata(root.join("mid.bin")).unwrap();
+    assert_eq!(meta.len(), MID as u64);
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o444);
+    assert!(std::fs::metadata(root.join("implicit/a")).unwrap().is_dir());
+
+    // find: every path outside the big prefix.
+    let out = Command::new("find")
+        .arg(root)
+        .args(["-path", "*/many", "-prune", "-o", "-type", "f", "-print"])
+        .output()
+        .expect("find");
+    let found: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            l.strip_prefix(&*root.to_string_lossy())
+                .unwrap_or(l)
+                .to_string()
+        })
+        .collect();
+    let want: BTreeSet<String> = [
+        "/big.bin",
+        "/empty",
+        "/one",
+        "/mid.bin",
+        "/implicit/a/b.txt",
+        "/marker/c.txt",
+        &format!("/{unicode}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(found, want);
+
+    // cat | sha256 of 0 B, 1 B, 8 MiB + 1 and 300 MiB.
+    assert_eq!(sha_file(&root.join("empty")), sha(&[]));
+    assert_eq!(sha_file(&root.join("one")), sha(&[42]));
+    assert_eq!(sha_file(&root.join("mid.bin")), sha(&mid));
+    assert_eq!(sha_file(&root.join("big.bin")), sha(&big));
+    let cat = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat '{}' | sha256sum",
+            root.join(unicode).display()
+        ))
+        .output()
+        .expect("cat");
+    assert!(String::from_utf8_lossy(&cat.stdout).starts_with(&sha(b"snow")));
+
+    // Random reads.
+    let mut f = std::fs::File::open(root.join("big.bin")).unwrap();
+    let mut x = 12345u64;
+    for _ in 0..64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 11) as usize % (BIG - 5000);
+        let len = 1 + (x as usize % 4096);
+        let mut buf = vec![0u8; len];
+        f.seek(SeekFrom::Start(off as u64)).unwrap();
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf[..], &big[off..off + len], "random read at {off}");
+    }
+
+    // 16 concurrent readers.
+    let want = sha(&mid);
+    let path = Arc::new(root.join("mid.bin"));
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let p = path.clone();
+            std::thread::spawn(move || sha_file(&p))
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), want);
+    }
+
+    // A notebook user (uid 1000) can read through --allow-other.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+            "cat",
+        ])
+        .arg(root.join("marker/c.txt"))
+        .output()
+        .expect("setpriv");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"sea");
+
+    // Read-only by default, with a clear errno.
+    let err = std::fs::write(root.join("new.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+    // SIGTERM unmounts cleanly.
+    let path = m.path.clone();
+    let status = m.stop();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(probe(&path), MountState::NotMounted);
+}
+
+/// A proxy in front of Garage that answers the first request of every
+/// second connection with 503 SlowDown and closes it.
+async fn slowdown_proxy(upstream: String) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let injected = Arc::new(AtomicU64::new(0));
+    let count = injected.clone();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            n += 1;
+            if n % 2 == 1 {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => head.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                    let resp = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+                continue;
+            }
+            let up = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&up).await {
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut server).await;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), injected)
+}
+
+#[test]
+fn s3_mount_retries_503_slowdown() {
+    let g = Garage::start("flaky");
+    let rt = rt();
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    let body = data(3, 20 << 20);
+    rt.block_on(async {
+        put_multipart(&s3, "flaky", "f.bin", &body).await;
+        put_many(
+            &s3,
+            "flaky",
+            (0..50).map(|i| (format!("d/k{i}"), vec![1u8; i])).collect(),
+        )
+        .await;
+    });
+    let (proxy, injected) = rt.block_on(slowdown_proxy(
+        g.endpoint.trim_start_matches("http://").to_string(),
+    ));
+    let m = HubfsMount::start(&g, &proxy, &[], &["flaky"]);
+    assert_eq!(names(&m.path.join("d")).len(), 50);
+    assert_eq!(sha_file(&m.path.join("f.bin")), sha(&body));
+    // Several readers force new connections, each second one refused.
+    let p = Arc::new(m.path.join("f.bin"));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let p = p.clone();
+            std::thread::spawn(move || sha_file(&p))
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), sha(&body));
+    }
+    let n = injected.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= 1, "no 503 was injected");
+    assert!(m.stop().success());
+}
+
+#[test]
+fn s3_mount_writes_deletes_and_shows_several_buckets() {
+    let g = Garage::start("one");
+    g.create_bucket("two");
+    let rt = rt();
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    rt.block_on(async {
+        s3.put("one", "old.txt", Bytes::from_static(b"old"))
+            .await
+            .unwrap();
+        s3.put("two", "sub/in-prefix.txt", Bytes::from_static(b"p"))
+            .await
+            .unwrap();
+        s3.put("two", "outside.txt", Bytes::from_static(b"o"))
+            .await
+            .unwrap();
+    });
+    let m = HubfsMount::start(
+        &g,
+        &g.endpoint,
+        &["--allow-writes", "--allow-delete"],
+        &["one", "two:sub"],
+    );
+    let root = &m.path;
+    assert_eq!(
+        names(root),
+        BTreeSet::from(["one".to_string(), "two".to_string()])
+    );
+    assert_eq!(
+        names(&root.join("two")),
+        BTreeSet::from(["in-prefix.txt".to_string()])
+    );
+
+    // mkdir, then a 13 MiB file written sequentially: multipart upload on close.
+    std::fs::create_dir(root.join("one/newdir")).unwrap();
+    let payload = data(4, 13 << 20);
+    std::fs::write(root.join("one/newdir/out.bin"), &payload).unwrap();
+    let stored = rt.block_on(async {
+        collect(
+            s3.get_range("one", "newdir/out.bin", 0..u64::MAX)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(sha(&stored), sha(&payload));
+    assert_eq!(sha_file(&root.join("one/newdir/out.bin")), sha(&payload));
+    std::fs::write(root.join("two/small.txt"), b"hello").unwrap();
+    let head = rt.block_on(s3.head("two", "sub/small.txt")).unwrap();
+    assert_eq!(head.size, 5);
+
+    // What S3 cannot do gets a clear errno.
+    let e = std::fs::rename(root.join("one/old.txt"), root.join("one/new.txt")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("one/newdir/out.bin"))
+        .map(Some)
+        .unwrap_or_else(|e| {
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+            None
+        });
+    if let Some(f) = f.as_mut() {
+        // Opened (the kernel may defer); a write in the middle must fail.
+        use std::io::Write;
+        f.seek(SeekFrom::Start(100)).unwrap();
+        assert!(f.write_all(b"x").and_then(|_| f.sync_all()).is_err());
+    }
+    drop(f);
+    // chmod and utime succeed without effect.
+    std::fs::set_permissions(
+        root.join("one/old.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+
+    // rm deletes the object.
+    std::fs::remove_file(root.join("one/old.txt")).unwrap();
+    assert!(rt.block_on(s3.head("one", "old.txt")).is_err());
+    assert!(!names(&root.join("one")).contains("old.txt"));
+    assert!(m.stop().success());
+}
+
+/// The process whose command line is `... mount s3 ... <mountpoint>`.
+fn daemon_pid(mnt: &Path) -> Option<i32> {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+        let is_mount = args.windows(2).any(|w| w[0] == b"mount" && w[1] == b"s3");
+        (is_mount && args.last() == Some(&want)).then_some(pid)
+    })
+}
+
+#[test]
+fn s3_mount_daemonizes_and_a_dead_process_is_detected() {
+    let g = Garage::start("daemon");
+    let rt = rt();
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    rt.block_on(s3.put("daemon", "x", Bytes::from_static(b"xyz")))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let status = Command::new(hubfs_e2e::garage::hubfs_binary())
+        .args([
+            "mount",
+            "s3",
+            "--force-path-style",
+            "--endpoint-url",
+            &g.endpoint,
+        ])
+        .args(["--region", &g.region, "daemon"])
+        .arg(&mnt)
+        .env("AWS_ACCESS_KEY_ID", &g.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
+        .status()
+        .expect("hubfs mount s3");
+    assert!(status.success());
+    // The command returned after the mount was up.
+    assert_eq!(probe(&mnt), MountState::Healthy);
+    assert_eq!(std::fs::read(mnt.join("x")).unwrap(), b"xyz");
+    // Kill the daemon: the mountpoint reports ENOTCONN, which the CSI node detects.
+    let pid = daemon_pid(&mnt).expect("daemon pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while probe(&mnt) != MountState::Dead {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead mount not detected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    hubfs_fuse::s3::session::unmount(&mnt).unwrap();
+    assert_eq!(probe(&mnt), MountState::NotMounted);
+}
