@@ -31,6 +31,7 @@ use crate::inflight::InFlight;
 use crate::server::blocking;
 use crate::share::Shares;
 use crate::volume::{keys, HomeParams, HomeVolume, IdError, OnDelete, VolumeType};
+use hubfs_quota::events::{post_in_background, EventSink, Notice, Reason};
 
 /// Controller service state.
 #[derive(Clone)]
@@ -41,6 +42,7 @@ pub struct ControllerService {
 struct Inner {
     shares: Shares,
     inflight: InFlight,
+    events: Arc<dyn EventSink>,
 }
 
 /// Checks that every capability is a filesystem mount: homes are directories.
@@ -88,11 +90,12 @@ fn now() -> String {
 }
 
 impl ControllerService {
-    pub fn new(shares: Shares) -> Self {
+    pub fn new(shares: Shares, events: Arc<dyn EventSink>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 shares,
                 inflight: InFlight::default(),
+                events,
             }),
         }
     }
@@ -166,6 +169,27 @@ impl ControllerService {
         ]);
         if !params.mount_options.is_empty() {
             ctx.insert(keys::MOUNT_OPTIONS.to_owned(), params.mount_options.clone());
+        }
+        for (from, to) in [(keys::PVC_NAME, keys::CTX_PVC_NAME), (keys::PVC_NAMESPACE, keys::CTX_PVC_NAMESPACE)] {
+            if let Some(v) = r.parameters.get(from) {
+                ctx.insert(to.to_owned(), v.clone());
+            }
+        }
+        if let Some(pvc) = crate::volume::pvc_of(&r.parameters) {
+            let verb = if created { "created" } else { "reused" };
+            post_in_background(
+                &self.inner.events,
+                Notice {
+                    regarding: pvc,
+                    reason: Reason::HomeProvisioned,
+                    note: format!(
+                        "home of {} {verb} at {} with a quota of {}",
+                        vol.user,
+                        home.display(),
+                        hubfs_quota::format_size(capacity)
+                    ),
+                },
+            );
         }
         if let Some(n) = params.inode_quota {
             ctx.insert(keys::INODE_QUOTA.to_owned(), n.to_string());

@@ -36,6 +36,13 @@ pub mod keys {
     pub const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
     pub const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
     pub const PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+    /// Passed by kubelet at NodePublish when the CSIDriver has podInfoOnMount.
+    pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
+    pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+    pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
+    /// Our own context keys naming the PVC, so node-side events can mention it.
+    pub const CTX_PVC_NAME: &str = "pvcName";
+    pub const CTX_PVC_NAMESPACE: &str = "pvcNamespace";
 }
 
 /// The seed's default quota: 200 GiB.
@@ -48,6 +55,25 @@ pub const DEFAULT_UID: u32 = 1000;
 pub const DEFAULT_GID: u32 = 100;
 /// Owner full access, group read, others nothing: homes share one filesystem.
 pub const DEFAULT_MODE: u32 = 0o750;
+
+/// The pod a NodePublish is for, from podInfoOnMount, as an event target.
+pub fn pod_of(ctx: &HashMap<String, String>) -> Option<hubfs_quota::events::Regarding> {
+    Some(hubfs_quota::events::Regarding::Pod {
+        namespace: ctx.get(keys::POD_NAMESPACE)?.clone(),
+        name: ctx.get(keys::POD_NAME)?.clone(),
+        uid: ctx.get(keys::POD_UID).cloned(),
+    })
+}
+
+/// The PVC named in CreateVolume parameters (external-provisioner's
+/// `--extra-create-metadata`), as an event target.
+pub fn pvc_of(params: &HashMap<String, String>) -> Option<hubfs_quota::events::Regarding> {
+    Some(hubfs_quota::events::Regarding::Pvc {
+        namespace: params.get(keys::PVC_NAMESPACE)?.clone(),
+        name: params.get(keys::PVC_NAME)?.clone(),
+        uid: None,
+    })
+}
 
 /// Which kind of volume a request is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

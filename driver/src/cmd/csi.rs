@@ -11,6 +11,7 @@ use hubfs::identity::{valid_driver_name, IdentityService};
 use hubfs::mounter::SysMounter;
 use hubfs::node::{NodeConfig, NodeService};
 use hubfs::share::Shares;
+use hubfs_quota::events::{EventSink, KubeEventSink, NoEvents};
 use hubfs_proto::csi::{controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer};
 
 /// Which CSI services to serve.
@@ -48,6 +49,9 @@ pub struct CsiArgs {
     /// anything else are refused.
     #[arg(long = "allowed-root", default_value = "/srv/hubfs")]
     allowed_roots: Vec<PathBuf>,
+    /// Do not post Kubernetes Events (they are also skipped when no API server is configured).
+    #[arg(long)]
+    no_events: bool,
 }
 
 pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
@@ -72,12 +76,19 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
         // Older kubelets send the socket path as :authority, which h2 rejects.
         let incoming = hubfs::authority::incoming(listener);
         let mounter = Arc::new(SysMounter);
+        let events: Arc<dyn EventSink> = match args.no_events {
+            true => Arc::new(NoEvents),
+            false => match KubeEventSink::from_environment(&args.driver_name, &args.node_id).await {
+                Some(k) => Arc::new(k),
+                None => Arc::new(NoEvents),
+            },
+        };
         let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(IdentityService {
             driver_name: args.driver_name.clone(),
         }));
         if matches!(args.mode, Mode::Controller | Mode::All) {
             let shares = Shares::new(mounter.clone(), state_dir.clone(), allowed_roots.clone());
-            router = router.add_service(ControllerServer::new(ControllerService::new(shares)));
+            router = router.add_service(ControllerServer::new(ControllerService::new(shares, events.clone())));
         }
         if matches!(args.mode, Mode::Node | Mode::All) {
             let cfg = NodeConfig {
@@ -86,7 +97,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
                 state_dir: state_dir.clone(),
                 allowed_roots,
             };
-            router = router.add_service(NodeServer::new(NodeService::new(cfg, mounter)));
+            router = router.add_service(NodeServer::new(NodeService::new(cfg, mounter, events)));
         }
         tracing::info!(endpoint = %path.display(), mode = ?args.mode, driver = %args.driver_name,
             node = %args.node_id, "serving CSI");

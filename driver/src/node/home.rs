@@ -62,7 +62,8 @@ pub(super) fn release_share(node: &NodeService, id: &str, staging: &Path) -> Res
     }
 }
 
-/// Presents the staged home at `target`.
+/// Presents the staged home at `target`. Returns what to tell the pod's
+/// events when something was mounted, `None` when it already was.
 pub(super) fn publish(
     node: &NodeService,
     id: &str,
@@ -70,7 +71,7 @@ pub(super) fn publish(
     staging: &Path,
     target: &Path,
     read_only: bool,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let vol = parse(id)?;
     let m = &node.inner.mounter;
     if m.mounted_at(staging)?.is_none() {
@@ -87,7 +88,7 @@ pub(super) fn publish(
     if let Some(existing) = m.mounted_at(target)? {
         let want = m.bind_identity(staging)?;
         if existing.device == want.device && existing.root == want.root && existing.read_only == read_only {
-            return Ok(());
+            return Ok(None);
         }
         return Err(DriverError::AlreadyExists(format!(
             "{} is already published with a different source or access mode",
@@ -109,7 +110,20 @@ pub(super) fn publish(
         return Err(e);
     }
     tracing::info!(user = %vol.user, read_only, accounting = accounting.as_str(), "home published");
-    Ok(())
+    let quota = ctx.get(keys::QUOTA).and_then(|q| q.parse::<u64>().ok());
+    let usage = node.inner.stats.last(id);
+    let mut note = format!("home of {} mounted{}", vol.user, if read_only { " read-only" } else { "" });
+    match (usage, quota) {
+        (Some(u), Some(q)) if q > 0 => note.push_str(&format!(
+            ": {} of {} used ({:.0}%)",
+            hubfs_quota::format_size(u.bytes),
+            hubfs_quota::format_size(q),
+            u.bytes as f64 * 100.0 / q as f64
+        )),
+        (None, Some(q)) => note.push_str(&format!(", quota {}", hubfs_quota::format_size(q))),
+        _ => {}
+    }
+    Ok(Some(note))
 }
 
 /// Why a path cannot be used, in the words kubelet shows to people.

@@ -31,6 +31,7 @@ use crate::paths;
 use crate::server::blocking;
 use crate::share::Shares;
 use crate::stats::UsageCache;
+use hubfs_quota::events::{post_in_background, EventSink, Notice, Reason};
 
 /// Node service settings.
 #[derive(Clone, Debug)]
@@ -52,6 +53,7 @@ pub struct NodeService {
 
 struct NodeInner {
     cfg: NodeConfig,
+    events: Arc<dyn EventSink>,
     mounter: Arc<dyn Mounter>,
     shares: Shares,
     inflight: InFlight,
@@ -81,11 +83,12 @@ fn read_only(readonly: bool, c: &VolumeCapability) -> bool {
 }
 
 impl NodeService {
-    pub fn new(cfg: NodeConfig, mounter: Arc<dyn Mounter>) -> Self {
+    pub fn new(cfg: NodeConfig, mounter: Arc<dyn Mounter>, events: Arc<dyn EventSink>) -> Self {
         let shares = Shares::new(mounter.clone(), cfg.state_dir.clone(), cfg.allowed_roots.clone());
         Self {
             inner: Arc::new(NodeInner {
                 cfg,
+                events,
                 mounter,
                 shares,
                 inflight: InFlight::default(),
@@ -126,13 +129,30 @@ impl NodeService {
         let cap = capability(r.volume_capability.as_ref())?;
         let ro = read_only(r.readonly, cap);
         let _g = self.inner.inflight.begin(id)?;
-        match crate::volume::VolumeType::from_map(&r.volume_context)? {
+        let kind = crate::volume::VolumeType::from_map(&r.volume_context)?;
+        let result = match kind {
             crate::volume::VolumeType::S3 => s3::publish(self, &r, &target, ro),
             crate::volume::VolumeType::Home => {
                 let staging = self.co_path("staging_target_path", &r.staging_target_path)?;
                 home::publish(self, id, &r.volume_context, &staging, &target, ro)
             }
+        };
+        // Tell `kubectl describe pod` what happened, in the background.
+        if let Some(pod) = crate::volume::pod_of(&r.volume_context) {
+            let notice = match &result {
+                Ok(Some(note)) => Some(Notice { regarding: pod, reason: match kind {
+                    crate::volume::VolumeType::S3 => Reason::S3Mounted,
+                    crate::volume::VolumeType::Home => Reason::HomeMounted,
+                }, note: note.clone() }),
+                Ok(None) => None, // already published: said before
+                Err(DriverError::Busy(_)) => None,
+                Err(e) => Some(Notice { regarding: pod, reason: Reason::MountFailed, note: e.to_string() }),
+            };
+            if let Some(n) = notice {
+                post_in_background(&self.inner.events, n);
+            }
         }
+        result.map(|_| ())
     }
 
     /// NodeUnpublishVolume's body: unmount and remove the target we created.

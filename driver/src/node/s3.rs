@@ -21,6 +21,11 @@ pub(super) fn stage(_node: &NodeService, _r: &NodeStageVolumeRequest, _staging: 
     Err(not_yet())
 }
 
-pub(super) fn publish(_node: &NodeService, _r: &NodePublishVolumeRequest, _target: &Path, _ro: bool) -> Result<()> {
+pub(super) fn publish(
+    _node: &NodeService,
+    _r: &NodePublishVolumeRequest,
+    _target: &Path,
+    _ro: bool,
+) -> Result<Option<String>> {
     Err(not_yet())
 }

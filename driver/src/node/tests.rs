@@ -18,8 +18,10 @@ use crate::error::DriverError;
 use crate::homes::{self, HomeMeta};
 use crate::mounter::{FakeMounter, MountCall, Mounter};
 use crate::volume::{Backend, HomeVolume, OnDelete};
+use hubfs_quota::events::{FakeEventSink, Reason, Regarding};
 
 struct Env {
+    events: Arc<FakeEventSink>,
     _dir: tempfile::TempDir,
     root: PathBuf,
     kubelet: PathBuf,
@@ -55,6 +57,7 @@ fn env() -> Env {
     )
     .unwrap();
     let fake = FakeMounter::default();
+    let events = Arc::new(FakeEventSink::default());
     let node = NodeService::new(
         NodeConfig {
             node_id: "n1".into(),
@@ -63,8 +66,9 @@ fn env() -> Env {
             allowed_roots: vec![dir.path().into()],
         },
         Arc::new(fake.clone()),
+        events.clone(),
     );
-    Env { _dir: dir, root, kubelet, fake, node, vol }
+    Env { events, _dir: dir, root, kubelet, fake, node, vol }
 }
 
 fn mount_cap(mode: Mode) -> Option<VolumeCapability> {
@@ -332,4 +336,48 @@ fn stats_of_missing_or_unmounted_paths() {
     assert!(c.abnormal);
     assert!(c.message.contains("not mounted"), "{}", c.message);
     let _ = Path::new("");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_tells_the_pod_what_happened() {
+    let e = env();
+    let pod_ctx = |r: &mut NodePublishVolumeRequest| {
+        r.volume_context.insert("csi.storage.k8s.io/pod.name".into(), "jupyter-alice".into());
+        r.volume_context.insert("csi.storage.k8s.io/pod.namespace".into(), "jhub".into());
+        r.volume_context.insert("quota".into(), "1000".into());
+    };
+    let node = e.node.clone();
+    let mut early = e.publish_req("p0");
+    pod_ctx(&mut early);
+    // Not staged yet: a MountFailed warning with the reason in plain words.
+    tokio::task::spawn_blocking(move || node.publish(early)).await.unwrap().unwrap_err();
+    let node = e.node.clone();
+    let stage = e.stage_req();
+    let mut ok = e.publish_req("p1");
+    pod_ctx(&mut ok);
+    let again = ok.clone();
+    tokio::task::spawn_blocking(move || {
+        node.stage(stage).unwrap();
+        node.publish(ok).unwrap();
+        node.publish(again).unwrap();
+    })
+    .await
+    .unwrap();
+    let mut posted = Vec::new();
+    for _ in 0..200 {
+        posted = e.events.posted();
+        if posted.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(posted.len(), 2, "{posted:#?}");
+    assert_eq!(posted[0].reason, Reason::MountFailed);
+    assert!(posted[0].note.contains("not staged"), "{}", posted[0].note);
+    assert_eq!(posted[1].reason, Reason::HomeMounted);
+    assert_eq!(
+        posted[1].regarding,
+        Regarding::Pod { namespace: "jhub".into(), name: "jupyter-alice".into(), uid: None }
+    );
+    assert!(posted[1].note.contains("home of alice mounted"), "{}", posted[1].note);
 }
