@@ -1,0 +1,165 @@
+//! The home layer on a real kernel FUSE mount, used by uid 1000 as a
+//! notebook would: EDQUOT at the limit, cleanup still possible, `df` shows
+//! the quota, files belong to the caller, permissions hold, cleanup mode
+//! switches at runtime, and usage reaches the sink.
+
+#[path = "home_support.rs"]
+mod support;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use hubfs_fuse::home::Limits;
+use support::{as_user, mount_home, text, usage_xattr};
+
+const MIB: u64 = 1 << 20;
+
+fn limited(bytes: u64) -> Limits {
+    Limits {
+        bytes: Some(bytes),
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn dd_as_uid_1000_gets_edquot_at_the_limit_and_delete_works() {
+    let m = mount_home(limited(10 * MIB));
+    let big = m.mnt().join("big");
+    let o = as_user(&format!("dd if=/dev/zero of={} bs=1M count=20", big.display()));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Disk quota exceeded"), "{}", text(&o));
+    let size = fs::metadata(m.src().join("big")).unwrap().len();
+    assert!(size <= 10 * MIB && size >= 9 * MIB, "{size}");
+    let (bytes, _) = m.usage();
+    assert!(bytes as u64 <= 10 * MIB, "never past the hard limit: {bytes}");
+    // a further small write is refused too
+    let o = as_user(&format!("echo more >> {}", big.display()));
+    assert!(!o.status.success());
+    // cleaning up always works
+    let o = as_user(&format!("truncate -s 1M {0} && rm {0}", big.display()));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(m.usage().0, 0);
+    let o = as_user(&format!("dd if=/dev/zero of={} bs=1M count=2", big.display()));
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn df_shows_the_quota() {
+    let m = mount_home(limited(100 * MIB));
+    fs::write(m.mnt().join("f"), vec![1u8; 4 * MIB as usize]).unwrap();
+    let o = std::process::Command::new("df")
+        .args(["-B1", "--output=size,avail"])
+        .arg(m.mnt())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let nums: Vec<u64> = out.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(nums[0], 100 * MIB, "{out}");
+    assert_eq!(nums[1], 96 * MIB, "{out}");
+}
+
+#[test]
+fn created_files_belong_to_the_caller() {
+    let m = mount_home(Limits::default());
+    let o = as_user(&format!(
+        "cd {} && echo x > file && mkdir dir && ln -s file link && mkfifo fifo",
+        m.mnt().display()
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    for name in ["file", "dir", "link", "fifo"] {
+        let md = fs::symlink_metadata(m.src().join(name)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1000, 1000), "{name}");
+    }
+    // and what root creates stays root's
+    fs::write(m.mnt().join("rootfile"), b"r").unwrap();
+    assert_eq!(fs::metadata(m.src().join("rootfile")).unwrap().uid(), 0);
+    let o = as_user(&format!("umask 077 && touch {}/private", m.mnt().display()));
+    assert!(o.status.success());
+    assert_eq!(fs::metadata(m.src().join("private")).unwrap().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn permission_denied_where_the_native_filesystem_denies() {
+    let m = mount_home(Limits::default());
+    fs::write(m.mnt().join("secret"), b"s").unwrap();
+    fs::create_dir(m.mnt().join("rootdir")).unwrap();
+    std::process::Command::new("chmod").arg("600").arg(m.mnt().join("secret")).status().unwrap();
+    let checks = [
+        format!("cat {}/secret", m.mnt().display()),
+        format!("touch {}/rootdir/x", m.mnt().display()),
+        format!("rm -f {}/secret", m.mnt().display()).replace("rm -f", "chmod 777"),
+        format!("chown 1000 {}/secret", m.mnt().display()),
+    ];
+    for c in &checks {
+        let o = as_user(c);
+        assert!(!o.status.success(), "{c}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("Permission denied") || err.contains("Operation not permitted"), "{c}: {err}");
+    }
+    assert_eq!(fs::read(m.src().join("secret")).unwrap(), b"s");
+}
+
+#[test]
+fn cleanup_mode_allows_deletes_and_truncates_only_and_can_be_switched_back() {
+    let m = mount_home(limited(100 * MIB));
+    let f = m.mnt().join("data");
+    fs::write(&f, vec![1u8; 1000]).unwrap();
+    support::set_mode(m.mnt(), "cleanup").unwrap();
+    assert!(usage_xattr(m.mnt()).contains("mode=cleanup"));
+    let o = as_user(&format!("echo x > {}/new", m.mnt().display()));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Disk quota exceeded"), "{}", text(&o));
+    let o = as_user(&format!("echo x >> {}", f.display()));
+    assert!(!o.status.success());
+    fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(10).unwrap();
+    fs::remove_file(&f).unwrap();
+    // a user may not switch the mode
+    let o = as_user(&format!("python3 -c \"import os; os.setxattr('{}', 'user.hubfs.mode', b'normal')\"", m.mnt().display()));
+    assert!(!o.status.success(), "{}", text(&o));
+    support::set_mode(m.mnt(), "normal").unwrap();
+    fs::write(m.mnt().join("again"), b"ok").unwrap();
+    assert!(support::set_mode(m.mnt(), "bogus").is_err());
+}
+
+#[test]
+fn inode_quota_refuses_creates() {
+    let m = mount_home(Limits {
+        inodes: Some(4),
+        ..Limits::default()
+    });
+    // the root directory is one inode
+    for i in 0..3 {
+        fs::write(m.mnt().join(format!("f{i}")), b"").unwrap();
+    }
+    let e = fs::write(m.mnt().join("f3"), b"").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT));
+    let e = fs::create_dir(m.mnt().join("d")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT));
+    fs::remove_file(m.mnt().join("f0")).unwrap();
+    fs::create_dir(m.mnt().join("d")).unwrap();
+}
+
+#[test]
+fn usage_reaches_the_sink_and_the_walk_baseline_counts_existing_data() {
+    support::require_root_fuse();
+    let m = mount_home(Limits::default());
+    fs::write(m.mnt().join("a"), vec![0u8; 12345]).unwrap();
+    fs::create_dir(m.mnt().join("d")).unwrap();
+    let (bytes, inodes) = m.usage();
+    assert_eq!((bytes, inodes), (12345, 3));
+    let mut m = m;
+    let sink = m.sink.clone();
+    m.mount.take().unwrap().unmount().unwrap();
+    let got = sink.received.lock().clone();
+    assert_eq!(got[0].kind, hubfs_fuse::home::sink::ReportKind::Absolute);
+    assert_eq!((got[0].bytes, got[0].inodes), (0, 1), "the empty home's walk");
+    assert_eq!(sink.delta_total(), (12345, 2));
+    // mounting again starts from a walk that sees the data
+    let mut opts = hubfs_fuse::home::HomeOptions::new(m.src().to_path_buf(), m.mnt().to_path_buf(), "alice");
+    opts.limits = Limits::default();
+    let mut again = hubfs_fuse::home::mount(&opts, None).unwrap();
+    again.wait_baseline();
+    let s = again.usage().snapshot();
+    assert_eq!((s.bytes, s.inodes), (12345, 3));
+    assert!(usage_xattr(m.mnt()).contains("bytes=12345 inodes=3"));
+    again.unmount().unwrap();
+}
