@@ -382,11 +382,15 @@ def test_hub_token_is_never_in_values_or_env():
 
 
 def driver_parameter_keys() -> set[str]:
-    """The StorageClass keys the driver accepts, read from its source."""
+    """The StorageClass keys the driver accepts: its KNOWN list in
+    HomeParams::parse, resolved through the `keys` constants."""
     src = (REPO / "driver" / "src" / "volume.rs").read_text()
-    mod = src[src.index("pub mod keys"):]
-    mod = mod[: mod.index("\n}\n")]
-    return {k for k in re.findall(r'pub const \w+: &str = "([^"/]+)";', mod)}
+    consts = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', src))
+    known = re.search(r"const KNOWN: &\[&str\] = &\[(.*?)\];", src, re.S)
+    assert known, "HomeParams::parse's KNOWN list not found in driver/src/volume.rs"
+    names = re.findall(r"keys::(\w+)", known.group(1))
+    assert names
+    return {consts[n] for n in names}
 
 
 def test_storageclass(variant):
