@@ -123,7 +123,8 @@ def test_manifests_validate(kube):
     pv = next(d for d in docs if d["kind"] == "PersistentVolume" and "csi" in d["spec"])
     assert pv["spec"]["csi"]["driver"] == one(render({}), "CSIDriver")["metadata"]["name"]
     attrs = pv["spec"]["csi"]["volumeAttributes"]
-    assert set(attrs) == {"type", "bucket", "prefix", "endpoint", "region", "anonymous", "readOnly"}
+    assert set(attrs) == {"type", "bucket", "prefix", "endpoint", "region", "anonymous", "readOnly", "uid", "gid"}
+    assert pv["spec"]["csi"]["readOnly"] is (attrs["readOnly"] == "true")
     assert attrs["type"] == "s3" and attrs["anonymous"] in ("true", "false") and attrs["readOnly"] in ("true", "false")
     for d in docs:
         if d["kind"] == "PersistentVolumeClaim":
@@ -137,7 +138,7 @@ def test_s3_example_is_documented_line_by_line():
     lines = S3_EXAMPLE.read_text().splitlines()
     for i, line in enumerate(lines):
         m = re.match(r"^(\s*)([A-Za-z]+):\s*\S", line)
-        if m and m.group(2) in {"bucket", "prefix", "endpoint", "region", "anonymous", "readOnly", "volumeHandle", "driver"}:
+        if m and m.group(2) in {"bucket", "prefix", "endpoint", "region", "anonymous", "readOnly", "uid", "volumeHandle", "driver"}:
             prev = next(lines[j] for j in range(i - 1, -1, -1) if lines[j].strip())
             assert prev.strip().startswith("#"), f"line {i + 1} undocumented: {line}"
 
