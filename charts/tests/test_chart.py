@@ -541,3 +541,26 @@ def test_values_are_documented_line_by_line():
         if not prev.strip().startswith("#"):
             undocumented.append(f"{i + 1}: {line.strip()}")
     assert not undocumented, "values without a comment:\n" + "\n".join(undocumented)
+
+
+def test_rendered_quota_config_is_accepted_by_the_controller(hubfs_bin, tmp_path):
+    """The ConfigMap the chart renders is loaded by the real `hubfs controller`
+    (one pass, no hub); a misspelt key in it is refused."""
+    cm = one(render(VARIANTS["servicemonitor"]), "ConfigMap", "-quota")
+    good = tmp_path / "quota.yaml"
+    good.write_text(cm["data"]["quota.yaml"])
+    control = tmp_path / "control"
+    control.mkdir()
+
+    def run(config):
+        return subprocess.run(
+            [str(hubfs_bin), "controller", "--control-dir", str(control), "--config", str(config), "--once"],
+            capture_output=True, text=True, timeout=120,
+        )
+
+    ok = run(good)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cm["data"]["quota.yaml"].replace("warnFraction", "warn_fraction"))
+    refused = run(bad)
+    assert refused.returncode != 0 and "warn_fraction" in refused.stderr
