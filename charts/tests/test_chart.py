@@ -564,3 +564,43 @@ def test_rendered_quota_config_is_accepted_by_the_controller(hubfs_bin, tmp_path
     bad.write_text(cm["data"]["quota.yaml"].replace("warnFraction", "warn_fraction"))
     refused = run(bad)
     assert refused.returncode != 0 and "warn_fraction" in refused.stderr
+
+
+@pytest.mark.parametrize("workload, suffix", [("DaemonSet", "-node"), ("Deployment", "-controller")])
+def test_the_binary_starts_with_the_charts_csi_args(hubfs_bin, tmp_path, workload, suffix):
+    """`hubfs csi` accepts the exact args the chart renders (values and all,
+    not just flag names) and serves on the socket. Only the socket and the
+    state dir are moved into a temporary directory; there is no kubelet or
+    API server here, so no events are posted."""
+    import os
+    import signal
+    import time
+
+    w = one(render(VARIANTS["custom-driver"]), workload, suffix)
+    c = container(w, "hubfs")
+    sock = tmp_path / "csi.sock"
+    args = []
+    for a in c["args"]:
+        if a.startswith("--endpoint="):
+            a = f"--endpoint=unix://{sock}"
+        elif a.startswith("--state-dir="):
+            a = f"--state-dir={tmp_path / 'state'}"
+        args.append(a)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env.update({"NODE_NAME": "node-1", "KUBECONFIG": str(tmp_path / "no-kubeconfig")})
+    p = subprocess.Popen([str(hubfs_bin), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.poll() is None, f"hubfs csi exited {p.returncode}: {p.stderr.read()}"
+        assert sock.exists(), "no socket after 60 s"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+    assert p.returncode == 0, err
+    assert "serving CSI" in err and "homes.hubfs.example.org" in err
