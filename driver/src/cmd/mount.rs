@@ -27,7 +27,9 @@ pub enum MountKind {
     /// Mount S3 buckets (or prefixes) as folders: read-mostly, listing with
     /// one request per 1000 entries, parallel ranged reads.
     S3(S3Args),
-    // The home accounting layer adds its `Home(HomeArgs)` variant here.
+    /// Mount a user's home through the quota-accounting layer (EDQUOT at
+    /// the hard limit, usage reported to the quota controller).
+    Home(super::mount_home::HomeArgs),
 }
 
 /// Mount one or more S3 buckets.
@@ -37,7 +39,9 @@ pub enum MountKind {
 /// a folder: `hubfs mount s3 a b:data/2024 /s3` gives `/s3/a` and `/s3/b`
 /// (the latter showing keys under `data/2024/`).
 #[derive(Args, Debug, Clone, PartialEq)]
-#[command(after_help = "EXAMPLES:\n  hubfs mount s3 --no-sign-request --region us-east-1 stpubdata /s3/stpubdata\n  hubfs mount s3 --endpoint-url http://127.0.0.1:3900 --force-path-style b1 b2:prefix /s3\n\nUnmount with `umount MOUNTPOINT` or by sending SIGTERM/SIGINT to the process.")]
+#[command(
+    after_help = "EXAMPLES:\n  hubfs mount s3 --no-sign-request --region us-east-1 stpubdata /s3/stpubdata\n  hubfs mount s3 --endpoint-url http://127.0.0.1:3900 --force-path-style b1 b2:prefix /s3\n\nUnmount with `umount MOUNTPOINT` or by sending SIGTERM/SIGINT to the process."
+)]
 pub struct S3Args {
     /// Buckets to mount, each optionally with a prefix, then the mountpoint.
     #[arg(required = true, num_args = 2.., value_name = "BUCKET[:PREFIX]... MOUNTPOINT")]
@@ -190,13 +194,17 @@ impl S3Args {
 pub fn run(args: MountArgs) -> anyhow::Result<ExitCode> {
     match args.fs {
         MountKind::S3(a) => run_s3(a),
+        MountKind::Home(a) => super::mount_home::run(a),
     }
 }
 
 fn run_s3(args: S3Args) -> anyhow::Result<ExitCode> {
     let opts = args.options()?;
     if !opts.mountpoint.is_dir() {
-        bail!("mountpoint {} is not a directory", opts.mountpoint.display());
+        bail!(
+            "mountpoint {} is not a directory",
+            opts.mountpoint.display()
+        );
     }
     if args.foreground {
         session::run(opts, || {})?;
@@ -228,7 +236,11 @@ fn daemonize(opts: MountOptions) -> anyhow::Result<ExitCode> {
             let result = session::run(opts, || {
                 let _ = tx.write_all(&[1]);
                 // Detach from the terminal once mounted.
-                if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                if let Ok(null) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                {
                     use std::os::fd::AsRawFd;
                     // SAFETY: dup2 onto the standard descriptors of this process.
                     unsafe {
@@ -264,7 +276,9 @@ mod tests {
         let mut all = vec!["hubfs"];
         all.extend_from_slice(args);
         let Top::Mount(m) = Cli::try_parse_from(all)?.cmd;
-        let MountKind::S3(a) = m.fs;
+        let MountKind::S3(a) = m.fs else {
+            panic!("not an s3 mount")
+        };
         Ok(a)
     }
 
@@ -281,14 +295,38 @@ mod tests {
     #[test]
     fn the_options_round_trip_through_the_child_command_line() {
         let a = parse(&[
-            "mount", "s3", "--endpoint-url", "http://127.0.0.1:9", "--force-path-style",
-            "--no-sign-request", "--uid", "1000", "--gid", "100", "--dir-mode", "750",
-            "--file-mode", "640", "--allow-other", "--metadata-ttl", "indefinite",
-            "--part-size", "4M", "--max-memory", "1G", "b1", "b2:p", "/mnt/x",
+            "mount",
+            "s3",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--force-path-style",
+            "--no-sign-request",
+            "--uid",
+            "1000",
+            "--gid",
+            "100",
+            "--dir-mode",
+            "750",
+            "--file-mode",
+            "640",
+            "--allow-other",
+            "--metadata-ttl",
+            "indefinite",
+            "--part-size",
+            "4M",
+            "--max-memory",
+            "1G",
+            "b1",
+            "b2:p",
+            "/mnt/x",
         ])
         .unwrap();
         let o = a.options().unwrap();
-        let args: Vec<String> = o.args().iter().map(|s| s.to_string_lossy().into()).collect();
+        let args: Vec<String> = o
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().into())
+            .collect();
         let mut again = vec!["hubfs"];
         again.extend(args.iter().map(String::as_str));
         let b = parse(&again[1..]).unwrap();
@@ -306,7 +344,11 @@ mod tests {
         assert!(parse(&["mount", "s3", "--metadata-ttl", "-1", "b", "/s3"]).is_err());
         assert!(parse(&["mount", "s3", "--max-memory", "lots", "b", "/s3"]).is_err());
         let bad_bucket = parse(&["mount", "s3", "Bad_Bucket!", "/s3"]).unwrap();
-        assert!(bad_bucket.options().unwrap_err().to_string().contains("invalid bucket"));
+        assert!(bad_bucket
+            .options()
+            .unwrap_err()
+            .to_string()
+            .contains("invalid bucket"));
         let twice = parse(&["mount", "s3", "--allow-delete", "b12", "/s3"]).unwrap();
         assert!(twice.options().is_err());
     }

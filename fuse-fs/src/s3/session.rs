@@ -189,8 +189,10 @@ pub fn is_mountpoint(path: &Path) -> bool {
 
 /// Healthy, dead (ENOTCONN) or not mounted.
 pub fn probe(path: &Path) -> MountState {
-    match std::fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => MountState::Dead,
+    // statfs always reaches the FUSE process; a stat may be answered from
+    // the kernel's attribute cache even after the process died.
+    match nix::sys::statfs::statfs(path) {
+        Err(nix::errno::Errno::ENOTCONN) => MountState::Dead,
         _ if !is_mountpoint(path) => MountState::NotMounted,
         Ok(_) => MountState::Healthy,
         Err(_) => MountState::Dead,
