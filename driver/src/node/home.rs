@@ -127,15 +127,16 @@ pub(super) fn publish(
 }
 
 /// Why a path cannot be used, in the words kubelet shows to people.
+/// `statfs` reaches the filesystem itself (a FUSE daemon, the NFS server)
+/// where `stat` may be answered from a cache.
 fn condition_of(path: &Path) -> Option<String> {
-    match std::fs::metadata(path) {
+    use nix::errno::Errno;
+    match nix::sys::statvfs::statvfs(path) {
         Ok(_) => None,
-        Err(e) => match e.raw_os_error() {
-            Some(libc::ENOTCONN) => Some("the filesystem process died (ENOTCONN); the mount must be recreated".into()),
-            Some(libc::ESTALE) => Some("stale file handle (ESTALE): the share was changed under the mount".into()),
-            Some(libc::EIO) => Some("I/O error (EIO) on the volume".into()),
-            _ => Some(format!("volume path is unusable: {e}")),
-        },
+        Err(Errno::ENOTCONN) => Some("the filesystem process died (ENOTCONN); the mount must be recreated".into()),
+        Err(Errno::ESTALE) => Some("stale file handle (ESTALE): the share was changed under the mount".into()),
+        Err(Errno::EIO) => Some("I/O error (EIO) on the volume".into()),
+        Err(e) => Some(format!("volume path is unusable: {e}")),
     }
 }
 

@@ -58,6 +58,7 @@ struct NodeInner {
     shares: Shares,
     inflight: InFlight,
     stats: UsageCache,
+    s3: s3::S3Children,
 }
 
 fn required<'a>(what: &'static str, v: &'a str) -> Result<&'a str> {
@@ -93,6 +94,7 @@ impl NodeService {
                 shares,
                 inflight: InFlight::default(),
                 stats: UsageCache::default(),
+                s3: s3::S3Children::default(),
             }),
         }
     }
@@ -161,6 +163,7 @@ impl NodeService {
         let target = self.co_path("target_path", &r.target_path)?;
         let _g = self.inner.inflight.begin(id)?;
         self.unmount_all(&target)?;
+        s3::release(self, &target)?;
         match std::fs::remove_dir(&target) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -176,7 +179,11 @@ impl NodeService {
     pub fn volume_stats(&self, r: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
         let id = required("volume_id", &r.volume_id)?;
         let path = paths::absolute("volume_path", required("volume_path", &r.volume_path)?)?;
-        home::stats(self, id, &path)
+        match crate::volume::HomeVolume::parse_id(id) {
+            // Static S3 PVs have ids chosen by the admin, never ours.
+            Err(crate::volume::IdError::Foreign) => s3::stats(&path),
+            _ => home::stats(self, id, &path),
+        }
     }
 
     /// Unmounts everything stacked on `path` (a retried publish can leave two).

@@ -1,31 +1,335 @@
 //! Node side of S3 volumes (static PVs with `type: s3` volume attributes).
 //!
-//! The native S3 filesystem lands in `fuse-fs`; until the node integration is
-//! wired, publishing an S3 volume is refused with a clear message instead of
-//! producing an empty directory the notebook would mistake for a bucket.
+//! Every bucket/prefix gets ONE FUSE mount per node, under the driver's state
+//! dir, served by a `hubfs mount s3 --foreground` child process; each pod
+//! gets a read-only bind of it. Running the filesystem as a child (not a
+//! thread) means a crash of the S3 layer cannot take the driver down, and a
+//! dead mount is recognisable (ENOTCONN) and recreated on the next publish.
+//! Users of a shared mount are recorded as marker files so the last
+//! unpublish, even after a driver restart, unmounts it.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
-use hubfs_proto::csi::{NodePublishVolumeRequest, NodeStageVolumeRequest};
+use hubfs_fuse::s3::fs::Source;
+use hubfs_fuse::s3::session::{self, MountOptions, MountState};
+use hubfs_proto::csi::{NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodeStageVolumeRequest, VolumeCondition};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 
 use super::NodeService;
 use crate::error::{DriverError, Result};
 
-fn not_yet() -> DriverError {
-    DriverError::FailedPrecondition(
-        "S3 volumes are not supported by this node yet: the S3 filesystem is not part of this build".into(),
-    )
+/// The FUSE children this driver started, by mount key.
+#[derive(Default)]
+pub struct S3Children {
+    children: Mutex<HashMap<String, Child>>,
 }
 
-pub(super) fn stage(_node: &NodeService, _r: &NodeStageVolumeRequest, _staging: &Path) -> Result<()> {
-    Err(not_yet())
+impl Drop for S3Children {
+    fn drop(&mut self) {
+        // Children are reaped by whoever unmounts; a driver that exits leaves
+        // its mounts serving (pods still use them).
+        self.children.get_mut().clear();
+    }
+}
+
+fn flag(ctx: &HashMap<String, String>, key: &str) -> Result<bool> {
+    match ctx.get(key).map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("false") | Some("no") | Some("0") => Ok(false),
+        Some("true") | Some("yes") | Some("1") => Ok(true),
+        Some(other) => Err(DriverError::Invalid(format!("volume attribute {key} must be true or false, got {other:?}"))),
+    }
+}
+
+fn num(ctx: &HashMap<String, String>, key: &str, default: u32) -> Result<u32> {
+    ctx.get(key).map_or(Ok(default), |v| {
+        v.parse().map_err(|_| DriverError::Invalid(format!("volume attribute {key} must be a number, got {v:?}")))
+    })
+}
+
+/// Builds the mount from volume attributes: bucket, prefix, endpoint, region,
+/// anonymous, uid, gid.
+pub fn options(ctx: &HashMap<String, String>, mountpoint: PathBuf) -> Result<MountOptions> {
+    let bucket = ctx
+        .get("bucket")
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| DriverError::Invalid("s3 volume attributes need `bucket`".into()))?;
+    let prefix = ctx.get("prefix").map(String::as_str).unwrap_or("");
+    if prefix.split('/').any(|c| c == "..") || prefix.contains('\0') {
+        return Err(DriverError::Invalid(format!("s3 prefix {prefix:?} must not contain `..` or NUL")));
+    }
+    let spec = if prefix.is_empty() { bucket.clone() } else { format!("{bucket}:{prefix}") };
+    let source = Source::parse(&spec).map_err(DriverError::Invalid)?;
+    let mut o = MountOptions::new(vec![source], mountpoint);
+    if let Some(ep) = ctx.get("endpoint").filter(|e| !e.is_empty()) {
+        if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.contains(char::is_whitespace) {
+            return Err(DriverError::Invalid(format!("s3 endpoint must be an http(s) URL, got {ep:?}")));
+        }
+        o.s3.endpoint_url = Some(ep.clone());
+        // Custom endpoints (Garage, MinIO, proxies) rarely do virtual-host buckets.
+        o.s3.force_path_style = true;
+    }
+    if let Some(r) = ctx.get("region").filter(|r| !r.is_empty()) {
+        if !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(DriverError::Invalid(format!("s3 region {r:?} is not a region name")));
+        }
+        o.s3.region = Some(r.clone());
+    }
+    o.s3.anonymous = flag(ctx, "anonymous")?;
+    o.uid = num(ctx, "uid", crate::volume::DEFAULT_UID)?;
+    o.gid = num(ctx, "gid", crate::volume::DEFAULT_GID)?;
+    // Pods run as other users than the driver.
+    o.allow_other = true;
+    Ok(o)
+}
+
+/// A stable name for one bucket/prefix/endpoint combination.
+fn mount_key(o: &MountOptions) -> String {
+    let args: Vec<String> = o.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    // The last argument is the mountpoint, which derives from the key itself.
+    let text = args[..args.len() - 1].join("\0");
+    hex::encode(&Sha256::digest(text.as_bytes())[..10])
+}
+
+fn target_marker(target: &Path) -> String {
+    hex::encode(&Sha256::digest(target.as_os_str().as_encoded_bytes())[..12])
+}
+
+/// Healthy, dead (ENOTCONN) or not mounted. `statfs` always reaches the
+/// FUSE daemon, where `stat` may be answered from the kernel's attribute
+/// cache long after the daemon died.
+fn probe(node: &NodeService, mp: &Path) -> Result<MountState> {
+    if node.inner.mounter.mounted_at(mp)?.is_none() {
+        return Ok(MountState::NotMounted);
+    }
+    Ok(match nix::sys::statvfs::statvfs(mp) {
+        Ok(_) => MountState::Healthy,
+        Err(_) => MountState::Dead,
+    })
+}
+
+fn s3_dir(node: &NodeService) -> PathBuf {
+    node.inner.cfg.state_dir.join("s3")
+}
+
+pub(super) fn stage(_node: &NodeService, r: &NodeStageVolumeRequest, _staging: &Path) -> Result<()> {
+    // Nothing to stage per volume: the shared mount is made at publish. Still
+    // check the attributes, so a broken PV fails here with a clear message.
+    options(&r.volume_context, PathBuf::from("/")).map(|_| ())
+}
+
+fn log_tail(path: &Path) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(2000)));
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    s.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// Makes sure the shared mount for `opts` answers, starting or restarting it.
+fn ensure_mount(node: &NodeService, key: &str, opts: &MountOptions) -> Result<()> {
+    let mp = &opts.mountpoint;
+    match probe(node, mp)? {
+        MountState::Healthy => return Ok(()),
+        MountState::Dead => {
+            tracing::warn!(mountpoint = %mp.display(), "S3 mount is dead (ENOTCONN); recreating it");
+            session::unmount(mp).map_err(|e| DriverError::io("unmount dead mount", mp, e))?;
+        }
+        MountState::NotMounted => {}
+    }
+    if let Some(mut old) = node.inner.s3.children.lock().remove(key) {
+        let _ = old.kill();
+        let _ = old.wait();
+    }
+    std::fs::create_dir_all(mp).map_err(|e| DriverError::io("create", mp, e))?;
+    let log_path = mp.with_file_name("mount.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| DriverError::io("create", &log_path, e))?;
+    let exe = std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
+    let mut child = opts
+        .command(&exe)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| DriverError::io("dup", &log_path, e))?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| DriverError::io("start S3 mount", &exe, e))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if probe(node, mp)? == MountState::Healthy {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(DriverError::FailedPrecondition(format!(
+                "the S3 mount of {} exited ({status}): {}",
+                opts.sources[0].bucket,
+                log_tail(&log_path)
+            )));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(DriverError::FailedPrecondition(format!(
+                "the S3 mount of {} did not come up within 30 s: {}",
+                opts.sources[0].bucket,
+                log_tail(&log_path)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!(bucket = %opts.sources[0].bucket, mountpoint = %mp.display(), pid = child.id(), "S3 bucket mounted");
+    node.inner.s3.children.lock().insert(key.to_owned(), child);
+    Ok(())
 }
 
 pub(super) fn publish(
-    _node: &NodeService,
-    _r: &NodePublishVolumeRequest,
-    _target: &Path,
+    node: &NodeService,
+    r: &NodePublishVolumeRequest,
+    target: &Path,
     _ro: bool,
 ) -> Result<Option<String>> {
-    Err(not_yet())
+    let probe_opts = options(&r.volume_context, PathBuf::from("/"))?;
+    let key = mount_key(&probe_opts);
+    let dir = s3_dir(node).join(&key);
+    let opts = options(&r.volume_context, dir.join("mnt"))?;
+    let m = &node.inner.mounter;
+    if let Some(existing) = m.mounted_at(target)? {
+        if probe(node, &opts.mountpoint)? == MountState::Healthy {
+            let want = m.bind_identity(&opts.mountpoint)?;
+            if existing.device == want.device && existing.root == want.root && existing.read_only {
+                return Ok(None);
+            }
+        }
+        return Err(DriverError::AlreadyExists(format!(
+            "{} is already published from another source (or its S3 mount died; unpublish first)",
+            target.display()
+        )));
+    }
+    ensure_mount(node, &key, &opts)?;
+    let users = dir.join("users");
+    std::fs::create_dir_all(&users).map_err(|e| DriverError::io("create", &users, e))?;
+    let marker = users.join(target_marker(target));
+    std::fs::write(&marker, target.as_os_str().as_encoded_bytes()).map_err(|e| DriverError::io("write", &marker, e))?;
+    let created = !target.exists();
+    std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
+    // Buckets are read-mostly data shared by every pod on the node: always read-only here.
+    if let Err(e) = m.bind(&opts.mountpoint, target, true) {
+        if created {
+            let _ = std::fs::remove_dir(target);
+        }
+        let _ = std::fs::remove_file(&marker);
+        return Err(e.into());
+    }
+    let src = &opts.sources[0];
+    Ok(Some(format!(
+        "S3 bucket {}{} mounted read-only",
+        src.bucket,
+        if src.prefix.is_empty() { String::new() } else { format!(" (prefix {})", src.prefix) }
+    )))
+}
+
+/// Drops `target`'s claim on whichever shared mount it used; the last user
+/// unmounts it and stops its process.
+pub(super) fn release(node: &NodeService, target: &Path) -> Result<()> {
+    let marker_name = target_marker(target);
+    let Ok(keys) = std::fs::read_dir(s3_dir(node)) else { return Ok(()) };
+    for entry in keys.flatten() {
+        let users = entry.path().join("users");
+        if std::fs::remove_file(users.join(&marker_name)).is_err() {
+            continue;
+        }
+        let remaining = std::fs::read_dir(&users).map(|d| d.count()).unwrap_or(0);
+        if remaining > 0 {
+            continue;
+        }
+        let mp = entry.path().join("mnt");
+        if probe(node, &mp)? != MountState::NotMounted {
+            session::unmount(&mp).map_err(|e| DriverError::io("unmount", &mp, e))?;
+        }
+        let key = entry.file_name().to_string_lossy().into_owned();
+        if let Some(mut child) = node.inner.s3.children.lock().remove(&key) {
+            // The unmount ends the FUSE session; the process exits by itself.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        tracing::info!(mountpoint = %mp.display(), "last user gone; S3 mount removed");
+    }
+    Ok(())
+}
+
+/// Condition of an S3 publication: usage is not meaningful for a bucket.
+pub(super) fn stats(path: &Path) -> Result<NodeGetVolumeStatsResponse> {
+    if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Err(DriverError::NotFound(format!("volume path {} does not exist", path.display())));
+    }
+    let message = match nix::sys::statvfs::statvfs(path) {
+        Err(nix::errno::Errno::ENOTCONN) => {
+            Some("the S3 filesystem process died (ENOTCONN); the next publish on this node recreates it".to_owned())
+        }
+        Err(e) => Some(format!("volume path is unusable: {e}")),
+        Ok(_) => None,
+    };
+    Ok(NodeGetVolumeStatsResponse {
+        usage: vec![],
+        volume_condition: Some(VolumeCondition {
+            abnormal: message.is_some(),
+            message: message.unwrap_or_else(|| "ok".into()),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn attributes_become_mount_options() {
+        let o = options(
+            &ctx(&[("bucket", "stpubdata"), ("prefix", "hst/public"), ("region", "us-east-1"), ("anonymous", "true")]),
+            "/m".into(),
+        )
+        .unwrap();
+        assert_eq!(o.sources[0].bucket, "stpubdata");
+        assert_eq!(o.sources[0].prefix, "hst/public/");
+        assert!(o.s3.anonymous && o.allow_other);
+        assert_eq!((o.uid, o.gid), (1000, 100));
+        assert!(!o.s3.force_path_style);
+        let o = options(&ctx(&[("bucket", "b12"), ("endpoint", "http://127.0.0.1:3900")]), "/m".into()).unwrap();
+        assert!(o.s3.force_path_style);
+    }
+
+    #[test]
+    fn bad_attributes_are_named() {
+        for (kv, word) in [
+            (&[][..], "bucket"),
+            (&[("bucket", "B!")][..], "bucket"),
+            (&[("bucket", "bkt"), ("prefix", "../x")][..], "prefix"),
+            (&[("bucket", "bkt"), ("endpoint", "ftp://x")][..], "endpoint"),
+            (&[("bucket", "bkt"), ("region", "us east")][..], "region"),
+            (&[("bucket", "bkt"), ("anonymous", "maybe")][..], "anonymous"),
+            (&[("bucket", "bkt"), ("uid", "root")][..], "uid"),
+        ] {
+            let e = options(&ctx(kv), "/m".into()).unwrap_err().to_string();
+            assert!(e.contains(word), "{kv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn one_key_per_bucket_prefix_and_endpoint() {
+        let k = |kv: &[(&str, &str)]| mount_key(&options(&ctx(kv), "/x".into()).unwrap());
+        assert_eq!(k(&[("bucket", "bkt")]), k(&[("bucket", "bkt")]));
+        assert_ne!(k(&[("bucket", "bkt")]), k(&[("bucket", "bkt"), ("prefix", "p")]));
+        assert_ne!(k(&[("bucket", "bkt")]), k(&[("bucket", "bkt"), ("endpoint", "http://h:1")]));
+    }
 }

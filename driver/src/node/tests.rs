@@ -255,13 +255,19 @@ fn unknown_and_crafted_volumes() {
 }
 
 #[test]
-fn s3_volumes_are_refused_clearly_until_the_s3_filesystem_lands() {
+fn s3_volumes_with_bad_attributes_are_refused_before_mounting() {
     let e = env();
     let mut r = e.publish_req("p");
     r.volume_id = "s3-bucket".into();
     r.volume_context = HashMap::from([("type".into(), "s3".into()), ("bucket".into(), "b".into())]);
     let err = e.node.publish(r).unwrap_err();
-    assert_eq!(code(err), Code::FailedPrecondition);
+    assert_eq!(code(err), Code::InvalidArgument, "bucket names are at least 3 characters");
+    let mut r = e.stage_req();
+    r.volume_id = "s3-bucket".into();
+    r.volume_context = HashMap::from([("type".into(), "s3".into())]);
+    assert_eq!(code(e.node.stage(r).unwrap_err()), Code::InvalidArgument);
+    assert!(!e.target("p").exists());
+    assert_eq!(e.fake.mount_count(), 0);
 }
 
 #[test]

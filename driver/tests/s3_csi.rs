@@ -1,0 +1,233 @@
+//! The CSI publish/unpublish path of an S3 volume against a real S3 server
+//! (Garage on loopback) and real kernel FUSE and bind mounts: one shared
+//! `hubfs mount s3` per bucket per node, read-only binds into pods, a dead
+//! FUSE process detected (ENOTCONN) and recreated, the last unpublish
+//! removing the shared mount. Needs root and /dev/fuse.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hubfs_e2e::garage::{client, Garage};
+use hubfs_fuse::s3::store::ObjectStore;
+use hubfs_proto::csi::{
+    node_client::NodeClient,
+    volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume},
+    NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
+    VolumeCapability,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+struct Driver {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start(g: &Garage) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("kubelet")).unwrap();
+        let socket = dir.path().join("csi.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
+            .args(["csi", "--mode", "node", "--node-id", "n1", "--no-events", "--endpoint"])
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--kubelet-dir")
+            .arg(dir.path().join("kubelet"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            // The node's credentials reach the FUSE child through its environment.
+            .env("AWS_ACCESS_KEY_ID", &g.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
+            .env_remove("AWS_PROFILE")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "driver did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, dir }
+    }
+
+    async fn node(&self) -> NodeClient<Channel> {
+        let path = self.dir.path().join("csi.sock");
+        let ch = Endpoint::try_from("http://localhost")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }))
+            .await
+            .unwrap();
+        NodeClient::new(ch)
+    }
+
+    fn target(&self, pod: &str) -> PathBuf {
+        self.dir.path().join(format!("kubelet/pods/{pod}/volumes/kubernetes.io~csi/s3-data/mount"))
+    }
+
+    /// `hubfs mount s3` processes serving this driver's state dir.
+    fn fuse_children(&self) -> Vec<i32> {
+        let state = self.dir.path().join("state").display().to_string();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(" mount s3 ") && cmd.contains(&state) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mine: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .filter(|p| p.starts_with(self.dir.path()))
+            .collect();
+        mine.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in mine {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for pid in self.fuse_children() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn ctx(g: &Garage, pod: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("type".into(), "s3".into()),
+        ("bucket".into(), g.bucket.clone()),
+        ("endpoint".into(), g.endpoint.clone()),
+        ("region".into(), g.region.clone()),
+        ("csi.storage.k8s.io/pod.name".into(), pod.into()),
+        ("csi.storage.k8s.io/pod.namespace".into(), "jhub".into()),
+    ])
+}
+
+fn cap() -> Option<VolumeCapability> {
+    Some(VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
+    })
+}
+
+fn publish_req(d: &Driver, g: &Garage, pod: &str) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: "s3-data".into(),
+        staging_target_path: d.dir.path().join("kubelet/plugins/stage").display().to_string(),
+        target_path: d.target(pod).display().to_string(),
+        volume_capability: cap(),
+        readonly: true,
+        volume_context: ctx(g, pod),
+        ..Default::default()
+    }
+}
+
+fn mounted(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&p.display().to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_volume_is_one_shared_mount_per_node() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root for FUSE and bind mounts");
+    let g = Garage::start("data");
+    let s3 = client(&g, &g.endpoint).await;
+    s3.put(&g.bucket, "hst/readme.txt", bytes::Bytes::from_static(b"hello from S3\n")).await.unwrap();
+    s3.put(&g.bucket, "top.csv", bytes::Bytes::from_static(b"a,b\n1,2\n")).await.unwrap();
+    let d = Driver::start(&g);
+    let mut node = d.node().await;
+
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: "s3-data".into(),
+        staging_target_path: d.dir.path().join("kubelet/plugins/stage").display().to_string(),
+        volume_capability: cap(),
+        volume_context: ctx(&g, "p1"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for pod in ["p1", "p2", "p1"] {
+        node.node_publish_volume(publish_req(&d, &g, pod)).await.unwrap();
+    }
+    for pod in ["p1", "p2"] {
+        let t = d.target(pod);
+        assert_eq!(std::fs::read_to_string(t.join("hst/readme.txt")).unwrap(), "hello from S3\n");
+        assert_eq!(std::fs::read_to_string(t.join("top.csv")).unwrap(), "a,b\n1,2\n");
+        let err = std::fs::write(t.join("new.txt"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "pods get a read-only view");
+    }
+    assert_eq!(d.fuse_children().len(), 1, "one FUSE process for the bucket on this node");
+
+    let stats = |pod: &str| NodeGetVolumeStatsRequest {
+        volume_id: "s3-data".into(),
+        volume_path: d.target(pod).display().to_string(),
+        ..Default::default()
+    };
+    let c = node.node_get_volume_stats(stats("p1")).await.unwrap().into_inner().volume_condition.unwrap();
+    assert!(!c.abnormal, "{}", c.message);
+
+    // The FUSE process dies: the condition says so, and the next publish recreates it.
+    let pid = d.fuse_children()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = node.node_get_volume_stats(stats("p1")).await.unwrap().into_inner().volume_condition.unwrap();
+        if c.abnormal {
+            assert!(c.message.contains("ENOTCONN"), "{}", c.message);
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead mount never reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.node_publish_volume(publish_req(&d, &g, "p3")).await.unwrap();
+    assert_eq!(std::fs::read_to_string(d.target("p3").join("top.csv")).unwrap(), "a,b\n1,2\n");
+    assert_eq!(d.fuse_children().len(), 1);
+
+    // Unpublishing everyone removes the shared mount and its process.
+    for pod in ["p1", "p2", "p3", "p3"] {
+        node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: "s3-data".into(),
+            target_path: d.target(pod).display().to_string(),
+        })
+        .await
+        .unwrap();
+        assert!(!d.target(pod).exists());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.fuse_children().is_empty() {
+        assert!(Instant::now() < deadline, "FUSE process still running after the last unpublish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shared = std::fs::read_dir(d.dir.path().join("state/s3")).unwrap().flatten().next().unwrap().path().join("mnt");
+    assert!(!mounted(&shared));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_bucket_fails_the_publish_with_the_reason() {
+    let g = Garage::start("exists");
+    let d = Driver::start(&g);
+    let mut node = d.node().await;
+    let mut r = publish_req(&d, &g, "p1");
+    r.volume_context.insert("bucket".into(), "no-such-bucket".into());
+    let e = node.node_publish_volume(r).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("no-such-bucket"), "{}", e.message());
+    assert!(!d.target("p1").exists());
+    assert!(d.fuse_children().is_empty());
+}
