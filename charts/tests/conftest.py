@@ -41,7 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "nfs": NFS,
     "local": {
-        "storageClass": {"backend": "local", "root": "/data/hubfs/share", "accounting": "bind"},
+        "storageClass": {"backend": "local", "root": "/data/hubfs/share", "accounting": "fuse"},
         "node": {"localRoots": ["/data/hubfs"]},
     },
     "servicemonitor": {
