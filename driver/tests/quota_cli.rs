@@ -27,7 +27,11 @@ warn_fraction: 0.8
 ";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn hubfs(args: &[&str]) -> (i32, String, String) {
@@ -55,7 +59,10 @@ fn check_quota_reads_a_seed_record_file() {
     std::fs::write(&f, over).unwrap();
     let (code, out, _) = hubfs(&["check-quota", "--file", f.to_str().unwrap()]);
     assert_eq!(code, 4, "{out}");
-    assert!(out.contains("210 GiB of 200 GiB (105%)") && out.contains("over your quota"), "{out}");
+    assert!(
+        out.contains("210 GiB of 200 GiB (105%)") && out.contains("over your quota"),
+        "{out}"
+    );
 
     let (code, out, _) = hubfs(&["check-quota", "--file", f.to_str().unwrap(), "--json"]);
     assert_eq!(code, 4);
@@ -74,20 +81,34 @@ fn overquota_is_a_dry_run_unless_told_to_run() {
     let control = d.path().join("control");
     let rec_dir = control.join("seed-dir-ada");
     std::fs::create_dir_all(&rec_dir).unwrap();
-    let rec = SEED_EXAMPLE
-        .replace("jmiller@stsci.edu", "ada")
-        .replace("actual_bytes: 2469232", &format!("actual_bytes: {}", 300 * GIB));
+    let rec = SEED_EXAMPLE.replace("jmiller@stsci.edu", "ada").replace(
+        "actual_bytes: 2469232",
+        &format!("actual_bytes: {}", 300 * GIB),
+    );
     std::fs::write(rec_dir.join("quota.yaml"), &rec).unwrap();
     let cfg = d.path().join("config.yaml");
     std::fs::write(&cfg, "policy:\n  mode: graded\n").unwrap();
-    let base = ["overquota", "--control-dir", control.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
+    let base = [
+        "overquota",
+        "--control-dir",
+        control.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
 
     let (code, out, err) = hubfs(&[&base[..], &["--show-actions"]].concat());
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("dry run"), "{out}");
-    assert!(out.contains("ada") && out.contains("lockout") && out.contains("OVERQUOTA"), "{out}");
+    assert!(
+        out.contains("ada") && out.contains("lockout") && out.contains("OVERQUOTA"),
+        "{out}"
+    );
     assert!(out.contains("inform_user"), "{out}");
-    assert_eq!(std::fs::read_to_string(rec_dir.join("quota.yaml")).unwrap(), rec, "dry run changed the record");
+    assert_eq!(
+        std::fs::read_to_string(rec_dir.join("quota.yaml")).unwrap(),
+        rec,
+        "dry run changed the record"
+    );
 
     let (code, out, _) = hubfs(&[&base[..], &["--states", "SOFT_USER"]].concat());
     assert_eq!(code, 0);
@@ -118,7 +139,10 @@ impl Drop for Running {
 
 fn wait_http(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         loop {
             if let Ok(r) = reqwest::get(url).await {
@@ -144,7 +168,12 @@ fn controller_decides_on_reports_and_answers_over_http() {
         .arg(d.path().join("control"))
         .arg("--users-dir")
         .arg(&users)
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
+        .args([
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+        ])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -155,24 +184,35 @@ fn controller_decides_on_reports_and_answers_over_http() {
     let log_text = std::fs::read_to_string(d.path().join("controller.log")).unwrap();
     assert!(log_text.contains("no --hub-url"), "{log_text}");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut client = QuotaClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
-        let report = |bytes: i64, kind: pb::ReportKind, source: pb::UsageSource, seq: u64| pb::UsageReport {
-            user: "ada@example.org".into(),
-            kind: kind as i32,
-            source: source as i32,
-            bytes,
-            inodes: 3,
-            measured_at: None,
-            timed_out: false,
-            walk_seconds: 0.5,
-            sequence: seq,
-        };
+        let mut client = QuotaClient::connect(format!("http://127.0.0.1:{grpc}"))
+            .await
+            .unwrap();
+        let report =
+            |bytes: i64, kind: pb::ReportKind, source: pb::UsageSource, seq: u64| pb::UsageReport {
+                user: "ada@example.org".into(),
+                kind: kind as i32,
+                source: source as i32,
+                bytes,
+                inodes: 3,
+                measured_at: None,
+                timed_out: false,
+                walk_seconds: 0.5,
+                sequence: seq,
+            };
         let resp = client
             .report_usage(pb::ReportUsageRequest {
                 node_id: "node-1".into(),
-                reports: vec![report(150 * GIB, pb::ReportKind::Absolute, pb::UsageSource::Walk, 1)],
+                reports: vec![report(
+                    150 * GIB,
+                    pb::ReportKind::Absolute,
+                    pb::UsageSource::Walk,
+                    1,
+                )],
             })
             .await
             .unwrap()
@@ -182,7 +222,12 @@ fn controller_decides_on_reports_and_answers_over_http() {
         let resp = client
             .report_usage(pb::ReportUsageRequest {
                 node_id: "node-1".into(),
-                reports: vec![report(100 * GIB, pb::ReportKind::Delta, pb::UsageSource::Write, 2)],
+                reports: vec![report(
+                    100 * GIB,
+                    pb::ReportKind::Delta,
+                    pb::UsageSource::Write,
+                    2,
+                )],
             })
             .await
             .unwrap()
@@ -193,7 +238,9 @@ fn controller_decides_on_reports_and_answers_over_http() {
         assert_eq!(q.used_bytes, 250 * GIB);
         assert!(q.message.contains("cleanup mode"), "{}", q.message);
         let got = client
-            .get_user_quota(pb::GetUserQuotaRequest { user: "ada@example.org".into() })
+            .get_user_quota(pb::GetUserQuotaRequest {
+                user: "ada@example.org".into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -201,29 +248,71 @@ fn controller_decides_on_reports_and_answers_over_http() {
         let bad = client
             .report_usage(pb::ReportUsageRequest {
                 node_id: "node-1".into(),
-                reports: vec![pb::UsageReport { user: String::new(), ..report(1, pb::ReportKind::Delta, pb::UsageSource::Write, 3) }],
+                reports: vec![pb::UsageReport {
+                    user: String::new(),
+                    ..report(1, pb::ReportKind::Delta, pb::UsageSource::Write, 3)
+                }],
             })
             .await
             .unwrap_err();
         assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 
-        let v: serde_json::Value = reqwest::get(format!("{base}/v1/users/ada@example.org")).await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = reqwest::get(format!("{base}/v1/users/ada@example.org"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["quota_state"], "lockout");
-        assert_eq!(v["spawn_allowed"], true, "cleanup mode lets the user in to clean up");
-        let missing = reqwest::get(format!("{base}/v1/users/nobody")).await.unwrap();
+        assert_eq!(
+            v["spawn_allowed"], true,
+            "cleanup mode lets the user in to clean up"
+        );
+        let missing = reqwest::get(format!("{base}/v1/users/nobody"))
+            .await
+            .unwrap();
         assert_eq!(missing.status().as_u16(), 404);
-        let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-        assert!(metrics.contains(&format!("hubfs_quota_used_bytes{{user=\"ada@example.org\"}} {}", 250 * GIB)), "{metrics}");
-        assert!(metrics.contains("hubfs_quota_state{user=\"ada@example.org\",state=\"lockout\"} 1"), "{metrics}");
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(&format!(
+                "hubfs_quota_used_bytes{{user=\"ada@example.org\"}} {}",
+                250 * GIB
+            )),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("hubfs_quota_state{user=\"ada@example.org\",state=\"lockout\"} 1"),
+            "{metrics}"
+        );
     });
 
-    let (code, out, err) = hubfs(&["check-quota", "--controller", &base, "--user", "ada@example.org"]);
+    let (code, out, err) = hubfs(&[
+        "check-quota",
+        "--controller",
+        &base,
+        "--user",
+        "ada@example.org",
+    ]);
     assert_eq!(code, 4, "{out}{err}");
     assert!(out.contains("250 GiB of 200 GiB (125%)"), "{out}");
     // The record on disk is in the seed's format.
     let rec = std::fs::read_to_string(
-        Path::new(&d.path().join("control")).join(hubfs_quota::UserKey::new("ada@example.org").unwrap().encoded()).join("quota.yaml"),
+        Path::new(&d.path().join("control"))
+            .join(
+                hubfs_quota::UserKey::new("ada@example.org")
+                    .unwrap()
+                    .encoded(),
+            )
+            .join("quota.yaml"),
     )
     .unwrap();
-    assert!(rec.contains("quota_state: lockout") && rec.contains("user: ada@example.org"), "{rec}");
+    assert!(
+        rec.contains("quota_state: lockout") && rec.contains("user: ada@example.org"),
+        "{rec}"
+    );
 }

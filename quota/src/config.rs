@@ -198,7 +198,7 @@ pub enum PolicyMode {
 }
 
 /// One level of the graded policy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct LevelRule {
     /// Days after the user first went over quota when this level applies.
@@ -206,15 +206,6 @@ pub struct LevelRule {
     /// `inform_user`, `inform_admin`, `enforce` (soft levels: cleanup mode;
     /// hard levels: server stopped and spawns refused).
     pub actions: Vec<Action>,
-}
-
-impl Default for LevelRule {
-    fn default() -> Self {
-        Self {
-            days: 0,
-            actions: vec![],
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -306,7 +297,9 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.defaults;
         if d.quota_bytes <= 0 {
-            return Err(ConfigError::Invalid("defaults.quotaBytes must be > 0".into()));
+            return Err(ConfigError::Invalid(
+                "defaults.quotaBytes must be > 0".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&d.warn_fraction) {
             return Err(ConfigError::Invalid(
@@ -314,7 +307,9 @@ impl Config {
             ));
         }
         if d.quota_inodes < 0 {
-            return Err(ConfigError::Invalid("defaults.quotaInodes must be >= 0".into()));
+            return Err(ConfigError::Invalid(
+                "defaults.quotaInodes must be >= 0".into(),
+            ));
         }
         if self.schedule.walk_concurrency == 0 {
             return Err(ConfigError::Invalid(
@@ -325,7 +320,9 @@ impl Config {
             return Err(ConfigError::Invalid("hub.pageSize must be >= 1".into()));
         }
         if self.locks.lease_seconds == 0 {
-            return Err(ConfigError::Invalid("locks.leaseSeconds must be >= 1".into()));
+            return Err(ConfigError::Invalid(
+                "locks.leaseSeconds must be >= 1".into(),
+            ));
         }
         let mut prev = 0;
         for level in PolicyLevel::ESCALATION {

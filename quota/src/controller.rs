@@ -60,18 +60,27 @@ pub struct Report {
 
 impl Report {
     pub fn from_proto(r: &pb::UsageReport, now: DateTime<Utc>) -> Result<Self, ControllerError> {
-        UserKey::new(&r.user).map_err(|e| ControllerError::BadReport(format!("user {:?}: {e}", r.user)))?;
+        UserKey::new(&r.user)
+            .map_err(|e| ControllerError::BadReport(format!("user {:?}: {e}", r.user)))?;
         let absolute = match pb::ReportKind::try_from(r.kind) {
             Ok(pb::ReportKind::Delta) => false,
             Ok(pb::ReportKind::Absolute) => true,
-            _ => return Err(ControllerError::BadReport(format!("report for {} has no kind", r.user))),
+            _ => {
+                return Err(ControllerError::BadReport(format!(
+                    "report for {} has no kind",
+                    r.user
+                )))
+            }
         };
         let source = match pb::UsageSource::try_from(r.source) {
             Ok(pb::UsageSource::Write) => Source::Write,
             _ => Source::Walk,
         };
         if absolute && (r.bytes < 0 || r.inodes < 0) {
-            return Err(ControllerError::BadReport(format!("negative absolute usage for {}", r.user)));
+            return Err(ControllerError::BadReport(format!(
+                "negative absolute usage for {}",
+                r.user
+            )));
         }
         let measured_at = r
             .measured_at
@@ -165,12 +174,19 @@ impl Controller {
     }
 
     fn provisioned(&self, user: &str) -> Option<i64> {
-        self.users_dir.as_deref().and_then(|d| store::provisioned_quota(d, user))
+        self.users_dir
+            .as_deref()
+            .and_then(|d| store::provisioned_quota(d, user))
     }
 
     /// Limits, state, policy clock and the automatic policy steps; the
     /// steps taken are returned for their actions to run after the write.
-    fn settle(&self, rec: &mut QuotaRecord, provisioned: Option<i64>, now: DateTime<Utc>) -> (Option<Transition>, Vec<Step>) {
+    fn settle(
+        &self,
+        rec: &mut QuotaRecord,
+        provisioned: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> (Option<Transition>, Vec<Step>) {
         rec.migrate_seed(&self.cfg.defaults);
         rec.apply_limits(&self.cfg.defaults, provisioned);
         let mut transition = state::reevaluate(rec, &self.cfg, now);
@@ -233,7 +249,9 @@ impl Controller {
         let now = self.now();
         for a in &step.actions {
             match a {
-                Action::InformUser => self.notifier.inform_user(&rec.user, &state::message(rec, &self.cfg, now)),
+                Action::InformUser => self
+                    .notifier
+                    .inform_user(&rec.user, &state::message(rec, &self.cfg, now)),
                 Action::InformAdmin => self.notifier.inform_admin(
                     &rec.user,
                     &format!(
@@ -252,7 +270,11 @@ impl Controller {
 
     /// Applies a batch of reports from one node; returns (accepted,
     /// duplicates, the resulting quotas).
-    pub fn apply_reports(&self, node_id: &str, reports: &[Report]) -> Result<(u32, u32, Vec<QuotaRecord>), ControllerError> {
+    pub fn apply_reports(
+        &self,
+        node_id: &str,
+        reports: &[Report],
+    ) -> Result<(u32, u32, Vec<QuotaRecord>), ControllerError> {
         let mut by_user: BTreeMap<&str, Vec<&Report>> = BTreeMap::new();
         for r in reports {
             by_user.entry(r.user.as_str()).or_default().push(r);
@@ -355,14 +377,19 @@ impl Controller {
             // Cleanup mode: stop once when lockout begins (a runaway writer
             // is interrupted), then let the user back in to clean up.
             Enforcement::Cleanup => {
-                self.cfg.policy.mode == PolicyMode::Immediate && rec.server_stopped < rec.state_since
+                self.cfg.policy.mode == PolicyMode::Immediate
+                    && rec.server_stopped < rec.state_since
             }
             Enforcement::None => false,
         }
     }
 
     /// Stops the servers of a user that must stop and notes it in the record.
-    pub async fn enforce_user(self: &Arc<Self>, user: &str, servers: &[String]) -> Result<bool, ControllerError> {
+    pub async fn enforce_user(
+        self: &Arc<Self>,
+        user: &str,
+        servers: &[String],
+    ) -> Result<bool, ControllerError> {
         let Some(hub) = self.hub.clone() else {
             return Ok(false);
         };
@@ -376,7 +403,11 @@ impl Controller {
             return Ok(false);
         }
         let default = [String::new()];
-        let servers = if servers.is_empty() { &default[..] } else { servers };
+        let servers = if servers.is_empty() {
+            &default[..]
+        } else {
+            servers
+        };
         for s in servers {
             match hub.stop_server(user, s).await {
                 Ok(outcome) => {
@@ -393,11 +424,15 @@ impl Controller {
         let u = user.to_string();
         let now = self.now();
         tokio::task::spawn_blocking(move || {
-            this.store.update(&u, || this.init_record(&u), |r| {
-                r.server_stopped = SeedTime::at(now);
-                r.server_running = false;
-                true
-            })
+            this.store.update(
+                &u,
+                || this.init_record(&u),
+                |r| {
+                    r.server_stopped = SeedTime::at(now);
+                    r.server_running = false;
+                    true
+                },
+            )
         })
         .await
         .map_err(|e| ControllerError::Internal(e.to_string()))??;
@@ -405,7 +440,11 @@ impl Controller {
     }
 
     /// Reports from a node, then immediate enforcement of what they decided.
-    pub async fn report(self: &Arc<Self>, node_id: String, reports: Vec<Report>) -> Result<(u32, u32, Vec<QuotaRecord>), ControllerError> {
+    pub async fn report(
+        self: &Arc<Self>,
+        node_id: String,
+        reports: Vec<Report>,
+    ) -> Result<(u32, u32, Vec<QuotaRecord>), ControllerError> {
         let this = self.clone();
         let result = tokio::task::spawn_blocking(move || this.apply_reports(&node_id, &reports))
             .await
@@ -445,7 +484,10 @@ impl Controller {
         let mut stopped = 0;
         let running: HashMap<&str, &HubUser> = users.iter().map(|u| (u.name.as_str(), u)).collect();
         for user in to_stop {
-            let servers = running.get(user.as_str()).map(|u| u.running.clone()).unwrap_or_default();
+            let servers = running
+                .get(user.as_str())
+                .map(|u| u.running.clone())
+                .unwrap_or_default();
             match self.enforce_user(&user, &servers).await {
                 Ok(true) => stopped += 1,
                 Ok(false) => {}
@@ -472,7 +514,7 @@ impl Controller {
         for s in self.store.scan()? {
             match s {
                 Scanned::Record(r) => {
-                    records.insert(r.user.clone(), r);
+                    records.insert(r.user.clone(), *r);
                 }
                 Scanned::Bad { dir, error } => self.handle_bad(&dir, &error),
             }
@@ -480,21 +522,31 @@ impl Controller {
         let mut updated = 0;
         let mut to_stop = Vec::new();
         for u in users {
-            let Some(rec) = records.get(&u.name) else { continue };
+            let Some(rec) = records.get(&u.name) else {
+                continue;
+            };
             let activity = u.last_activity.map(SeedTime::at).unwrap_or(SeedTime::NULL);
             let running = u.server_running();
-            if (activity != rec.last_activity && !activity.is_null()) || running != rec.server_running {
-                let res = self.store.update(&u.name, || self.init_record(&u.name), |r| {
-                    if !activity.is_null() {
-                        r.last_activity = activity;
-                    }
-                    r.server_running = running;
-                    r.reaper_time = SeedTime::at(now);
-                    true
-                });
+            if (activity != rec.last_activity && !activity.is_null())
+                || running != rec.server_running
+            {
+                let res = self.store.update(
+                    &u.name,
+                    || self.init_record(&u.name),
+                    |r| {
+                        if !activity.is_null() {
+                            r.last_activity = activity;
+                        }
+                        r.server_running = running;
+                        r.reaper_time = SeedTime::at(now);
+                        true
+                    },
+                );
                 match res {
                     Ok(_) => updated += 1,
-                    Err(e) => tracing::warn!(user = %u.name, error = %e, "could not record activity"),
+                    Err(e) => {
+                        tracing::warn!(user = %u.name, error = %e, "could not record activity")
+                    }
                 }
             }
             if running && self.must_stop(rec) {
@@ -506,14 +558,18 @@ impl Controller {
 
     fn handle_bad(&self, dir: &Path, error: &StoreError) {
         match error {
-            StoreError::Corrupt { .. } => match self.store.quarantine_dir(dir, |u| self.init_record(u)) {
-                Ok(Some((user, aside))) => {
-                    self.metrics.corrupt_records.inc();
-                    tracing::error!(user = ?user, kept = %aside.display(), %error, "corrupt record kept aside; user set to error");
+            StoreError::Corrupt { .. } => {
+                match self.store.quarantine_dir(dir, |u| self.init_record(u)) {
+                    Ok(Some((user, aside))) => {
+                        self.metrics.corrupt_records.inc();
+                        tracing::error!(user = ?user, kept = %aside.display(), %error, "corrupt record kept aside; user set to error");
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "cannot keep corrupt record aside")
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot keep corrupt record aside"),
-            },
+            }
             _ => tracing::error!(dir = %dir.display(), %error, "unreadable record left in place"),
         }
     }
@@ -530,7 +586,7 @@ impl Controller {
         for s in self.store.scan()? {
             match s {
                 Scanned::Record(r) => {
-                    records.insert(r.user.clone(), r);
+                    records.insert(r.user.clone(), *r);
                 }
                 Scanned::Bad { dir, error } => self.handle_bad(&dir, &error),
             }
@@ -550,14 +606,17 @@ impl Controller {
             if name.starts_with('.') || !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 continue;
             }
-            let Ok(key) = UserKey::decode(name) else { continue };
+            let Ok(key) = UserKey::decode(name) else {
+                continue;
+            };
             let user = key.name().to_string();
             let is_due = match records.get(&user) {
                 None => true,
                 Some(r) => match r.stopped.get() {
                     None => true,
                     Some(last_walk) => {
-                        let was_active = r.server_running || r.last_activity.get().is_some_and(|a| a > last_walk);
+                        let was_active = r.server_running
+                            || r.last_activity.get().is_some_and(|a| a > last_walk);
                         now - last_walk >= stale || (was_active && now - last_walk >= active)
                     }
                 },
@@ -572,7 +631,10 @@ impl Controller {
 
     /// Walks one user's home now (claiming it against other replicas) and
     /// applies the result. `Ok(None)` if another replica holds the claim.
-    pub async fn walk_user(self: &Arc<Self>, user: &str) -> Result<Option<QuotaRecord>, ControllerError> {
+    pub async fn walk_user(
+        self: &Arc<Self>,
+        user: &str,
+    ) -> Result<Option<QuotaRecord>, ControllerError> {
         let Some(users_dir) = self.users_dir.clone() else {
             return Ok(None);
         };
@@ -615,7 +677,9 @@ impl Controller {
                 return Ok(None);
             }
         };
-        self.metrics.walk_seconds.observe(stats.elapsed.as_secs_f64());
+        self.metrics
+            .walk_seconds
+            .observe(stats.elapsed.as_secs_f64());
         if stats.timed_out {
             self.metrics.walk_timeouts.inc();
         }
@@ -640,7 +704,9 @@ impl Controller {
         let due = tokio::task::spawn_blocking(move || this.due_walks())
             .await
             .map_err(|e| ControllerError::Internal(e.to_string()))??;
-        let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.schedule.walk_concurrency));
+        let sem = Arc::new(tokio::sync::Semaphore::new(
+            self.cfg.schedule.walk_concurrency,
+        ));
         let mut tasks = tokio::task::JoinSet::new();
         for user in due {
             let this = self.clone();
@@ -664,13 +730,16 @@ impl Controller {
     }
 
     /// The graded policy pass behind `hubfs overquota`.
-    pub fn overquota(&self, opts: &OverquotaOptions) -> Result<Vec<OverquotaLine>, ControllerError> {
+    pub fn overquota(
+        &self,
+        opts: &OverquotaOptions,
+    ) -> Result<Vec<OverquotaLine>, ControllerError> {
         let mut lines = Vec::new();
         let now = self.now();
         let mut users: Vec<QuotaRecord> = Vec::new();
         for s in self.store.scan()? {
             match s {
-                Scanned::Record(r) => users.push(r),
+                Scanned::Record(r) => users.push(*r),
                 Scanned::Bad { dir, error } => {
                     tracing::error!(dir = %dir.display(), %error, "unreadable record skipped (the controller keeps it aside)")
                 }
@@ -704,30 +773,40 @@ impl Controller {
                 let repeat = opts.repeat;
                 let run = opts.run;
                 let cfg = &self.cfg;
-                let updated = self.store.update(&rec.user, || self.init_record(&rec.user), |r| {
-                    r.migrate_seed(&cfg.defaults);
-                    r.apply_limits(&cfg.defaults, provisioned);
-                    transition = state::reevaluate(r, cfg, now);
-                    if run {
-                        if let Some(step) = policy::plan(r, &cfg.policy, now).due {
-                            policy::apply_step(r, &step, now);
-                            steps.push(step);
+                let updated = self.store.update(
+                    &rec.user,
+                    || self.init_record(&rec.user),
+                    |r| {
+                        r.migrate_seed(&cfg.defaults);
+                        r.apply_limits(&cfg.defaults, provisioned);
+                        transition = state::reevaluate(r, cfg, now);
+                        if run {
+                            if let Some(step) = policy::plan(r, &cfg.policy, now).due {
+                                policy::apply_step(r, &step, now);
+                                steps.push(step);
+                            }
                         }
-                    }
-                    if repeat && steps.is_empty() {
-                        if let Some(step) = policy::repeat(r, &cfg.policy) {
-                            steps.push(step);
+                        if repeat && steps.is_empty() {
+                            if let Some(step) = policy::repeat(r, &cfg.policy) {
+                                steps.push(step);
+                            }
                         }
-                    }
-                    transition = merge(transition.take(), state::reevaluate(r, cfg, now));
-                    if let Some(last) = steps.last() {
-                        r.last_notice = Some(format!("{}: {}", last.to, state::message(r, cfg, now)));
-                    }
-                    true
-                })?;
+                        transition = merge(transition.take(), state::reevaluate(r, cfg, now));
+                        if let Some(last) = steps.last() {
+                            r.last_notice =
+                                Some(format!("{}: {}", last.to, state::message(r, cfg, now)));
+                        }
+                        true
+                    },
+                )?;
                 for s in &steps {
                     let acts: Vec<String> = s.actions.iter().map(|a| a.to_string()).collect();
-                    line.performed.push(format!("{} -> {} [{}]", s.from, updated.record.overquota_state, acts.join(", ")));
+                    line.performed.push(format!(
+                        "{} -> {} [{}]",
+                        s.from,
+                        updated.record.overquota_state,
+                        acts.join(", ")
+                    ));
                 }
                 self.after_change(&updated.record, transition.as_ref(), &steps);
                 line.current = updated.record.overquota_state;
@@ -762,7 +841,8 @@ fn apply_one(rec: &mut QuotaRecord, r: &Report) {
         rec.actual_inodes = r.inodes;
         rec.timed_out = r.timed_out;
         let secs = r.walk_seconds.max(0.0);
-        rec.started = SeedTime::at(r.measured_at - chrono::Duration::milliseconds((secs * 1000.0) as i64));
+        rec.started =
+            SeedTime::at(r.measured_at - chrono::Duration::milliseconds((secs * 1000.0) as i64));
         rec.stopped = at;
         rec.measured_at = at;
         rec.measurement_source = Some(r.source);

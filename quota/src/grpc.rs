@@ -29,9 +29,13 @@ impl QuotaService {
 pub fn to_status(e: ControllerError) -> Status {
     match &e {
         ControllerError::BadReport(_) => Status::invalid_argument(e.to_string()),
-        ControllerError::Store(StoreError::BadUser { .. }) => Status::invalid_argument(e.to_string()),
+        ControllerError::Store(StoreError::BadUser { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
         ControllerError::Store(StoreError::Lock(_)) => Status::unavailable(e.to_string()),
-        ControllerError::Store(StoreError::UserMismatch { .. }) => Status::failed_precondition(e.to_string()),
+        ControllerError::Store(StoreError::UserMismatch { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
         ControllerError::Store(StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         ControllerError::Store(StoreError::Io { .. }) => Status::unavailable(e.to_string()),
         ControllerError::Hub(_) | ControllerError::NoHub => Status::unavailable(e.to_string()),
@@ -41,7 +45,10 @@ pub fn to_status(e: ControllerError) -> Status {
 
 #[tonic::async_trait]
 impl Quota for QuotaService {
-    async fn report_usage(&self, req: Request<pb::ReportUsageRequest>) -> Result<Response<pb::ReportUsageResponse>, Status> {
+    async fn report_usage(
+        &self,
+        req: Request<pb::ReportUsageRequest>,
+    ) -> Result<Response<pb::ReportUsageResponse>, Status> {
         let req = req.into_inner();
         if req.node_id.is_empty() {
             return Err(Status::invalid_argument("node_id is required"));
@@ -53,7 +60,11 @@ impl Quota for QuotaService {
             .map(|r| Report::from_proto(r, now))
             .collect::<Result<Vec<_>, _>>()
             .map_err(to_status)?;
-        let (accepted, duplicates, recs) = self.ctrl.report(req.node_id, reports).await.map_err(to_status)?;
+        let (accepted, duplicates, recs) = self
+            .ctrl
+            .report(req.node_id, reports)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::ReportUsageResponse {
             accepted,
             duplicates,
@@ -61,7 +72,10 @@ impl Quota for QuotaService {
         }))
     }
 
-    async fn get_user_quota(&self, req: Request<pb::GetUserQuotaRequest>) -> Result<Response<pb::UserQuota>, Status> {
+    async fn get_user_quota(
+        &self,
+        req: Request<pb::GetUserQuotaRequest>,
+    ) -> Result<Response<pb::UserQuota>, Status> {
         let user = req.into_inner().user;
         let ctrl = self.ctrl.clone();
         let (rec, _) = tokio::task::spawn_blocking(move || ctrl.get(&user))

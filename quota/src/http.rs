@@ -44,7 +44,12 @@ pub fn user_status(ctrl: &Controller, rec: QuotaRecord, known: bool) -> UserStat
 }
 
 /// The same answer computed from a record alone (`check-quota --file`).
-pub fn user_status_with(cfg: &Config, now: DateTime<Utc>, rec: QuotaRecord, known: bool) -> UserStatus {
+pub fn user_status_with(
+    cfg: &Config,
+    now: DateTime<Utc>,
+    rec: QuotaRecord,
+    known: bool,
+) -> UserStatus {
     let plan = policy::plan(&rec, &cfg.policy, now);
     UserStatus {
         user: rec.user.clone(),
@@ -62,7 +67,9 @@ pub fn user_status_with(cfg: &Config, now: DateTime<Utc>, rec: QuotaRecord, know
 
 fn error_response(e: ControllerError) -> Response {
     let code = match &e {
-        ControllerError::Store(StoreError::BadUser { .. }) | ControllerError::BadReport(_) => StatusCode::BAD_REQUEST,
+        ControllerError::Store(StoreError::BadUser { .. }) | ControllerError::BadReport(_) => {
+            StatusCode::BAD_REQUEST
+        }
         ControllerError::Store(StoreError::Corrupt { .. }) => StatusCode::CONFLICT,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -75,7 +82,11 @@ async fn get_user(State(ctrl): State<Arc<Controller>>, Path(name): Path<String>)
     match res {
         Ok(Ok((rec, known))) => {
             let status = user_status(&ctrl, rec, known);
-            let code = if known { StatusCode::OK } else { StatusCode::NOT_FOUND };
+            let code = if known {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
             (code, Json(status)).into_response()
         }
         Ok(Err(e)) => error_response(e),
@@ -85,7 +96,10 @@ async fn get_user(State(ctrl): State<Arc<Controller>>, Path(name): Path<String>)
 
 async fn metrics(State(ctrl): State<Arc<Controller>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         ctrl.metrics.encode(),
     )
         .into_response()

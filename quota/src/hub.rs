@@ -218,7 +218,12 @@ impl HubClient {
     }
 
     /// One request with retries on 5xx, 429 and transport errors.
-    async fn send(&self, method: Method, url: Url, what: &str) -> Result<(StatusCode, String), HubError> {
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        what: &str,
+    ) -> Result<(StatusCode, String), HubError> {
         let mut delay = Duration::from_millis(self.settings.backoff_millis);
         let mut attempt = 0;
         loop {
@@ -266,7 +271,9 @@ impl HubClient {
 
     async fn page(&self, offset: u64) -> Result<UsersReply, HubError> {
         let what = format!("GET users offset {offset}");
-        let (status, body) = self.send(Method::GET, self.users_url(offset), &what).await?;
+        let (status, body) = self
+            .send(Method::GET, self.users_url(offset), &what)
+            .await?;
         if !status.is_success() {
             return Err(HubError::Status {
                 what,
@@ -287,7 +294,10 @@ impl HubClient {
         let mut seen_offsets = HashSet::new();
         while let Some(n) = next {
             if !seen_offsets.insert(n.offset) {
-                return Err(HubError::Incomplete(format!("pagination loops at offset {}", n.offset)));
+                return Err(HubError::Incomplete(format!(
+                    "pagination loops at offset {}",
+                    n.offset
+                )));
             }
             match self.page(n.offset).await? {
                 UsersReply::Paged(p) => {
@@ -295,7 +305,9 @@ impl HubClient {
                     next = p.pagination.next;
                 }
                 UsersReply::All(_) => {
-                    return Err(HubError::Incomplete("hub stopped paginating mid-listing".into()))
+                    return Err(HubError::Incomplete(
+                        "hub stopped paginating mid-listing".into(),
+                    ))
                 }
             }
         }
@@ -321,7 +333,10 @@ impl HubApi for HubClient {
                 // Fetch the remaining pages a few at a time; if the figures do
                 // not add up (users came or went meanwhile), fall back to
                 // following `next` links, which the hub guarantees to end.
-                let offsets: Vec<u64> = (1..).map(|i| i * page_len).take_while(|o| *o < total).collect();
+                let offsets: Vec<u64> = (1..)
+                    .map(|i| i * page_len)
+                    .take_while(|o| *o < total)
+                    .collect();
                 let mut pages = Vec::with_capacity(offsets.len());
                 for chunk in offsets.chunks(4) {
                     let got = futures::future::join_all(chunk.iter().map(|o| self.page(*o))).await;
@@ -381,7 +396,9 @@ impl HubApi for HubClient {
         match status.as_u16() {
             204 => Ok(StopOutcome::Stopped),
             202 => Ok(StopOutcome::Stopping),
-            400 | 404 if body.contains("not running") || body.contains("No such") => Ok(StopOutcome::NotRunning),
+            400 | 404 if body.contains("not running") || body.contains("No such") => {
+                Ok(StopOutcome::NotRunning)
+            }
             s => Err(HubError::Status {
                 what,
                 status: s,
@@ -457,10 +474,22 @@ mod tests {
 
     #[test]
     fn urls_are_built_and_names_escaped() {
-        let c = HubClient::new("http://hub:8081/", Token::new("x"), HubSettings::default()).unwrap();
-        assert_eq!(c.users_url(400).as_str(), "http://hub:8081/hub/api/users?offset=400&limit=200");
-        let c2 = HubClient::new("http://hub:8081/prefix/hub/api", Token::new("x"), HubSettings::default()).unwrap();
-        assert_eq!(c2.users_url(0).as_str(), "http://hub:8081/prefix/hub/api/users?offset=0&limit=200");
+        let c =
+            HubClient::new("http://hub:8081/", Token::new("x"), HubSettings::default()).unwrap();
+        assert_eq!(
+            c.users_url(400).as_str(),
+            "http://hub:8081/hub/api/users?offset=400&limit=200"
+        );
+        let c2 = HubClient::new(
+            "http://hub:8081/prefix/hub/api",
+            Token::new("x"),
+            HubSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c2.users_url(0).as_str(),
+            "http://hub:8081/prefix/hub/api/users?offset=0&limit=200"
+        );
         assert!(HubClient::new("ftp://x", Token::new("x"), HubSettings::default()).is_err());
     }
 
@@ -502,6 +531,9 @@ mod tests {
         };
         // Port 9 (discard) on loopback: nothing listens there.
         let c = HubClient::new("http://127.0.0.1:9", Token::new("x"), s).unwrap();
-        assert!(matches!(c.list_users().await, Err(HubError::Unreachable(_))));
+        assert!(matches!(
+            c.list_users().await,
+            Err(HubError::Unreachable(_))
+        ));
     }
 }

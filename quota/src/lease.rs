@@ -35,7 +35,9 @@ struct LeaseBody {
 }
 
 fn epoch_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// A held lock; released on drop.
@@ -73,7 +75,11 @@ fn inspect(path: &Path, length: Duration) -> io::Result<(String, bool)> {
 
 impl Lease {
     /// One attempt: `Ok(None)` if someone else holds a live lease.
-    pub fn try_acquire(path: &Path, owner: &str, length: Duration) -> Result<Option<Lease>, LeaseError> {
+    pub fn try_acquire(
+        path: &Path,
+        owner: &str,
+        length: Duration,
+    ) -> Result<Option<Lease>, LeaseError> {
         let token = format!("{:016x}", rand::random::<u64>());
         for _ in 0..3 {
             match OpenOptions::new().write(true).create_new(true).open(path) {
@@ -120,7 +126,12 @@ impl Lease {
     }
 
     /// Waits up to `wait` for the lock.
-    pub fn acquire(path: &Path, owner: &str, length: Duration, wait: Duration) -> Result<Lease, LeaseError> {
+    pub fn acquire(
+        path: &Path,
+        owner: &str,
+        length: Duration,
+        wait: Duration,
+    ) -> Result<Lease, LeaseError> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(2);
         loop {
@@ -148,8 +159,11 @@ impl Lease {
             token: self.token.clone(),
             expires: epoch_secs(SystemTime::now() + self.length),
         };
-        let tmp = self.path.with_extension(format!("lock.renew-{}", self.token));
-        fs::write(&tmp, serde_json::to_string(&body).unwrap_or_default()).map_err(io_err(&self.path))?;
+        let tmp = self
+            .path
+            .with_extension(format!("lock.renew-{}", self.token));
+        fs::write(&tmp, serde_json::to_string(&body).unwrap_or_default())
+            .map_err(io_err(&self.path))?;
         fs::rename(&tmp, &self.path).map_err(io_err(&self.path))
     }
 
@@ -162,7 +176,10 @@ impl Lease {
                 holder: b.owner,
                 waited: Duration::ZERO,
             }),
-            Err(e) => Err(io_err(&self.path)(io::Error::new(io::ErrorKind::InvalidData, e))),
+            Err(e) => Err(io_err(&self.path)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                e,
+            ))),
         }
     }
 
@@ -202,13 +219,20 @@ mod tests {
     fn second_holder_waits_and_release_frees() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("quota.lock");
-        let a = Lease::try_acquire(&p, "a", Duration::from_secs(60)).unwrap().unwrap();
-        assert!(Lease::try_acquire(&p, "b", Duration::from_secs(60)).unwrap().is_none());
-        let e = Lease::acquire(&p, "b", Duration::from_secs(60), Duration::from_millis(50)).unwrap_err();
+        let a = Lease::try_acquire(&p, "a", Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        assert!(Lease::try_acquire(&p, "b", Duration::from_secs(60))
+            .unwrap()
+            .is_none());
+        let e = Lease::acquire(&p, "b", Duration::from_secs(60), Duration::from_millis(50))
+            .unwrap_err();
         assert!(e.to_string().contains("held by a"), "{e}");
         a.release();
         assert!(!p.exists());
-        assert!(Lease::try_acquire(&p, "b", Duration::from_secs(60)).unwrap().is_some());
+        assert!(Lease::try_acquire(&p, "b", Duration::from_secs(60))
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -217,20 +241,28 @@ mod tests {
         let p = d.path().join("quota.lock");
         // What a replica that died mid-walk leaves behind.
         fs::write(&p, r#"{"owner":"dead-pod","token":"1","expires":1000.0}"#).unwrap();
-        let l = Lease::try_acquire(&p, "alive", Duration::from_secs(60)).unwrap().unwrap();
+        let l = Lease::try_acquire(&p, "alive", Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
         assert!(fs::read_to_string(&p).unwrap().contains("alive"));
         drop(l);
         // An empty body (crash between create and write) expires by mtime.
         fs::write(&p, "").unwrap();
-        assert!(Lease::try_acquire(&p, "x", Duration::from_secs(60)).unwrap().is_none());
-        assert!(Lease::try_acquire(&p, "x", Duration::ZERO).unwrap().is_some());
+        assert!(Lease::try_acquire(&p, "x", Duration::from_secs(60))
+            .unwrap()
+            .is_none());
+        assert!(Lease::try_acquire(&p, "x", Duration::ZERO)
+            .unwrap()
+            .is_some());
     }
 
     #[test]
     fn renew_fails_once_the_lock_was_taken() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("walk.lock");
-        let mut a = Lease::try_acquire(&p, "a", Duration::from_secs(60)).unwrap().unwrap();
+        let mut a = Lease::try_acquire(&p, "a", Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
         a.renew().unwrap();
         fs::write(&p, r#"{"owner":"b","token":"2","expires":9e12}"#).unwrap();
         assert!(a.renew().is_err());

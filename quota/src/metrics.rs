@@ -70,17 +70,57 @@ impl Metrics {
             reaper_cycle_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             registry: Registry::default(),
         };
-        registry.register("used_bytes", "Bytes used by the user's home", m.used_bytes.clone());
-        registry.register("limit_bytes", "The user's effective quota", m.quota_bytes.clone());
+        registry.register(
+            "used_bytes",
+            "Bytes used by the user's home",
+            m.used_bytes.clone(),
+        );
+        registry.register(
+            "limit_bytes",
+            "The user's effective quota",
+            m.quota_bytes.clone(),
+        );
         registry.register("fraction_used", "used / quota", m.fraction_used.clone());
-        registry.register("state", "1 for the user's current quota_state", m.state.clone());
-        registry.register("walk_seconds", "Duration of the controller's walks", m.walk_seconds.clone());
-        registry.register("walk_timeouts", "Walks stopped by the walk timeout", m.walk_timeouts.clone());
-        registry.register("hub_api_errors", "Failed hub API operations", m.hub_errors.clone());
-        registry.register("corrupt_records", "Unreadable records kept aside", m.corrupt_records.clone());
-        registry.register("reports", "Usage reports received, by kind", m.reports.clone());
-        registry.register("transitions", "Quota state transitions, by new state", m.transitions.clone());
-        registry.register("servers_stopped", "Servers stopped for quota", m.servers_stopped.clone());
+        registry.register(
+            "state",
+            "1 for the user's current quota_state",
+            m.state.clone(),
+        );
+        registry.register(
+            "walk_seconds",
+            "Duration of the controller's walks",
+            m.walk_seconds.clone(),
+        );
+        registry.register(
+            "walk_timeouts",
+            "Walks stopped by the walk timeout",
+            m.walk_timeouts.clone(),
+        );
+        registry.register(
+            "hub_api_errors",
+            "Failed hub API operations",
+            m.hub_errors.clone(),
+        );
+        registry.register(
+            "corrupt_records",
+            "Unreadable records kept aside",
+            m.corrupt_records.clone(),
+        );
+        registry.register(
+            "reports",
+            "Usage reports received, by kind",
+            m.reports.clone(),
+        );
+        registry.register(
+            "transitions",
+            "Quota state transitions, by new state",
+            m.transitions.clone(),
+        );
+        registry.register(
+            "servers_stopped",
+            "Servers stopped for quota",
+            m.servers_stopped.clone(),
+        );
         registry.register(
             "reaper_cycle_seconds",
             "Duration of reaper cycles (list users, record activity, enforce)",
@@ -101,12 +141,16 @@ impl Metrics {
                 user: rec.user.clone(),
                 state: s.as_str().into(),
             };
-            self.state.get_or_create(&l).set(i64::from(s == rec.quota_state));
+            self.state
+                .get_or_create(&l)
+                .set(i64::from(s == rec.quota_state));
         }
     }
 
     pub fn hub_error(&self, op: &str) {
-        self.hub_errors.get_or_create(&OpLabel { op: op.into() }).inc();
+        self.hub_errors
+            .get_or_create(&OpLabel { op: op.into() })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

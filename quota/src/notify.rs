@@ -33,9 +33,13 @@ pub struct RecordingNotifier {
 
 impl Notifier for RecordingNotifier {
     fn inform_user(&self, user: &str, message: &str) {
-        self.sent.lock().push(("user".into(), user.into(), message.into()));
+        self.sent
+            .lock()
+            .push(("user".into(), user.into(), message.into()));
     }
     fn inform_admin(&self, user: &str, message: &str) {
-        self.sent.lock().push(("admin".into(), user.into(), message.into()));
+        self.sent
+            .lock()
+            .push(("admin".into(), user.into(), message.into()));
     }
 }

@@ -254,7 +254,10 @@ pub fn repeat(rec: &mut QuotaRecord, cfg: &PolicyConfig) -> Option<Step> {
     Some(Step {
         from: cur,
         to: cur.level,
-        actions: cfg.rule(cur.level).map(|r| r.actions.clone()).unwrap_or_default(),
+        actions: cfg
+            .rule(cur.level)
+            .map(|r| r.actions.clone())
+            .unwrap_or_default(),
     })
 }
 
@@ -328,7 +331,11 @@ mod tests {
             (1, None, Some(PolicyLevel::SoftUser)),
             (3, Some(PolicyLevel::SoftUser), Some(PolicyLevel::SoftAdmin)),
             (7, Some(PolicyLevel::SoftAdmin), Some(PolicyLevel::HardUser)),
-            (10, Some(PolicyLevel::HardUser), Some(PolicyLevel::HardAdmin)),
+            (
+                10,
+                Some(PolicyLevel::HardUser),
+                Some(PolicyLevel::HardAdmin),
+            ),
             (14, Some(PolicyLevel::HardAdmin), None),
             (30, None, None),
         ];
@@ -394,7 +401,7 @@ mod tests {
             let mut r = over(QuotaState::Lockout);
             track_clock(&mut r, t0());
             let step = plan(&r, &cfg, t0()).due.unwrap();
-        apply_step(&mut r, &step, t0());
+            apply_step(&mut r, &step, t0());
             r.quota_state = frozen;
             track_clock(&mut r, t0() + Duration::days(20));
             assert_eq!(r.overquota_since.get(), Some(t0()));
@@ -437,7 +444,11 @@ mod tests {
         cfg.lockout_mode = LockoutMode::Block;
         assert_eq!(enforcement(&r, &cfg), Enforcement::Blocked);
         // violation (lockout disabled) and timed-out are never enforced
-        for s in [QuotaState::Violation, QuotaState::TimedOut, QuotaState::Error] {
+        for s in [
+            QuotaState::Violation,
+            QuotaState::TimedOut,
+            QuotaState::Error,
+        ] {
             assert_eq!(enforcement(&over(s), &cfg), Enforcement::None, "{s}");
         }
         cfg.policy.mode = PolicyMode::Graded;

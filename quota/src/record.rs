@@ -63,7 +63,11 @@ impl SeedTime {
         if let Ok(t) = DateTime::parse_from_rfc3339(s) {
             return Ok(SeedTime(Some(t.with_timezone(&Utc))));
         }
-        for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        for fmt in [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+        ] {
             if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
                 return Ok(SeedTime(Some(t.and_utc())));
             }
@@ -323,7 +327,8 @@ impl QuotaRecord {
 
     pub fn to_yaml(&self) -> String {
         // Serialising plain data to YAML cannot fail (no maps with non-string keys).
-        let text = serde_yaml::to_string(self).unwrap_or_else(|e| format!("# unserialisable record: {e}\n"));
+        let text = serde_yaml::to_string(self)
+            .unwrap_or_else(|e| format!("# unserialisable record: {e}\n"));
         // The seed's tools read records with PyYAML, which turns an unquoted
         // ISO timestamp into a datetime; the seed wrote them quoted, as strings.
         let mut out = String::with_capacity(text.len() + 64);
@@ -472,7 +477,10 @@ warn_fraction: 0.8
         // Our output keeps the seed's fields with the same values and forms
         // (the float may be spelled differently; it is the same number).
         let out = r.to_yaml();
-        for line in SEED_EXAMPLE.lines().filter(|l| !l.starts_with("fraction_used")) {
+        for line in SEED_EXAMPLE
+            .lines()
+            .filter(|l| !l.starts_with("fraction_used"))
+        {
             assert!(out.contains(line), "missing {line:?} in\n{out}");
         }
         assert_eq!(QuotaRecord::from_yaml(&out).unwrap(), r);
@@ -500,7 +508,10 @@ warn_fraction: 0.8
             ("user: a\nwarn_fraction: 7\n", "warn_fraction"),
             ("user: a\nlast_activity: yesterday\n", "timestamp"),
             ("user: a\nquota_state: furious\n", "not a quota record"),
-            ("user: a\noverrides:\n  quota_bytes: -5\n", "overrides.quota_bytes"),
+            (
+                "user: a\noverrides:\n  quota_bytes: -5\n",
+                "overrides.quota_bytes",
+            ),
         ] {
             let e = QuotaRecord::from_yaml(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -32,8 +32,8 @@ pub fn evaluate(rec: &QuotaRecord) -> QuotaState {
             QuotaState::Violation
         };
     }
-    let near_bytes =
-        rec.quota_bytes > 0 && rec.actual_bytes as f64 >= rec.warn_fraction * rec.quota_bytes as f64;
+    let near_bytes = rec.quota_bytes > 0
+        && rec.actual_bytes as f64 >= rec.warn_fraction * rec.quota_bytes as f64;
     let near_inodes = rec.quota_inodes > 0
         && rec.actual_inodes as f64 >= rec.warn_fraction * rec.quota_inodes as f64;
     if near_bytes || near_inodes {
@@ -95,7 +95,10 @@ pub fn message(rec: &QuotaRecord, cfg: &Config, now: DateTime<Utc>) -> String {
     let contact = &cfg.admin_contact;
     let free = "Delete files you no longer need (e.g. caches, checkpoints, old outputs; `du -sh ~/* | sort -h` shows what is big).";
     if rec.overrides.exempt && rec.quota_state != QuotaState::Error {
-        return format!("Your home uses {}; you are exempt from quota enforcement.", usage_line(rec));
+        return format!(
+            "Your home uses {}; you are exempt from quota enforcement.",
+            usage_line(rec)
+        );
     }
     match rec.quota_state {
         QuotaState::Error => format!(
@@ -157,8 +160,7 @@ fn next_words(rec: &QuotaRecord, cfg: &Config, now: DateTime<Utc>) -> String {
         let Some(rule) = cfg.policy.rule(level) else {
             continue;
         };
-        if !rule.actions.contains(&policy::Action::Enforce) || level.enforce_strength() <= current
-        {
+        if !rule.actions.contains(&policy::Action::Enforce) || level.enforce_strength() <= current {
             continue;
         }
         let at = since + chrono::Duration::days(i64::from(rule.days));
@@ -252,8 +254,10 @@ mod tests {
 
     #[test]
     fn timed_out_is_never_enforced_even_far_over() {
-        let mut cfg = Config::default();
-        cfg.lockout_mode = LockoutMode::Block;
+        let cfg = Config {
+            lockout_mode: LockoutMode::Block,
+            ..Config::default()
+        };
         let mut r = rec(900 * GIB);
         r.timed_out = true;
         reevaluate(&mut r, &cfg, now());
@@ -274,7 +278,10 @@ mod tests {
         cfg.policy.mode = PolicyMode::Graded;
         reevaluate(&mut r, &cfg, now());
         let m = message(&r, &cfg, now());
-        assert!(m.contains("Writes will be blocked in 7 days unless usage drops below 200 GiB"), "{m}");
+        assert!(
+            m.contains("Writes will be blocked in 7 days unless usage drops below 200 GiB"),
+            "{m}"
+        );
         let later = now() + chrono::Duration::days(15);
         let step = plan(&r, &cfg.policy, later).due.unwrap();
         apply_step(&mut r, &step, later);

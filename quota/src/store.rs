@@ -53,7 +53,7 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 /// What `scan` found in one user directory.
 #[derive(Debug)]
 pub enum Scanned {
-    Record(QuotaRecord),
+    Record(Box<QuotaRecord>),
     Bad { dir: PathBuf, error: StoreError },
 }
 
@@ -79,7 +79,12 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(dir: &Path, owner: &str, lease: Duration, wait: Duration) -> Result<Self, StoreError> {
+    pub fn open(
+        dir: &Path,
+        owner: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -142,7 +147,7 @@ impl Store {
                 Ok(None) => {}
                 Ok(Some(r)) => {
                     index.insert(r.user.clone(), dir);
-                    out.push(Scanned::Record(r));
+                    out.push(Scanned::Record(Box::new(r)));
                 }
                 Err(error) => out.push(Scanned::Bad { dir, error }),
             }
@@ -247,7 +252,11 @@ impl Store {
     pub fn claim_walk(&self, user: &str) -> Result<Option<Lease>, StoreError> {
         let dir = self.user_dir(user)?;
         fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        Ok(Lease::try_acquire(&dir.join(WALK_LOCK_FILE), &self.owner, self.lease)?)
+        Ok(Lease::try_acquire(
+            &dir.join(WALK_LOCK_FILE),
+            &self.owner,
+            self.lease,
+        )?)
     }
 }
 
@@ -289,7 +298,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{:016x}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("record"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("record"),
         rand::random::<u64>()
     ));
     let result = (|| {
@@ -309,7 +320,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 /// (`<users-dir>/.hubfs/<encoded>.json`, `capacity_bytes`), if any.
 pub fn provisioned_quota(users_dir: &Path, user: &str) -> Option<i64> {
     let key = UserKey::new(user).ok()?;
-    let path = users_dir.join(".hubfs").join(format!("{}.json", key.encoded()));
+    let path = users_dir
+        .join(".hubfs")
+        .join(format!("{}.json", key.encoded()));
     let text = fs::read_to_string(&path).ok()?;
     let v: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
@@ -318,7 +331,9 @@ pub fn provisioned_quota(users_dir: &Path, user: &str) -> Option<i64> {
             return None;
         }
     };
-    v.get("capacity_bytes").and_then(|c| c.as_i64()).filter(|c| *c > 0)
+    v.get("capacity_bytes")
+        .and_then(|c| c.as_i64())
+        .filter(|c| *c > 0)
 }
 
 #[cfg(test)]
@@ -343,7 +358,13 @@ warn_fraction: 0.8
 ";
 
     fn store(dir: &Path) -> Store {
-        Store::open(dir, "test", Duration::from_secs(60), Duration::from_secs(20)).unwrap()
+        Store::open(
+            dir,
+            "test",
+            Duration::from_secs(60),
+            Duration::from_secs(20),
+        )
+        .unwrap()
     }
 
     fn init(u: &str) -> QuotaRecord {
@@ -359,16 +380,22 @@ warn_fraction: 0.8
         let s = store(d.path());
         let found = s.scan().unwrap();
         assert_eq!(found.len(), 1);
-        let Scanned::Record(r) = &found[0] else { panic!("{found:?}") };
+        let Scanned::Record(r) = &found[0] else {
+            panic!("{found:?}")
+        };
         assert_eq!(r.user, "jmiller@stsci.edu");
         assert_eq!(r.actual_bytes, 2469232);
         let r = s.load("jmiller@stsci.edu").unwrap().unwrap();
         assert_eq!(r.reaper_time.to_string(), "2022-08-15T20:52:58.469571");
         // Updates go to the same file.
-        s.update("jmiller@stsci.edu", || init("x"), |r| {
-            r.actual_bytes = 5;
-            true
-        })
+        s.update(
+            "jmiller@stsci.edu",
+            || init("x"),
+            |r| {
+                r.actual_bytes = 5;
+                true
+            },
+        )
         .unwrap();
         let text = fs::read_to_string(d.path().join("seed-style-jmiller/quota.yaml")).unwrap();
         assert!(text.contains("actual_bytes: 5"), "{text}");
@@ -385,14 +412,23 @@ warn_fraction: 0.8
         fs::write(dir.join(RECORD_FILE), garbage).unwrap();
         assert!(matches!(s.load("ada"), Err(StoreError::Corrupt { .. })));
         let u = s
-            .update("ada", || init("ada"), |r| {
-                r.actual_bytes = 999 << 30;
-                true
-            })
+            .update(
+                "ada",
+                || init("ada"),
+                |r| {
+                    r.actual_bytes = 999 << 30;
+                    true
+                },
+            )
             .unwrap();
         let aside = u.quarantined.unwrap();
         assert_eq!(fs::read_to_string(&aside).unwrap(), garbage);
-        assert!(aside.file_name().unwrap().to_str().unwrap().starts_with("quota.yaml.corrupt-"));
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("quota.yaml.corrupt-"));
         assert_eq!(u.record.quota_state, QuotaState::Error);
         assert!(u.record.error.as_deref().unwrap().contains("kept as"));
         // The error survives the next update until an admin clears it.
@@ -409,12 +445,17 @@ warn_fraction: 0.8
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(RECORD_FILE), b"\xff\xfe\x00binary").unwrap();
         let found = s.scan().unwrap();
-        let Scanned::Bad { dir: bad, error } = &found[0] else { panic!() };
+        let Scanned::Bad { dir: bad, error } = &found[0] else {
+            panic!()
+        };
         assert!(error.to_string().contains("UTF-8"));
         let (user, aside) = s.quarantine_dir(bad, init).unwrap().unwrap();
         assert_eq!(user.as_deref(), Some("bob"));
         assert!(aside.exists());
-        assert_eq!(s.load("bob").unwrap().unwrap().quota_state, QuotaState::Error);
+        assert_eq!(
+            s.load("bob").unwrap().unwrap().quota_state,
+            QuotaState::Error
+        );
     }
 
     #[test]
@@ -423,11 +464,16 @@ warn_fraction: 0.8
         let key = UserKey::new("ada@example.org").unwrap();
         fs::create_dir_all(d.path().join(".hubfs")).unwrap();
         fs::write(
-            d.path().join(".hubfs").join(format!("{}.json", key.encoded())),
+            d.path()
+                .join(".hubfs")
+                .join(format!("{}.json", key.encoded())),
             r#"{"volume_name":"pvc-1","user":"ada@example.org","capacity_bytes":10737418240}"#,
         )
         .unwrap();
-        assert_eq!(provisioned_quota(d.path(), "ada@example.org"), Some(10 << 30));
+        assert_eq!(
+            provisioned_quota(d.path(), "ada@example.org"),
+            Some(10 << 30)
+        );
         assert_eq!(provisioned_quota(d.path(), "bob"), None);
     }
 
@@ -439,10 +485,14 @@ warn_fraction: 0.8
         };
         let s = store(Path::new(&dir));
         for _ in 0..150 {
-            s.update("shared", || init("shared"), |r| {
-                r.actual_bytes = r.actual_bytes.max(0) + 1;
-                true
-            })
+            s.update(
+                "shared",
+                || init("shared"),
+                |r| {
+                    r.actual_bytes = r.actual_bytes.max(0) + 1;
+                    true
+                },
+            )
             .unwrap();
         }
     }
@@ -453,7 +503,11 @@ warn_fraction: 0.8
         let exe = std::env::current_exe().unwrap();
         let spawn = || {
             std::process::Command::new(&exe)
-                .args(["--exact", "store::tests::concurrent_writer_child", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "store::tests::concurrent_writer_child",
+                    "--test-threads=1",
+                ])
                 .env("HUBFS_STORE_CHILD_DIR", d.path())
                 .stdout(std::process::Stdio::null())
                 .spawn()

@@ -29,14 +29,22 @@ struct Env {
 }
 
 fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-01T08:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-11-01T08:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn env(cfg: Config, hub_users: Vec<HubUser>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let users_dir = dir.path().join("users");
     std::fs::create_dir_all(&users_dir).unwrap();
-    let store = Store::open(&dir.path().join("control"), "test", Duration::from_secs(60), Duration::from_secs(10)).unwrap();
+    let store = Store::open(
+        &dir.path().join("control"),
+        "test",
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let clock = FakeClock::new(t0());
     let hub = Arc::new(FakeHub::with_users(hub_users));
     let notes = Arc::new(RecordingNotifier::default());
@@ -48,7 +56,14 @@ fn env(cfg: Config, hub_users: Vec<HubUser>) -> Env {
         Some(hub.clone()),
         notes.clone(),
     ));
-    Env { _dir: dir, users_dir, clock, hub, notes, ctrl }
+    Env {
+        _dir: dir,
+        users_dir,
+        clock,
+        hub,
+        notes,
+        ctrl,
+    }
 }
 
 fn walk(user: &str, bytes: i64, at: DateTime<Utc>) -> Report {
@@ -75,7 +90,11 @@ fn delta(user: &str, bytes: i64, at: DateTime<Utc>, seq: u64) -> Report {
 }
 
 fn running(name: &str) -> HubUser {
-    HubUser { name: name.into(), last_activity: Some(t0()), running: vec![String::new()] }
+    HubUser {
+        name: name.into(),
+        last_activity: Some(t0()),
+        running: vec![String::new()],
+    }
 }
 
 async fn settle_spawned() {
@@ -88,16 +107,33 @@ async fn settle_spawned() {
 #[tokio::test]
 async fn a_delta_over_quota_locks_out_at_once_and_stops_the_server_once() {
     let e = env(Config::default(), vec![running("ada")]);
-    let (_, _, recs) = e.ctrl.report("node-1".into(), vec![walk("ada", 150 * GIB, t0())]).await.unwrap();
+    let (_, _, recs) = e
+        .ctrl
+        .report("node-1".into(), vec![walk("ada", 150 * GIB, t0())])
+        .await
+        .unwrap();
     assert_eq!(recs[0].quota_state, QuotaState::Ok);
     e.clock.advance(chrono::Duration::minutes(1));
-    let (_, _, recs) = e.ctrl.report("node-1".into(), vec![delta("ada", 60 * GIB, e.clock.now(), 1)]).await.unwrap();
+    let (_, _, recs) = e
+        .ctrl
+        .report(
+            "node-1".into(),
+            vec![delta("ada", 60 * GIB, e.clock.now(), 1)],
+        )
+        .await
+        .unwrap();
     assert_eq!(recs[0].quota_state, QuotaState::Lockout);
     assert_eq!(recs[0].enforcement, Enforcement::Cleanup);
     assert_eq!(recs[0].actual_bytes, 210 * GIB);
-    assert_eq!(e.ctrl.to_proto(&recs[0]).enforcement, hubfs_proto::quota::Enforcement::Cleanup as i32);
+    assert_eq!(
+        e.ctrl.to_proto(&recs[0]).enforcement,
+        hubfs_proto::quota::Enforcement::Cleanup as i32
+    );
     settle_spawned().await;
-    assert_eq!(e.hub.stops.lock().clone(), vec![("ada".to_string(), String::new())]);
+    assert_eq!(
+        e.hub.stops.lock().clone(),
+        vec![("ada".to_string(), String::new())]
+    );
     // The user spawns again in cleanup mode: the reaper does not stop them again.
     e.hub.users.lock()[0].running = vec![String::new()];
     let s = e.ctrl.reaper_cycle().await.unwrap();
@@ -105,7 +141,14 @@ async fn a_delta_over_quota_locks_out_at_once_and_stops_the_server_once() {
     assert_eq!(e.hub.stops.lock().len(), 1);
     // Deleting files brings them back: writes allowed again, no restart needed.
     e.clock.advance(chrono::Duration::minutes(1));
-    let (_, _, recs) = e.ctrl.report("node-1".into(), vec![delta("ada", -80 * GIB, e.clock.now(), 2)]).await.unwrap();
+    let (_, _, recs) = e
+        .ctrl
+        .report(
+            "node-1".into(),
+            vec![delta("ada", -80 * GIB, e.clock.now(), 2)],
+        )
+        .await
+        .unwrap();
     assert_eq!(recs[0].quota_state, QuotaState::Ok);
     assert_eq!(recs[0].enforcement, Enforcement::None);
     assert_eq!(recs[0].overquota_state.level, PolicyLevel::Ok);
@@ -114,7 +157,10 @@ async fn a_delta_over_quota_locks_out_at_once_and_stops_the_server_once() {
 #[tokio::test]
 async fn retried_batches_are_not_counted_twice() {
     let e = env(Config::default(), vec![]);
-    e.ctrl.report("n".into(), vec![walk("bob", 10 * GIB, t0())]).await.unwrap();
+    e.ctrl
+        .report("n".into(), vec![walk("bob", 10 * GIB, t0())])
+        .await
+        .unwrap();
     let at = t0() + chrono::Duration::seconds(5);
     let batch = vec![delta("bob", GIB, at, 7)];
     let (acc, dup, _) = e.ctrl.report("n".into(), batch.clone()).await.unwrap();
@@ -123,15 +169,21 @@ async fn retried_batches_are_not_counted_twice() {
     assert_eq!((acc, dup), (0, 1));
     assert_eq!(recs[0].actual_bytes, 11 * GIB);
     // Another node's sequence numbers are its own.
-    let (acc, _, recs) = e.ctrl.report("m".into(), vec![delta("bob", GIB, at, 7)]).await.unwrap();
+    let (acc, _, recs) = e
+        .ctrl
+        .report("m".into(), vec![delta("bob", GIB, at, 7)])
+        .await
+        .unwrap();
     assert_eq!(acc, 1);
     assert_eq!(recs[0].actual_bytes, 12 * GIB);
 }
 
 #[tokio::test]
 async fn timed_out_walks_are_never_enforced() {
-    let mut cfg = Config::default();
-    cfg.lockout_mode = LockoutMode::Block;
+    let cfg = Config {
+        lockout_mode: LockoutMode::Block,
+        ..Config::default()
+    };
     let e = env(cfg, vec![running("cy")]);
     let mut r = walk("cy", 900 * GIB, t0());
     r.timed_out = true;
@@ -145,10 +197,15 @@ async fn timed_out_walks_are_never_enforced() {
 
 #[tokio::test]
 async fn hub_down_mid_cycle_takes_no_action() {
-    let mut cfg = Config::default();
-    cfg.lockout_mode = LockoutMode::Block;
+    let cfg = Config {
+        lockout_mode: LockoutMode::Block,
+        ..Config::default()
+    };
     let e = env(cfg, vec![]);
-    e.ctrl.report("n".into(), vec![walk("dan", 300 * GIB, t0())]).await.unwrap();
+    e.ctrl
+        .report("n".into(), vec![walk("dan", 300 * GIB, t0())])
+        .await
+        .unwrap();
     settle_spawned().await;
     e.hub.stops.lock().clear();
     *e.hub.users.lock() = vec![running("dan")];
@@ -159,18 +216,38 @@ async fn hub_down_mid_cycle_takes_no_action() {
     let s = e.ctrl.reaper_cycle().await.unwrap();
     assert_eq!(s.servers_stopped, 1);
     let m = e.ctrl.metrics.encode();
-    assert!(m.contains("hubfs_quota_hub_api_errors_total{op=\"list_users\"} 1"), "{m}");
+    assert!(
+        m.contains("hubfs_quota_hub_api_errors_total{op=\"list_users\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn overrides_and_exemptions_survive_remeasurement() {
     let e = env(Config::default(), vec![]);
-    e.ctrl.report("n".into(), vec![walk("eve", 10 * GIB, t0())]).await.unwrap();
+    e.ctrl
+        .report("n".into(), vec![walk("eve", 10 * GIB, t0())])
+        .await
+        .unwrap();
     // An admin raises eve's quota and exempts her.
     let path = e.ctrl.store.user_dir("eve").unwrap().join("quota.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("{text}overrides:\n  quota_bytes: {}\n  exempt: true\n  reason: thesis data\n", 500 * GIB)).unwrap();
-    let (_, _, recs) = e.ctrl.report("n".into(), vec![walk("eve", 600 * GIB, t0() + chrono::Duration::hours(1))]).await.unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{text}overrides:\n  quota_bytes: {}\n  exempt: true\n  reason: thesis data\n",
+            500 * GIB
+        ),
+    )
+    .unwrap();
+    let (_, _, recs) = e
+        .ctrl
+        .report(
+            "n".into(),
+            vec![walk("eve", 600 * GIB, t0() + chrono::Duration::hours(1))],
+        )
+        .await
+        .unwrap();
     let r = &recs[0];
     assert_eq!(r.quota_bytes, 500 * GIB);
     assert!(r.overrides.exempt);
@@ -178,7 +255,10 @@ async fn overrides_and_exemptions_survive_remeasurement() {
     assert_eq!(r.enforcement, Enforcement::None);
     assert_eq!(r.overrides.reason.as_deref(), Some("thesis data"));
     let again = std::fs::read_to_string(&path).unwrap();
-    assert!(again.contains("exempt: true") && again.contains("quota_bytes: 536870912000"), "{again}");
+    assert!(
+        again.contains("exempt: true") && again.contains("quota_bytes: 536870912000"),
+        "{again}"
+    );
 }
 
 #[tokio::test]
@@ -186,8 +266,18 @@ async fn provisioned_capacity_is_the_quota_unless_overridden() {
     let e = env(Config::default(), vec![]);
     let key = UserKey::new("fay").unwrap();
     std::fs::create_dir_all(e.users_dir.join(".hubfs")).unwrap();
-    std::fs::write(e.users_dir.join(".hubfs").join(format!("{}.json", key.encoded())), r#"{"capacity_bytes":10737418240}"#).unwrap();
-    let (_, _, recs) = e.ctrl.report("n".into(), vec![walk("fay", 11 * GIB, t0())]).await.unwrap();
+    std::fs::write(
+        e.users_dir
+            .join(".hubfs")
+            .join(format!("{}.json", key.encoded())),
+        r#"{"capacity_bytes":10737418240}"#,
+    )
+    .unwrap();
+    let (_, _, recs) = e
+        .ctrl
+        .report("n".into(), vec![walk("fay", 11 * GIB, t0())])
+        .await
+        .unwrap();
     assert_eq!(recs[0].quota_bytes, 10 * GIB);
     assert_eq!(recs[0].quota_state, QuotaState::Lockout);
 }
@@ -197,7 +287,11 @@ async fn graded_policy_escalates_with_the_overquota_command_and_hard_stops() {
     let mut cfg = Config::default();
     cfg.policy.mode = PolicyMode::Graded;
     let e = env(cfg, vec![running("gus")]);
-    let (_, _, recs) = e.ctrl.report("n".into(), vec![walk("gus", 250 * GIB, t0())]).await.unwrap();
+    let (_, _, recs) = e
+        .ctrl
+        .report("n".into(), vec![walk("gus", 250 * GIB, t0())])
+        .await
+        .unwrap();
     // Entering OVERQUOTA is automatic; no enforcement yet.
     assert_eq!(recs[0].overquota_state.to_string(), "OVERQUOTA:1");
     assert_eq!(recs[0].enforcement, Enforcement::None);
@@ -208,28 +302,65 @@ async fn graded_policy_escalates_with_the_overquota_command_and_hard_stops() {
     assert_eq!(lines[0].due.as_ref().unwrap().to, PolicyLevel::SoftAdmin);
     assert_eq!(lines[0].next.unwrap().0, PolicyLevel::HardUser);
     assert!(lines[0].performed.is_empty());
-    assert_eq!(e.ctrl.get("gus").unwrap().0.overquota_state.to_string(), "OVERQUOTA:1");
+    assert_eq!(
+        e.ctrl.get("gus").unwrap().0.overquota_state.to_string(),
+        "OVERQUOTA:1"
+    );
     // --run performs it: cleanup mode.
-    let lines = e.ctrl.overquota(&OverquotaOptions { run: true, ..Default::default() }).unwrap();
+    let lines = e
+        .ctrl
+        .overquota(&OverquotaOptions {
+            run: true,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(lines[0].current.to_string(), "SOFT_ADMIN:1");
-    assert_eq!(e.ctrl.get("gus").unwrap().0.enforcement, Enforcement::Cleanup);
+    assert_eq!(
+        e.ctrl.get("gus").unwrap().0.enforcement,
+        Enforcement::Cleanup
+    );
     assert!(e.notes.sent.lock().iter().any(|(aud, _, _)| aud == "admin"));
     // --repeat re-applies: SOFT_ADMIN:2; --states filters.
-    let lines = e.ctrl.overquota(&OverquotaOptions { repeat: true, states: vec![PolicyLevel::SoftAdmin], ..Default::default() }).unwrap();
+    let lines = e
+        .ctrl
+        .overquota(&OverquotaOptions {
+            repeat: true,
+            states: vec![PolicyLevel::SoftAdmin],
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(lines[0].current.to_string(), "SOFT_ADMIN:2");
-    let none = e.ctrl.overquota(&OverquotaOptions { states: vec![PolicyLevel::Ok], ..Default::default() }).unwrap();
+    let none = e
+        .ctrl
+        .overquota(&OverquotaOptions {
+            states: vec![PolicyLevel::Ok],
+            ..Default::default()
+        })
+        .unwrap();
     assert!(none.is_empty());
     // Day 15: HARD_ADMIN; the reaper stops the running server.
     e.clock.advance(chrono::Duration::days(7));
-    e.ctrl.overquota(&OverquotaOptions { run: true, ..Default::default() }).unwrap();
+    e.ctrl
+        .overquota(&OverquotaOptions {
+            run: true,
+            ..Default::default()
+        })
+        .unwrap();
     let rec = e.ctrl.get("gus").unwrap().0;
     assert_eq!(rec.overquota_state.level, PolicyLevel::HardAdmin);
     assert_eq!(rec.enforcement, Enforcement::Blocked);
     let s = e.ctrl.reaper_cycle().await.unwrap();
     assert_eq!(s.servers_stopped, 1);
-    assert!(e.hub.stops.lock().contains(&("gus".to_string(), String::new())));
+    assert!(e
+        .hub
+        .stops
+        .lock()
+        .contains(&("gus".to_string(), String::new())));
     // Back under quota: OK, clock cleared, nothing enforced.
-    e.ctrl.report("n".into(), vec![walk("gus", 100 * GIB, e.clock.now())]).await.unwrap();
+    e.ctrl
+        .report("n".into(), vec![walk("gus", 100 * GIB, e.clock.now())])
+        .await
+        .unwrap();
     let rec = e.ctrl.get("gus").unwrap().0;
     assert_eq!(rec.overquota_state.to_string(), "OK");
     assert!(rec.overquota_since.is_null());
@@ -251,26 +382,45 @@ async fn scheduled_walks_measure_due_homes_and_respect_staleness() {
     // Inactive: due again only after 7 days (a real age, unlike the seed).
     e.clock.advance(chrono::Duration::days(6));
     assert!(e.ctrl.due_walks().unwrap().is_empty());
-    e.clock.advance(chrono::Duration::days(1) + chrono::Duration::minutes(1));
+    e.clock
+        .advance(chrono::Duration::days(1) + chrono::Duration::minutes(1));
     assert_eq!(e.ctrl.due_walks().unwrap(), vec!["hal".to_string()]);
 }
 
 #[tokio::test]
 async fn corrupt_record_found_by_the_reaper_is_kept_aside_and_never_punished() {
-    let mut cfg = Config::default();
-    cfg.lockout_mode = LockoutMode::Block;
+    let cfg = Config {
+        lockout_mode: LockoutMode::Block,
+        ..Config::default()
+    };
     let e = env(cfg, vec![running("ivy")]);
     let dir = e.ctrl.store.user_dir("ivy").unwrap();
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("quota.yaml"), "user: ivy\nquota_state: lockout\nactual_bytes: {{{\n").unwrap();
+    std::fs::write(
+        dir.join("quota.yaml"),
+        "user: ivy\nquota_state: lockout\nactual_bytes: {{{\n",
+    )
+    .unwrap();
     e.ctrl.reaper_cycle().await.unwrap();
     let rec = e.ctrl.get("ivy").unwrap().0;
     assert_eq!(rec.quota_state, QuotaState::Error);
-    assert!(std::fs::read_dir(&dir).unwrap().any(|f| f.unwrap().file_name().to_str().unwrap().starts_with("quota.yaml.corrupt-")));
-    e.ctrl.report("n".into(), vec![walk("ivy", 999 * GIB, e.clock.now())]).await.unwrap();
+    assert!(std::fs::read_dir(&dir).unwrap().any(|f| f
+        .unwrap()
+        .file_name()
+        .to_str()
+        .unwrap()
+        .starts_with("quota.yaml.corrupt-")));
+    e.ctrl
+        .report("n".into(), vec![walk("ivy", 999 * GIB, e.clock.now())])
+        .await
+        .unwrap();
     e.ctrl.reaper_cycle().await.unwrap();
     settle_spawned().await;
     assert!(e.hub.stops.lock().is_empty());
     assert_eq!(e.ctrl.get("ivy").unwrap().0.enforcement, Enforcement::None);
-    assert!(e.ctrl.metrics.encode().contains("hubfs_quota_corrupt_records_total 1"));
+    assert!(e
+        .ctrl
+        .metrics
+        .encode()
+        .contains("hubfs_quota_corrupt_records_total 1"));
 }

@@ -10,7 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The controller's minimal scopes (docs/quota.md).
-pub const CONTROLLER_SCOPES: [&str; 4] = ["list:users", "read:users:activity", "read:servers", "delete:servers"];
+pub const CONTROLLER_SCOPES: [&str; 4] = [
+    "list:users",
+    "read:users:activity",
+    "read:servers",
+    "delete:servers",
+];
 
 const SINGLEUSER: &str = r#"
 import http.server, os, sys
@@ -34,7 +39,11 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 "#;
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn require(program: &str) -> PathBuf {
@@ -50,7 +59,10 @@ fn require(program: &str) -> PathBuf {
 
 /// The repository's root (for `quota/python/hubfs_spawn_hook.py`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 #[derive(Debug, Default, Clone)]
@@ -143,7 +155,10 @@ c.JupyterHub.load_roles = [
             url: format!("http://127.0.0.1:{port}"),
             service_token,
             admin_token,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
         };
         hub.wait_up().await;
         hub
@@ -183,7 +198,12 @@ c.JupyterHub.load_roles = [
                 .send()
                 .await
                 .unwrap();
-            assert!(r.status().is_success(), "create users: {} {}", r.status(), r.text().await.unwrap_or_default());
+            assert!(
+                r.status().is_success(),
+                "create users: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
         }
     }
 
@@ -227,20 +247,32 @@ c.JupyterHub.load_roles = [
         assert!(code == 201 || code == 202, "spawn {name}: {code} {body}");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.server_ready(name).await {
-            assert!(Instant::now() < deadline, "server of {name} never became ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server of {name} never became ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Waits until `cond` holds for a user's model, or panics after 60 s.
-    pub async fn wait_for(&self, name: &str, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let u = self.user(name).await;
             if cond(&u) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{name}: {what} never happened: {u}");
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {what} never happened: {u}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -20,12 +20,27 @@ use hubfs_quota::store::Store;
 const GIB: i64 = 1 << 30;
 
 fn controller(dir: &Path, hub: Option<(&str, &str)>, cfg: Config) -> Arc<Controller> {
-    let store = Store::open(&dir.join("control"), "test", Duration::from_secs(60), Duration::from_secs(10)).unwrap();
+    let store = Store::open(
+        &dir.join("control"),
+        "test",
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let users = dir.join("users");
     std::fs::create_dir_all(&users).unwrap();
-    let hub: Option<Arc<dyn HubApi>> =
-        hub.map(|(url, token)| Arc::new(HubClient::new(url, Token::new(token), cfg.hub.clone()).unwrap()) as Arc<dyn HubApi>);
-    Arc::new(Controller::new(cfg, store, Some(users), Arc::new(SystemClock), hub, Arc::new(LogNotifier)))
+    let hub: Option<Arc<dyn HubApi>> = hub.map(|(url, token)| {
+        Arc::new(HubClient::new(url, Token::new(token), cfg.hub.clone()).unwrap())
+            as Arc<dyn HubApi>
+    });
+    Arc::new(Controller::new(
+        cfg,
+        store,
+        Some(users),
+        Arc::new(SystemClock),
+        hub,
+        Arc::new(LogNotifier),
+    ))
 }
 
 fn walk(user: &str, bytes: i64) -> Report {
@@ -48,7 +63,10 @@ async fn hub_lists_every_user_across_pages_with_minimal_scopes() {
     let names: Vec<String> = (0..450).map(|i| format!("user{i:04}")).collect();
     hub.create_users(&names).await;
     for page_size in [200, 64] {
-        let settings = HubSettings { page_size, ..HubSettings::default() };
+        let settings = HubSettings {
+            page_size,
+            ..HubSettings::default()
+        };
         let client = HubClient::new(&hub.url, Token::new(&hub.service_token), settings).unwrap();
         let users = client.list_users().await.unwrap();
         let mut got: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
@@ -70,7 +88,12 @@ async fn hard_enforcement_stops_the_server_in_the_real_hub() {
     let mut cfg = Config::default();
     cfg.policy.mode = PolicyMode::Graded;
     let ctrl = controller(dir.path(), Some((&hub.url, &hub.service_token)), cfg);
-    ctrl.report("node-a".into(), vec![walk("ada", 300 * GIB), walk("bob", 10 * GIB)]).await.unwrap();
+    ctrl.report(
+        "node-a".into(),
+        vec![walk("ada", 300 * GIB), walk("bob", 10 * GIB)],
+    )
+    .await
+    .unwrap();
     // Graded: over quota but not yet hard; the reaper records activity and stops nobody.
     let s = ctrl.reaper_cycle().await.unwrap();
     assert_eq!(s.servers_stopped, 0);
@@ -80,19 +103,32 @@ async fn hard_enforcement_stops_the_server_in_the_real_hub() {
     // The admin pushes ada to hard enforcement (records say she has been over for 15 days).
     let path = ctrl.store.user_dir("ada").unwrap().join("quota.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let since = (chrono::Utc::now() - chrono::Duration::days(15)).naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f");
+    let since = (chrono::Utc::now() - chrono::Duration::days(15))
+        .naive_utc()
+        .format("%Y-%m-%dT%H:%M:%S%.6f");
     let edited: String = text
         .lines()
-        .map(|l| if l.starts_with("overquota_since:") { format!("overquota_since: '{since}'") } else { l.to_string() })
+        .map(|l| {
+            if l.starts_with("overquota_since:") {
+                format!("overquota_since: '{since}'")
+            } else {
+                l.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&path, edited + "\n").unwrap();
-    ctrl.overquota(&OverquotaOptions { run: true, ..Default::default() }).unwrap();
+    ctrl.overquota(&OverquotaOptions {
+        run: true,
+        ..Default::default()
+    })
+    .unwrap();
     let rec = ctrl.get("ada").unwrap().0;
     assert_eq!(rec.enforcement, Enforcement::Blocked, "{rec:?}");
     let s = ctrl.reaper_cycle().await.unwrap();
     assert_eq!(s.servers_stopped, 1);
-    hub.wait_for("ada", "server stopped", |u| u["servers"].get("").is_none()).await;
+    hub.wait_for("ada", "server stopped", |u| u["servers"].get("").is_none())
+        .await;
     assert!(hub.server_ready("bob").await, "bob must keep his server");
 }
 
@@ -103,17 +139,39 @@ async fn spawn_hook_blocks_a_locked_out_user_with_the_message_and_fails_open() {
     cfg.lockout_mode = LockoutMode::Block;
     let ctrl = controller(dir.path(), None, cfg);
     let http_port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", http_port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", http_port))
+        .await
+        .unwrap();
     let router = hubfs_quota::http::router(ctrl.clone());
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    let hub = Hub::start(HubOptions { controller_url: Some(format!("http://127.0.0.1:{http_port}")) }).await;
-    hub.create_users(&["locked".into(), "fine".into(), "newbie".into(), "later".into()]).await;
-    ctrl.report("n".into(), vec![walk("locked", 250 * GIB), walk("fine", 5 * GIB)]).await.unwrap();
-    assert_eq!(ctrl.get("locked").unwrap().0.quota_state, QuotaState::Lockout);
+    let hub = Hub::start(HubOptions {
+        controller_url: Some(format!("http://127.0.0.1:{http_port}")),
+    })
+    .await;
+    hub.create_users(&[
+        "locked".into(),
+        "fine".into(),
+        "newbie".into(),
+        "later".into(),
+    ])
+    .await;
+    ctrl.report(
+        "n".into(),
+        vec![walk("locked", 250 * GIB), walk("fine", 5 * GIB)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ctrl.get("locked").unwrap().0.quota_state,
+        QuotaState::Lockout
+    );
 
     let (code, body) = hub.request_spawn("locked").await;
     assert!(code >= 400, "locked-out spawn must fail: {code} {body}");
-    assert!(body.contains("over your quota") && body.contains("250 GiB"), "{code} {body}");
+    assert!(
+        body.contains("over your quota") && body.contains("250 GiB"),
+        "{code} {body}"
+    );
     assert!(hub.server_gone("locked").await);
 
     hub.start_server("fine").await;
@@ -123,7 +181,11 @@ async fn spawn_hook_blocks_a_locked_out_user_with_the_message_and_fails_open() {
     server.abort();
     let _ = server.await;
     hub.start_server("later").await;
-    assert!(hub.log().contains("quota controller unreachable"), "{}", hub.log());
+    assert!(
+        hub.log().contains("quota controller unreachable"),
+        "{}",
+        hub.log()
+    );
 }
 
 /// A TCP forwarder that lets `allow` HTTP responses through and then cuts
@@ -135,13 +197,18 @@ async fn flaky_forwarder(target: u16, allow: usize) -> u16 {
     let budget = Arc::new(std::sync::atomic::AtomicUsize::new(allow));
     tokio::spawn(async move {
         loop {
-            let Ok((mut client, _)) = listener.accept().await else { return };
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
             let budget = budget.clone();
             tokio::spawn(async move {
                 if budget.load(std::sync::atomic::Ordering::SeqCst) == 0 {
                     return;
                 }
-                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    return;
+                };
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut up = vec![0u8; 256 * 1024];
                 loop {
@@ -172,7 +239,10 @@ async fn flaky_forwarder(target: u16, allow: usize) -> u16 {
                         if let Some(h) = text.find("\r\n\r\n") {
                             let len = text[..h]
                                 .lines()
-                                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                                .find_map(|l| {
+                                    l.strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
                                 .unwrap_or(0);
                             if got.len() >= h + 4 + len {
                                 break;
@@ -201,18 +271,28 @@ async fn hub_going_down_mid_cycle_causes_no_action() {
     cfg.hub.backoff_millis = 50;
     // Two pages get through, then the "hub" is gone.
     let flaky = flaky_forwarder(hub_port, 2).await;
-    let ctrl = controller(dir.path(), Some((&format!("http://127.0.0.1:{flaky}"), &hub.service_token)), cfg.clone());
+    let ctrl = controller(
+        dir.path(),
+        Some((&format!("http://127.0.0.1:{flaky}"), &hub.service_token)),
+        cfg.clone(),
+    );
     // u007 is over quota with block mode: a complete cycle would stop the server.
     ctrl.apply_reports("n", &[walk("u007", 500 * GIB)]).unwrap();
-    let before = std::fs::read_to_string(ctrl.store.user_dir("u007").unwrap().join("quota.yaml")).unwrap();
+    let before =
+        std::fs::read_to_string(ctrl.store.user_dir("u007").unwrap().join("quota.yaml")).unwrap();
     assert!(ctrl.reaper_cycle().await.is_err());
-    assert!(hub.server_ready("u007").await, "no action on incomplete data");
-    let after = std::fs::read_to_string(ctrl.store.user_dir("u007").unwrap().join("quota.yaml")).unwrap();
+    assert!(
+        hub.server_ready("u007").await,
+        "no action on incomplete data"
+    );
+    let after =
+        std::fs::read_to_string(ctrl.store.user_dir("u007").unwrap().join("quota.yaml")).unwrap();
     assert_eq!(before, after, "no record changed on incomplete data");
     // With the hub reachable the same cycle acts.
     let direct = controller(dir.path(), Some((&hub.url, &hub.service_token)), cfg);
     let s = direct.reaper_cycle().await.unwrap();
     assert_eq!(s.hub_users, 300);
     assert_eq!(s.servers_stopped, 1);
-    hub.wait_for("u007", "server stopped", |u| u["servers"].get("").is_none()).await;
+    hub.wait_for("u007", "server stopped", |u| u["servers"].get("").is_none())
+        .await;
 }

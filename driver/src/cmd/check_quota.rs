@@ -46,14 +46,23 @@ pub fn exit_code(state: &str) -> u8 {
 
 fn from_file(path: &PathBuf) -> anyhow::Result<UserStatus> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let rec = QuotaRecord::from_yaml(&text).with_context(|| format!("{} is not a readable quota record", path.display()))?;
-    Ok(user_status_with(&Config::default(), chrono::Utc::now(), rec, true))
+    let rec = QuotaRecord::from_yaml(&text)
+        .with_context(|| format!("{} is not a readable quota record", path.display()))?;
+    Ok(user_status_with(
+        &Config::default(),
+        chrono::Utc::now(),
+        rec,
+        true,
+    ))
 }
 
 fn from_controller(url: &str, user: &str) -> anyhow::Result<UserStatus> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
-        let mut u = reqwest::Url::parse(url).with_context(|| format!("bad --controller URL {url}"))?;
+        let mut u =
+            reqwest::Url::parse(url).with_context(|| format!("bad --controller URL {url}"))?;
         u.path_segments_mut()
             .map_err(|_| anyhow::anyhow!("bad --controller URL {url}"))?
             .pop_if_empty()
@@ -70,7 +79,8 @@ fn from_controller(url: &str, user: &str) -> anyhow::Result<UserStatus> {
         if !(status.is_success() || status == reqwest::StatusCode::NOT_FOUND) {
             bail!("quota controller answered {status}: {body}");
         }
-        serde_json::from_str(&body).with_context(|| format!("quota controller reply not understood: {body}"))
+        serde_json::from_str(&body)
+            .with_context(|| format!("quota controller reply not understood: {body}"))
     })
 }
 
@@ -78,7 +88,11 @@ pub fn run(args: CheckQuotaArgs) -> anyhow::Result<ExitCode> {
     let status = match (&args.file, &args.controller) {
         (Some(f), _) => from_file(f)?,
         (None, Some(url)) => {
-            let user = match args.user.clone().or_else(|| std::env::var("JUPYTERHUB_USER").ok()) {
+            let user = match args
+                .user
+                .clone()
+                .or_else(|| std::env::var("JUPYTERHUB_USER").ok())
+            {
                 Some(u) => u,
                 None => bail!("no --user and no $JUPYTERHUB_USER: whose quota?"),
             };

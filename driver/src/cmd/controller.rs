@@ -55,7 +55,8 @@ pub struct ControllerArgs {
 /// The hub token from the file or the environment; never logged.
 pub fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Token> {
     let t = match file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("read hub token file {}", f.display()))?,
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("read hub token file {}", f.display()))?,
         None => std::env::var("JUPYTERHUB_API_TOKEN")
             .or_else(|_| std::env::var("HUBFS_HUB_TOKEN"))
             .context("no --hub-token-file and no JUPYTERHUB_API_TOKEN in the environment")?,
@@ -145,15 +146,21 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(ctrl: Arc<Controller>, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
-    let grpc_listener = tokio::net::TcpListener::bind(grpc).await.with_context(|| format!("bind gRPC {grpc}"))?;
-    let http_listener = tokio::net::TcpListener::bind(http).await.with_context(|| format!("bind HTTP {http}"))?;
+    let grpc_listener = tokio::net::TcpListener::bind(grpc)
+        .await
+        .with_context(|| format!("bind gRPC {grpc}"))?;
+    let http_listener = tokio::net::TcpListener::bind(http)
+        .await
+        .with_context(|| format!("bind HTTP {http}"))?;
     tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, "quota controller listening");
 
     let svc = QuotaService::new(ctrl.clone()).server();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener)),
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                grpc_listener,
+            )),
     );
     let router = hubfs_quota::http::router(ctrl.clone());
     let http_task = tokio::spawn(async move { axum::serve(http_listener, router).await });

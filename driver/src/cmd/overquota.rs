@@ -82,14 +82,27 @@ pub fn run(args: OverquotaArgs) -> anyhow::Result<ExitCode> {
     if !args.run && !args.repeat {
         println!("dry run: nothing is changed (use --run to perform due transitions)");
     }
-    println!("{:<28} {:<14} {:<14} {:<14} NEXT", "USER", "QUOTA-STATE", "OVERQUOTA", "DUE-NOW");
+    println!(
+        "{:<28} {:<14} {:<14} {:<14} NEXT",
+        "USER", "QUOTA-STATE", "OVERQUOTA", "DUE-NOW"
+    );
     for l in &lines {
-        let due = l.due.as_ref().map(|d| d.to.to_string()).unwrap_or_else(|| "-".into());
+        let due = l
+            .due
+            .as_ref()
+            .map(|d| d.to.to_string())
+            .unwrap_or_else(|| "-".into());
         let next = l
             .next
             .map(|(lvl, at)| format!("{lvl} on {}", at.format("%Y-%m-%d %H:%M UTC")))
             .unwrap_or_else(|| "-".into());
-        println!("{:<28} {:<14} {:<14} {:<14} {next}", l.user, l.quota_state.as_str(), l.current.to_string(), due);
+        println!(
+            "{:<28} {:<14} {:<14} {:<14} {next}",
+            l.user,
+            l.quota_state.as_str(),
+            l.current.to_string(),
+            due
+        );
         if args.show_actions {
             if let Some(d) = &l.due {
                 if d.actions.is_empty() {
