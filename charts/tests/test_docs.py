@@ -177,8 +177,12 @@ def test_user_key_matches_the_driver_encoding():
     assert key("jane-doe-42") == "jane-doe-42"
     assert key("zoë") == "zo_c3_ab"
     assert key("Bob") == "_42ob"
-    readme = (REPO / "README.md").read_text()
-    assert "`jmiller@stsci.edu` → `jmiller_40stsci_2eedu`" in readme
+    # Every example in the Rust unit tests of UserKey.
+    src = (REPO / "quota" / "src" / "userkey.rs").read_text()
+    pairs = re.findall(r'UserKey::new\("([^"\\]*)"\)\.unwrap\(\)\.encoded\(\),\s*"([^"]*)"', src)
+    assert len(pairs) >= 2, "no UserKey examples found in quota/src/userkey.rs"
+    for name, encoded in pairs:
+        assert key(name) == encoded, name
 
 
 def test_hook_mounts_only_the_users_own_record(tmp_path):
