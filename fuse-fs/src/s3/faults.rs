@@ -83,7 +83,7 @@ impl<S: ObjectStore> FaultyStore<S> {
         let fault = match plan.next.get_mut(&op) {
             Some(q) if !q.is_empty() => Some(q.remove(0)),
             _ => match plan.every.get(&op) {
-                Some((every, f)) if n % every == 0 => Some(f.clone()),
+                Some((every, f)) if n.is_multiple_of(*every) => Some(f.clone()),
                 _ => None,
             },
         };

@@ -522,10 +522,11 @@ impl<S: ObjectStore> S3Fs<S> {
                         let p = self.inodes.get(dir.parent).unwrap_or(dir.clone());
                         Some(("..".to_string(), self.attr(&p)))
                     }
-                    _ => match h.listing.entries.get((i - 2) as usize) {
-                        Some(e) => Some((e.name.clone(), self.entry_attr(&dir, e))),
-                        None => None,
-                    },
+                    _ => h
+                        .listing
+                        .entries
+                        .get((i - 2) as usize)
+                        .map(|e| (e.name.clone(), self.entry_attr(&dir, e))),
                 };
                 match attr_and_name {
                     Some((name, attr)) => {
@@ -626,7 +627,7 @@ impl<S: ObjectStore> S3Fs<S> {
             if !self.cfg.allow_writes {
                 return Err(FsError::ReadOnly);
             }
-            if !truncate && !(n.local || n.stat.size == 0) {
+            if !truncate && !n.local && n.stat.size != 0 {
                 tracing::warn!(key, "refusing to modify an existing object in place");
                 return Err(FsError::Unsupported("overwrite of an existing object"));
             }
