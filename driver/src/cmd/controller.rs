@@ -121,6 +121,12 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             args.config.as_ref(),
             args.replica_id.clone(),
         )?;
+        // Learn where existing records live (a seed deployment may name
+        // directories differently) before the first report arrives.
+        match ctrl.store.scan() {
+            Ok(found) => tracing::info!(records = found.len(), "control directory scanned"),
+            Err(e) => tracing::error!(error = %e, "cannot scan the control directory"),
+        }
         if !ctrl.has_hub() {
             tracing::warn!("no --hub-url: running accounting and states only (no activity recorded, no servers stopped)");
         }
