@@ -424,3 +424,29 @@ async fn corrupt_record_found_by_the_reaper_is_kept_aside_and_never_punished() {
         .encode()
         .contains("hubfs_quota_corrupt_records_total 1"));
 }
+
+#[tokio::test]
+async fn a_scheduled_walk_past_its_timeout_marks_the_record_timed_out() {
+    let mut cfg = Config::default();
+    cfg.schedule.walk_timeout_seconds = 0;
+    let e = env(cfg, vec![running("jon")]);
+    let home = e.users_dir.join(UserKey::new("jon").unwrap().encoded());
+    for i in 0..20 {
+        let d = home.join(format!("d{i}/e"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), vec![1u8; 4096]).unwrap();
+    }
+    let rec = e.ctrl.walk_user("jon").await.unwrap().unwrap();
+    assert!(rec.timed_out);
+    assert_eq!(rec.quota_state, QuotaState::TimedOut);
+    assert_eq!(rec.enforcement, Enforcement::None);
+    assert!(e
+        .ctrl
+        .metrics
+        .encode()
+        .contains("hubfs_quota_walk_timeouts_total 1"));
+    // While one replica holds the walk claim, another does not walk.
+    let claim = e.ctrl.store.claim_walk("jon").unwrap().unwrap();
+    assert!(e.ctrl.walk_user("jon").await.unwrap().is_none());
+    drop(claim);
+}
