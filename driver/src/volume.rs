@@ -153,9 +153,9 @@ impl OnDelete {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Accounting {
     /// A plain bind mount; usage is only known from walks.
-    #[default]
     Bind,
     /// The home FUSE layer: write-time accounting and EDQUOT.
+    #[default]
     Fuse,
 }
 
@@ -466,6 +466,7 @@ mod tests {
         assert_eq!(p.on_delete, OnDelete::Retain);
         assert_eq!(p.default_quota, 200 << 30);
         assert_eq!(p.user_prefix, "claim-");
+        assert_eq!(p.accounting, Accounting::Fuse);
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl Driver {
             ("root".into(), self.path("share").display().to_string()),
             ("basePath".into(), "/users".into()),
             ("onDelete".into(), on_delete.into()),
+            ("accounting".into(), "bind".into()),
             ("csi.storage.k8s.io/pvc/name".into(), pvc.into()),
             ("csi.storage.k8s.io/pvc/namespace".into(), "jhub".into()),
         ])
@@ -409,4 +410,76 @@ fn a_stale_socket_is_replaced_and_a_bad_driver_name_refused() {
     }
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounting_fuse_publishes_the_home_layer_and_enforces_the_quota() {
+    let d = Driver::start();
+    let ch = d.channel().await;
+    let mut ctl = ControllerClient::new(ch.clone());
+    let mut node = NodeClient::new(ch);
+    let mut req = create_req(&d, "pvc-fuse", "claim-dora", "retain", 1 << 20);
+    req.parameters.insert("accounting".into(), "fuse".into());
+    let vol = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(vol.volume_context["accounting"], "fuse");
+    let staging = d.path("kubelet/plugins/stage-dora");
+    let target = d.path("kubelet/pods/uid-d/volumes/kubernetes.io~csi/pvc-fuse/mount");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap(Mode::SingleNodeWriter)),
+        volume_context: vol.volume_context.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let publish = NodePublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap(Mode::SingleNodeWriter)),
+        volume_context: vol.volume_context.clone(),
+        ..Default::default()
+    };
+    node.node_publish_volume(publish.clone()).await.unwrap();
+    node.node_publish_volume(publish).await.unwrap();
+    let fs_type = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&target.display().to_string()))
+        .and_then(|l| l.split(" - ").nth(1).map(|p| p.split(' ').next().unwrap().to_owned()))
+        .unwrap();
+    assert!(fs_type.starts_with("fuse"), "home layer mounted, got {fs_type}");
+
+    // The notebook user writes: fine under the quota, EDQUOT past it.
+    let dd = |name: &str, kib: u32| {
+        Command::new("setpriv")
+            .args(["--reuid", "1000", "--regid", "100", "--clear-groups", "dd", "if=/dev/zero", "bs=1024"])
+            .arg(format!("count={kib}"))
+            .arg(format!("of={}/{name}", target.display()))
+            .output()
+            .unwrap()
+    };
+    assert!(dd("small", 512).status.success());
+    let big = dd("big", 2048);
+    assert!(!big.status.success());
+    assert!(String::from_utf8_lossy(&big.stderr).contains("Disk quota exceeded"), "{}", String::from_utf8_lossy(&big.stderr));
+    let vfs = nix::sys::statvfs::statvfs(&target).unwrap();
+    assert_eq!(vfs.blocks() as u64 * vfs.fragment_size() as u64, 1 << 20, "df shows the quota as the size");
+    assert!(d.path("share/users/dora/small").exists(), "writes land in the home on the share");
+
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert!(!target.exists());
+    let leftover = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&*target.display().to_string()))
+            .unwrap_or(false)
+    });
+    assert!(!leftover, "the home layer process is gone after unpublish");
 }

@@ -49,6 +49,10 @@ pub struct CsiArgs {
     /// anything else are refused.
     #[arg(long = "allowed-root", default_value = "/srv/hubfs")]
     allowed_roots: Vec<PathBuf>,
+    /// The quota controller's gRPC endpoint (e.g. http://hubfs-quota:9090); home mounts
+    /// with `accounting: fuse` report usage to it and learn enforcement from it.
+    #[arg(long, env = "HUBFS_QUOTA_ENDPOINT")]
+    quota_endpoint: Option<String>,
     /// Do not post Kubernetes Events (they are also skipped when no API server is configured).
     #[arg(long)]
     no_events: bool,
@@ -96,6 +100,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
                 allowed_targets: kubelet_dirs,
                 state_dir: state_dir.clone(),
                 allowed_roots,
+                quota_endpoint: args.quota_endpoint.clone(),
             };
             router = router.add_service(NodeServer::new(NodeService::new(cfg, mounter, events)));
         }

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use hubfs_proto::csi::{volume_usage::Unit, NodeGetVolumeStatsResponse, VolumeCondition, VolumeUsage};
 
+use super::child::{self, MountState};
 use super::NodeService;
 use crate::error::{DriverError, Result};
 use crate::homes;
@@ -85,23 +86,37 @@ pub(super) fn publish(
         .map(|a| Accounting::parse(a))
         .transpose()?
         .unwrap_or_default();
+    // A read-only home cannot grow: nothing to account, a bind does.
+    let fuse = accounting == Accounting::Fuse && !read_only;
     if let Some(existing) = m.mounted_at(target)? {
-        let want = m.bind_identity(staging)?;
-        if existing.device == want.device && existing.root == want.root && existing.read_only == read_only {
-            return Ok(None);
+        if fuse && node.inner.homes.lock().contains_key(target) {
+            match child::probe(node, target)? {
+                MountState::Healthy => return Ok(None),
+                _ => {
+                    tracing::warn!(target = %target.display(), "home layer died; remounting");
+                    m.unmount(target)?;
+                    if let Some(c) = node.inner.homes.lock().remove(target) {
+                        child::stop(c);
+                    }
+                }
+            }
+        } else {
+            let want = m.bind_identity(staging)?;
+            if !fuse && existing.device == want.device && existing.root == want.root && existing.read_only == read_only {
+                return Ok(None);
+            }
+            return Err(DriverError::AlreadyExists(format!(
+                "{} is already published with a different source or access mode",
+                target.display()
+            )));
         }
-        return Err(DriverError::AlreadyExists(format!(
-            "{} is already published with a different source or access mode",
-            target.display()
-        )));
     }
     let created = !target.exists();
     std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
-    let result = match accounting {
-        Accounting::Bind => m.bind(staging, target, read_only).map_err(DriverError::from),
-        Accounting::Fuse => Err(DriverError::FailedPrecondition(
-            "accounting: fuse needs the home FUSE layer, which this build does not include; use accounting: bind".into(),
-        )),
+    let result = if fuse {
+        spawn_home_layer(node, &vol, ctx, staging, target)
+    } else {
+        m.bind(staging, target, read_only).map_err(DriverError::from)
     };
     if let Err(e) = result {
         if created {
@@ -124,6 +139,44 @@ pub(super) fn publish(
         _ => {}
     }
     Ok(Some(note))
+}
+
+/// Starts `hubfs mount home` from the staged home onto the target: one FUSE
+/// session per published volume, accounting writes and enforcing the quota.
+fn spawn_home_layer(
+    node: &NodeService,
+    vol: &HomeVolume,
+    ctx: &HashMap<String, String>,
+    staging: &Path,
+    target: &Path,
+) -> Result<()> {
+    let quota = match ctx.get(keys::QUOTA).and_then(|q| q.parse::<u64>().ok()) {
+        Some(q) => q,
+        None => {
+            let root = node.inner.shares.root(&vol.backend, "")?;
+            homes::read_meta(vol, &root)?
+                .map(|m| m.capacity_bytes)
+                .ok_or_else(|| DriverError::FailedPrecondition(format!("no quota is recorded for {}", vol.user)))?
+        }
+    };
+    let exe = std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["mount", "home", "--foreground", "--user", vol.user.name()])
+        .args(["--quota", &quota.to_string(), "--node-id", &node.inner.cfg.node_id]);
+    if let Some(n) = ctx.get(keys::INODE_QUOTA) {
+        cmd.args(["--inode-quota", n]);
+    }
+    if let Some(ep) = &node.inner.cfg.quota_endpoint {
+        cmd.args(["--report-to", ep]);
+    }
+    cmd.arg(staging).arg(target);
+    let logs = node.inner.cfg.state_dir.join("home-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| DriverError::io("create", &logs, e))?;
+    let log = logs.join(format!("{}.log", vol.user.encoded()));
+    let what = format!("the home layer of {}", vol.user);
+    let c = child::spawn_mount(node, cmd, target, &log, &what)?;
+    node.inner.homes.lock().insert(target.to_owned(), c);
+    Ok(())
 }
 
 /// Why a path cannot be used, in the words kubelet shows to people.

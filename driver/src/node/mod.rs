@@ -6,6 +6,7 @@
 //! retry. Paths from the CO must lie inside the kubelet directory; volume ids
 //! are re-validated on every call.
 
+mod child;
 mod home;
 mod s3;
 
@@ -43,6 +44,9 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// Local-backend roots that volume ids may name.
     pub allowed_roots: Vec<PathBuf>,
+    /// The quota controller's hubfs.quota.v1 endpoint, handed to home mounts
+    /// (`accounting: fuse`) so they report usage; `None` accounts locally only.
+    pub quota_endpoint: Option<String>,
 }
 
 /// Node service state.
@@ -59,6 +63,8 @@ struct NodeInner {
     inflight: InFlight,
     stats: UsageCache,
     s3: s3::S3Children,
+    /// `hubfs mount home` children by target path.
+    homes: parking_lot::Mutex<std::collections::HashMap<PathBuf, std::process::Child>>,
 }
 
 fn required<'a>(what: &'static str, v: &'a str) -> Result<&'a str> {
@@ -95,6 +101,7 @@ impl NodeService {
                 inflight: InFlight::default(),
                 stats: UsageCache::default(),
                 s3: s3::S3Children::default(),
+                homes: Default::default(),
             }),
         }
     }
@@ -163,6 +170,9 @@ impl NodeService {
         let target = self.co_path("target_path", &r.target_path)?;
         let _g = self.inner.inflight.begin(id)?;
         self.unmount_all(&target)?;
+        if let Some(c) = self.inner.homes.lock().remove(&target) {
+            child::stop(c);
+        }
         s3::release(self, &target)?;
         match std::fs::remove_dir(&target) {
             Ok(()) => Ok(()),

@@ -9,17 +9,16 @@
 //! unpublish, even after a driver restart, unmounts it.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 use hubfs_fuse::s3::fs::Source;
-use hubfs_fuse::s3::session::{self, MountOptions, MountState};
+use hubfs_fuse::s3::session::{self, MountOptions};
 use hubfs_proto::csi::{NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodeStageVolumeRequest, VolumeCondition};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
+use super::child::{self, MountState};
 use super::NodeService;
 use crate::error::{DriverError, Result};
 
@@ -99,19 +98,6 @@ fn target_marker(target: &Path) -> String {
     hex::encode(&Sha256::digest(target.as_os_str().as_encoded_bytes())[..12])
 }
 
-/// Healthy, dead (ENOTCONN) or not mounted. `statfs` always reaches the
-/// FUSE daemon, where `stat` may be answered from the kernel's attribute
-/// cache long after the daemon died.
-fn probe(node: &NodeService, mp: &Path) -> Result<MountState> {
-    if node.inner.mounter.mounted_at(mp)?.is_none() {
-        return Ok(MountState::NotMounted);
-    }
-    Ok(match nix::sys::statvfs::statvfs(mp) {
-        Ok(_) => MountState::Healthy,
-        Err(_) => MountState::Dead,
-    })
-}
-
 fn s3_dir(node: &NodeService) -> PathBuf {
     node.inner.cfg.state_dir.join("s3")
 }
@@ -122,19 +108,10 @@ pub(super) fn stage(_node: &NodeService, r: &NodeStageVolumeRequest, _staging: &
     options(&r.volume_context, PathBuf::from("/")).map(|_| ())
 }
 
-fn log_tail(path: &Path) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(2000)));
-    let mut s = String::new();
-    let _ = f.read_to_string(&mut s);
-    s.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
 /// Makes sure the shared mount for `opts` answers, starting or restarting it.
 fn ensure_mount(node: &NodeService, key: &str, opts: &MountOptions) -> Result<()> {
     let mp = &opts.mountpoint;
-    match probe(node, mp)? {
+    match child::probe(node, mp)? {
         MountState::Healthy => return Ok(()),
         MountState::Dead => {
             tracing::warn!(mountpoint = %mp.display(), "S3 mount is dead (ENOTCONN); recreating it");
@@ -142,44 +119,13 @@ fn ensure_mount(node: &NodeService, key: &str, opts: &MountOptions) -> Result<()
         }
         MountState::NotMounted => {}
     }
-    if let Some(mut old) = node.inner.s3.children.lock().remove(key) {
-        let _ = old.kill();
-        let _ = old.wait();
+    if let Some(old) = node.inner.s3.children.lock().remove(key) {
+        child::stop(old);
     }
     std::fs::create_dir_all(mp).map_err(|e| DriverError::io("create", mp, e))?;
-    let log_path = mp.with_file_name("mount.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| DriverError::io("create", &log_path, e))?;
     let exe = std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
-    let mut child = opts
-        .command(&exe)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| DriverError::io("dup", &log_path, e))?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| DriverError::io("start S3 mount", &exe, e))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if probe(node, mp)? == MountState::Healthy {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(DriverError::FailedPrecondition(format!(
-                "the S3 mount of {} exited ({status}): {}",
-                opts.sources[0].bucket,
-                log_tail(&log_path)
-            )));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(DriverError::FailedPrecondition(format!(
-                "the S3 mount of {} did not come up within 30 s: {}",
-                opts.sources[0].bucket,
-                log_tail(&log_path)
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let what = format!("the S3 mount of {}", opts.sources[0].bucket);
+    let child = child::spawn_mount(node, opts.command(&exe), mp, &mp.with_file_name("mount.log"), &what)?;
     tracing::info!(bucket = %opts.sources[0].bucket, mountpoint = %mp.display(), pid = child.id(), "S3 bucket mounted");
     node.inner.s3.children.lock().insert(key.to_owned(), child);
     Ok(())
@@ -197,7 +143,7 @@ pub(super) fn publish(
     let opts = options(&r.volume_context, dir.join("mnt"))?;
     let m = &node.inner.mounter;
     if let Some(existing) = m.mounted_at(target)? {
-        if probe(node, &opts.mountpoint)? == MountState::Healthy {
+        if child::probe(node, &opts.mountpoint)? == MountState::Healthy {
             let want = m.bind_identity(&opts.mountpoint)?;
             if existing.device == want.device && existing.root == want.root && existing.read_only {
                 return Ok(None);
@@ -246,18 +192,12 @@ pub(super) fn release(node: &NodeService, target: &Path) -> Result<()> {
             continue;
         }
         let mp = entry.path().join("mnt");
-        if probe(node, &mp)? != MountState::NotMounted {
+        if child::probe(node, &mp)? != MountState::NotMounted {
             session::unmount(&mp).map_err(|e| DriverError::io("unmount", &mp, e))?;
         }
         let key = entry.file_name().to_string_lossy().into_owned();
-        if let Some(mut child) = node.inner.s3.children.lock().remove(&key) {
-            // The unmount ends the FUSE session; the process exits by itself.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(c) = node.inner.s3.children.lock().remove(&key) {
+            child::stop(c);
         }
         tracing::info!(mountpoint = %mp.display(), "last user gone; S3 mount removed");
     }

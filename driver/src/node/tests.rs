@@ -64,6 +64,7 @@ fn env() -> Env {
             allowed_targets: vec![kubelet.clone()],
             state_dir: dir.path().join("state"),
             allowed_roots: vec![dir.path().into()],
+            quota_endpoint: None,
         },
         Arc::new(fake.clone()),
         events.clone(),
@@ -94,7 +95,7 @@ impl Env {
             volume_id: self.vol.id(),
             staging_target_path: self.staging().display().to_string(),
             volume_capability: mount_cap(Mode::MultiNodeMultiWriter),
-            volume_context: HashMap::from([("type".into(), "home".into())]),
+            volume_context: HashMap::from([("type".into(), "home".into()), ("accounting".into(), "bind".into())]),
             ..Default::default()
         }
     }
@@ -104,7 +105,7 @@ impl Env {
             staging_target_path: self.staging().display().to_string(),
             target_path: self.target(pod).display().to_string(),
             volume_capability: mount_cap(Mode::MultiNodeMultiWriter),
-            volume_context: HashMap::from([("type".into(), "home".into())]),
+            volume_context: HashMap::from([("type".into(), "home".into()), ("accounting".into(), "bind".into())]),
             ..Default::default()
         }
     }
