@@ -415,10 +415,14 @@ fn s3_mount_writes_deletes_and_shows_several_buckets() {
             .await
             .unwrap();
     });
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
     let m = HubfsMount::start(
         &g,
         &g.endpoint,
-        &["--allow-writes", "--allow-delete"],
+        &["--allow-writes", "--allow-delete", "--metrics-addr", &metrics_addr],
         &["one", "two:sub"],
     );
     let root = &m.path;
@@ -479,7 +483,22 @@ fn s3_mount_writes_deletes_and_shows_several_buckets() {
     std::fs::remove_file(root.join("one/old.txt")).unwrap();
     assert!(rt.block_on(s3.head("one", "old.txt")).is_err());
     assert!(!names(&root.join("one")).contains("old.txt"));
+
+    // The Prometheus endpoint counts requests and bytes per operation.
+    let text = http_get(&metrics_addr, "/metrics");
+    assert!(text.contains("hubfs_s3_requests_total{op=\"DeleteObject\"} 1"), "{text}");
+    assert!(text.contains("hubfs_s3_requests_total{op=\"CompleteMultipartUpload\"} 1"), "{text}");
+    assert!(text.contains("hubfs_s3_bytes_total{op=\"UploadPart\"} 13631488"), "{text}");
     assert!(m.stop().success());
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// The process whose command line is `... mount s3 ... <mountpoint>`.
