@@ -308,6 +308,13 @@ impl Controller {
                                 op: if r.absolute { "absolute" } else { "delta" }.into(),
                             })
                             .inc();
+                        if r.absolute {
+                            // Node and controller walks alike.
+                            self.metrics.walk_seconds.observe(r.walk_seconds.max(0.0));
+                            if r.timed_out {
+                                self.metrics.walk_timeouts.inc();
+                            }
+                        }
                         apply_one(rec, r);
                     }
                     let (t, s) = self.settle(rec, provisioned, now);
@@ -677,12 +684,6 @@ impl Controller {
                 return Ok(None);
             }
         };
-        self.metrics
-            .walk_seconds
-            .observe(stats.elapsed.as_secs_f64());
-        if stats.timed_out {
-            self.metrics.walk_timeouts.inc();
-        }
         let report = Report {
             user: user.to_string(),
             absolute: true,
