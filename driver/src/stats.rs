@@ -110,32 +110,18 @@ impl UsageCache {
 }
 
 /// Apparent bytes and inode count below `root`: one filesystem, symlinks not
-/// followed, hard links counted once (the seed's `du --bytes -x`).
+/// followed, hard links counted once (the seed's `du --bytes -x`), measured
+/// by the parallel usage walker so the figure is the one the home layer and
+/// the quota controller use.
 pub fn measure(root: &Path) -> std::io::Result<Usage> {
-    use std::os::unix::fs::MetadataExt;
-    let top = std::fs::symlink_metadata(root)?;
-    let dev = top.dev();
-    let mut seen = std::collections::HashSet::new();
-    let mut usage = Usage { bytes: 0, inodes: 1 };
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let Ok(md) = entry.metadata() else { continue };
-            if md.nlink() > 1 && !md.is_dir() && !seen.insert(md.ino()) {
-                continue;
-            }
-            usage.inodes += 1;
-            if md.is_dir() {
-                if md.dev() == dev {
-                    stack.push(entry.path());
-                }
-            } else {
-                usage.bytes += md.len();
-            }
-        }
-    }
-    Ok(usage)
+    use hubfs_quota::walker::{WalkError, Walker};
+    let s = Walker::default().walk(root).map_err(|e| match e {
+        WalkError::Root { source, .. } => source,
+    })?;
+    Ok(Usage {
+        bytes: s.usage_bytes(),
+        inodes: s.inodes(),
+    })
 }
 
 #[cfg(test)]

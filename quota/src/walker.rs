@@ -16,12 +16,12 @@
 //!   seed's `timed-out` state), and a `stat` rate limit keeps a walk from
 //!   starving a shared filesystem.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::ffi::CStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -205,10 +205,13 @@ impl Walker {
 
         let shared = Shared {
             queue: Mutex::new(Queue {
-                dirs: VecDeque::from([root.to_path_buf()]),
-                active: 0,
+                dirs: vec![root.to_path_buf()],
+                idle: 0,
+                done: false,
             }),
             wake: Condvar::new(),
+            hungry: AtomicUsize::new(0),
+            threads: self.opts.threads.max(1),
             seen: Mutex::new(HashSet::new()),
             root_dev: st.st_dev,
             opts: &self.opts,
@@ -237,14 +240,19 @@ impl Walker {
 }
 
 struct Queue {
-    dirs: VecDeque<PathBuf>,
-    /// Workers currently reading a directory (they may push more work).
-    active: usize,
+    dirs: Vec<PathBuf>,
+    /// Workers waiting for work; when it reaches the thread count the walk is over.
+    idle: usize,
+    done: bool,
 }
 
 struct Shared<'a> {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Mirrors `Queue::idle` so busy workers can see, without the lock,
+    /// that someone is starving and share part of their own stack.
+    hungry: AtomicUsize,
+    threads: usize,
     /// (dev, ino) of multiply-linked files already counted.
     seen: Mutex<HashSet<(u64, u64)>>,
     root_dev: u64,
@@ -270,20 +278,23 @@ impl Shared<'_> {
         false
     }
 
-    fn next(&self) -> Option<PathBuf> {
+    /// Blocks until there is shared work, or returns None when every worker
+    /// is idle (the walk is complete) or the walk must stop.
+    fn steal(&self) -> Option<PathBuf> {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if self.should_stop() {
-                self.wake.notify_all();
-                return None;
+        q.idle += 1;
+        self.hungry.fetch_add(1, Ordering::Relaxed);
+        let got = loop {
+            if q.done || self.should_stop() {
+                q.done = true;
+                break None;
             }
-            if let Some(d) = q.dirs.pop_back() {
-                q.active += 1;
-                return Some(d);
+            if let Some(d) = q.dirs.pop() {
+                break Some(d);
             }
-            if q.active == 0 {
-                self.wake.notify_all();
-                return None;
+            if q.idle == self.threads {
+                q.done = true;
+                break None;
             }
             // Bounded wait so a deadline is noticed even when nobody pushes.
             q = self
@@ -291,28 +302,47 @@ impl Shared<'_> {
                 .wait_timeout(q, Duration::from_millis(50))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        };
+        q.idle -= 1;
+        self.hungry.fetch_sub(1, Ordering::Relaxed);
+        if got.is_none() {
+            self.wake.notify_all();
         }
+        got
     }
 
-    fn done(&self, found: Vec<PathBuf>) {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.active -= 1;
-        let n = found.len();
-        q.dirs.extend(found);
-        drop(q);
-        match n {
-            0 => self.wake.notify_all(),
-            1 => self.wake.notify_one(),
-            _ => self.wake.notify_all(),
+    /// Gives half of a worker's own stack to starving workers.
+    fn share(&self, local: &mut Vec<PathBuf>) {
+        let give = local.len() / 2;
+        if give == 0 {
+            return;
         }
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.dirs.extend(local.drain(..give));
+        drop(q);
+        self.wake.notify_all();
     }
 
     fn work(&self) -> WalkStats {
         let mut acc = WalkStats::default();
-        let mut found = Vec::new();
-        while let Some(dir) = self.next() {
-            self.read_dir(&dir, &mut acc, &mut found);
-            self.done(std::mem::take(&mut found));
+        // Depth-first on a private stack: no lock per directory; the shared
+        // queue is only touched when some worker has nothing to do.
+        let mut local = Vec::new();
+        loop {
+            let dir = match local.pop() {
+                Some(d) => d,
+                None => match self.steal() {
+                    Some(d) => d,
+                    None => break,
+                },
+            };
+            if self.should_stop() {
+                break;
+            }
+            self.read_dir(&dir, &mut acc, &mut local);
+            if self.hungry.load(Ordering::Relaxed) > 0 && local.len() > 1 {
+                self.share(&mut local);
+            }
         }
         acc
     }
