@@ -97,6 +97,17 @@ fn running(name: &str) -> HubUser {
     }
 }
 
+/// Waits (up to 30 s, polling) until the fake hub saw `n` stop requests.
+async fn wait_stops(hub: &FakeHub, n: usize) {
+    for _ in 0..3000 {
+        if hub.stops.lock().len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("expected {n} stop requests, saw {:?}", hub.stops.lock());
+}
+
 async fn settle_spawned() {
     // Stops triggered by a report run on a spawned task.
     for _ in 0..50 {
@@ -129,7 +140,7 @@ async fn a_delta_over_quota_locks_out_at_once_and_stops_the_server_once() {
         e.ctrl.to_proto(&recs[0]).enforcement,
         hubfs_proto::quota::Enforcement::Cleanup as i32
     );
-    settle_spawned().await;
+    wait_stops(&e.hub, 1).await;
     assert_eq!(
         e.hub.stops.lock().clone(),
         vec![("ada".to_string(), String::new())]
@@ -206,7 +217,7 @@ async fn hub_down_mid_cycle_takes_no_action() {
         .report("n".into(), vec![walk("dan", 300 * GIB, t0())])
         .await
         .unwrap();
-    settle_spawned().await;
+    wait_stops(&e.hub, 1).await;
     e.hub.stops.lock().clear();
     *e.hub.users.lock() = vec![running("dan")];
     e.hub.set_down(true);
