@@ -211,6 +211,13 @@ impl Controller {
                 policy::apply_step(rec, &step, now);
                 let again = state::reevaluate(rec, &self.cfg, now);
                 transition = merge(transition, again);
+                if step.actions.contains(&Action::InformUser) {
+                    rec.last_notice = Some(format!(
+                        "{}: {}",
+                        step.to,
+                        state::message(rec, &self.cfg, now)
+                    ));
+                }
                 steps.push(step);
             }
         }

@@ -307,6 +307,11 @@ async fn graded_policy_escalates_with_the_overquota_command_and_hard_stops() {
     assert_eq!(recs[0].overquota_state.to_string(), "OVERQUOTA:1");
     assert_eq!(recs[0].enforcement, Enforcement::None);
     assert_eq!(e.notes.sent.lock().len(), 1);
+    assert!(recs[0]
+        .last_notice
+        .as_deref()
+        .unwrap()
+        .starts_with("OVERQUOTA: "));
     // Dry run on day 8 shows SOFT_ADMIN due and changes nothing.
     e.clock.advance(chrono::Duration::days(8));
     let lines = e.ctrl.overquota(&OverquotaOptions::default()).unwrap();
