@@ -39,11 +39,19 @@ enum Command {
     CheckQuota(cmd::check_quota::CheckQuotaArgs),
     /// The graded overquota policy: dry run by default, --run, --repeat, --show-actions.
     Overquota(cmd::overquota::OverquotaArgs),
+    /// Run hubfs on this machine with an embedded S3 server: a bucket and a home with a quota.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = hubfs::logging::init(&cli.log) {
+    let mut log = cli.log.clone();
+    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() && log.log_level == "info" {
+        // The embedded S3 server logs every refused request as an error; the
+        // demo's terminal is for the guide and the live usage.
+        log.log_level = "info,s3s=off,s3s_fs=off".into();
+    }
+    if let Err(e) = hubfs::logging::init(&log) {
         eprintln!("hubfs: cannot set up logging: {e}");
         return ExitCode::FAILURE;
     }
@@ -54,6 +62,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => cmd::controller::run(args),
         Command::CheckQuota(args) => cmd::check_quota::run(args),
         Command::Overquota(args) => cmd::overquota::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(code) => code,

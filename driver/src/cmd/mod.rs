@@ -2,6 +2,7 @@
 //! errors are `anyhow` here and only here.
 
 pub mod csi;
+pub mod demo;
 pub mod du;
 pub mod mount;
 pub mod mount_home;
