@@ -7,7 +7,8 @@
 #
 # Needs jupyterhub and configurable-http-proxy (.ci/install-hub.sh).
 # Env: USERS (default 10000), CYCLES (default 3), PROFILE (debug|release,
-# default release; builds only the hubfs package).
+# default release; builds only the hubfs package), HUBFS_BIN (use this binary,
+# build nothing).
 set -euo pipefail
 
 USERS="${USERS:-10000}"
@@ -17,12 +18,17 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 command -v jupyterhub >/dev/null || { echo "jupyterhub missing: run .ci/install-hub.sh" >&2; exit 1; }
 command -v configurable-http-proxy >/dev/null || { echo "configurable-http-proxy missing: run .ci/install-hub.sh" >&2; exit 1; }
 
-if [ "$PROFILE" = release ]; then
-    (cd "$ROOT" && cargo build --release -p hubfs --bin hubfs >&2)
+if [ -n "${HUBFS_BIN:-}" ]; then
+    HUBFS="$HUBFS_BIN"
+    PROFILE="given binary"
 else
-    (cd "$ROOT" && cargo build -p hubfs --bin hubfs >&2)
+    if [ "$PROFILE" = release ]; then
+        (cd "$ROOT" && cargo build --release -p hubfs --bin hubfs >&2)
+    else
+        (cd "$ROOT" && cargo build -p hubfs --bin hubfs >&2)
+    fi
+    HUBFS="$ROOT/target/$PROFILE/hubfs"
 fi
-HUBFS="$ROOT/target/$PROFILE/hubfs"
 
 WORK="$(mktemp -d)"
 HUB_PID=""
