@@ -10,17 +10,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hubfs_proto::csi::{
-    controller_server::Controller, controller_service_capability, validate_volume_capabilities_response::Confirmed,
-    volume_capability, ControllerExpandVolumeRequest, ControllerExpandVolumeResponse,
-    ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse, ControllerGetVolumeRequest,
-    ControllerGetVolumeResponse, ControllerModifyVolumeRequest, ControllerModifyVolumeResponse,
-    ControllerPublishVolumeRequest, ControllerPublishVolumeResponse, ControllerServiceCapability,
-    ControllerUnpublishVolumeRequest, ControllerUnpublishVolumeResponse, CreateSnapshotRequest,
-    CreateSnapshotResponse, CreateVolumeRequest, CreateVolumeResponse, DeleteSnapshotRequest,
-    DeleteSnapshotResponse, DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest,
-    GetCapacityResponse, ListSnapshotsRequest, ListSnapshotsResponse, ListVolumesRequest,
-    ListVolumesResponse, ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse,
-    Volume, VolumeCapability,
+    controller_server::Controller, controller_service_capability,
+    validate_volume_capabilities_response::Confirmed, volume_capability,
+    ControllerExpandVolumeRequest, ControllerExpandVolumeResponse,
+    ControllerGetCapabilitiesRequest, ControllerGetCapabilitiesResponse,
+    ControllerGetVolumeRequest, ControllerGetVolumeResponse, ControllerModifyVolumeRequest,
+    ControllerModifyVolumeResponse, ControllerPublishVolumeRequest,
+    ControllerPublishVolumeResponse, ControllerServiceCapability, ControllerUnpublishVolumeRequest,
+    ControllerUnpublishVolumeResponse, CreateSnapshotRequest, CreateSnapshotResponse,
+    CreateVolumeRequest, CreateVolumeResponse, DeleteSnapshotRequest, DeleteSnapshotResponse,
+    DeleteVolumeRequest, DeleteVolumeResponse, GetCapacityRequest, GetCapacityResponse,
+    ListSnapshotsRequest, ListSnapshotsResponse, ListVolumesRequest, ListVolumesResponse,
+    ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
+    VolumeCapability,
 };
 use tonic::{Request, Response, Status};
 use tracing::info_span;
@@ -58,10 +60,16 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<()> {
                     "block access is not supported: hubfs volumes are filesystems".into(),
                 ))
             }
-            None => return Err(DriverError::Invalid("volume capability has no access type".into())),
+            None => {
+                return Err(DriverError::Invalid(
+                    "volume capability has no access type".into(),
+                ))
+            }
         }
         if c.access_mode.as_ref().is_none_or(|m| m.mode == 0) {
-            return Err(DriverError::Invalid("volume capability has no access mode".into()));
+            return Err(DriverError::Invalid(
+                "volume capability has no access mode".into(),
+            ));
         }
     }
     Ok(())
@@ -70,7 +78,9 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<()> {
 fn capacity_of(range: Option<&hubfs_proto::csi::CapacityRange>, default: u64) -> Result<u64> {
     let Some(r) = range else { return Ok(default) };
     if r.required_bytes < 0 || r.limit_bytes < 0 {
-        return Err(DriverError::OutOfRange("capacity must not be negative".into()));
+        return Err(DriverError::OutOfRange(
+            "capacity must not be negative".into(),
+        ));
     }
     if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
         return Err(DriverError::OutOfRange(format!(
@@ -106,7 +116,9 @@ impl ControllerService {
             return Err(DriverError::Missing("name"));
         }
         if r.name.chars().any(char::is_control) {
-            return Err(DriverError::Invalid("volume name contains a control character".into()));
+            return Err(DriverError::Invalid(
+                "volume name contains a control character".into(),
+            ));
         }
         check_capabilities(&r.volume_capabilities)?;
         if VolumeType::from_map(&r.parameters)? == VolumeType::S3 {
@@ -115,12 +127,17 @@ impl ControllerService {
             ));
         }
         if r.volume_content_source.is_some() {
-            return Err(DriverError::Invalid("cloning and snapshots are not supported".into()));
+            return Err(DriverError::Invalid(
+                "cloning and snapshots are not supported".into(),
+            ));
         }
         let params = HomeParams::parse(&r.parameters)?;
         let user = params.user_key(&r.name, &r.parameters)?;
         let capacity = capacity_of(r.capacity_range.as_ref(), params.default_quota)?;
-        let _guard = self.inner.inflight.begin(&format!("user/{}", user.encoded()))?;
+        let _guard = self
+            .inner
+            .inflight
+            .begin(&format!("user/{}", user.encoded()))?;
         let vol = HomeVolume {
             volume_name: r.name.clone(),
             backend: params.backend.clone(),
@@ -128,7 +145,10 @@ impl ControllerService {
             user,
             on_delete: params.on_delete,
         };
-        let root = self.inner.shares.root(&vol.backend, &params.mount_options)?;
+        let root = self
+            .inner
+            .shares
+            .root(&vol.backend, &params.mount_options)?;
         let old = homes::read_meta(&vol, &root)?;
         if let Some(m) = &old {
             if m.volume_name == r.name && m.capacity_bytes != capacity {
@@ -163,14 +183,20 @@ impl ControllerService {
             (keys::TYPE.to_owned(), "home".to_owned()),
             (keys::USER.to_owned(), vol.user.name().to_owned()),
             (keys::QUOTA.to_owned(), capacity.to_string()),
-            (keys::ACCOUNTING.to_owned(), params.accounting.as_str().to_owned()),
+            (
+                keys::ACCOUNTING.to_owned(),
+                params.accounting.as_str().to_owned(),
+            ),
             (keys::UID.to_owned(), params.uid.to_string()),
             (keys::GID.to_owned(), params.gid.to_string()),
         ]);
         if !params.mount_options.is_empty() {
             ctx.insert(keys::MOUNT_OPTIONS.to_owned(), params.mount_options.clone());
         }
-        for (from, to) in [(keys::PVC_NAME, keys::CTX_PVC_NAME), (keys::PVC_NAMESPACE, keys::CTX_PVC_NAMESPACE)] {
+        for (from, to) in [
+            (keys::PVC_NAME, keys::CTX_PVC_NAME),
+            (keys::PVC_NAMESPACE, keys::CTX_PVC_NAMESPACE),
+        ] {
             if let Some(v) = r.parameters.get(from) {
                 ctx.insert(to.to_owned(), v.clone());
             }
@@ -216,7 +242,10 @@ impl ControllerService {
             }
             Err(e) => return Err(e.into()),
         };
-        let _guard = self.inner.inflight.begin(&format!("user/{}", vol.user.encoded()))?;
+        let _guard = self
+            .inner
+            .inflight
+            .begin(&format!("user/{}", vol.user.encoded()))?;
         if vol.on_delete == OnDelete::Retain {
             tracing::info!(user = %vol.user, "volume deleted, home retained");
             return Ok(());
@@ -259,13 +288,19 @@ impl ControllerService {
         let root = self.inner.shares.root(&vol.backend, "")?;
         let home = vol.home_dir(&root);
         if !std::fs::symlink_metadata(&home).is_ok_and(|m| m.is_dir()) {
-            return Err(DriverError::NotFound(format!("home of {} does not exist", vol.user)));
+            return Err(DriverError::NotFound(format!(
+                "home of {} does not exist",
+                vol.user
+            )));
         }
         Ok((vol, root))
     }
 
     /// ValidateVolumeCapabilities's body.
-    pub fn validate(&self, r: ValidateVolumeCapabilitiesRequest) -> Result<ValidateVolumeCapabilitiesResponse> {
+    pub fn validate(
+        &self,
+        r: ValidateVolumeCapabilitiesRequest,
+    ) -> Result<ValidateVolumeCapabilitiesResponse> {
         if r.volume_capabilities.is_empty() {
             // Check the id first so a missing id is reported before missing caps.
             if r.volume_id.is_empty() {
@@ -292,17 +327,27 @@ impl ControllerService {
     }
 
     /// ControllerExpandVolume's body: the new capacity becomes the quota.
-    pub fn expand(&self, r: ControllerExpandVolumeRequest) -> Result<ControllerExpandVolumeResponse> {
+    pub fn expand(
+        &self,
+        r: ControllerExpandVolumeRequest,
+    ) -> Result<ControllerExpandVolumeResponse> {
         if r.volume_id.is_empty() {
             return Err(DriverError::Missing("volume_id"));
         }
-        let range = r.capacity_range.ok_or(DriverError::Missing("capacity_range"))?;
+        let range = r
+            .capacity_range
+            .ok_or(DriverError::Missing("capacity_range"))?;
         let capacity = capacity_of(Some(&range), 0)?;
         if capacity == 0 {
-            return Err(DriverError::Invalid("capacity_range asks for no capacity".into()));
+            return Err(DriverError::Invalid(
+                "capacity_range asks for no capacity".into(),
+            ));
         }
         let (vol, root) = self.existing(&r.volume_id)?;
-        let _guard = self.inner.inflight.begin(&format!("user/{}", vol.user.encoded()))?;
+        let _guard = self
+            .inner
+            .inflight
+            .begin(&format!("user/{}", vol.user.encoded()))?;
         let mut meta = homes::read_meta(&vol, &root)?.unwrap_or_else(|| HomeMeta {
             volume_name: vol.volume_name.clone(),
             user: vol.user.name().to_owned(),
@@ -326,20 +371,30 @@ impl ControllerService {
 }
 
 fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!("{what} is not supported by hubfs")))
+    Err(Status::unimplemented(format!(
+        "{what} is not supported by hubfs"
+    )))
 }
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    async fn create_volume(&self, req: Request<CreateVolumeRequest>) -> Result<Response<CreateVolumeResponse>, Status> {
+    async fn create_volume(
+        &self,
+        req: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
         let r = req.into_inner();
         let span = info_span!("CreateVolume", volume_name = %r.name);
         let this = self.clone();
         let volume = blocking(span, move || this.create(r)).await?;
-        Ok(Response::new(CreateVolumeResponse { volume: Some(volume) }))
+        Ok(Response::new(CreateVolumeResponse {
+            volume: Some(volume),
+        }))
     }
 
-    async fn delete_volume(&self, req: Request<DeleteVolumeRequest>) -> Result<Response<DeleteVolumeResponse>, Status> {
+    async fn delete_volume(
+        &self,
+        req: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
         let r = req.into_inner();
         let span = info_span!("DeleteVolume", volume_id = %r.volume_id);
         let this = self.clone();
@@ -354,7 +409,9 @@ impl Controller for ControllerService {
         let r = req.into_inner();
         let span = info_span!("ValidateVolumeCapabilities", volume_id = %r.volume_id);
         let this = self.clone();
-        Ok(Response::new(blocking(span, move || this.validate(r)).await?))
+        Ok(Response::new(
+            blocking(span, move || this.validate(r)).await?,
+        ))
     }
 
     async fn controller_get_capabilities(
@@ -392,19 +449,34 @@ impl Controller for ControllerService {
     ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
         unimplemented("ControllerUnpublishVolume")
     }
-    async fn list_volumes(&self, _: Request<ListVolumesRequest>) -> Result<Response<ListVolumesResponse>, Status> {
+    async fn list_volumes(
+        &self,
+        _: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
         unimplemented("ListVolumes")
     }
-    async fn get_capacity(&self, _: Request<GetCapacityRequest>) -> Result<Response<GetCapacityResponse>, Status> {
+    async fn get_capacity(
+        &self,
+        _: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
         unimplemented("GetCapacity")
     }
-    async fn create_snapshot(&self, _: Request<CreateSnapshotRequest>) -> Result<Response<CreateSnapshotResponse>, Status> {
+    async fn create_snapshot(
+        &self,
+        _: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
         unimplemented("CreateSnapshot")
     }
-    async fn delete_snapshot(&self, _: Request<DeleteSnapshotRequest>) -> Result<Response<DeleteSnapshotResponse>, Status> {
+    async fn delete_snapshot(
+        &self,
+        _: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
         unimplemented("DeleteSnapshot")
     }
-    async fn list_snapshots(&self, _: Request<ListSnapshotsRequest>) -> Result<Response<ListSnapshotsResponse>, Status> {
+    async fn list_snapshots(
+        &self,
+        _: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
         unimplemented("ListSnapshots")
     }
     async fn controller_get_volume(

@@ -69,7 +69,11 @@ pub fn write_meta(vol: &HomeVolume, share_root: &Path, meta: &HomeMeta) -> Resul
         .mode(0o755)
         .create(dir)
         .map_err(|e| DriverError::io("create", dir, e))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", vol.user.encoded(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        vol.user.encoded(),
+        std::process::id()
+    ));
     let body = serde_json::to_vec_pretty(meta).expect("meta serializes");
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -171,7 +175,10 @@ mod tests {
         write_meta(&v, d.path(), &m).unwrap();
         assert_eq!(read_meta(&v, d.path()).unwrap(), Some(m));
         std::fs::write(meta_path(&v, d.path()), b"{not json").unwrap();
-        assert!(matches!(read_meta(&v, d.path()), Err(DriverError::FailedPrecondition(_))));
+        assert!(matches!(
+            read_meta(&v, d.path()),
+            Err(DriverError::FailedPrecondition(_))
+        ));
     }
 
     #[test]
@@ -184,7 +191,10 @@ mod tests {
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 4321, 0o750));
         let evil = d.path().join("users/mallory");
         std::os::unix::fs::symlink("/etc", &evil).unwrap();
-        assert!(matches!(ensure_home(&evil, 1, 1, 0o700), Err(DriverError::FailedPrecondition(_))));
+        assert!(matches!(
+            ensure_home(&evil, 1, 1, 0o700),
+            Err(DriverError::FailedPrecondition(_))
+        ));
     }
 
     #[test]
@@ -193,7 +203,9 @@ mod tests {
         let home = d.path().join("alice");
         std::fs::create_dir(&home).unwrap();
         std::fs::write(home.join("f"), b"x").unwrap();
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().to_utc();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
+            .unwrap()
+            .to_utc();
         let dest = archive_home(&home, now).unwrap().unwrap();
         assert_eq!(dest, d.path().join("alice.archived-20261122T100000Z"));
         assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"x");

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use hubfs_proto::csi::{
     identity_server::Identity, plugin_capability, GetPluginCapabilitiesRequest,
-    GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse,
-    PluginCapability, ProbeRequest, ProbeResponse,
+    GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse, PluginCapability,
+    ProbeRequest, ProbeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -25,7 +25,10 @@ impl Identity for IdentityService {
         Ok(Response::new(GetPluginInfoResponse {
             name: self.driver_name.clone(),
             vendor_version: crate::VERSION.to_owned(),
-            manifest: HashMap::from([("url".to_owned(), "https://github.com/hubfs/hubfs".to_owned())]),
+            manifest: HashMap::from([(
+                "url".to_owned(),
+                "https://github.com/hubfs/hubfs".to_owned(),
+            )]),
         }))
     }
 
@@ -62,7 +65,8 @@ pub fn valid_driver_name(name: &str) -> bool {
     (2..=63).contains(&b.len())
         && b[0].is_ascii_alphabetic()
         && b[b.len() - 1].is_ascii_alphabetic()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-._".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._".contains(c))
 }
 
 #[cfg(test)]
@@ -82,8 +86,14 @@ mod tests {
 
     #[tokio::test]
     async fn reports_name_capabilities_and_readiness() {
-        let s = IdentityService { driver_name: "x.y".into() };
-        let info = s.get_plugin_info(Request::new(GetPluginInfoRequest {})).await.unwrap().into_inner();
+        let s = IdentityService {
+            driver_name: "x.y".into(),
+        };
+        let info = s
+            .get_plugin_info(Request::new(GetPluginInfoRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(info.name, "x.y");
         assert_eq!(info.vendor_version, crate::VERSION);
         let caps = s
@@ -93,6 +103,13 @@ mod tests {
             .into_inner();
         assert!(caps.capabilities.iter().any(|c| matches!(&c.r#type,
             Some(plugin_capability::Type::Service(s)) if s.r#type == plugin_capability::service::Type::ControllerService as i32)));
-        assert_eq!(s.probe(Request::new(ProbeRequest {})).await.unwrap().into_inner().ready, Some(true));
+        assert_eq!(
+            s.probe(Request::new(ProbeRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready,
+            Some(true)
+        );
     }
 }

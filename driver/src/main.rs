@@ -46,7 +46,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut log = cli.log.clone();
-    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() && log.log_level == "info" {
+    if matches!(cli.command, Command::Demo(_))
+        && std::env::var_os("RUST_LOG").is_none()
+        && log.log_level == "info"
+    {
         // The embedded S3 server logs every refused request as an error; the
         // demo's terminal is for the guide and the live usage.
         log.log_level = "info,s3s=off,s3s_fs=off".into();

@@ -67,8 +67,13 @@ impl From<&MountEntry> for Mounted {
 /// Mounting, unmounting and asking what is mounted.
 pub trait Mounter: Send + Sync + 'static {
     /// Mounts a filesystem (`nfs`, `nfs4`, `tmpfs`, ...) with comma-separated `data` options.
-    fn mount(&self, source: &str, target: &Path, fs_type: &str, data: &str)
-        -> Result<(), MountError>;
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fs_type: &str,
+        data: &str,
+    ) -> Result<(), MountError>;
     /// Bind-mounts `source` on `target`, read-only if asked (a bind mount needs a
     /// remount to become read-only; both steps happen here).
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), MountError>;
@@ -109,7 +114,8 @@ impl Mounter for SysMounter {
         .map_err(|e| MountError::new("bind mount", target, e))?;
         if read_only {
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+            if let Err(e) =
+                nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
             {
                 // Never leave a writable mount behind when read-only was asked for.
                 let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
@@ -160,9 +166,20 @@ fn errno_of(e: &std::io::Error) -> Errno {
 /// A recorded call on the fake mounter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MountCall {
-    Mount { source: String, target: PathBuf, fs_type: String, data: String },
-    Bind { source: PathBuf, target: PathBuf, read_only: bool },
-    Unmount { target: PathBuf },
+    Mount {
+        source: String,
+        target: PathBuf,
+        fs_type: String,
+        data: String,
+    },
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        read_only: bool,
+    },
+    Unmount {
+        target: PathBuf,
+    },
 }
 
 /// In-memory mounter for unit tests: remembers what is mounted where, and

@@ -95,7 +95,10 @@ mod tests {
     #[test]
     fn relative_paths_never_climb() {
         assert_eq!(relative("b", "/users").unwrap(), Path::new("users"));
-        assert_eq!(relative("b", "home/users/").unwrap(), Path::new("home/users"));
+        assert_eq!(
+            relative("b", "home/users/").unwrap(),
+            Path::new("home/users")
+        );
         assert_eq!(relative("b", "/").unwrap(), Path::new(""));
         assert!(relative("b", "../etc").is_err());
         assert!(relative("b", "a/./b").is_err());

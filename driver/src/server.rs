@@ -10,7 +10,6 @@
 //! the volume and target: mount syscalls and filesystem walks block, and the
 //! span puts the volume id on every log line the call produces.
 
-use std::future::Future;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
@@ -42,7 +41,10 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListenerStream> {
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket; refusing to remove it", path.display()),
+                format!(
+                    "{} exists and is not a socket; refusing to remove it",
+                    path.display()
+                ),
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -55,23 +57,21 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListenerStream> {
 }
 
 /// Runs a blocking call body in `span`, logs its outcome, maps its error.
-pub fn blocking<T, F>(span: Span, f: F) -> impl Future<Output = Result<T, Status>>
+pub async fn blocking<T, F>(span: Span, f: F) -> Result<T, Status>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    async move {
-        let s = span.clone();
-        let out = tokio::task::spawn_blocking(move || s.in_scope(f))
-            .await
-            .map_err(|e| Status::internal(format!("call panicked: {e}")))?;
-        span.in_scope(|| match &out {
-            Ok(_) => tracing::debug!("ok"),
-            Err(DriverError::Busy(_)) => tracing::info!("busy, CO will retry"),
-            Err(e) => tracing::warn!(error = %e, "failed"),
-        });
-        out.map_err(Status::from)
-    }
+    let s = span.clone();
+    let out = tokio::task::spawn_blocking(move || s.in_scope(f))
+        .await
+        .map_err(|e| Status::internal(format!("call panicked: {e}")))?;
+    span.in_scope(|| match &out {
+        Ok(_) => tracing::debug!("ok"),
+        Err(DriverError::Busy(_)) => tracing::info!("busy, CO will retry"),
+        Err(e) => tracing::warn!(error = %e, "failed"),
+    });
+    out.map_err(Status::from)
 }
 
 #[cfg(test)]
@@ -80,9 +80,18 @@ mod tests {
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!(socket_path("unix:///csi/csi.sock").unwrap(), Path::new("/csi/csi.sock"));
-        assert_eq!(socket_path("unix:/csi/csi.sock").unwrap(), Path::new("/csi/csi.sock"));
-        assert_eq!(socket_path("/csi/csi.sock").unwrap(), Path::new("/csi/csi.sock"));
+        assert_eq!(
+            socket_path("unix:///csi/csi.sock").unwrap(),
+            Path::new("/csi/csi.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/csi/csi.sock").unwrap(),
+            Path::new("/csi/csi.sock")
+        );
+        assert_eq!(
+            socket_path("/csi/csi.sock").unwrap(),
+            Path::new("/csi/csi.sock")
+        );
         assert!(socket_path("tcp://1.2.3.4:5").is_err());
         assert!(socket_path("unix://relative").is_err());
         assert!(socket_path("").is_err());

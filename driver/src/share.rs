@@ -124,14 +124,26 @@ fn marker_name(user: &Path) -> String {
 fn nfs_options(server: &str, user_options: &str) -> Result<String> {
     let addr = (server, 2049)
         .to_socket_addrs()
-        .map_err(|e| DriverError::FailedPrecondition(format!("cannot resolve NFS server {server}: {e}")))?
+        .map_err(|e| {
+            DriverError::FailedPrecondition(format!("cannot resolve NFS server {server}: {e}"))
+        })?
         .next()
-        .ok_or_else(|| DriverError::FailedPrecondition(format!("NFS server {server} has no address")))?;
+        .ok_or_else(|| {
+            DriverError::FailedPrecondition(format!("NFS server {server} has no address"))
+        })?;
     let mut opts = vec![format!("addr={}", addr.ip())];
-    if !user_options.split(',').any(|o| o.starts_with("vers=") || o.starts_with("nfsvers=")) {
+    if !user_options
+        .split(',')
+        .any(|o| o.starts_with("vers=") || o.starts_with("nfsvers="))
+    {
         opts.push("vers=4.1".into());
     }
-    opts.extend(user_options.split(',').filter(|o| !o.is_empty()).map(str::to_owned));
+    opts.extend(
+        user_options
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned),
+    );
     Ok(opts.join(","))
 }
 
@@ -158,8 +170,10 @@ mod tests {
             .filter(|c| matches!(c, MountCall::Mount { .. }))
             .collect();
         assert_eq!(mounts.len(), 1);
-        assert!(matches!(&mounts[0], MountCall::Mount { source, fs_type, data, .. }
-            if source == "127.0.0.1:/export" && fs_type == "nfs4" && data == "addr=127.0.0.1,vers=4.1,hard"));
+        assert!(
+            matches!(&mounts[0], MountCall::Mount { source, fs_type, data, .. }
+            if source == "127.0.0.1:/export" && fs_type == "nfs4" && data == "addr=127.0.0.1,vers=4.1,hard")
+        );
         shares.acquire(&b, Path::new("/stage/a")).unwrap();
         shares.acquire(&b, Path::new("/stage/b")).unwrap();
         shares.release(&b, Path::new("/stage/a")).unwrap();
@@ -176,11 +190,23 @@ mod tests {
             dir.path().join("state"),
             vec![dir.path().into()],
         );
-        let ok = Backend::Local { root: dir.path().into() };
+        let ok = Backend::Local {
+            root: dir.path().into(),
+        };
         assert_eq!(shares.root(&ok, "").unwrap(), dir.path());
-        let outside = Backend::Local { root: "/etc".into() };
-        assert!(matches!(shares.root(&outside, ""), Err(DriverError::Invalid(_))));
-        let missing = Backend::Local { root: dir.path().join("nope") };
-        assert!(matches!(shares.root(&missing, ""), Err(DriverError::FailedPrecondition(_))));
+        let outside = Backend::Local {
+            root: "/etc".into(),
+        };
+        assert!(matches!(
+            shares.root(&outside, ""),
+            Err(DriverError::Invalid(_))
+        ));
+        let missing = Backend::Local {
+            root: dir.path().join("nope"),
+        };
+        assert!(matches!(
+            shares.root(&missing, ""),
+            Err(DriverError::FailedPrecondition(_))
+        ));
     }
 }

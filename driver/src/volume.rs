@@ -272,7 +272,9 @@ impl HomeParams {
                 .ok()
                 .filter(|m| *m <= 0o7777)
                 .ok_or_else(|| {
-                    DriverError::Invalid(format!("parameter mode must be octal like 0750, got {m:?}"))
+                    DriverError::Invalid(format!(
+                        "parameter mode must be octal like 0750, got {m:?}"
+                    ))
                 })?,
         };
         let size = |k: &str| -> Result<Option<u64>, DriverError> {
@@ -285,29 +287,52 @@ impl HomeParams {
         Ok(Self {
             backend,
             mount_options: get(keys::MOUNT_OPTIONS).unwrap_or("").to_owned(),
-            base_path: paths::relative("parameter basePath", get(keys::BASE_PATH).unwrap_or("/users"))?,
-            uid: get(keys::UID).map(|v| parse_num(keys::UID, v)).transpose()?.unwrap_or(DEFAULT_UID),
-            gid: get(keys::GID).map(|v| parse_num(keys::GID, v)).transpose()?.unwrap_or(DEFAULT_GID),
+            base_path: paths::relative(
+                "parameter basePath",
+                get(keys::BASE_PATH).unwrap_or("/users"),
+            )?,
+            uid: get(keys::UID)
+                .map(|v| parse_num(keys::UID, v))
+                .transpose()?
+                .unwrap_or(DEFAULT_UID),
+            gid: get(keys::GID)
+                .map(|v| parse_num(keys::GID, v))
+                .transpose()?
+                .unwrap_or(DEFAULT_GID),
             mode,
-            on_delete: get(keys::ON_DELETE).map(OnDelete::parse).transpose()?.unwrap_or_default(),
+            on_delete: get(keys::ON_DELETE)
+                .map(OnDelete::parse)
+                .transpose()?
+                .unwrap_or_default(),
             default_quota: size(keys::QUOTA)?.unwrap_or(DEFAULT_QUOTA),
             inode_quota: size(keys::INODE_QUOTA)?,
             user_prefix: p
                 .get(keys::USER_PREFIX)
                 .cloned()
                 .unwrap_or_else(|| DEFAULT_USER_PREFIX.to_owned()),
-            accounting: get(keys::ACCOUNTING).map(Accounting::parse).transpose()?.unwrap_or_default(),
+            accounting: get(keys::ACCOUNTING)
+                .map(Accounting::parse)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
     /// The user a CreateVolume is for: the PVC name without the prefix, or the
     /// volume name when the provisioner passes no PVC metadata.
-    pub fn user_key(&self, volume_name: &str, p: &HashMap<String, String>) -> Result<UserKey, DriverError> {
+    pub fn user_key(
+        &self,
+        volume_name: &str,
+        p: &HashMap<String, String>,
+    ) -> Result<UserKey, DriverError> {
         let raw = match p.get(keys::PVC_NAME).filter(|v| !v.is_empty()) {
-            Some(pvc) => pvc.strip_prefix(self.user_prefix.as_str()).filter(|s| !s.is_empty()).unwrap_or(pvc),
+            Some(pvc) => pvc
+                .strip_prefix(self.user_prefix.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(pvc),
             None => volume_name,
         };
-        UserKey::new(raw).map_err(|e| DriverError::Invalid(format!("cannot derive a user from {raw:?}: {e}")))
+        UserKey::new(raw)
+            .map_err(|e| DriverError::Invalid(format!("cannot derive a user from {raw:?}: {e}")))
     }
 }
 
@@ -366,7 +391,9 @@ pub enum IdError {
 impl From<IdError> for DriverError {
     fn from(e: IdError) -> Self {
         match e {
-            IdError::Foreign => DriverError::NotFound("volume id is not a hubfs home volume".into()),
+            IdError::Foreign => {
+                DriverError::NotFound("volume id is not a hubfs home volume".into())
+            }
             IdError::Invalid(m) => DriverError::Invalid(format!("invalid volume id: {m}")),
         }
     }
@@ -399,9 +426,14 @@ impl HomeVolume {
             return Err(IdError::Foreign);
         }
         if f.len() != 8 {
-            return Err(IdError::Invalid(format!("expected 8 fields, got {}", f.len())));
+            return Err(IdError::Invalid(format!(
+                "expected 8 fields, got {}",
+                f.len()
+            )));
         }
-        let field = |i: usize| unesc(f[i]).ok_or_else(|| IdError::Invalid(format!("field {i} is badly escaped")));
+        let field = |i: usize| {
+            unesc(f[i]).ok_or_else(|| IdError::Invalid(format!("field {i} is badly escaped")))
+        };
         let inv = |e: DriverError| IdError::Invalid(e.to_string());
         let on_delete = OnDelete::parse(f[1]).map_err(inv)?;
         let backend = match f[2] {
@@ -454,13 +486,20 @@ mod tests {
     use super::*;
 
     fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_fit_a_jupyter_notebook() {
         let p = HomeParams::parse(&params(&[("root", "/srv/share")])).unwrap();
-        assert_eq!(p.backend, Backend::Local { root: "/srv/share".into() });
+        assert_eq!(
+            p.backend,
+            Backend::Local {
+                root: "/srv/share".into()
+            }
+        );
         assert_eq!(p.base_path, Path::new("users"));
         assert_eq!((p.uid, p.gid, p.mode), (1000, 100, 0o750));
         assert_eq!(p.on_delete, OnDelete::Retain);
@@ -493,20 +532,31 @@ mod tests {
     #[test]
     fn user_comes_from_the_pvc_name() {
         let p = HomeParams::parse(&params(&[("root", "/s")])).unwrap();
-        let k = p.user_key("pvc-1", &params(&[(keys::PVC_NAME, "claim-alice")])).unwrap();
+        let k = p
+            .user_key("pvc-1", &params(&[(keys::PVC_NAME, "claim-alice")]))
+            .unwrap();
         assert_eq!(k.name(), "alice");
-        let k = p.user_key("pvc-1", &params(&[(keys::PVC_NAME, "data")])).unwrap();
+        let k = p
+            .user_key("pvc-1", &params(&[(keys::PVC_NAME, "data")]))
+            .unwrap();
         assert_eq!(k.name(), "data");
         let k = p.user_key("pvc-1", &params(&[])).unwrap();
         assert_eq!(k.name(), "pvc-1");
-        assert!(p.user_key("pvc-1", &params(&[(keys::PVC_NAME, "claim-a\0b")])).is_err());
+        assert!(p
+            .user_key("pvc-1", &params(&[(keys::PVC_NAME, "claim-a\0b")]))
+            .is_err());
     }
 
     #[test]
     fn ids_round_trip() {
         for backend in [
-            Backend::Local { root: "/srv/my share:1".into() },
-            Backend::Nfs { server: "fs-1.efs.aws".into(), share: "/".into() },
+            Backend::Local {
+                root: "/srv/my share:1".into(),
+            },
+            Backend::Nfs {
+                server: "fs-1.efs.aws".into(),
+                share: "/".into(),
+            },
         ] {
             let v = HomeVolume {
                 volume_name: "pvc-0f:1".into(),
@@ -524,7 +574,10 @@ mod tests {
     fn an_encoded_dotdot_user_stays_inside() {
         let v = HomeVolume::parse_id("home1:retain:local:/srv::users:_2e_2e_2f:pv").unwrap();
         assert_eq!(v.user.name(), "../");
-        assert_eq!(v.home_dir(Path::new("/srv")), Path::new("/srv/users/_2e_2e_2f"));
+        assert_eq!(
+            v.home_dir(Path::new("/srv")),
+            Path::new("/srv/users/_2e_2e_2f")
+        );
     }
 
     #[test]
@@ -546,7 +599,10 @@ mod tests {
             "home1:retain:local:%zz::users:alice:pv",
             "home1:retain:local:/s%00rv::users:alice:pv",
         ] {
-            assert!(matches!(HomeVolume::parse_id(id), Err(IdError::Invalid(_))), "{id}");
+            assert!(
+                matches!(HomeVolume::parse_id(id), Err(IdError::Invalid(_))),
+                "{id}"
+            );
         }
     }
 }

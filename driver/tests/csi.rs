@@ -9,11 +9,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hubfs_proto::csi::{
-    controller_client::ControllerClient, identity_client::IdentityClient, node_client::NodeClient,
+    controller_client::ControllerClient,
+    identity_client::IdentityClient,
+    node_client::NodeClient,
     volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume},
-    volume_usage::Unit, CapacityRange, ControllerExpandVolumeRequest, CreateVolumeRequest, DeleteVolumeRequest,
-    GetPluginInfoRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
-    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, ProbeRequest, VolumeCapability,
+    volume_usage::Unit,
+    CapacityRange, ControllerExpandVolumeRequest, CreateVolumeRequest, DeleteVolumeRequest,
+    GetPluginInfoRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest,
+    NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, ProbeRequest,
+    VolumeCapability,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Code;
@@ -28,7 +32,10 @@ struct Driver {
 
 impl Driver {
     fn start() -> Self {
-        assert!(nix::unistd::geteuid().is_root(), "these tests mount: run them as root");
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "these tests mount: run them as root"
+        );
         let dir = tempfile::tempdir().unwrap();
         for d in ["share", "kubelet", "state"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
@@ -37,7 +44,16 @@ impl Driver {
         let child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
             .args(["csi", "--endpoint"])
             .arg(format!("unix://{}", socket.display()))
-            .args(["--node-id", "node-1", "--mode", "all", "--log-format", "json", "--log-level", "info,hubfs=debug"])
+            .args([
+                "--node-id",
+                "node-1",
+                "--mode",
+                "all",
+                "--log-format",
+                "json",
+                "--log-level",
+                "info,hubfs=debug",
+            ])
             .arg("--kubelet-dir")
             .arg(dir.path().join("kubelet"))
             .arg("--allowed-root")
@@ -50,7 +66,10 @@ impl Driver {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
-            assert!(Instant::now() < deadline, "driver did not create its socket");
+            assert!(
+                Instant::now() < deadline,
+                "driver did not create its socket"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, dir, socket }
@@ -67,7 +86,9 @@ impl Driver {
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
                 }
             }))
             .await
@@ -120,10 +141,19 @@ fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(&p.display().to_string()))
 }
 
-fn create_req(d: &Driver, name: &str, pvc: &str, on_delete: &str, bytes: i64) -> CreateVolumeRequest {
+fn create_req(
+    d: &Driver,
+    name: &str,
+    pvc: &str,
+    on_delete: &str,
+    bytes: i64,
+) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: name.into(),
-        capacity_range: Some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
         volume_capabilities: vec![cap(Mode::MultiNodeMultiWriter)],
         parameters: d.params(on_delete, pvc),
         ..Default::default()
@@ -138,20 +168,45 @@ async fn kubelet_lifecycle_with_real_bind_mounts() {
     let mut ctl = ControllerClient::new(ch.clone());
     let mut node = NodeClient::new(ch);
 
-    let info = id.get_plugin_info(GetPluginInfoRequest {}).await.unwrap().into_inner();
+    let info = id
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.name, "hubfs.csi.jupyter.org");
-    assert_eq!(id.probe(ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
+    assert_eq!(
+        id.probe(ProbeRequest {}).await.unwrap().into_inner().ready,
+        Some(true)
+    );
 
     // external-provisioner: CreateVolume, retried as it does.
     let req = create_req(&d, "pvc-0001", "claim-alice", "delete", 1 << 20);
-    let vol = ctl.create_volume(req.clone()).await.unwrap().into_inner().volume.unwrap();
+    let vol = ctl
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     for _ in 0..3 {
-        let again = ctl.create_volume(req.clone()).await.unwrap().into_inner().volume.unwrap();
+        let again = ctl
+            .create_volume(req.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
         assert_eq!(again.volume_id, vol.volume_id);
     }
     let mut bigger = req.clone();
-    bigger.capacity_range = Some(CapacityRange { required_bytes: 2 << 20, limit_bytes: 0 });
-    assert_eq!(ctl.create_volume(bigger).await.unwrap_err().code(), Code::AlreadyExists);
+    bigger.capacity_range = Some(CapacityRange {
+        required_bytes: 2 << 20,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        ctl.create_volume(bigger).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
     let home = d.path("share/users/alice");
     let md = std::fs::metadata(&home).unwrap();
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1000, 100, 0o750));
@@ -184,8 +239,19 @@ async fn kubelet_lifecycle_with_real_bind_mounts() {
 
     // The notebook (uid 1000) writes through the target; the file lands in the home.
     let status = Command::new("setpriv")
-        .args(["--reuid", "1000", "--regid", "100", "--clear-groups", "sh", "-c"])
-        .arg(format!("head -c 4096 /dev/zero > '{}/notebook.ipynb'", target.display()))
+        .args([
+            "--reuid",
+            "1000",
+            "--regid",
+            "100",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "head -c 4096 /dev/zero > '{}/notebook.ipynb'",
+            target.display()
+        ))
         .status()
         .unwrap();
     assert!(status.success());
@@ -202,15 +268,25 @@ async fn kubelet_lifecycle_with_real_bind_mounts() {
         .await
         .unwrap()
         .into_inner();
-    let bytes = stats.usage.iter().find(|u| u.unit == Unit::Bytes as i32).unwrap();
-    assert_eq!((bytes.used, bytes.total, bytes.available), (4096, 1 << 20, (1 << 20) - 4096));
+    let bytes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == Unit::Bytes as i32)
+        .unwrap();
+    assert_eq!(
+        (bytes.used, bytes.total, bytes.available),
+        (4096, 1 << 20, (1 << 20) - 4096)
+    );
     assert!(!stats.volume_condition.unwrap().abnormal);
 
     // Resize: the quota follows the PVC.
     let exp = ctl
         .controller_expand_volume(ControllerExpandVolumeRequest {
             volume_id: vol.volume_id.clone(),
-            capacity_range: Some(CapacityRange { required_bytes: 3 << 20, limit_bytes: 0 }),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 3 << 20,
+                limit_bytes: 0,
+            }),
             ..Default::default()
         })
         .await
@@ -236,16 +312,27 @@ async fn kubelet_lifecycle_with_real_bind_mounts() {
         node.node_unstage_volume(unstage.clone()).await.unwrap();
     }
     assert!(!is_mounted(&staging));
-    assert!(home.join("notebook.ipynb").exists(), "data survives unmounting");
+    assert!(
+        home.join("notebook.ipynb").exists(),
+        "data survives unmounting"
+    );
 
     // onDelete: delete removes the home; repeating is fine; unknown ids are OK.
     for _ in 0..2 {
-        ctl.delete_volume(DeleteVolumeRequest { volume_id: vol.volume_id.clone(), ..Default::default() })
-            .await
-            .unwrap();
+        ctl.delete_volume(DeleteVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     assert!(!home.exists());
-    ctl.delete_volume(DeleteVolumeRequest { volume_id: "not-ours".into(), ..Default::default() }).await.unwrap();
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: "not-ours".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,17 +341,39 @@ async fn retain_and_archive_keep_the_data() {
     let mut ctl = ControllerClient::new(d.channel().await);
     let users = d.path("share/users");
 
-    let v = ctl.create_volume(create_req(&d, "pvc-r", "claim-bob", "retain", 1 << 20)).await.unwrap();
+    let v = ctl
+        .create_volume(create_req(&d, "pvc-r", "claim-bob", "retain", 1 << 20))
+        .await
+        .unwrap();
     let id = v.into_inner().volume.unwrap().volume_id;
     std::fs::write(users.join("bob/thesis.tex"), b"chapter 1").unwrap();
-    ctl.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() }).await.unwrap();
-    assert_eq!(std::fs::read(users.join("bob/thesis.tex")).unwrap(), b"chapter 1");
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read(users.join("bob/thesis.tex")).unwrap(),
+        b"chapter 1"
+    );
 
     // A new PVC for the returning user adopts the retained home.
-    let v = ctl.create_volume(create_req(&d, "pvc-r2", "claim-bob", "archive", 1 << 20)).await.unwrap();
+    let v = ctl
+        .create_volume(create_req(&d, "pvc-r2", "claim-bob", "archive", 1 << 20))
+        .await
+        .unwrap();
     let id = v.into_inner().volume.unwrap().volume_id;
-    assert_eq!(std::fs::read(users.join("bob/thesis.tex")).unwrap(), b"chapter 1");
-    ctl.delete_volume(DeleteVolumeRequest { volume_id: id, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        std::fs::read(users.join("bob/thesis.tex")).unwrap(),
+        b"chapter 1"
+    );
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert!(!users.join("bob").exists());
     let archived: Vec<_> = std::fs::read_dir(&users)
         .unwrap()
@@ -272,18 +381,31 @@ async fn retain_and_archive_keep_the_data() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("bob.archived-"))
         .collect();
     assert_eq!(archived.len(), 1);
-    assert_eq!(std::fs::read(archived[0].path().join("thesis.tex")).unwrap(), b"chapter 1");
+    assert_eq!(
+        std::fs::read(archived[0].path().join("thesis.tex")).unwrap(),
+        b"chapter 1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_old_volume_never_touches_an_adopted_home() {
     let d = Driver::start();
     let mut ctl = ControllerClient::new(d.channel().await);
-    let old = ctl.create_volume(create_req(&d, "pvc-old", "claim-carol", "delete", 1 << 20)).await.unwrap();
+    let old = ctl
+        .create_volume(create_req(&d, "pvc-old", "claim-carol", "delete", 1 << 20))
+        .await
+        .unwrap();
     let old_id = old.into_inner().volume.unwrap().volume_id;
-    ctl.create_volume(create_req(&d, "pvc-new", "claim-carol", "delete", 1 << 20)).await.unwrap();
+    ctl.create_volume(create_req(&d, "pvc-new", "claim-carol", "delete", 1 << 20))
+        .await
+        .unwrap();
     std::fs::write(d.path("share/users/carol/keep"), b"x").unwrap();
-    ctl.delete_volume(DeleteVolumeRequest { volume_id: old_id, ..Default::default() }).await.unwrap();
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: old_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert!(d.path("share/users/carol/keep").exists());
 }
 
@@ -296,9 +418,16 @@ async fn hostile_input_gets_clear_errors_and_never_escapes() {
     let users = d.path("share/users");
 
     // Names that must be encoded into a single safe directory below basePath.
-    for (i, pvc) in ["claim-..", "claim-../../etc", "claim-a/b", "claim-Zoë", "claim-.", "claim-.hubfs"]
-        .iter()
-        .enumerate()
+    for (i, pvc) in [
+        "claim-..",
+        "claim-../../etc",
+        "claim-a/b",
+        "claim-Zoë",
+        "claim-.",
+        "claim-.hubfs",
+    ]
+    .iter()
+    .enumerate()
     {
         let v = ctl
             .create_volume(create_req(&d, &format!("pvc-h{i}"), pvc, "delete", 1 << 20))
@@ -321,12 +450,18 @@ async fn hostile_input_gets_clear_errors_and_never_escapes() {
     // Refused with INVALID_ARGUMENT: NUL, 300 characters, bad parameters.
     let long = format!("claim-{}", "u".repeat(300));
     for pvc in ["claim-a\0b", long.as_str()] {
-        let e = ctl.create_volume(create_req(&d, "pvc-bad", pvc, "delete", 1 << 20)).await.unwrap_err();
+        let e = ctl
+            .create_volume(create_req(&d, "pvc-bad", pvc, "delete", 1 << 20))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{pvc:?}: {}", e.message());
     }
     let mut r = create_req(&d, "pvc-bad", "claim-x", "delete", 1 << 20);
     r.parameters.insert("basePath".into(), "/../../etc".into());
-    assert_eq!(ctl.create_volume(r).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        ctl.create_volume(r).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     let mut r = create_req(&d, "pvc-bad", "claim-x", "delete", 1 << 20);
     r.parameters.insert("root".into(), "/etc".into());
     let e = ctl.create_volume(r).await.unwrap_err();
@@ -334,12 +469,21 @@ async fn hostile_input_gets_clear_errors_and_never_escapes() {
     assert!(e.message().contains("allowed root"), "{}", e.message());
     let mut r = create_req(&d, "", "claim-x", "delete", 1 << 20);
     r.name.clear();
-    assert_eq!(ctl.create_volume(r).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        ctl.create_volume(r).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     let mut r = create_req(&d, "pvc-x", "claim-x", "delete", 1 << 20);
     r.volume_capabilities.clear();
-    assert_eq!(ctl.create_volume(r).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        ctl.create_volume(r).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     let r = create_req(&d, "pvc-neg", "claim-x", "delete", -5);
-    assert_eq!(ctl.create_volume(r).await.unwrap_err().code(), Code::OutOfRange);
+    assert_eq!(
+        ctl.create_volume(r).await.unwrap_err().code(),
+        Code::OutOfRange
+    );
 
     // Crafted volume ids: refused, nothing outside the share is touched.
     let root = d.path("share").display().to_string();
@@ -348,7 +492,13 @@ async fn hostile_input_gets_clear_errors_and_never_escapes() {
         format!("home1:delete:local:{root}::users%2F..%2F..:x:pv"),
         "home1:delete:local:/etc::.:passwd:pv".to_string(),
     ] {
-        let e = ctl.delete_volume(DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() }).await.unwrap_err();
+        let e = ctl
+            .delete_volume(DeleteVolumeRequest {
+                volume_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{id}: {}", e.message());
         let stage = NodeStageVolumeRequest {
             volume_id: id.clone(),
@@ -356,14 +506,25 @@ async fn hostile_input_gets_clear_errors_and_never_escapes() {
             volume_capability: Some(cap(Mode::SingleNodeWriter)),
             ..Default::default()
         };
-        assert_eq!(node.node_stage_volume(stage).await.unwrap_err().code(), Code::InvalidArgument, "{id}");
+        assert_eq!(
+            node.node_stage_volume(stage).await.unwrap_err().code(),
+            Code::InvalidArgument,
+            "{id}"
+        );
     }
     assert!(Path::new("/etc/passwd").exists());
 
     // Targets outside kubelet's directory are refused before anything is created.
-    let v = ctl.create_volume(create_req(&d, "pvc-t", "claim-tgt", "delete", 1 << 20)).await.unwrap();
+    let v = ctl
+        .create_volume(create_req(&d, "pvc-t", "claim-tgt", "delete", 1 << 20))
+        .await
+        .unwrap();
     let vol = v.into_inner().volume.unwrap();
-    for bad in [d.path("elsewhere/mount"), PathBuf::from("/etc/hubfs-test"), d.path("kubelet/../escape")] {
+    for bad in [
+        d.path("elsewhere/mount"),
+        PathBuf::from("/etc/hubfs-test"),
+        d.path("kubelet/../escape"),
+    ] {
         let r = NodePublishVolumeRequest {
             volume_id: vol.volume_id.clone(),
             staging_target_path: d.path("kubelet/stage").display().to_string(),
@@ -372,7 +533,11 @@ async fn hostile_input_gets_clear_errors_and_never_escapes() {
             volume_context: vol.volume_context.clone(),
             ..Default::default()
         };
-        assert_eq!(node.node_publish_volume(r).await.unwrap_err().code(), Code::InvalidArgument, "{bad:?}");
+        assert_eq!(
+            node.node_publish_volume(r).await.unwrap_err().code(),
+            Code::InvalidArgument,
+            "{bad:?}"
+        );
         assert!(!bad.exists());
     }
 }
@@ -381,7 +546,15 @@ async fn hostile_input_gets_clear_errors_and_never_escapes() {
 fn a_stale_socket_is_replaced_and_a_bad_driver_name_refused() {
     let d = Driver::start();
     let out = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-        .args(["csi", "--endpoint", "unix:///tmp/x.sock", "--node-id", "n", "--driver-name", "1bad"])
+        .args([
+            "csi",
+            "--endpoint",
+            "unix:///tmp/x.sock",
+            "--node-id",
+            "n",
+            "--driver-name",
+            "1bad",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -389,7 +562,11 @@ fn a_stale_socket_is_replaced_and_a_bad_driver_name_refused() {
     // Kill the driver without cleanup; a second one must bind the same socket.
     let socket = d.socket.clone();
     let mut d = d;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     d.child.wait().unwrap();
     assert!(socket.exists(), "SIGKILL leaves the socket behind");
     let mut second = Command::new(env!("CARGO_BIN_EXE_hubfs"))
@@ -420,7 +597,13 @@ async fn accounting_fuse_publishes_the_home_layer_and_enforces_the_quota() {
     let mut node = NodeClient::new(ch);
     let mut req = create_req(&d, "pvc-fuse", "claim-dora", "retain", 1 << 20);
     req.parameters.insert("accounting".into(), "fuse".into());
-    let vol = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let vol = ctl
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     assert_eq!(vol.volume_context["accounting"], "fuse");
     let staging = d.path("kubelet/plugins/stage-dora");
     let target = d.path("kubelet/pods/uid-d/volumes/kubernetes.io~csi/pvc-fuse/mount");
@@ -448,14 +631,30 @@ async fn accounting_fuse_publishes_the_home_layer_and_enforces_the_quota() {
         .unwrap()
         .lines()
         .find(|l| l.split(' ').nth(4) == Some(&target.display().to_string()))
-        .and_then(|l| l.split(" - ").nth(1).map(|p| p.split(' ').next().unwrap().to_owned()))
+        .and_then(|l| {
+            l.split(" - ")
+                .nth(1)
+                .map(|p| p.split(' ').next().unwrap().to_owned())
+        })
         .unwrap();
-    assert!(fs_type.starts_with("fuse"), "home layer mounted, got {fs_type}");
+    assert!(
+        fs_type.starts_with("fuse"),
+        "home layer mounted, got {fs_type}"
+    );
 
     // The notebook user writes: fine under the quota, EDQUOT past it.
     let dd = |name: &str, kib: u32| {
         Command::new("setpriv")
-            .args(["--reuid", "1000", "--regid", "100", "--clear-groups", "dd", "if=/dev/zero", "bs=1024"])
+            .args([
+                "--reuid",
+                "1000",
+                "--regid",
+                "100",
+                "--clear-groups",
+                "dd",
+                "if=/dev/zero",
+                "bs=1024",
+            ])
             .arg(format!("count={kib}"))
             .arg(format!("of={}/{name}", target.display()))
             .output()
@@ -464,10 +663,21 @@ async fn accounting_fuse_publishes_the_home_layer_and_enforces_the_quota() {
     assert!(dd("small", 512).status.success());
     let big = dd("big", 2048);
     assert!(!big.status.success());
-    assert!(String::from_utf8_lossy(&big.stderr).contains("Disk quota exceeded"), "{}", String::from_utf8_lossy(&big.stderr));
+    assert!(
+        String::from_utf8_lossy(&big.stderr).contains("Disk quota exceeded"),
+        "{}",
+        String::from_utf8_lossy(&big.stderr)
+    );
     let vfs = nix::sys::statvfs::statvfs(&target).unwrap();
-    assert_eq!(vfs.blocks() as u64 * vfs.fragment_size() as u64, 1 << 20, "df shows the quota as the size");
-    assert!(d.path("share/users/dora/small").exists(), "writes land in the home on the share");
+    assert_eq!(
+        vfs.blocks() as u64 * vfs.fragment_size() as u64,
+        1 << 20,
+        "df shows the quota as the size"
+    );
+    assert!(
+        d.path("share/users/dora/small").exists(),
+        "writes land in the home on the share"
+    );
 
     node.node_unpublish_volume(NodeUnpublishVolumeRequest {
         volume_id: vol.volume_id.clone(),

@@ -12,7 +12,17 @@ fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let mut child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-        .args(["demo", "--small-objects", "1200", "--big-object", "6MiB", "--quota", "16MiB", "--exit-after", "300"])
+        .args([
+            "demo",
+            "--small-objects",
+            "1200",
+            "--big-object",
+            "6MiB",
+            "--quota",
+            "16MiB",
+            "--exit-after",
+            "300",
+        ])
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::piped())
@@ -28,7 +38,9 @@ fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
     });
     let mut seen = Vec::new();
     loop {
-        let line = rx.recv_timeout(Duration::from_secs(240)).expect("demo never became ready");
+        let line = rx
+            .recv_timeout(Duration::from_secs(240))
+            .expect("demo never became ready");
         seen.push(line.clone());
         if line.contains("hubfs demo is ready") {
             break;
@@ -47,29 +59,51 @@ fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
     assert_eq!(n, 1200);
     let big = bucket.join("images/cube-6MiB.bin");
     assert_eq!(std::fs::metadata(&big).unwrap().len(), 6 << 20);
-    assert!(std::fs::read_to_string(bucket.join("README.txt")).unwrap().contains("hubfs demo"));
-    assert!(std::fs::write(bucket.join("nope"), b"x").is_err(), "the bucket is read-only");
+    assert!(std::fs::read_to_string(bucket.join("README.txt"))
+        .unwrap()
+        .contains("hubfs demo"));
+    assert!(
+        std::fs::write(bucket.join("nope"), b"x").is_err(),
+        "the bucket is read-only"
+    );
 
     // The home: df shows the quota, copies work until the quota trips.
     let vfs = nix::sys::statvfs::statvfs(&home).unwrap();
     assert_eq!(vfs.blocks() as u64 * vfs.fragment_size() as u64, 16 << 20);
-    let cp = |name: &str| Command::new("cp").arg(&big).arg(home.join(name)).output().unwrap();
+    let cp = |name: &str| {
+        Command::new("cp")
+            .arg(&big)
+            .arg(home.join(name))
+            .output()
+            .unwrap()
+    };
     assert!(cp("a.bin").status.success());
     assert!(cp("b.bin").status.success());
     let third = cp("c.bin");
     assert!(!third.status.success(), "18 MiB does not fit in 16 MiB");
-    assert!(String::from_utf8_lossy(&third.stderr).contains("Disk quota exceeded"), "{}", String::from_utf8_lossy(&third.stderr));
+    assert!(
+        String::from_utf8_lossy(&third.stderr).contains("Disk quota exceeded"),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
     // Deleting always works, and makes room again.
     std::fs::remove_file(home.join("c.bin")).unwrap();
     std::fs::remove_file(home.join("b.bin")).unwrap();
     assert!(cp("b.bin").status.success());
 
     // Ctrl-C: everything unmounted and removed.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "demo exit: {status}");
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!info.contains(&*dir.display().to_string()), "mounts left behind");
+    assert!(
+        !info.contains(&*dir.display().to_string()),
+        "mounts left behind"
+    );
     assert!(!dir.exists(), "demo dir removed");
 }
 
@@ -82,5 +116,9 @@ fn demo_says_what_is_missing_without_root() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -14,8 +14,8 @@ use hubfs_fuse::s3::store::ObjectStore;
 use hubfs_proto::csi::{
     node_client::NodeClient,
     volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume},
-    NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
-    VolumeCapability,
+    NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    NodeUnpublishVolumeRequest, VolumeCapability,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -30,7 +30,15 @@ impl Driver {
         std::fs::create_dir_all(dir.path().join("kubelet")).unwrap();
         let socket = dir.path().join("csi.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-            .args(["csi", "--mode", "node", "--node-id", "n1", "--no-events", "--endpoint"])
+            .args([
+                "csi",
+                "--mode",
+                "node",
+                "--node-id",
+                "n1",
+                "--no-events",
+                "--endpoint",
+            ])
             .arg(format!("unix://{}", socket.display()))
             .arg("--kubelet-dir")
             .arg(dir.path().join("kubelet"))
@@ -58,7 +66,9 @@ impl Driver {
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
                 }
             }))
             .await
@@ -67,7 +77,9 @@ impl Driver {
     }
 
     fn target(&self, pod: &str) -> PathBuf {
-        self.dir.path().join(format!("kubelet/pods/{pod}/volumes/kubernetes.io~csi/s3-data/mount"))
+        self.dir.path().join(format!(
+            "kubelet/pods/{pod}/volumes/kubernetes.io~csi/s3-data/mount"
+        ))
     }
 
     /// `hubfs mount s3` processes serving this driver's state dir.
@@ -75,8 +87,12 @@ impl Driver {
         let state = self.dir.path().join("state").display().to_string();
         let mut pids = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(" mount s3 ") && cmd.contains(&state) {
                 pids.push(pid);
@@ -101,7 +117,10 @@ impl Drop for Driver {
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
         }
         for pid in self.fuse_children() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -120,14 +139,21 @@ fn ctx(g: &Garage, pod: &str) -> HashMap<String, String> {
 fn cap() -> Option<VolumeCapability> {
     Some(VolumeCapability {
         access_type: Some(AccessType::Mount(MountVolume::default())),
-        access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeReaderOnly as i32,
+        }),
     })
 }
 
 fn publish_req(d: &Driver, g: &Garage, pod: &str) -> NodePublishVolumeRequest {
     NodePublishVolumeRequest {
         volume_id: "s3-data".into(),
-        staging_target_path: d.dir.path().join("kubelet/plugins/stage").display().to_string(),
+        staging_target_path: d
+            .dir
+            .path()
+            .join("kubelet/plugins/stage")
+            .display()
+            .to_string(),
         target_path: d.target(pod).display().to_string(),
         volume_capability: cap(),
         readonly: true,
@@ -145,17 +171,37 @@ fn mounted(p: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_volume_is_one_shared_mount_per_node() {
-    assert!(nix::unistd::geteuid().is_root(), "needs root for FUSE and bind mounts");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root for FUSE and bind mounts"
+    );
     let g = Garage::start("data");
     let s3 = client(&g, &g.endpoint).await;
-    s3.put(&g.bucket, "hst/readme.txt", bytes::Bytes::from_static(b"hello from S3\n")).await.unwrap();
-    s3.put(&g.bucket, "top.csv", bytes::Bytes::from_static(b"a,b\n1,2\n")).await.unwrap();
+    s3.put(
+        &g.bucket,
+        "hst/readme.txt",
+        bytes::Bytes::from_static(b"hello from S3\n"),
+    )
+    .await
+    .unwrap();
+    s3.put(
+        &g.bucket,
+        "top.csv",
+        bytes::Bytes::from_static(b"a,b\n1,2\n"),
+    )
+    .await
+    .unwrap();
     let d = Driver::start(&g);
     let mut node = d.node().await;
 
     node.node_stage_volume(NodeStageVolumeRequest {
         volume_id: "s3-data".into(),
-        staging_target_path: d.dir.path().join("kubelet/plugins/stage").display().to_string(),
+        staging_target_path: d
+            .dir
+            .path()
+            .join("kubelet/plugins/stage")
+            .display()
+            .to_string(),
         volume_capability: cap(),
         volume_context: ctx(&g, "p1"),
         ..Default::default()
@@ -163,31 +209,63 @@ async fn s3_volume_is_one_shared_mount_per_node() {
     .await
     .unwrap();
     for pod in ["p1", "p2", "p1"] {
-        node.node_publish_volume(publish_req(&d, &g, pod)).await.unwrap();
+        node.node_publish_volume(publish_req(&d, &g, pod))
+            .await
+            .unwrap();
     }
     for pod in ["p1", "p2"] {
         let t = d.target(pod);
-        assert_eq!(std::fs::read_to_string(t.join("hst/readme.txt")).unwrap(), "hello from S3\n");
-        assert_eq!(std::fs::read_to_string(t.join("top.csv")).unwrap(), "a,b\n1,2\n");
+        assert_eq!(
+            std::fs::read_to_string(t.join("hst/readme.txt")).unwrap(),
+            "hello from S3\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.join("top.csv")).unwrap(),
+            "a,b\n1,2\n"
+        );
         let err = std::fs::write(t.join("new.txt"), b"x").unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "pods get a read-only view");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EROFS),
+            "pods get a read-only view"
+        );
     }
-    assert_eq!(d.fuse_children().len(), 1, "one FUSE process for the bucket on this node");
+    assert_eq!(
+        d.fuse_children().len(),
+        1,
+        "one FUSE process for the bucket on this node"
+    );
 
     let stats = |pod: &str| NodeGetVolumeStatsRequest {
         volume_id: "s3-data".into(),
         volume_path: d.target(pod).display().to_string(),
         ..Default::default()
     };
-    let c = node.node_get_volume_stats(stats("p1")).await.unwrap().into_inner().volume_condition.unwrap();
+    let c = node
+        .node_get_volume_stats(stats("p1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume_condition
+        .unwrap();
     assert!(!c.abnormal, "{}", c.message);
 
     // The FUSE process dies: the condition says so, and the next publish recreates it.
     let pid = d.fuse_children()[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let c = node.node_get_volume_stats(stats("p1")).await.unwrap().into_inner().volume_condition.unwrap();
+        let c = node
+            .node_get_volume_stats(stats("p1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume_condition
+            .unwrap();
         if c.abnormal {
             assert!(c.message.contains("ENOTCONN"), "{}", c.message);
             break;
@@ -195,8 +273,13 @@ async fn s3_volume_is_one_shared_mount_per_node() {
         assert!(Instant::now() < deadline, "dead mount never reported");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    node.node_publish_volume(publish_req(&d, &g, "p3")).await.unwrap();
-    assert_eq!(std::fs::read_to_string(d.target("p3").join("top.csv")).unwrap(), "a,b\n1,2\n");
+    node.node_publish_volume(publish_req(&d, &g, "p3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.target("p3").join("top.csv")).unwrap(),
+        "a,b\n1,2\n"
+    );
     assert_eq!(d.fuse_children().len(), 1);
 
     // Unpublishing everyone removes the shared mount and its process.
@@ -211,10 +294,19 @@ async fn s3_volume_is_one_shared_mount_per_node() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !d.fuse_children().is_empty() {
-        assert!(Instant::now() < deadline, "FUSE process still running after the last unpublish");
+        assert!(
+            Instant::now() < deadline,
+            "FUSE process still running after the last unpublish"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let shared = std::fs::read_dir(d.dir.path().join("state/s3")).unwrap().flatten().next().unwrap().path().join("mnt");
+    let shared = std::fs::read_dir(d.dir.path().join("state/s3"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+        .join("mnt");
     assert!(!mounted(&shared));
 }
 
@@ -224,7 +316,8 @@ async fn a_missing_bucket_fails_the_publish_with_the_reason() {
     let d = Driver::start(&g);
     let mut node = d.node().await;
     let mut r = publish_req(&d, &g, "p1");
-    r.volume_context.insert("bucket".into(), "no-such-bucket".into());
+    r.volume_context
+        .insert("bucket".into(), "no-such-bucket".into());
     let e = node.node_publish_volume(r).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
     assert!(e.message().contains("no-such-bucket"), "{}", e.message());

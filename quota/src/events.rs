@@ -36,8 +36,16 @@ pub enum Regarding {
 impl Regarding {
     fn object_ref(&self) -> ObjectReference {
         let (kind, namespace, name, uid) = match self {
-            Regarding::Pod { namespace, name, uid } => ("Pod", namespace, name, uid),
-            Regarding::Pvc { namespace, name, uid } => ("PersistentVolumeClaim", namespace, name, uid),
+            Regarding::Pod {
+                namespace,
+                name,
+                uid,
+            } => ("Pod", namespace, name, uid),
+            Regarding::Pvc {
+                namespace,
+                name,
+                uid,
+            } => ("PersistentVolumeClaim", namespace, name, uid),
         };
         ObjectReference {
             api_version: Some("v1".into()),
@@ -188,7 +196,11 @@ impl EventSink for KubeEventSink {
             note.push_str("...");
         }
         let ev = Event {
-            type_: if n.reason.is_warning() { EventType::Warning } else { EventType::Normal },
+            type_: if n.reason.is_warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: n.reason.as_str().to_owned(),
             note: Some(note),
             action: n.reason.action().to_owned(),
@@ -197,7 +209,9 @@ impl EventSink for KubeEventSink {
         let regarding = n.regarding.object_ref();
         match tokio::time::timeout(self.timeout, self.recorder.publish(&ev, &regarding)).await {
             Ok(Ok(())) => tracing::debug!(reason = ev.reason, "event posted"),
-            Ok(Err(e)) => tracing::warn!(reason = ev.reason, error = %e, "event not posted; dropped"),
+            Ok(Err(e)) => {
+                tracing::warn!(reason = ev.reason, error = %e, "event not posted; dropped")
+            }
             Err(_) => tracing::warn!(reason = ev.reason, "event post timed out; dropped"),
         }
     }
@@ -249,12 +263,24 @@ mod tests {
 
     #[test]
     fn references_name_the_right_kind() {
-        let r = Regarding::Pvc { namespace: "jhub".into(), name: "claim-alice".into(), uid: None }.object_ref();
+        let r = Regarding::Pvc {
+            namespace: "jhub".into(),
+            name: "claim-alice".into(),
+            uid: None,
+        }
+        .object_ref();
         assert_eq!(r.kind.as_deref(), Some("PersistentVolumeClaim"));
         assert_eq!(r.api_version.as_deref(), Some("v1"));
-        let r = Regarding::Pod { namespace: "jhub".into(), name: "jupyter-alice".into(), uid: Some("u1".into()) }
-            .object_ref();
-        assert_eq!((r.kind.as_deref(), r.uid.as_deref()), (Some("Pod"), Some("u1")));
+        let r = Regarding::Pod {
+            namespace: "jhub".into(),
+            name: "jupyter-alice".into(),
+            uid: Some("u1".into()),
+        }
+        .object_ref();
+        assert_eq!(
+            (r.kind.as_deref(), r.uid.as_deref()),
+            (Some("Pod"), Some("u1"))
+        );
     }
 
     #[tokio::test]
@@ -262,7 +288,11 @@ mod tests {
         let fake = Arc::new(FakeEventSink::default());
         let sink: Arc<dyn EventSink> = fake.clone();
         let n = Notice {
-            regarding: Regarding::Pod { namespace: "ns".into(), name: "p".into(), uid: None },
+            regarding: Regarding::Pod {
+                namespace: "ns".into(),
+                name: "p".into(),
+                uid: None,
+            },
             reason: Reason::HomeMounted,
             note: "home mounted".into(),
         };

@@ -90,7 +90,15 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for s in ["", "Gi", "-1", "1.2.3G", "12XB", "99999999999999999999", "20000Ei"] {
+        for s in [
+            "",
+            "Gi",
+            "-1",
+            "1.2.3G",
+            "12XB",
+            "99999999999999999999",
+            "20000Ei",
+        ] {
             assert!(parse_size(s).is_err(), "{s:?} accepted");
         }
     }

@@ -31,7 +31,9 @@ pub enum EncodeError {
     Empty,
     #[error("user name contains a control character (U+{0:04X})")]
     ControlChar(u32),
-    #[error("user name is too long: its encoded form has {0} bytes, the limit is {MAX_ENCODED_LEN}")]
+    #[error(
+        "user name is too long: its encoded form has {0} bytes, the limit is {MAX_ENCODED_LEN}"
+    )]
     TooLong(usize),
     #[error("not a valid encoded user name: {0}")]
     BadEncoding(String),
@@ -146,7 +148,10 @@ mod tests {
     #[test]
     fn plain_names_stay_readable() {
         assert_eq!(UserKey::new("alice").unwrap().encoded(), "alice");
-        assert_eq!(UserKey::new("jane-doe-42").unwrap().encoded(), "jane-doe-42");
+        assert_eq!(
+            UserKey::new("jane-doe-42").unwrap().encoded(),
+            "jane-doe-42"
+        );
         assert_eq!(
             UserKey::new("jmiller@stsci.edu").unwrap().encoded(),
             "jmiller_40stsci_2eedu"

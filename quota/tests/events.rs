@@ -18,8 +18,16 @@ use serde_json::Value;
 #[derive(Clone, Default)]
 struct Seen(Arc<Mutex<Vec<(String, String, Value)>>>);
 
-async fn create(State(s): State<Seen>, Path(ns): Path<String>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
-    s.0.lock().push(("POST".into(), format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"), body.clone()));
+async fn create(
+    State(s): State<Seen>,
+    Path(ns): Path<String>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    s.0.lock().push((
+        "POST".into(),
+        format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
+        body.clone(),
+    ));
     (StatusCode::CREATED, Json(body))
 }
 
@@ -29,15 +37,25 @@ async fn update(
     body: String,
 ) -> (StatusCode, Json<Value>) {
     let v: Value = serde_json::from_str(&body).unwrap();
-    s.0.lock().push(("PATCH".into(), format!("/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}"), v.clone()));
+    s.0.lock().push((
+        "PATCH".into(),
+        format!("/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}"),
+        v.clone(),
+    ));
     (StatusCode::OK, Json(v))
 }
 
 async fn api_server() -> (SocketAddr, Seen) {
     let seen = Seen::default();
     let app = Router::new()
-        .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(create))
-        .route("/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}", patch(update))
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+            post(create),
+        )
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
+            patch(update),
+        )
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -55,7 +73,11 @@ async fn events_name_the_pod_and_repeats_become_a_series() {
     let (addr, seen) = api_server().await;
     let sink = KubeEventSink::new(client(addr), "hubfs.csi.jupyter.org", "node-7");
     let notice = Notice {
-        regarding: Regarding::Pod { namespace: "jhub".into(), name: "jupyter-alice".into(), uid: Some("uid-1".into()) },
+        regarding: Regarding::Pod {
+            namespace: "jhub".into(),
+            name: "jupyter-alice".into(),
+            uid: Some("uid-1".into()),
+        },
         reason: Reason::HomeMounted,
         note: "home of alice mounted: 41.2 GiB of 200 GiB used (21%)".into(),
     };
@@ -73,7 +95,10 @@ async fn events_name_the_pod_and_repeats_become_a_series() {
     assert_eq!(first["reason"], "HomeMounted");
     assert_eq!(first["action"], "Mount");
     assert_eq!(first["type"], "Normal");
-    assert_eq!(first["note"], "home of alice mounted: 41.2 GiB of 200 GiB used (21%)");
+    assert_eq!(
+        first["note"],
+        "home of alice mounted: 41.2 GiB of 200 GiB used (21%)"
+    );
     assert_eq!(first["reportingController"], "hubfs.csi.jupyter.org");
     assert_eq!(first["reportingInstance"], "node-7");
     assert_eq!(first["regarding"]["kind"], "Pod");
@@ -85,7 +110,10 @@ async fn events_name_the_pod_and_repeats_become_a_series() {
     // Repeats patch the same event with a growing series count.
     for (i, (method, path, body)) in seen[1..].iter().enumerate() {
         assert_eq!(method, "PATCH");
-        assert_eq!(path, &format!("/apis/events.k8s.io/v1/namespaces/jhub/events/{name}"));
+        assert_eq!(
+            path,
+            &format!("/apis/events.k8s.io/v1/namespaces/jhub/events/{name}")
+        );
         assert_eq!(body["series"]["count"], i as u64 + 2);
     }
 }
@@ -95,7 +123,11 @@ async fn quota_warnings_land_on_the_pvc() {
     let (addr, seen) = api_server().await;
     let sink = KubeEventSink::new(client(addr), "hubfs-quota", "controller-0");
     sink.post(Notice {
-        regarding: Regarding::Pvc { namespace: "jhub".into(), name: "claim-bob".into(), uid: None },
+        regarding: Regarding::Pvc {
+            namespace: "jhub".into(),
+            name: "claim-bob".into(),
+            uid: None,
+        },
         reason: Reason::OverQuota,
         note: "x".repeat(3000),
     })
@@ -106,7 +138,10 @@ async fn quota_warnings_land_on_the_pvc() {
     assert_eq!(body["regarding"]["name"], "claim-bob");
     assert_eq!(body["type"], "Warning");
     assert_eq!(body["action"], "CheckQuota");
-    assert!(body["note"].as_str().unwrap().len() <= 1024, "note is cut to the API limit");
+    assert!(
+        body["note"].as_str().unwrap().len() <= 1024,
+        "note is cut to the API limit"
+    );
 }
 
 #[tokio::test]
@@ -127,10 +162,15 @@ async fn an_unreachable_api_server_never_blocks_the_caller() {
         }
     });
     for addr in [closed, silent_addr] {
-        let sink = KubeEventSink::new(client(addr), "hubfs", "n").with_timeout(Duration::from_millis(500));
+        let sink =
+            KubeEventSink::new(client(addr), "hubfs", "n").with_timeout(Duration::from_millis(500));
         let t = Instant::now();
         sink.post(Notice {
-            regarding: Regarding::Pod { namespace: "ns".into(), name: "p".into(), uid: None },
+            regarding: Regarding::Pod {
+                namespace: "ns".into(),
+                name: "p".into(),
+                uid: None,
+            },
             reason: Reason::MountFailed,
             note: "cannot mount".into(),
         })

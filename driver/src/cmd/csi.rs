@@ -11,8 +11,10 @@ use hubfs::identity::{valid_driver_name, IdentityService};
 use hubfs::mounter::SysMounter;
 use hubfs::node::{NodeConfig, NodeService};
 use hubfs::share::Shares;
+use hubfs_proto::csi::{
+    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
+};
 use hubfs_quota::events::{EventSink, KubeEventSink, NoEvents};
-use hubfs_proto::csi::{controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer};
 
 /// Which CSI services to serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -69,30 +71,46 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
     let abs = |what: &str, p: &PathBuf| -> anyhow::Result<PathBuf> {
         Ok(hubfs::paths::absolute(what, &p.to_string_lossy())?)
     };
-    let kubelet_dirs = args.kubelet_dirs.iter().map(|p| abs("--kubelet-dir", p)).collect::<anyhow::Result<Vec<_>>>()?;
-    let allowed_roots = args.allowed_roots.iter().map(|p| abs("--allowed-root", p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let kubelet_dirs = args
+        .kubelet_dirs
+        .iter()
+        .map(|p| abs("--kubelet-dir", p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let allowed_roots = args
+        .allowed_roots
+        .iter()
+        .map(|p| abs("--allowed-root", p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let state_dir = abs("--state-dir", &args.state_dir)?;
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("create {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("create {}", state_dir.display()))?;
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let listener = hubfs::server::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+        let listener =
+            hubfs::server::bind(&path).with_context(|| format!("bind {}", path.display()))?;
         // Older kubelets send the socket path as :authority, which h2 rejects.
         let incoming = hubfs::authority::incoming(listener);
         let mounter = Arc::new(SysMounter);
         let events: Arc<dyn EventSink> = match args.no_events {
             true => Arc::new(NoEvents),
-            false => match KubeEventSink::from_environment(&args.driver_name, &args.node_id).await {
-                Some(k) => Arc::new(k),
-                None => Arc::new(NoEvents),
-            },
+            false => {
+                match KubeEventSink::from_environment(&args.driver_name, &args.node_id).await {
+                    Some(k) => Arc::new(k),
+                    None => Arc::new(NoEvents),
+                }
+            }
         };
-        let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(IdentityService {
-            driver_name: args.driver_name.clone(),
-        }));
+        let mut router =
+            tonic::transport::Server::builder().add_service(IdentityServer::new(IdentityService {
+                driver_name: args.driver_name.clone(),
+            }));
         if matches!(args.mode, Mode::Controller | Mode::All) {
             let shares = Shares::new(mounter.clone(), state_dir.clone(), allowed_roots.clone());
-            router = router.add_service(ControllerServer::new(ControllerService::new(shares, events.clone())));
+            router = router.add_service(ControllerServer::new(ControllerService::new(
+                shares,
+                events.clone(),
+            )));
         }
         if matches!(args.mode, Mode::Node | Mode::All) {
             let cfg = NodeConfig {

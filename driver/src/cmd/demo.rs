@@ -23,8 +23,8 @@ use hubfs_proto::csi::{
     controller_client::ControllerClient,
     node_client::NodeClient,
     volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume},
-    CapacityRange, CreateVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
-    NodeUnstageVolumeRequest, VolumeCapability,
+    CapacityRange, CreateVolumeRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
 use hubfs_quota::{format_size, parse_size, UserKey};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -65,7 +65,10 @@ struct Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         for (name, mut c) in self.children.drain(..).rev() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(5);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -84,7 +87,10 @@ impl Drop for Demo {
         if mounts_below(&self.dir).is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
-            eprintln!("hubfs demo: mounts remain below {}; not removing it", self.dir.display());
+            eprintln!(
+                "hubfs demo: mounts remain below {}; not removing it",
+                self.dir.display()
+            );
         }
     }
 }
@@ -102,7 +108,11 @@ fn preflight() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("hubfs demo mounts filesystems and needs root: run it with sudo (or as root)");
     }
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
         bail!(
             "/dev/fuse is not usable ({e}): load the module with `modprobe fuse`, or in a container add `--device /dev/fuse --cap-add SYS_ADMIN`"
         );
@@ -121,7 +131,8 @@ async fn start_s3(root: &Path) -> anyhow::Result<(String, StaticCredentials)> {
         access_key_id: format!("demo{}", std::process::id()),
         secret_access_key: hex::encode(rand::random::<[u8; 20]>()),
     };
-    let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("S3 store at {}: {e:?}", root.display()))?;
+    let fs = s3s_fs::FileSystem::new(root)
+        .map_err(|e| anyhow::anyhow!("S3 store at {}: {e:?}", root.display()))?;
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(
         creds.access_key_id.clone(),
@@ -133,8 +144,12 @@ async fn start_s3(root: &Path) -> anyhow::Result<(String, StaticCredentials)> {
     tokio::spawn(async move {
         let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
-            let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -160,18 +175,31 @@ fn sample_bytes(len: usize, seed: u64) -> Bytes {
 /// Uploads the sample dataset through the S3 API.
 async fn seed(store: &S3Store, small: usize, big: u64) -> anyhow::Result<()> {
     store
-        .put(BUCKET, "README.txt", Bytes::from_static(b"Sample data served by the hubfs demo's embedded S3 server.\n"))
+        .put(
+            BUCKET,
+            "README.txt",
+            Bytes::from_static(b"Sample data served by the hubfs demo's embedded S3 server.\n"),
+        )
         .await?;
     let puts = futures::stream::iter(0..small).map(|i| async move {
         let (year, month) = (2021 + i % 4, 1 + (i / 4) % 12);
         let key = format!("catalog/{year}/{month:02}/obs-{i:05}.json");
-        let body = format!("{{\"id\": {i}, \"year\": {year}, \"month\": {month}, \"flux\": {}}}\n", (i * 7919) % 1000);
-        store.put(BUCKET, &key, Bytes::from(body)).await.with_context(|| format!("put {key}"))
+        let body = format!(
+            "{{\"id\": {i}, \"year\": {year}, \"month\": {month}, \"flux\": {}}}\n",
+            (i * 7919) % 1000
+        );
+        store
+            .put(BUCKET, &key, Bytes::from(body))
+            .await
+            .with_context(|| format!("put {key}"))
     });
     let results: Vec<_> = puts.buffer_unordered(32).collect().await;
     results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let name = format!("images/cube-{}.bin", format_size(big).replace(' ', ""));
-    store.put(BUCKET, &name, sample_bytes(big as usize, 42)).await.context("put the large object")?;
+    store
+        .put(BUCKET, &name, sample_bytes(big as usize, 42))
+        .await
+        .context("put the large object")?;
     Ok(())
 }
 
@@ -180,7 +208,11 @@ async fn csi_channel(socket: &Path) -> anyhow::Result<Channel> {
     Ok(Endpoint::try_from("http://localhost")?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
         }))
         .await?)
 }
@@ -209,18 +241,28 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = hubfs::paths::absolute("--dir", &args.dir.to_string_lossy())?;
     if !mounts_below(&dir).is_empty() || dir.exists() {
         // A previous demo that was killed: clean it up first.
-        drop(Demo { dir: dir.clone(), children: vec![] });
+        drop(Demo {
+            dir: dir.clone(),
+            children: vec![],
+        });
     }
     let store_dir = dir.join("s3-store");
     std::fs::create_dir_all(store_dir.join(BUCKET))?;
     for d in ["share/users", "control", "state"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    let mut demo = Demo { dir: dir.clone(), children: vec![] };
+    let mut demo = Demo {
+        dir: dir.clone(),
+        children: vec![],
+    };
     let rt = tokio::runtime::Runtime::new()?;
     let exe = std::env::current_exe()?;
 
-    println!("hubfs demo: starting an S3 server and seeding {} objects + one of {} ...", args.small_objects + 1, format_size(args.big_object));
+    println!(
+        "hubfs demo: starting an S3 server and seeding {} objects + one of {} ...",
+        args.small_objects + 1,
+        format_size(args.big_object)
+    );
     let (endpoint, creds) = rt.block_on(start_s3(&store_dir))?;
     let store = rt.block_on(S3Store::new(&S3Config {
         endpoint_url: Some(endpoint.clone()),
@@ -238,17 +280,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .arg(dir.join("control"))
         .arg("--users-dir")
         .arg(dir.join("share/users"))
-        .args(["--grpc-listen", &grpc.to_string(), "--http-listen", &http.to_string()])
+        .args([
+            "--grpc-listen",
+            &grpc.to_string(),
+            "--http-listen",
+            &http.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("state/controller.log"))?)
         .spawn()
         .context("start the quota controller")?;
     demo.children.push(("quota controller".into(), controller));
-    wait_for("the quota controller", Duration::from_secs(30), || std::net::TcpStream::connect(http).is_ok())?;
+    wait_for("the quota controller", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(http).is_ok()
+    })?;
 
     let socket = dir.join("state/csi.sock");
     let csi = Command::new(&exe)
-        .args(["csi", "--mode", "all", "--node-id", "demo", "--no-events", "--endpoint"])
+        .args([
+            "csi",
+            "--mode",
+            "all",
+            "--node-id",
+            "demo",
+            "--no-events",
+            "--endpoint",
+        ])
         .arg(format!("unix://{}", socket.display()))
         .arg("--kubelet-dir")
         .arg(&dir)
@@ -264,7 +321,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .spawn()
         .context("start the CSI driver")?;
     demo.children.push(("CSI driver".into(), csi));
-    wait_for("the CSI driver", Duration::from_secs(30), || socket.exists())?;
+    wait_for("the CSI driver", Duration::from_secs(30), || {
+        socket.exists()
+    })?;
 
     let home = dir.join("home").join(&args.user);
     let bucket_dir = dir.join("s3").join(BUCKET);
@@ -276,14 +335,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let vol = ctl
             .create_volume(CreateVolumeRequest {
                 name: format!("pvc-demo-{}", UserKey::new(&args.user)?.encoded()),
-                capacity_range: Some(CapacityRange { required_bytes: args.quota as i64, limit_bytes: 0 }),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: args.quota as i64,
+                    limit_bytes: 0,
+                }),
                 volume_capabilities: vec![cap(Mode::SingleNodeWriter).unwrap()],
                 parameters: HashMap::from([
                     ("type".into(), "home".into()),
                     ("backend".into(), "local".into()),
                     ("root".into(), dir.join("share").display().to_string()),
                     ("accounting".into(), "fuse".into()),
-                    ("csi.storage.k8s.io/pvc/name".into(), format!("claim-{}", args.user)),
+                    (
+                        "csi.storage.k8s.io/pvc/name".into(),
+                        format!("claim-{}", args.user),
+                    ),
                 ]),
                 ..Default::default()
             })
@@ -332,14 +397,27 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let controller_url = format!("http://{http}");
         print_guide(&args, &dir, &endpoint, &controller_url);
         let stopped = rt.block_on(live_usage(&args, &home, &controller_url));
-        println!("\nhubfs demo: {stopped}; unmounting and cleaning up {}", dir.display());
+        println!(
+            "\nhubfs demo: {stopped}; unmounting and cleaning up {}",
+            dir.display()
+        );
         rt.block_on(async {
             if let Ok(ch) = csi_channel(&socket).await {
                 let mut node = NodeClient::new(ch);
-                for (id, target) in [(format!("s3-{BUCKET}"), &bucket_dir), (volume_id.clone(), &home)] {
-                    let r = NodeUnpublishVolumeRequest { volume_id: id, target_path: target.display().to_string() };
+                for (id, target) in [
+                    (format!("s3-{BUCKET}"), &bucket_dir),
+                    (volume_id.clone(), &home),
+                ] {
+                    let r = NodeUnpublishVolumeRequest {
+                        volume_id: id,
+                        target_path: target.display().to_string(),
+                    };
                     if let Err(e) = node.node_unpublish_volume(r).await {
-                        eprintln!("hubfs demo: unpublish {}: {}", target.display(), e.message());
+                        eprintln!(
+                            "hubfs demo: unpublish {}: {}",
+                            target.display(),
+                            e.message()
+                        );
                     }
                 }
                 let r = NodeUnstageVolumeRequest {
@@ -359,7 +437,9 @@ fn print_guide(args: &DemoArgs, dir: &Path, endpoint: &str, controller: &str) {
     let home = dir.join("home").join(&args.user);
     let bucket = dir.join("s3").join(BUCKET);
     let big = format!("cube-{}.bin", format_size(args.big_object).replace(' ', ""));
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "hubfs".into());
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "hubfs".into());
     println!(
         "
 hubfs demo is ready.
@@ -395,7 +475,10 @@ async fn live_usage(args: &DemoArgs, home: &Path, controller: &str) -> String {
     let limit = tokio::time::sleep(Duration::from_secs(args.exit_after.unwrap_or(u64::MAX / 4)));
     tokio::pin!(limit);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
     let url = format!("{controller}/v1/users/{}", args.user);
     let mut last = String::new();
     loop {

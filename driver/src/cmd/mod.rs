@@ -1,11 +1,11 @@
 //! The subcommands of the `hubfs` binary. Each returns the process exit code;
 //! errors are `anyhow` here and only here.
 
+pub mod check_quota;
+pub mod controller;
 pub mod csi;
 pub mod demo;
 pub mod du;
 pub mod mount;
 pub mod mount_home;
-pub mod controller;
-pub mod check_quota;
 pub mod overquota;

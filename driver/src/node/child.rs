@@ -37,7 +37,9 @@ pub fn probe(node: &NodeService, mp: &Path) -> Result<MountState> {
 
 /// The last lines of a child's log, joined on one line for an error message.
 pub fn log_tail(path: &Path) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(2000)));
     let mut s = String::new();
@@ -48,9 +50,17 @@ pub fn log_tail(path: &Path) -> String {
 
 /// Starts `cmd` with its output in `log` and waits until it serves `mp`.
 /// On failure the child is stopped and the error carries its last words.
-pub fn spawn_mount(node: &NodeService, mut cmd: Command, mp: &Path, log: &Path, what: &str) -> Result<Child> {
+pub fn spawn_mount(
+    node: &NodeService,
+    mut cmd: Command,
+    mp: &Path,
+    log: &Path,
+    what: &str,
+) -> Result<Child> {
     let file = std::fs::File::create(log).map_err(|e| DriverError::io("create", log, e))?;
-    let out = file.try_clone().map_err(|e| DriverError::io("dup", log, e))?;
+    let out = file
+        .try_clone()
+        .map_err(|e| DriverError::io("dup", log, e))?;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(out)

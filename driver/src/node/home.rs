@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use hubfs_proto::csi::{volume_usage::Unit, NodeGetVolumeStatsResponse, VolumeCondition, VolumeUsage};
+use hubfs_proto::csi::{
+    volume_usage::Unit, NodeGetVolumeStatsResponse, VolumeCondition, VolumeUsage,
+};
 
 use super::child::{self, MountState};
 use super::NodeService;
@@ -22,9 +24,17 @@ fn parse(id: &str) -> Result<HomeVolume> {
 }
 
 /// Binds the user's home onto `staging`.
-pub(super) fn stage(node: &NodeService, id: &str, ctx: &HashMap<String, String>, staging: &Path) -> Result<()> {
+pub(super) fn stage(
+    node: &NodeService,
+    id: &str,
+    ctx: &HashMap<String, String>,
+    staging: &Path,
+) -> Result<()> {
     let vol = parse(id)?;
-    let opts = ctx.get(keys::MOUNT_OPTIONS).map(String::as_str).unwrap_or("");
+    let opts = ctx
+        .get(keys::MOUNT_OPTIONS)
+        .map(String::as_str)
+        .unwrap_or("");
     let root = node.inner.shares.root(&vol.backend, opts)?;
     let home = vol.home_dir(&root);
     if !std::fs::symlink_metadata(&home).is_ok_and(|m| m.is_dir()) {
@@ -102,7 +112,11 @@ pub(super) fn publish(
             }
         } else {
             let want = m.bind_identity(staging)?;
-            if !fuse && existing.device == want.device && existing.root == want.root && existing.read_only == read_only {
+            if !fuse
+                && existing.device == want.device
+                && existing.root == want.root
+                && existing.read_only == read_only
+            {
                 return Ok(None);
             }
             return Err(DriverError::AlreadyExists(format!(
@@ -116,7 +130,8 @@ pub(super) fn publish(
     let result = if fuse {
         spawn_home_layer(node, &vol, ctx, staging, target)
     } else {
-        m.bind(staging, target, read_only).map_err(DriverError::from)
+        m.bind(staging, target, read_only)
+            .map_err(DriverError::from)
     };
     if let Err(e) = result {
         if created {
@@ -127,7 +142,11 @@ pub(super) fn publish(
     tracing::info!(user = %vol.user, read_only, accounting = accounting.as_str(), "home published");
     let quota = ctx.get(keys::QUOTA).and_then(|q| q.parse::<u64>().ok());
     let usage = node.inner.stats.last(id);
-    let mut note = format!("home of {} mounted{}", vol.user, if read_only { " read-only" } else { "" });
+    let mut note = format!(
+        "home of {} mounted{}",
+        vol.user,
+        if read_only { " read-only" } else { "" }
+    );
     match (usage, quota) {
         (Some(u), Some(q)) if q > 0 => note.push_str(&format!(
             ": {} of {} used ({:.0}%)",
@@ -156,13 +175,24 @@ fn spawn_home_layer(
             let root = node.inner.shares.root(&vol.backend, "")?;
             homes::read_meta(vol, &root)?
                 .map(|m| m.capacity_bytes)
-                .ok_or_else(|| DriverError::FailedPrecondition(format!("no quota is recorded for {}", vol.user)))?
+                .ok_or_else(|| {
+                    DriverError::FailedPrecondition(format!(
+                        "no quota is recorded for {}",
+                        vol.user
+                    ))
+                })?
         }
     };
-    let exe = std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["mount", "home", "--foreground", "--user", vol.user.name()])
-        .args(["--quota", &quota.to_string(), "--node-id", &node.inner.cfg.node_id]);
+        .args([
+            "--quota",
+            &quota.to_string(),
+            "--node-id",
+            &node.inner.cfg.node_id,
+        ]);
     if let Some(n) = ctx.get(keys::INODE_QUOTA) {
         cmd.args(["--inode-quota", n]);
     }
@@ -186,18 +216,29 @@ fn condition_of(path: &Path) -> Option<String> {
     use nix::errno::Errno;
     match nix::sys::statvfs::statvfs(path) {
         Ok(_) => None,
-        Err(Errno::ENOTCONN) => Some("the filesystem process died (ENOTCONN); the mount must be recreated".into()),
-        Err(Errno::ESTALE) => Some("stale file handle (ESTALE): the share was changed under the mount".into()),
+        Err(Errno::ENOTCONN) => {
+            Some("the filesystem process died (ENOTCONN); the mount must be recreated".into())
+        }
+        Err(Errno::ESTALE) => {
+            Some("stale file handle (ESTALE): the share was changed under the mount".into())
+        }
         Err(Errno::EIO) => Some("I/O error (EIO) on the volume".into()),
         Err(e) => Some(format!("volume path is unusable: {e}")),
     }
 }
 
 /// Usage and quota of a published home.
-pub(super) fn stats(node: &NodeService, id: &str, path: &Path) -> Result<NodeGetVolumeStatsResponse> {
+pub(super) fn stats(
+    node: &NodeService,
+    id: &str,
+    path: &Path,
+) -> Result<NodeGetVolumeStatsResponse> {
     let vol = parse(id)?;
     if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-        return Err(DriverError::NotFound(format!("volume path {} does not exist", path.display())));
+        return Err(DriverError::NotFound(format!(
+            "volume path {} does not exist",
+            path.display()
+        )));
     }
     let mut abnormal = condition_of(path);
     if abnormal.is_none() && node.inner.mounter.mounted_at(path)?.is_none() {

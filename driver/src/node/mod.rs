@@ -14,12 +14,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hubfs_proto::csi::{
-    node_server::Node, node_service_capability, volume_capability::access_mode::Mode, NodeExpandVolumeRequest,
-    NodeExpandVolumeResponse, NodeGetCapabilitiesRequest, NodeGetCapabilitiesResponse, NodeGetInfoRequest,
-    NodeGetInfoResponse, NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
-    NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest, NodeStageVolumeResponse,
-    NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse, NodeUnstageVolumeRequest, NodeUnstageVolumeResponse,
-    VolumeCapability,
+    node_server::Node, node_service_capability, volume_capability::access_mode::Mode,
+    NodeExpandVolumeRequest, NodeExpandVolumeResponse, NodeGetCapabilitiesRequest,
+    NodeGetCapabilitiesResponse, NodeGetInfoRequest, NodeGetInfoResponse,
+    NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse, NodePublishVolumeRequest,
+    NodePublishVolumeResponse, NodeServiceCapability, NodeStageVolumeRequest,
+    NodeStageVolumeResponse, NodeUnpublishVolumeRequest, NodeUnpublishVolumeResponse,
+    NodeUnstageVolumeRequest, NodeUnstageVolumeResponse, VolumeCapability,
 };
 use tonic::{Request, Response, Status};
 use tracing::info_span;
@@ -85,13 +86,18 @@ fn capability(c: Option<&VolumeCapability>) -> Result<&VolumeCapability> {
 fn read_only(readonly: bool, c: &VolumeCapability) -> bool {
     readonly
         || c.access_mode.as_ref().is_some_and(|m| {
-            m.mode == Mode::SingleNodeReaderOnly as i32 || m.mode == Mode::MultiNodeReaderOnly as i32
+            m.mode == Mode::SingleNodeReaderOnly as i32
+                || m.mode == Mode::MultiNodeReaderOnly as i32
         })
 }
 
 impl NodeService {
     pub fn new(cfg: NodeConfig, mounter: Arc<dyn Mounter>, events: Arc<dyn EventSink>) -> Self {
-        let shares = Shares::new(mounter.clone(), cfg.state_dir.clone(), cfg.allowed_roots.clone());
+        let shares = Shares::new(
+            mounter.clone(),
+            cfg.state_dir.clone(),
+            cfg.allowed_roots.clone(),
+        );
         Self {
             inner: Arc::new(NodeInner {
                 cfg,
@@ -149,13 +155,21 @@ impl NodeService {
         // Tell `kubectl describe pod` what happened, in the background.
         if let Some(pod) = crate::volume::pod_of(&r.volume_context) {
             let notice = match &result {
-                Ok(Some(note)) => Some(Notice { regarding: pod, reason: match kind {
-                    crate::volume::VolumeType::S3 => Reason::S3Mounted,
-                    crate::volume::VolumeType::Home => Reason::HomeMounted,
-                }, note: note.clone() }),
+                Ok(Some(note)) => Some(Notice {
+                    regarding: pod,
+                    reason: match kind {
+                        crate::volume::VolumeType::S3 => Reason::S3Mounted,
+                        crate::volume::VolumeType::Home => Reason::HomeMounted,
+                    },
+                    note: note.clone(),
+                }),
                 Ok(None) => None, // already published: said before
                 Err(DriverError::Busy(_)) => None,
-                Err(e) => Some(Notice { regarding: pod, reason: Reason::MountFailed, note: e.to_string() }),
+                Err(e) => Some(Notice {
+                    regarding: pod,
+                    reason: Reason::MountFailed,
+                    note: e.to_string(),
+                }),
             };
             if let Some(n) = notice {
                 post_in_background(&self.inner.events, n);
@@ -177,10 +191,12 @@ impl NodeService {
         match std::fs::remove_dir(&target) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Err(DriverError::FailedPrecondition(format!(
-                "target {} is not mounted but not empty; refusing to delete data",
-                target.display()
-            ))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                Err(DriverError::FailedPrecondition(format!(
+                    "target {} is not mounted but not empty; refusing to delete data",
+                    target.display()
+                )))
+            }
             Err(e) => Err(DriverError::io("remove", target, e)),
         }
     }
@@ -241,7 +257,8 @@ impl Node for NodeService {
         req: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let r = req.into_inner();
-        let span = info_span!("NodePublishVolume", volume_id = %r.volume_id, target = %r.target_path);
+        let span =
+            info_span!("NodePublishVolume", volume_id = %r.volume_id, target = %r.target_path);
         let this = self.clone();
         blocking(span, move || this.publish(r)).await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
@@ -252,7 +269,8 @@ impl Node for NodeService {
         req: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let r = req.into_inner();
-        let span = info_span!("NodeUnpublishVolume", volume_id = %r.volume_id, target = %r.target_path);
+        let span =
+            info_span!("NodeUnpublishVolume", volume_id = %r.volume_id, target = %r.target_path);
         let this = self.clone();
         blocking(span, move || this.unpublish(r)).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
@@ -263,9 +281,12 @@ impl Node for NodeService {
         req: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let r = req.into_inner();
-        let span = info_span!("NodeGetVolumeStats", volume_id = %r.volume_id, target = %r.volume_path);
+        let span =
+            info_span!("NodeGetVolumeStats", volume_id = %r.volume_id, target = %r.volume_path);
         let this = self.clone();
-        Ok(Response::new(blocking(span, move || this.volume_stats(r)).await?))
+        Ok(Response::new(
+            blocking(span, move || this.volume_stats(r)).await?,
+        ))
     }
 
     async fn node_expand_volume(
@@ -294,7 +315,10 @@ impl Node for NodeService {
         }))
     }
 
-    async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
         Ok(Response::new(NodeGetInfoResponse {
             node_id: self.inner.cfg.node_id.clone(),
             max_volumes_per_node: 0,

@@ -14,7 +14,9 @@ use std::process::Child;
 
 use hubfs_fuse::s3::fs::Source;
 use hubfs_fuse::s3::session::{self, MountOptions};
-use hubfs_proto::csi::{NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodeStageVolumeRequest, VolumeCondition};
+use hubfs_proto::csi::{
+    NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodeStageVolumeRequest, VolumeCondition,
+};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
@@ -37,16 +39,26 @@ impl Drop for S3Children {
 }
 
 fn flag(ctx: &HashMap<String, String>, key: &str) -> Result<bool> {
-    match ctx.get(key).map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+    match ctx
+        .get(key)
+        .map(|s| s.trim().to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("") | Some("false") | Some("no") | Some("0") => Ok(false),
         Some("true") | Some("yes") | Some("1") => Ok(true),
-        Some(other) => Err(DriverError::Invalid(format!("volume attribute {key} must be true or false, got {other:?}"))),
+        Some(other) => Err(DriverError::Invalid(format!(
+            "volume attribute {key} must be true or false, got {other:?}"
+        ))),
     }
 }
 
 fn num(ctx: &HashMap<String, String>, key: &str, default: u32) -> Result<u32> {
     ctx.get(key).map_or(Ok(default), |v| {
-        v.parse().map_err(|_| DriverError::Invalid(format!("volume attribute {key} must be a number, got {v:?}")))
+        v.parse().map_err(|_| {
+            DriverError::Invalid(format!(
+                "volume attribute {key} must be a number, got {v:?}"
+            ))
+        })
     })
 }
 
@@ -59,14 +71,24 @@ pub fn options(ctx: &HashMap<String, String>, mountpoint: PathBuf) -> Result<Mou
         .ok_or_else(|| DriverError::Invalid("s3 volume attributes need `bucket`".into()))?;
     let prefix = ctx.get("prefix").map(String::as_str).unwrap_or("");
     if prefix.split('/').any(|c| c == "..") || prefix.contains('\0') {
-        return Err(DriverError::Invalid(format!("s3 prefix {prefix:?} must not contain `..` or NUL")));
+        return Err(DriverError::Invalid(format!(
+            "s3 prefix {prefix:?} must not contain `..` or NUL"
+        )));
     }
-    let spec = if prefix.is_empty() { bucket.clone() } else { format!("{bucket}:{prefix}") };
+    let spec = if prefix.is_empty() {
+        bucket.clone()
+    } else {
+        format!("{bucket}:{prefix}")
+    };
     let source = Source::parse(&spec).map_err(DriverError::Invalid)?;
     let mut o = MountOptions::new(vec![source], mountpoint);
     if let Some(ep) = ctx.get("endpoint").filter(|e| !e.is_empty()) {
-        if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.contains(char::is_whitespace) {
-            return Err(DriverError::Invalid(format!("s3 endpoint must be an http(s) URL, got {ep:?}")));
+        if !(ep.starts_with("http://") || ep.starts_with("https://"))
+            || ep.contains(char::is_whitespace)
+        {
+            return Err(DriverError::Invalid(format!(
+                "s3 endpoint must be an http(s) URL, got {ep:?}"
+            )));
         }
         o.s3.endpoint_url = Some(ep.clone());
         // Custom endpoints (Garage, MinIO, proxies) rarely do virtual-host buckets.
@@ -74,7 +96,9 @@ pub fn options(ctx: &HashMap<String, String>, mountpoint: PathBuf) -> Result<Mou
     }
     if let Some(r) = ctx.get("region").filter(|r| !r.is_empty()) {
         if !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(DriverError::Invalid(format!("s3 region {r:?} is not a region name")));
+            return Err(DriverError::Invalid(format!(
+                "s3 region {r:?} is not a region name"
+            )));
         }
         o.s3.region = Some(r.clone());
     }
@@ -88,7 +112,11 @@ pub fn options(ctx: &HashMap<String, String>, mountpoint: PathBuf) -> Result<Mou
 
 /// A stable name for one bucket/prefix/endpoint combination.
 fn mount_key(o: &MountOptions) -> String {
-    let args: Vec<String> = o.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let args: Vec<String> = o
+        .args()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     // The last argument is the mountpoint, which derives from the key itself.
     let text = args[..args.len() - 1].join("\0");
     hex::encode(&Sha256::digest(text.as_bytes())[..10])
@@ -102,7 +130,11 @@ fn s3_dir(node: &NodeService) -> PathBuf {
     node.inner.cfg.state_dir.join("s3")
 }
 
-pub(super) fn stage(_node: &NodeService, r: &NodeStageVolumeRequest, _staging: &Path) -> Result<()> {
+pub(super) fn stage(
+    _node: &NodeService,
+    r: &NodeStageVolumeRequest,
+    _staging: &Path,
+) -> Result<()> {
     // Nothing to stage per volume: the shared mount is made at publish. Still
     // check the attributes, so a broken PV fails here with a clear message.
     options(&r.volume_context, PathBuf::from("/")).map(|_| ())
@@ -123,9 +155,16 @@ fn ensure_mount(node: &NodeService, key: &str, opts: &MountOptions) -> Result<()
         child::stop(old);
     }
     std::fs::create_dir_all(mp).map_err(|e| DriverError::io("create", mp, e))?;
-    let exe = std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
     let what = format!("the S3 mount of {}", opts.sources[0].bucket);
-    let child = child::spawn_mount(node, opts.command(&exe), mp, &mp.with_file_name("mount.log"), &what)?;
+    let child = child::spawn_mount(
+        node,
+        opts.command(&exe),
+        mp,
+        &mp.with_file_name("mount.log"),
+        &what,
+    )?;
     tracing::info!(bucket = %opts.sources[0].bucket, mountpoint = %mp.display(), pid = child.id(), "S3 bucket mounted");
     node.inner.s3.children.lock().insert(key.to_owned(), child);
     Ok(())
@@ -158,7 +197,8 @@ pub(super) fn publish(
     let users = dir.join("users");
     std::fs::create_dir_all(&users).map_err(|e| DriverError::io("create", &users, e))?;
     let marker = users.join(target_marker(target));
-    std::fs::write(&marker, target.as_os_str().as_encoded_bytes()).map_err(|e| DriverError::io("write", &marker, e))?;
+    std::fs::write(&marker, target.as_os_str().as_encoded_bytes())
+        .map_err(|e| DriverError::io("write", &marker, e))?;
     let created = !target.exists();
     std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
     // Buckets are read-mostly data shared by every pod on the node: always read-only here.
@@ -173,7 +213,11 @@ pub(super) fn publish(
     Ok(Some(format!(
         "S3 bucket {}{} mounted read-only",
         src.bucket,
-        if src.prefix.is_empty() { String::new() } else { format!(" (prefix {})", src.prefix) }
+        if src.prefix.is_empty() {
+            String::new()
+        } else {
+            format!(" (prefix {})", src.prefix)
+        }
     )))
 }
 
@@ -181,7 +225,9 @@ pub(super) fn publish(
 /// unmounts it and stops its process.
 pub(super) fn release(node: &NodeService, target: &Path) -> Result<()> {
     let marker_name = target_marker(target);
-    let Ok(keys) = std::fs::read_dir(s3_dir(node)) else { return Ok(()) };
+    let Ok(keys) = std::fs::read_dir(s3_dir(node)) else {
+        return Ok(());
+    };
     for entry in keys.flatten() {
         let users = entry.path().join("users");
         if std::fs::remove_file(users.join(&marker_name)).is_err() {
@@ -207,12 +253,16 @@ pub(super) fn release(node: &NodeService, target: &Path) -> Result<()> {
 /// Condition of an S3 publication: usage is not meaningful for a bucket.
 pub(super) fn stats(path: &Path) -> Result<NodeGetVolumeStatsResponse> {
     if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-        return Err(DriverError::NotFound(format!("volume path {} does not exist", path.display())));
+        return Err(DriverError::NotFound(format!(
+            "volume path {} does not exist",
+            path.display()
+        )));
     }
     let message = match nix::sys::statvfs::statvfs(path) {
-        Err(nix::errno::Errno::ENOTCONN) => {
-            Some("the S3 filesystem process died (ENOTCONN); the next publish on this node recreates it".to_owned())
-        }
+        Err(nix::errno::Errno::ENOTCONN) => Some(
+            "the S3 filesystem process died (ENOTCONN); the next publish on this node recreates it"
+                .to_owned(),
+        ),
         Err(e) => Some(format!("volume path is unusable: {e}")),
         Ok(_) => None,
     };
@@ -230,13 +280,20 @@ mod tests {
     use super::*;
 
     fn ctx(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn attributes_become_mount_options() {
         let o = options(
-            &ctx(&[("bucket", "stpubdata"), ("prefix", "hst/public"), ("region", "us-east-1"), ("anonymous", "true")]),
+            &ctx(&[
+                ("bucket", "stpubdata"),
+                ("prefix", "hst/public"),
+                ("region", "us-east-1"),
+                ("anonymous", "true"),
+            ]),
             "/m".into(),
         )
         .unwrap();
@@ -245,7 +302,11 @@ mod tests {
         assert!(o.s3.anonymous && o.allow_other);
         assert_eq!((o.uid, o.gid), (1000, 100));
         assert!(!o.s3.force_path_style);
-        let o = options(&ctx(&[("bucket", "b12"), ("endpoint", "http://127.0.0.1:3900")]), "/m".into()).unwrap();
+        let o = options(
+            &ctx(&[("bucket", "b12"), ("endpoint", "http://127.0.0.1:3900")]),
+            "/m".into(),
+        )
+        .unwrap();
         assert!(o.s3.force_path_style);
     }
 
@@ -255,9 +316,15 @@ mod tests {
             (&[][..], "bucket"),
             (&[("bucket", "B!")][..], "bucket"),
             (&[("bucket", "bkt"), ("prefix", "../x")][..], "prefix"),
-            (&[("bucket", "bkt"), ("endpoint", "ftp://x")][..], "endpoint"),
+            (
+                &[("bucket", "bkt"), ("endpoint", "ftp://x")][..],
+                "endpoint",
+            ),
             (&[("bucket", "bkt"), ("region", "us east")][..], "region"),
-            (&[("bucket", "bkt"), ("anonymous", "maybe")][..], "anonymous"),
+            (
+                &[("bucket", "bkt"), ("anonymous", "maybe")][..],
+                "anonymous",
+            ),
             (&[("bucket", "bkt"), ("uid", "root")][..], "uid"),
         ] {
             let e = options(&ctx(kv), "/m".into()).unwrap_err().to_string();
@@ -269,7 +336,13 @@ mod tests {
     fn one_key_per_bucket_prefix_and_endpoint() {
         let k = |kv: &[(&str, &str)]| mount_key(&options(&ctx(kv), "/x".into()).unwrap());
         assert_eq!(k(&[("bucket", "bkt")]), k(&[("bucket", "bkt")]));
-        assert_ne!(k(&[("bucket", "bkt")]), k(&[("bucket", "bkt"), ("prefix", "p")]));
-        assert_ne!(k(&[("bucket", "bkt")]), k(&[("bucket", "bkt"), ("endpoint", "http://h:1")]));
+        assert_ne!(
+            k(&[("bucket", "bkt")]),
+            k(&[("bucket", "bkt"), ("prefix", "p")])
+        );
+        assert_ne!(
+            k(&[("bucket", "bkt")]),
+            k(&[("bucket", "bkt"), ("endpoint", "http://h:1")])
+        );
     }
 }

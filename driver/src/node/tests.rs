@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use hubfs_proto::csi::{
     volume_capability::{access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume},
-    volume_usage::Unit, NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    volume_usage::Unit,
+    NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
     NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
 use hubfs_quota::UserKey;
@@ -69,7 +70,15 @@ fn env() -> Env {
         Arc::new(fake.clone()),
         events.clone(),
     );
-    Env { events, _dir: dir, root, kubelet, fake, node, vol }
+    Env {
+        events,
+        _dir: dir,
+        root,
+        kubelet,
+        fake,
+        node,
+        vol,
+    }
 }
 
 fn mount_cap(mode: Mode) -> Option<VolumeCapability> {
@@ -88,14 +97,18 @@ impl Env {
         self.kubelet.join("plugins/hubfs/pv/pvc-1/globalmount")
     }
     fn target(&self, pod: &str) -> PathBuf {
-        self.kubelet.join(format!("pods/{pod}/volumes/kubernetes.io~csi/pvc-1/mount"))
+        self.kubelet
+            .join(format!("pods/{pod}/volumes/kubernetes.io~csi/pvc-1/mount"))
     }
     fn stage_req(&self) -> NodeStageVolumeRequest {
         NodeStageVolumeRequest {
             volume_id: self.vol.id(),
             staging_target_path: self.staging().display().to_string(),
             volume_capability: mount_cap(Mode::MultiNodeMultiWriter),
-            volume_context: HashMap::from([("type".into(), "home".into()), ("accounting".into(), "bind".into())]),
+            volume_context: HashMap::from([
+                ("type".into(), "home".into()),
+                ("accounting".into(), "bind".into()),
+            ]),
             ..Default::default()
         }
     }
@@ -105,7 +118,10 @@ impl Env {
             staging_target_path: self.staging().display().to_string(),
             target_path: self.target(pod).display().to_string(),
             volume_capability: mount_cap(Mode::MultiNodeMultiWriter),
-            volume_context: HashMap::from([("type".into(), "home".into()), ("accounting".into(), "bind".into())]),
+            volume_context: HashMap::from([
+                ("type".into(), "home".into()),
+                ("accounting".into(), "bind".into()),
+            ]),
             ..Default::default()
         }
     }
@@ -132,11 +148,24 @@ fn full_lifecycle_is_idempotent() {
     for _ in 0..3 {
         e.node.publish(e.publish_req("p1")).unwrap();
     }
-    let binds: Vec<_> = e.fake.calls().into_iter().filter(|c| matches!(c, MountCall::Bind { .. })).collect();
-    assert_eq!(binds.len(), 2, "one stage bind and one publish bind: {binds:?}");
+    let binds: Vec<_> = e
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, MountCall::Bind { .. }))
+        .collect();
+    assert_eq!(
+        binds.len(),
+        2,
+        "one stage bind and one publish bind: {binds:?}"
+    );
     assert_eq!(
         binds[0],
-        MountCall::Bind { source: e.vol.home_dir(&e.root), target: e.staging(), read_only: false }
+        MountCall::Bind {
+            source: e.vol.home_dir(&e.root),
+            target: e.staging(),
+            read_only: false
+        }
     );
     assert!(e.target("p1").is_dir());
     for _ in 0..3 {
@@ -160,7 +189,14 @@ fn read_only_by_flag_or_access_mode() {
     r.volume_capability = mount_cap(Mode::MultiNodeReaderOnly);
     e.node.publish(r).unwrap();
     for pod in ["ro1", "ro2"] {
-        assert!(e.fake.mounted_at(&e.target(pod)).unwrap().unwrap().read_only, "{pod}");
+        assert!(
+            e.fake
+                .mounted_at(&e.target(pod))
+                .unwrap()
+                .unwrap()
+                .read_only,
+            "{pod}"
+        );
     }
     // Same target again but read-write: a conflict, not a silent remount.
     let err = e.node.publish(e.publish_req("ro1")).unwrap_err();
@@ -180,27 +216,51 @@ fn missing_fields_are_invalid_arguments() {
     let e = env();
     let mut r = e.stage_req();
     r.volume_id.clear();
-    assert!(matches!(e.node.stage(r), Err(DriverError::Missing("volume_id"))));
+    assert!(matches!(
+        e.node.stage(r),
+        Err(DriverError::Missing("volume_id"))
+    ));
     let mut r = e.stage_req();
     r.staging_target_path.clear();
-    assert!(matches!(e.node.stage(r), Err(DriverError::Missing("staging_target_path"))));
+    assert!(matches!(
+        e.node.stage(r),
+        Err(DriverError::Missing("staging_target_path"))
+    ));
     let mut r = e.stage_req();
     r.volume_capability = None;
-    assert!(matches!(e.node.stage(r), Err(DriverError::Missing("volume_capability"))));
+    assert!(matches!(
+        e.node.stage(r),
+        Err(DriverError::Missing("volume_capability"))
+    ));
     let mut r = e.publish_req("p");
     r.target_path.clear();
-    assert!(matches!(e.node.publish(r), Err(DriverError::Missing("target_path"))));
+    assert!(matches!(
+        e.node.publish(r),
+        Err(DriverError::Missing("target_path"))
+    ));
     let mut r = e.publish_req("p");
     r.staging_target_path.clear();
-    assert!(matches!(e.node.publish(r), Err(DriverError::Missing("staging_target_path"))));
+    assert!(matches!(
+        e.node.publish(r),
+        Err(DriverError::Missing("staging_target_path"))
+    ));
     let mut r = e.unpublish_req("p");
     r.volume_id.clear();
-    assert_eq!(code(e.node.unpublish(r).unwrap_err()), Code::InvalidArgument);
+    assert_eq!(
+        code(e.node.unpublish(r).unwrap_err()),
+        Code::InvalidArgument
+    );
     let mut r = e.unstage_req();
     r.staging_target_path.clear();
     assert_eq!(code(e.node.unstage(r).unwrap_err()), Code::InvalidArgument);
-    let r = NodeGetVolumeStatsRequest { volume_id: e.vol.id(), ..Default::default() };
-    assert_eq!(code(e.node.volume_stats(r).unwrap_err()), Code::InvalidArgument);
+    let r = NodeGetVolumeStatsRequest {
+        volume_id: e.vol.id(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(e.node.volume_stats(r).unwrap_err()),
+        Code::InvalidArgument
+    );
 }
 
 #[test]
@@ -209,7 +269,9 @@ fn block_access_is_refused() {
     let mut r = e.stage_req();
     r.volume_capability = Some(VolumeCapability {
         access_type: Some(AccessType::Block(BlockVolume {})),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
     });
     assert_eq!(code(e.node.stage(r).unwrap_err()), Code::InvalidArgument);
 }
@@ -220,10 +282,18 @@ fn paths_outside_kubelet_are_refused() {
     for bad in ["/etc", "relative/path", "/tmp/../etc"] {
         let mut r = e.stage_req();
         r.staging_target_path = bad.into();
-        assert_eq!(code(e.node.stage(r).unwrap_err()), Code::InvalidArgument, "{bad}");
+        assert_eq!(
+            code(e.node.stage(r).unwrap_err()),
+            Code::InvalidArgument,
+            "{bad}"
+        );
         let mut r = e.publish_req("p");
         r.target_path = bad.into();
-        assert_eq!(code(e.node.publish(r).unwrap_err()), Code::InvalidArgument, "{bad}");
+        assert_eq!(
+            code(e.node.publish(r).unwrap_err()),
+            Code::InvalidArgument,
+            "{bad}"
+        );
     }
     let mut r = e.publish_req("p");
     r.target_path = format!("{}/../../etc", e.kubelet.display());
@@ -245,7 +315,9 @@ fn unknown_and_crafted_volumes() {
     assert_eq!(code(e.node.stage(r).unwrap_err()), Code::NotFound);
     // A crafted id naming a root outside the allowed roots.
     let mut evil = e.vol.clone();
-    evil.backend = Backend::Local { root: "/etc".into() };
+    evil.backend = Backend::Local {
+        root: "/etc".into(),
+    };
     let mut r = e.stage_req();
     r.volume_id = evil.id();
     assert_eq!(code(e.node.stage(r).unwrap_err()), Code::InvalidArgument);
@@ -262,7 +334,11 @@ fn s3_volumes_with_bad_attributes_are_refused_before_mounting() {
     r.volume_id = "s3-bucket".into();
     r.volume_context = HashMap::from([("type".into(), "s3".into()), ("bucket".into(), "b".into())]);
     let err = e.node.publish(r).unwrap_err();
-    assert_eq!(code(err), Code::InvalidArgument, "bucket names are at least 3 characters");
+    assert_eq!(
+        code(err),
+        Code::InvalidArgument,
+        "bucket names are at least 3 characters"
+    );
     let mut r = e.stage_req();
     r.volume_id = "s3-bucket".into();
     r.volume_context = HashMap::from([("type".into(), "s3".into())]);
@@ -275,8 +351,14 @@ fn s3_volumes_with_bad_attributes_are_refused_before_mounting() {
 fn concurrent_operations_on_one_volume_are_aborted() {
     let e = env();
     let _held = e.node.inner.inflight.begin(&e.vol.id()).unwrap();
-    assert_eq!(code(e.node.stage(e.stage_req()).unwrap_err()), Code::Aborted);
-    assert_eq!(code(e.node.unpublish(e.unpublish_req("p")).unwrap_err()), Code::Aborted);
+    assert_eq!(
+        code(e.node.stage(e.stage_req()).unwrap_err()),
+        Code::Aborted
+    );
+    assert_eq!(
+        code(e.node.unpublish(e.unpublish_req("p")).unwrap_err()),
+        Code::Aborted
+    );
 }
 
 #[test]
@@ -295,7 +377,10 @@ fn unpublish_refuses_to_delete_data_in_an_unmounted_target() {
     let t = e.target("p");
     std::fs::create_dir_all(&t).unwrap();
     std::fs::write(t.join("precious"), b"x").unwrap();
-    assert_eq!(code(e.node.unpublish(e.unpublish_req("p")).unwrap_err()), Code::FailedPrecondition);
+    assert_eq!(
+        code(e.node.unpublish(e.unpublish_req("p")).unwrap_err()),
+        Code::FailedPrecondition
+    );
     assert!(t.join("precious").exists());
 }
 
@@ -315,9 +400,17 @@ fn stats_report_usage_against_the_quota() {
         ..Default::default()
     };
     let s = e.node.volume_stats(r).unwrap();
-    let bytes = s.usage.iter().find(|u| u.unit == Unit::Bytes as i32).unwrap();
+    let bytes = s
+        .usage
+        .iter()
+        .find(|u| u.unit == Unit::Bytes as i32)
+        .unwrap();
     assert_eq!((bytes.used, bytes.total, bytes.available), (300, 1000, 700));
-    let inodes = s.usage.iter().find(|u| u.unit == Unit::Inodes as i32).unwrap();
+    let inodes = s
+        .usage
+        .iter()
+        .find(|u| u.unit == Unit::Inodes as i32)
+        .unwrap();
     assert_eq!(inodes.used, 2);
     assert!(!s.volume_condition.unwrap().abnormal);
 }
@@ -349,15 +442,20 @@ fn stats_of_missing_or_unmounted_paths() {
 async fn publish_tells_the_pod_what_happened() {
     let e = env();
     let pod_ctx = |r: &mut NodePublishVolumeRequest| {
-        r.volume_context.insert("csi.storage.k8s.io/pod.name".into(), "jupyter-alice".into());
-        r.volume_context.insert("csi.storage.k8s.io/pod.namespace".into(), "jhub".into());
+        r.volume_context
+            .insert("csi.storage.k8s.io/pod.name".into(), "jupyter-alice".into());
+        r.volume_context
+            .insert("csi.storage.k8s.io/pod.namespace".into(), "jhub".into());
         r.volume_context.insert("quota".into(), "1000".into());
     };
     let node = e.node.clone();
     let mut early = e.publish_req("p0");
     pod_ctx(&mut early);
     // Not staged yet: a MountFailed warning with the reason in plain words.
-    tokio::task::spawn_blocking(move || node.publish(early)).await.unwrap().unwrap_err();
+    tokio::task::spawn_blocking(move || node.publish(early))
+        .await
+        .unwrap()
+        .unwrap_err();
     let node = e.node.clone();
     let stage = e.stage_req();
     let mut ok = e.publish_req("p1");
@@ -384,7 +482,15 @@ async fn publish_tells_the_pod_what_happened() {
     assert_eq!(posted[1].reason, Reason::HomeMounted);
     assert_eq!(
         posted[1].regarding,
-        Regarding::Pod { namespace: "jhub".into(), name: "jupyter-alice".into(), uid: None }
+        Regarding::Pod {
+            namespace: "jhub".into(),
+            name: "jupyter-alice".into(),
+            uid: None
+        }
     );
-    assert!(posted[1].note.contains("home of alice mounted"), "{}", posted[1].note);
+    assert!(
+        posted[1].note.contains("home of alice mounted"),
+        "{}",
+        posted[1].note
+    );
 }
