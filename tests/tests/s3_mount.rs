@@ -422,7 +422,12 @@ fn s3_mount_writes_deletes_and_shows_several_buckets() {
     let m = HubfsMount::start(
         &g,
         &g.endpoint,
-        &["--allow-writes", "--allow-delete", "--metrics-addr", &metrics_addr],
+        &[
+            "--allow-writes",
+            "--allow-delete",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
         &["one", "two:sub"],
     );
     let root = &m.path;
@@ -486,16 +491,29 @@ fn s3_mount_writes_deletes_and_shows_several_buckets() {
 
     // The Prometheus endpoint counts requests and bytes per operation.
     let text = http_get(&metrics_addr, "/metrics");
-    assert!(text.contains("hubfs_s3_requests_total{op=\"DeleteObject\"} 1"), "{text}");
-    assert!(text.contains("hubfs_s3_requests_total{op=\"CompleteMultipartUpload\"} 1"), "{text}");
-    assert!(text.contains("hubfs_s3_bytes_total{op=\"UploadPart\"} 13631488"), "{text}");
+    assert!(
+        text.contains("hubfs_s3_requests_total{op=\"DeleteObject\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hubfs_s3_requests_total{op=\"CompleteMultipartUpload\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hubfs_s3_bytes_total{op=\"UploadPart\"} 13631488"),
+        "{text}"
+    );
     assert!(m.stop().success());
 }
 
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out

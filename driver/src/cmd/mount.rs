@@ -93,6 +93,10 @@ pub struct S3Args {
     /// Most bytes read ahead of one sequential reader.
     #[arg(long, default_value = "64M", value_parser = parse_size, help_heading = "Reads")]
     pub max_prefetch_window: u64,
+    /// Kernel readahead of the mount in KiB (larger kernel reads, fewer round
+    /// trips); 0 keeps the kernel's 128 KiB.
+    #[arg(long, default_value_t = 4096, help_heading = "Reads")]
+    pub read_ahead_kb: u32,
     /// Memory of all read-ahead buffers of the mount together.
     #[arg(long, default_value = "256M", value_parser = parse_size, help_heading = "Reads")]
     pub max_memory: u64,
@@ -184,6 +188,7 @@ impl S3Args {
         o.allow_delete = self.allow_delete;
         o.metrics_addr = self.metrics_addr;
         o.fuse_threads = self.fuse_threads;
+        o.read_ahead_kb = self.read_ahead_kb;
         if o.allow_delete && !o.allow_writes {
             bail!("--allow-delete needs --allow-writes");
         }
@@ -284,7 +289,7 @@ mod tests {
 
     #[test]
     fn buckets_prefixes_and_mountpoint_are_split() {
-        let a = parse(&["mount", "s3", "b1", "b2:data/x", "/s3"]).unwrap();
+        let a = parse(&["mount", "s3", "bk1", "bk2:data/x", "/s3"]).unwrap();
         let o = a.options().unwrap();
         assert_eq!(o.mountpoint, PathBuf::from("/s3"));
         assert_eq!(o.sources.len(), 2);
@@ -316,8 +321,8 @@ mod tests {
             "4M",
             "--max-memory",
             "1G",
-            "b1",
-            "b2:p",
+            "bk1",
+            "bk2:p",
             "/mnt/x",
         ])
         .unwrap();

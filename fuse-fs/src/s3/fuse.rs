@@ -90,7 +90,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             tracing::debug!(?missing, "kernel lacks readdirplus");
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        let _ = config.set_max_readahead(1 << 20);
+        // Larger kernel reads mean fewer round trips per MiB; take what the
+        // kernel allows, up to 4 MiB.
+        if let Err(max) = config.set_max_readahead(4 << 20) {
+            let _ = config.set_max_readahead(max);
+            tracing::debug!(max, "kernel limits readahead");
+        }
         let _ = config.set_max_background(64);
         Ok(())
     }
