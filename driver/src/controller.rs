@@ -165,6 +165,8 @@ impl ControllerService {
             user: vol.user.name().to_owned(),
             capacity_bytes: capacity,
             inode_quota: params.inode_quota,
+            pvc_name: r.parameters.get(keys::PVC_NAME).cloned(),
+            pvc_namespace: r.parameters.get(keys::PVC_NAMESPACE).cloned(),
             created: old.as_ref().map(|m| m.created.clone()).unwrap_or_else(now),
             updated: now(),
         };
@@ -172,6 +174,8 @@ impl ControllerService {
             m.volume_name != meta.volume_name
                 || m.capacity_bytes != meta.capacity_bytes
                 || m.inode_quota != meta.inode_quota
+                || m.pvc_name != meta.pvc_name
+                || m.pvc_namespace != meta.pvc_namespace
         }) {
             homes::write_meta(&vol, &root, &meta)?;
         }
@@ -353,6 +357,8 @@ impl ControllerService {
             user: vol.user.name().to_owned(),
             capacity_bytes: 0,
             inode_quota: None,
+            pvc_name: None,
+            pvc_namespace: None,
             created: now(),
             updated: now(),
         });

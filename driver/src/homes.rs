@@ -31,6 +31,12 @@ pub struct HomeMeta {
     /// Optional inode limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inode_quota: Option<u64>,
+    /// The PVC (from external-provisioner's `--extra-create-metadata`), so the
+    /// quota controller can post its Events where `kubectl describe pvc` shows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc_namespace: Option<String>,
     /// When the directory was first created (RFC 3339).
     pub created: String,
     /// When this description was last written (RFC 3339).
@@ -169,6 +175,8 @@ mod tests {
             user: "alice".into(),
             capacity_bytes: 5 << 30,
             inode_quota: None,
+            pvc_name: Some("claim-alice".into()),
+            pvc_namespace: Some("jhub".into()),
             created: "2026-01-01T00:00:00Z".into(),
             updated: "2026-01-01T00:00:00Z".into(),
         };

@@ -208,6 +208,14 @@ async fn kubelet_lifecycle_with_real_bind_mounts() {
         Code::AlreadyExists
     );
     let home = d.path("share/users/alice");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path("share/users/.hubfs/alice.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["capacity_bytes"], 1 << 20);
+    assert_eq!(
+        (meta["pvc_name"].as_str(), meta["pvc_namespace"].as_str()),
+        (Some("claim-alice"), Some("jhub"))
+    );
     let md = std::fs::metadata(&home).unwrap();
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1000, 100, 0o750));
 

@@ -52,6 +52,8 @@ fn env() -> Env {
             user: "alice".into(),
             capacity_bytes: 1000,
             inode_quota: None,
+            pvc_name: None,
+            pvc_namespace: None,
             created: "x".into(),
             updated: "x".into(),
         },
