@@ -498,3 +498,172 @@ impl Controller for ControllerService {
         unimplemented("ControllerModifyVolume")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mounter::FakeMounter;
+    use hubfs_proto::csi::{volume_capability::AccessMode, CapacityRange};
+    use hubfs_quota::events::FakeEventSink;
+    use tonic::Code;
+
+    fn service(root: &std::path::Path) -> (ControllerService, Arc<FakeEventSink>) {
+        let events = Arc::new(FakeEventSink::default());
+        let shares = Shares::new(
+            Arc::new(FakeMounter::default()),
+            root.join("state"),
+            vec![root.to_owned()],
+        );
+        (ControllerService::new(shares, events.clone()), events)
+    }
+
+    fn mount_cap() -> VolumeCapability {
+        VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+            access_mode: Some(AccessMode { mode: 5 }),
+        }
+    }
+
+    fn create(root: &std::path::Path, name: &str, bytes: i64) -> CreateVolumeRequest {
+        CreateVolumeRequest {
+            name: name.into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: bytes,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![mount_cap()],
+            parameters: HashMap::from([
+                ("root".into(), root.join("share").display().to_string()),
+                (keys::PVC_NAME.into(), "claim-erin".into()),
+                (keys::PVC_NAMESPACE.into(), "jhub".into()),
+            ]),
+            ..Default::default()
+        }
+    }
+
+    fn code(e: DriverError) -> Code {
+        Status::from(e).code()
+    }
+
+    #[test]
+    fn validate_confirms_mounts_and_explains_block() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("share")).unwrap();
+        let (c, _) = service(d.path());
+        let v = c.create(create(d.path(), "pvc-e", 1 << 20)).unwrap();
+        let ok = c
+            .validate(ValidateVolumeCapabilitiesRequest {
+                volume_id: v.volume_id.clone(),
+                volume_capabilities: vec![mount_cap()],
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(ok.confirmed.is_some());
+        let block = VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Block(Default::default())),
+            access_mode: Some(AccessMode { mode: 1 }),
+        };
+        let no = c
+            .validate(ValidateVolumeCapabilitiesRequest {
+                volume_id: v.volume_id.clone(),
+                volume_capabilities: vec![block],
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(
+            no.confirmed.is_none() && no.message.contains("block"),
+            "{}",
+            no.message
+        );
+        let missing = |id: &str, caps: Vec<VolumeCapability>| {
+            c.validate(ValidateVolumeCapabilitiesRequest {
+                volume_id: id.into(),
+                volume_capabilities: caps,
+                ..Default::default()
+            })
+            .map(|_| ())
+            .unwrap_err()
+        };
+        assert_eq!(code(missing("", vec![mount_cap()])), Code::InvalidArgument);
+        assert_eq!(code(missing(&v.volume_id, vec![])), Code::InvalidArgument);
+        assert_eq!(
+            code(missing("foreign-id", vec![mount_cap()])),
+            Code::NotFound
+        );
+        std::fs::remove_dir(d.path().join("share/users/erin")).unwrap();
+        assert_eq!(
+            code(missing(&v.volume_id, vec![mount_cap()])),
+            Code::NotFound
+        );
+    }
+
+    #[test]
+    fn expand_changes_the_recorded_quota() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("share")).unwrap();
+        let (c, _) = service(d.path());
+        let v = c.create(create(d.path(), "pvc-e", 1 << 20)).unwrap();
+        let r = |bytes: i64| ControllerExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: bytes,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(c.expand(r(5 << 20)).unwrap().capacity_bytes, 5 << 20);
+        let vol = HomeVolume::parse_id(&v.volume_id).unwrap();
+        let meta = homes::read_meta(&vol, &d.path().join("share"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta.capacity_bytes, 5 << 20);
+        assert_eq!(meta.pvc_name.as_deref(), Some("claim-erin"));
+        assert_eq!(code(c.expand(r(0)).unwrap_err()), Code::InvalidArgument);
+        assert_eq!(code(c.expand(r(-1)).unwrap_err()), Code::OutOfRange);
+        let mut no_range = r(1);
+        no_range.capacity_range = None;
+        assert_eq!(code(c.expand(no_range).unwrap_err()), Code::InvalidArgument);
+        let mut other = r(1);
+        other.volume_id = "foreign".into();
+        assert_eq!(code(c.expand(other).unwrap_err()), Code::NotFound);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn create_is_idempotent_and_tells_the_pvc() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("share")).unwrap();
+        let (c, events) = service(d.path());
+        let (c2, root) = (c.clone(), d.path().to_owned());
+        let (a, b, conflict, busy) = tokio::task::spawn_blocking(move || {
+            let a = c2.create(create(&root, "pvc-e", 1 << 20)).unwrap();
+            let b = c2.create(create(&root, "pvc-e", 1 << 20)).unwrap();
+            let conflict = c2.create(create(&root, "pvc-e", 2 << 20)).unwrap_err();
+            let _g = c2.inner.inflight.begin("user/erin").unwrap();
+            let busy = c2.create(create(&root, "pvc-e", 1 << 20)).unwrap_err();
+            (a, b, conflict, busy)
+        })
+        .await
+        .unwrap();
+        assert_eq!(a.volume_id, b.volume_id);
+        assert_eq!(code(conflict), Code::AlreadyExists);
+        assert_eq!(code(busy), Code::Aborted);
+        assert_eq!(a.volume_context["pvcName"], "claim-erin");
+        for _ in 0..200 {
+            if events.posted().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let posted = events.posted();
+        assert_eq!(posted.len(), 2, "one notice per successful CreateVolume");
+        assert_eq!(
+            posted[0].reason,
+            hubfs_quota::events::Reason::HomeProvisioned
+        );
+        assert!(
+            posted[0].note.contains("created") && posted[1].note.contains("reused"),
+            "{posted:?}"
+        );
+        let _ = c;
+    }
+}
