@@ -19,7 +19,7 @@ use hubfs_proto::csi::{
     NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, ProbeRequest,
     VolumeCapability,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// A running driver plus the directories it works in. Dropping it kills the
@@ -80,19 +80,7 @@ impl Driver {
     }
 
     async fn channel(&self) -> Channel {
-        let path = self.socket.clone();
-        Endpoint::try_from("http://localhost")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap()
+        hubfs_e2e::csi::uds_channel(&self.socket).await
     }
 
     fn params(&self, on_delete: &str, pvc: &str) -> HashMap<String, String> {
@@ -113,17 +101,7 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Detach leftovers deepest first so the temp dir can be removed.
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mine: Vec<PathBuf> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
-            .filter(|p| p.starts_with(self.dir.path()))
-            .collect();
-        mine.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in mine {
-            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
-        }
+        hubfs_e2e::csi::detach_mounts_below(self.dir.path());
     }
 }
 
@@ -135,10 +113,7 @@ fn cap(mode: Mode) -> VolumeCapability {
 }
 
 fn is_mounted(p: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&p.display().to_string()))
+    hubfs_e2e::csi::is_mounted(p)
 }
 
 fn create_req(

@@ -17,7 +17,7 @@ use hubfs_proto::csi::{
     NodeGetVolumeStatsRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
     NodeUnpublishVolumeRequest, VolumeCapability,
 };
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 struct Driver {
     child: Child,
@@ -60,20 +60,7 @@ impl Driver {
     }
 
     async fn node(&self) -> NodeClient<Channel> {
-        let path = self.dir.path().join("csi.sock");
-        let ch = Endpoint::try_from("http://localhost")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
-        NodeClient::new(ch)
+        NodeClient::new(hubfs_e2e::csi::uds_channel(&self.dir.path().join("csi.sock")).await)
     }
 
     fn target(&self, pod: &str) -> PathBuf {
@@ -106,16 +93,7 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mine: Vec<PathBuf> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
-            .filter(|p| p.starts_with(self.dir.path()))
-            .collect();
-        mine.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in mine {
-            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
-        }
+        hubfs_e2e::csi::detach_mounts_below(self.dir.path());
         for pid in self.fuse_children() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -163,10 +141,7 @@ fn publish_req(d: &Driver, g: &Garage, pod: &str) -> NodePublishVolumeRequest {
 }
 
 fn mounted(p: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&p.display().to_string()))
+    hubfs_e2e::csi::is_mounted(p)
 }
 
 #[tokio::test(flavor = "multi_thread")]

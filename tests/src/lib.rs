@@ -2,5 +2,6 @@
 //! `hubfs` binary, connecting to it over its unix socket as kubelet would, and
 //! checking what only root can check.
 
+pub mod csi;
 pub mod garage;
 pub mod hub;

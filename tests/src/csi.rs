@@ -1,0 +1,51 @@
+//! Talking to a CSI driver as kubelet does: gRPC over its unix socket, and
+//! cleaning up the mounts a failed test leaves below its temp dir.
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A gRPC channel over the unix socket at `path`.
+pub async fn uds_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    Endpoint::try_from("http://localhost")
+        .expect("static URI")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the CSI socket")
+}
+
+/// Mount points strictly below `dir`, from /proc/self/mountinfo.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect()
+}
+
+/// Lazily detaches every mount below `dir`, deepest first, so the temp dir
+/// can be removed after a test failed half-way.
+pub fn detach_mounts_below(dir: &Path) {
+    let mut mine = mounts_below(dir);
+    mine.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in mine {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Whether `p` is exactly a mount point.
+pub fn is_mounted(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*p.display().to_string()))
+}
