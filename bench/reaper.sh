@@ -67,10 +67,10 @@ PY
 HUB_PID=$!
 URL="http://127.0.0.1:$PORT"
 
-python3 - "$URL" "$ADMIN_TOKEN" "$USERS" "$WORK/control" <<'PY'
+python3 - "$URL" "$ADMIN_TOKEN" "$USERS" "$WORK/control" <<'PY' || { tail -30 "$WORK/hub.log" >&2; exit 1; }
 import json, os, sys, time, urllib.request
 url, token, n, control = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-deadline = time.time() + 120
+deadline = time.time() + 300
 while True:
     try:
         urllib.request.urlopen(url + "/hub/api/", timeout=2).read()
