@@ -18,9 +18,12 @@ FILES_PER_DIR=${FILES_PER_DIR:-20}
 RUNS=${RUNS:-5}
 COLD_RUNS=${COLD_RUNS:-3}
 
-echo "building hubfs (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p hubfs --bin hubfs)
-HUBFS="$ROOT/target/release/hubfs"
+# HUBFS_BIN=path skips the build (e.g. to time an installed binary).
+HUBFS=${HUBFS_BIN:-$ROOT/target/release/hubfs}
+if [ -z "${HUBFS_BIN:-}" ]; then
+    echo "building hubfs (release)..." >&2
+    (cd "$ROOT" && cargo build --release -q -p hubfs --bin hubfs)
+fi
 
 marker="$TREE/.generated-$DIRS-$FILES_PER_DIR"
 if [ ! -e "$marker" ]; then

@@ -138,6 +138,10 @@ impl Filesystem for HomeFuse {
         // Lookups and creates in one directory may run in parallel: the
         // backing filesystem serialises what it must.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // Pages stay cached across opens (FOPEN_KEEP_CACHE); the kernel
+        // drops them itself when a getattr shows the file changed under us
+        // (another node writing the same home).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
         Ok(())
     }
 
@@ -279,7 +283,7 @@ impl Filesystem for HomeFuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -479,7 +483,7 @@ impl Filesystem for HomeFuse {
                 &attr(e.ino, &e.st),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(err(e)),
         }
