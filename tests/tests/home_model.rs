@@ -30,7 +30,9 @@ enum Op {
 
 /// Paths come from a small namespace so operations collide often: files
 /// and directories in the root and two subdirectories.
-const NAMES: [&str; 12] = ["a", "b", "c", "d1", "d2", "d1/a", "d1/b", "d1/d3", "d2/a", "d2/c", "d1/d3/x", "d2/d1"];
+const NAMES: [&str; 12] = [
+    "a", "b", "c", "d1", "d2", "d1/a", "d1/b", "d1/d3", "d2/a", "d2/c", "d1/d3/x", "d2/d1",
+];
 
 fn p(root: &Path, i: usize) -> PathBuf {
     root.join(NAMES[i % NAMES.len()])
@@ -57,15 +59,23 @@ fn op() -> impl Strategy<Value = Op> {
 fn apply(root: &Path, op: &Op) {
     let _ = match op {
         Op::Create(a, s) => fs::write(p(root, *a), vec![7u8; *s]),
-        Op::Write(a, off, len) => OpenOptions::new().write(true).open(p(root, *a)).and_then(|mut f| {
-            f.seek(SeekFrom::Start(*off))?;
-            f.write_all(&vec![1u8; *len])
-        }),
+        Op::Write(a, off, len) => {
+            OpenOptions::new()
+                .write(true)
+                .open(p(root, *a))
+                .and_then(|mut f| {
+                    f.seek(SeekFrom::Start(*off))?;
+                    f.write_all(&vec![1u8; *len])
+                })
+        }
         Op::Append(a, len) => OpenOptions::new()
             .append(true)
             .open(p(root, *a))
             .and_then(|mut f| f.write_all(&vec![2u8; *len])),
-        Op::Truncate(a, s) => OpenOptions::new().write(true).open(p(root, *a)).and_then(|f| f.set_len(*s)),
+        Op::Truncate(a, s) => OpenOptions::new()
+            .write(true)
+            .open(p(root, *a))
+            .and_then(|f| f.set_len(*s)),
         Op::Unlink(a) => fs::remove_file(p(root, *a)),
         Op::Rename(a, b) => fs::rename(p(root, *a), p(root, *b)),
         Op::Link(a, b) => fs::hard_link(p(root, *a), p(root, *b)),

@@ -25,13 +25,23 @@ fn limited(bytes: u64) -> Limits {
 fn dd_as_uid_1000_gets_edquot_at_the_limit_and_delete_works() {
     let m = mount_home(limited(10 * MIB));
     let big = m.mnt().join("big");
-    let o = as_user(&format!("dd if=/dev/zero of={} bs=1M count=20", big.display()));
+    let o = as_user(&format!(
+        "dd if=/dev/zero of={} bs=1M count=20",
+        big.display()
+    ));
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Disk quota exceeded"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Disk quota exceeded"),
+        "{}",
+        text(&o)
+    );
     let size = fs::metadata(m.src().join("big")).unwrap().len();
-    assert!(size <= 10 * MIB && size >= 9 * MIB, "{size}");
+    assert!((9 * MIB..=10 * MIB).contains(&size), "{size}");
     let (bytes, _) = m.usage();
-    assert!(bytes as u64 <= 10 * MIB, "never past the hard limit: {bytes}");
+    assert!(
+        bytes as u64 <= 10 * MIB,
+        "never past the hard limit: {bytes}"
+    );
     // a further small write is refused too
     let o = as_user(&format!("echo more >> {}", big.display()));
     assert!(!o.status.success());
@@ -39,7 +49,10 @@ fn dd_as_uid_1000_gets_edquot_at_the_limit_and_delete_works() {
     let o = as_user(&format!("truncate -s 1M {0} && rm {0}", big.display()));
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(m.usage().0, 0);
-    let o = as_user(&format!("dd if=/dev/zero of={} bs=1M count=2", big.display()));
+    let o = as_user(&format!(
+        "dd if=/dev/zero of={} bs=1M count=2",
+        big.display()
+    ));
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -53,7 +66,13 @@ fn df_shows_the_quota() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    let nums: Vec<u64> = out.lines().nth(1).unwrap().split_whitespace().map(|n| n.parse().unwrap()).collect();
+    let nums: Vec<u64> = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
     assert_eq!(nums[0], 100 * MIB, "{out}");
     assert_eq!(nums[1], 96 * MIB, "{out}");
 }
@@ -75,7 +94,10 @@ fn created_files_belong_to_the_caller() {
     assert_eq!(fs::metadata(m.src().join("rootfile")).unwrap().uid(), 0);
     let o = as_user(&format!("umask 077 && touch {}/private", m.mnt().display()));
     assert!(o.status.success());
-    assert_eq!(fs::metadata(m.src().join("private")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(m.src().join("private")).unwrap().mode() & 0o777,
+        0o600
+    );
 }
 
 #[test]
@@ -83,7 +105,11 @@ fn permission_denied_where_the_native_filesystem_denies() {
     let m = mount_home(Limits::default());
     fs::write(m.mnt().join("secret"), b"s").unwrap();
     fs::create_dir(m.mnt().join("rootdir")).unwrap();
-    std::process::Command::new("chmod").arg("600").arg(m.mnt().join("secret")).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("600")
+        .arg(m.mnt().join("secret"))
+        .status()
+        .unwrap();
     let checks = [
         format!("cat {}/secret", m.mnt().display()),
         format!("touch {}/rootdir/x", m.mnt().display()),
@@ -94,7 +120,10 @@ fn permission_denied_where_the_native_filesystem_denies() {
         let o = as_user(c);
         assert!(!o.status.success(), "{c}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("Permission denied") || err.contains("Operation not permitted"), "{c}: {err}");
+        assert!(
+            err.contains("Permission denied") || err.contains("Operation not permitted"),
+            "{c}: {err}"
+        );
     }
     assert_eq!(fs::read(m.src().join("secret")).unwrap(), b"s");
 }
@@ -107,17 +136,30 @@ fn cleanup_mode_allows_deletes_and_truncates_only_and_can_be_switched_back() {
     support::set_mode(m.mnt(), "cleanup").unwrap();
     assert!(usage_xattr(m.mnt()).contains("mode=cleanup"));
     let o = as_user(&format!("echo x > {}/new", m.mnt().display()));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Disk quota exceeded"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Disk quota exceeded"),
+        "{}",
+        text(&o)
+    );
     let o = as_user(&format!("echo x >> {}", f.display()));
     assert!(!o.status.success());
-    fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(10).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
     fs::remove_file(&f).unwrap();
     // a user may not switch the mode
     let o = as_user(&format!(
         "/usr/bin/python3 -c \"import os; os.setxattr('{}', 'user.hubfs.mode', b'normal')\"",
         m.mnt().display()
     ));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&o)
+    );
     assert!(usage_xattr(m.mnt()).contains("mode=cleanup"));
     support::set_mode(m.mnt(), "normal").unwrap();
     fs::write(m.mnt().join("again"), b"ok").unwrap();
@@ -159,9 +201,12 @@ fn usage_reaches_the_sink_and_the_walk_baseline_counts_existing_data() {
     // sent after it give what the home holds
     let (b, i) = sink.delta_total();
     assert_eq!((got[0].bytes + b, got[0].inodes + i), (12345, 3), "{got:?}");
-    assert!(got[1..].iter().all(|r| r.kind == hubfs_fuse::home::sink::ReportKind::Delta));
+    assert!(got[1..]
+        .iter()
+        .all(|r| r.kind == hubfs_fuse::home::sink::ReportKind::Delta));
     // mounting again starts from a walk that sees the data
-    let mut opts = hubfs_fuse::home::HomeOptions::new(m.src().to_path_buf(), m.mnt().to_path_buf(), "alice");
+    let mut opts =
+        hubfs_fuse::home::HomeOptions::new(m.src().to_path_buf(), m.mnt().to_path_buf(), "alice");
     opts.limits = Limits::default();
     let mut again = hubfs_fuse::home::mount(&opts, None).unwrap();
     again.wait_baseline();

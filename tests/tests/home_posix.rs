@@ -14,12 +14,23 @@ const PROBE: &str = include_str!("home_posix/conformance.py");
 
 fn probe(dir: &std::path::Path, script: &std::path::Path) -> String {
     let o = Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--", "/usr/bin/python3"])
+        .args([
+            "--reuid=1000",
+            "--regid=1000",
+            "--clear-groups",
+            "--",
+            "/usr/bin/python3",
+        ])
         .arg(script)
         .arg(dir)
         .output()
         .expect("python3 is needed by the conformance probe (install python3)");
-    assert!(o.status.success(), "probe crashed in {}: {}", dir.display(), support::text(&o));
+    assert!(
+        o.status.success(),
+        "probe crashed in {}: {}",
+        dir.display(),
+        support::text(&o)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -44,10 +55,21 @@ fn the_mounted_home_behaves_like_the_native_directory() {
         }
     }
     assert_eq!(want.lines().count(), got.lines().count());
-    assert!(want.lines().count() > 60, "the probe ran every check:\n{want}");
-    assert!(diffs.is_empty(), "{} of {} checks differ:\n{}", diffs.len(), want.lines().count(), diffs.join("\n"));
+    assert!(
+        want.lines().count() > 60,
+        "the probe ran every check:\n{want}"
+    );
+    assert!(
+        diffs.is_empty(),
+        "{} of {} checks differ:\n{}",
+        diffs.len(),
+        want.lines().count(),
+        diffs.join("\n")
+    );
 
     // and the accounting still matches a walk after all of that
-    let walk = hubfs_quota::walker::Walker::default().walk(m.src()).unwrap();
+    let walk = hubfs_quota::walker::Walker::default()
+        .walk(m.src())
+        .unwrap();
     assert_eq!(m.usage(), (walk.usage_bytes() as i64, walk.inodes() as i64));
 }

@@ -16,8 +16,14 @@ pub const USER: u32 = 1000;
 /// Fails clearly if this machine cannot run the test (CI runs as root with
 /// /dev/fuse and util-linux's setpriv).
 pub fn require_root_fuse() {
-    assert!(nix::unistd::geteuid().is_root(), "home tests need root (they mount FUSE and switch users)");
-    assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: load the fuse module");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "home tests need root (they mount FUSE and switch users)"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: load the fuse module"
+    );
     assert!(
         Command::new("setpriv").arg("--version").output().is_ok(),
         "setpriv is missing: run .ci/install-home.sh"
@@ -33,7 +39,10 @@ pub struct Dirs {
 }
 
 pub fn dirs() -> Dirs {
-    let tmp = tempfile::Builder::new().prefix("hubfs-home-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("hubfs-home-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let source = tmp.path().join("src");
     let mnt = tmp.path().join("mnt");
@@ -119,7 +128,12 @@ pub fn usage_xattr(mnt: &Path) -> String {
     let mut buf = vec![0u8; 512];
     // SAFETY: getxattr into a buffer of the given size.
     let n = unsafe {
-        libc::getxattr(c.as_ptr(), c"user.hubfs.usage".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::getxattr(
+            c.as_ptr(),
+            c"user.hubfs.usage".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
     assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
     buf.truncate(n as usize);
@@ -131,7 +145,13 @@ pub fn set_mode(mnt: &Path, mode: &str) -> std::io::Result<()> {
     let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: setxattr from a slice of the given size.
     let r = unsafe {
-        libc::setxattr(c.as_ptr(), c"user.hubfs.mode".as_ptr(), mode.as_ptr().cast(), mode.len(), 0)
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.hubfs.mode".as_ptr(),
+            mode.as_ptr().cast(),
+            mode.len(),
+            0,
+        )
     };
     if r < 0 {
         Err(std::io::Error::last_os_error())

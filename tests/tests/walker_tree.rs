@@ -19,7 +19,11 @@ fn build(root: &Path, dirs: usize, files: usize) {
         let dir = root.join(format!("d{}", d % 7)).join(format!("s{d}"));
         fs::create_dir_all(&dir).unwrap();
         for f in 0..files {
-            fs::write(dir.join(format!("f{f}")), vec![b'x'; (d * 131 + f * 17) % 5000]).unwrap();
+            fs::write(
+                dir.join(format!("f{f}")),
+                vec![b'x'; (d * 131 + f * 17) % 5000],
+            )
+            .unwrap();
         }
     }
 }
@@ -29,9 +33,19 @@ fn walk(root: &Path, opts: WalkOptions) -> WalkStats {
 }
 
 fn du_sb(root: &Path) -> u64 {
-    let o = Command::new("du").arg("-sb").arg(root).output().expect("GNU du");
+    let o = Command::new("du")
+        .arg("-sb")
+        .arg(root)
+        .output()
+        .expect("GNU du");
     assert!(o.status.success());
-    String::from_utf8(o.stdout).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -44,7 +58,13 @@ fn totals_match_gnu_du_with_hard_links_and_symlinks() {
     symlink("/usr", r.join("usr-link")).unwrap();
     symlink(r.join("d0"), r.join("d3/loop")).unwrap();
     for threads in [1, 3, 16] {
-        let s = walk(r, WalkOptions { threads, ..Default::default() });
+        let s = walk(
+            r,
+            WalkOptions {
+                threads,
+                ..Default::default()
+            },
+        );
         assert_eq!(s.bytes, du_sb(r), "threads={threads}");
         assert_eq!(s.files, 40 * 12 + 2, "hard links once, two symlinks");
         assert_eq!(s.extra_links, 2);
@@ -63,12 +83,29 @@ fn other_filesystems_are_not_entered() {
     let before = walk(r, WalkOptions::default());
     let inner = r.join("mnt");
     fs::create_dir(&inner).unwrap();
-    nix::mount::mount(Some("tmpfs"), &inner, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=16m")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &inner,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=16m"),
+    )
+    .unwrap();
     fs::write(inner.join("big"), vec![0u8; 1 << 20]).unwrap();
     let s = walk(r, WalkOptions::default());
-    let crossing = walk(r, WalkOptions { one_file_system: false, ..Default::default() });
+    let crossing = walk(
+        r,
+        WalkOptions {
+            one_file_system: false,
+            ..Default::default()
+        },
+    );
     nix::mount::umount(&inner).unwrap();
-    assert_eq!(s.usage_bytes(), before.usage_bytes(), "the tmpfs is not charged");
+    assert_eq!(
+        s.usage_bytes(),
+        before.usage_bytes(),
+        "the tmpfs is not charged"
+    );
     assert_eq!(s.files, before.files);
     assert_eq!(crossing.usage_bytes(), before.usage_bytes() + (1 << 20));
 }
@@ -90,12 +127,23 @@ fn entries_vanishing_mid_walk_are_counted_not_fatal() {
             fs::remove_dir_all(&dir).unwrap();
         })
     };
-    let s = walk(t.path(), WalkOptions { threads: 2, stats_per_second: Some(400), ..Default::default() });
+    let s = walk(
+        t.path(),
+        WalkOptions {
+            threads: 2,
+            stats_per_second: Some(400),
+            ..Default::default()
+        },
+    );
     deleter.join().unwrap();
     assert!(!s.timed_out);
     assert!(s.errors.vanished > 0, "{s:?}");
     assert!(s.files < 200, "{s:?}");
-    assert_eq!(s.files + s.errors.vanished, 200, "every listed entry was counted or reported: {s:?}");
+    assert_eq!(
+        s.files + s.errors.vanished,
+        200,
+        "every listed entry was counted or reported: {s:?}"
+    );
 }
 
 #[test]
@@ -113,7 +161,10 @@ fn timeout_returns_a_partial_result_marked_timed_out() {
         },
     );
     assert!(s.timed_out);
-    assert!(s.files + s.dirs < full.files + full.dirs, "{s:?} vs {full:?}");
+    assert!(
+        s.files + s.dirs < full.files + full.dirs,
+        "{s:?} vs {full:?}"
+    );
     assert!(!full.timed_out);
 }
 
@@ -121,7 +172,9 @@ fn timeout_returns_a_partial_result_marked_timed_out() {
 fn cancel_stops_a_walk_early() {
     let t = tempfile::tempdir().unwrap();
     build(t.path(), 5, 5);
-    let s = Walker::default().walk_with(t.path(), &Progress::default(), &AtomicBool::new(true)).unwrap();
+    let s = Walker::default()
+        .walk_with(t.path(), &Progress::default(), &AtomicBool::new(true))
+        .unwrap();
     assert!(s.timed_out);
 }
 
@@ -132,7 +185,13 @@ fn cancel_stops_a_walk_early() {
 fn walk_child_process() {
     if let Ok(p) = std::env::var("HUBFS_WALK_AS_USER") {
         let s = walk(Path::new(&p), WalkOptions::default());
-        println!("WALK files={} dirs={} denied={} bytes={}", s.files, s.dirs, s.errors.denied, s.usage_bytes());
+        println!(
+            "WALK files={} dirs={} denied={} bytes={}",
+            s.files,
+            s.dirs,
+            s.errors.denied,
+            s.usage_bytes()
+        );
     }
 }
 
@@ -151,14 +210,24 @@ fn unreadable_directories_are_counted() {
     for d in fs::read_dir(&r).unwrap() {
         let p = d.unwrap().path();
         if p != secret {
-            Command::new("chmod").arg("-R").arg("a+rX").arg(&p).status().unwrap();
+            Command::new("chmod")
+                .arg("-R")
+                .arg("a+rX")
+                .arg(&p)
+                .status()
+                .unwrap();
         }
     }
     let exe = std::env::current_exe().unwrap();
     let o = Command::new("setpriv")
         .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--"])
         .arg(&exe)
-        .args(["--exact", "walk_child_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "walk_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HUBFS_WALK_AS_USER", &r)
         .output()
         .unwrap();
@@ -169,5 +238,8 @@ fn unreadable_directories_are_counted() {
         .unwrap_or_else(|| panic!("no result: {}", support::text(&o)));
     let root_view = walk(&r, WalkOptions::default());
     assert!(line.contains("denied=1"), "{line}");
-    assert!(line.contains(&format!("files={}", root_view.files - 1)), "{line} vs {root_view:?}");
+    assert!(
+        line.contains(&format!("files={}", root_view.files - 1)),
+        "{line} vs {root_view:?}"
+    );
 }

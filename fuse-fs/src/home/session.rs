@@ -179,10 +179,9 @@ impl HomeMount {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let r = match self.session.take() {
             Some(s) if s.guard.is_finished() => s.join(),
-            Some(s) => s.umount_and_join().or_else(|e| {
+            Some(s) => s.umount_and_join().inspect_err(|_| {
                 // Busy or already gone: detach so the session can end.
                 let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-                Err(e)
             }),
             None => Ok(()),
         };
