@@ -40,11 +40,12 @@ pub enum MountKind {
 /// (the latter showing keys under `data/2024/`).
 #[derive(Args, Debug, Clone, PartialEq)]
 #[command(
-    after_help = "EXAMPLES:\n  hubfs mount s3 --no-sign-request --region us-east-1 stpubdata /s3/stpubdata\n  hubfs mount s3 --endpoint-url http://127.0.0.1:3900 --force-path-style b1 b2:prefix /s3\n\nUnmount with `umount MOUNTPOINT` or by sending SIGTERM/SIGINT to the process."
+    override_usage = "hubfs mount s3 [OPTIONS] <BUCKET[:PREFIX]>... <MOUNTPOINT>",
+    after_help = "EXAMPLES:\n  hubfs mount s3 --no-sign-request --region us-east-1 stpubdata /s3/stpubdata\n  hubfs mount s3 --endpoint-url http://127.0.0.1:3900 --force-path-style bucket1 bucket2:prefix /s3\n\nUnmount with `umount MOUNTPOINT` or by sending SIGTERM/SIGINT to the process."
 )]
 pub struct S3Args {
     /// Buckets to mount, each optionally with a prefix, then the mountpoint.
-    #[arg(required = true, num_args = 2.., value_name = "BUCKET[:PREFIX]... MOUNTPOINT")]
+    #[arg(required = true, num_args = 1.., value_name = "BUCKET[:PREFIX] | MOUNTPOINT")]
     pub targets: Vec<String>,
 
     /// S3 endpoint URL (Garage, MinIO, a regional or VPC endpoint).
@@ -164,6 +165,9 @@ impl S3Args {
             .targets
             .split_last()
             .context("give at least one bucket and a mountpoint")?;
+        if specs.is_empty() {
+            bail!("give at least one bucket before the mountpoint {mountpoint}");
+        }
         let sources = specs
             .iter()
             .map(|s| Source::parse(s).map_err(anyhow::Error::msg))
@@ -344,7 +348,13 @@ mod tests {
 
     #[test]
     fn hostile_values_get_clear_errors() {
-        assert!(parse(&["mount", "s3", "/s3"]).is_err());
+        assert!(parse(&["mount", "s3"]).is_err());
+        let no_bucket = parse(&["mount", "s3", "/s3"]).unwrap();
+        assert!(no_bucket
+            .options()
+            .unwrap_err()
+            .to_string()
+            .contains("at least one bucket"));
         assert!(parse(&["mount", "s3", "--dir-mode", "999", "b", "/s3"]).is_err());
         assert!(parse(&["mount", "s3", "--metadata-ttl", "-1", "b", "/s3"]).is_err());
         assert!(parse(&["mount", "s3", "--max-memory", "lots", "b", "/s3"]).is_err());
