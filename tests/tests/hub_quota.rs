@@ -135,8 +135,10 @@ async fn hard_enforcement_stops_the_server_in_the_real_hub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawn_hook_blocks_a_locked_out_user_with_the_message_and_fails_open() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.lockout_mode = LockoutMode::Block;
+    let cfg = Config {
+        lockout_mode: LockoutMode::Block,
+        ..Config::default()
+    };
     let ctrl = controller(dir.path(), None, cfg);
     let http_port = free_port();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", http_port))
@@ -264,11 +266,16 @@ async fn hub_going_down_mid_cycle_causes_no_action() {
     hub.start_server("u007").await;
     let hub_port: u16 = hub.url.rsplit(':').next().unwrap().parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.lockout_mode = LockoutMode::Block;
-    cfg.hub.page_size = 50;
-    cfg.hub.retries = 2;
-    cfg.hub.backoff_millis = 50;
+    let cfg = Config {
+        lockout_mode: LockoutMode::Block,
+        hub: HubSettings {
+            page_size: 50,
+            retries: 2,
+            backoff_millis: 50,
+            ..HubSettings::default()
+        },
+        ..Config::default()
+    };
     // Two pages get through, then the "hub" is gone.
     let flaky = flaky_forwarder(hub_port, 2).await;
     let ctrl = controller(

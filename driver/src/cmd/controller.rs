@@ -4,7 +4,7 @@
 //! lists hub users, records activity and stops servers that must stop.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +68,7 @@ pub fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Token> {
 }
 
 pub fn build(
-    control_dir: &PathBuf,
+    control_dir: &Path,
     users_dir: Option<&PathBuf>,
     hub_url: Option<&str>,
     token_file: Option<&PathBuf>,
