@@ -216,7 +216,7 @@ fn condition_of(path: &Path) -> Option<String> {
     use nix::errno::Errno;
     match nix::sys::statvfs::statvfs(path) {
         Ok(_) => None,
-        Err(Errno::ENOTCONN) => {
+        Err(Errno::ENOTCONN | Errno::ECONNABORTED) => {
             Some("the filesystem process died (ENOTCONN); the mount must be recreated".into())
         }
         Err(Errno::ESTALE) => {

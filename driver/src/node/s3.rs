@@ -259,7 +259,8 @@ pub(super) fn stats(path: &Path) -> Result<NodeGetVolumeStatsResponse> {
         )));
     }
     let message = match nix::sys::statvfs::statvfs(path) {
-        Err(nix::errno::Errno::ENOTCONN) => Some(
+        // ECONNABORTED while the kernel tears the connection down, ENOTCONN after.
+        Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED) => Some(
             "the S3 filesystem process died (ENOTCONN); the next publish on this node recreates it"
                 .to_owned(),
         ),
