@@ -508,15 +508,26 @@ fn s3_mount_writes_deletes_and_shows_several_buckets() {
 
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    // The endpoint starts with the mount; give it a moment.
+    let mut last = None;
+    for _ in 0..50 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(out) if out.starts_with("HTTP/1.1 200") => return out,
+            other => last = Some(other),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("metrics endpoint {addr} did not answer: {last:?}");
 }
 
 /// The process whose command line is `... mount s3 ... <mountpoint>`.

@@ -365,8 +365,16 @@ async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) {
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            // Read the whole request head: closing with unread bytes resets
+            // the connection before the client sees the answer.
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf).await;
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 << 10 {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             let body = metrics.encode();
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
