@@ -552,6 +552,20 @@ fn s3_mount_daemonizes_and_a_dead_process_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("m");
     std::fs::create_dir(&mnt).unwrap();
+    // Whatever happens below, leave no mount behind.
+    struct Detach(std::path::PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            if let Some(pid) = daemon_pid(&self.0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _detach = Detach(mnt.clone());
     let status = Command::new(hubfs_e2e::garage::hubfs_binary())
         .args([
             "mount",
