@@ -17,6 +17,7 @@ use hubfs_proto::quota as pb;
 
 use crate::clock::Clock;
 use crate::config::{Config, PolicyMode};
+use crate::events::{post_in_background, EventSink, NoEvents, Notice, Reason, Regarding};
 use crate::hub::{HubApi, HubError, HubUser};
 use crate::metrics::{Metrics, OpLabel, UserStateLabel};
 use crate::notify::Notifier;
@@ -138,6 +139,7 @@ pub struct Controller {
     clock: Arc<dyn Clock>,
     hub: Option<Arc<dyn HubApi>>,
     notifier: Arc<dyn Notifier>,
+    events: Arc<dyn EventSink>,
     pub metrics: Metrics,
 }
 
@@ -157,7 +159,96 @@ impl Controller {
             clock,
             hub,
             notifier,
+            events: Arc::new(NoEvents),
             metrics: Metrics::new(),
+        }
+    }
+
+    /// Posts Kubernetes Events on the user's PVC for every transition and
+    /// server stop (the PVC is the one the CSI controller recorded).
+    pub fn with_events(mut self, events: Arc<dyn EventSink>) -> Self {
+        self.events = events;
+        self
+    }
+
+    fn post_event(&self, rec: &QuotaRecord, reason: Reason, note: String) {
+        let Some((name, namespace)) = self
+            .users_dir
+            .as_deref()
+            .and_then(|d| store::provisioned_pvc(d, &rec.user))
+        else {
+            tracing::debug!(user = %rec.user, reason = reason.as_str(), "no PVC known; event not posted");
+            return;
+        };
+        post_in_background(
+            &self.events,
+            Notice {
+                regarding: Regarding::Pvc {
+                    namespace,
+                    name,
+                    uid: None,
+                },
+                reason,
+                note,
+            },
+        );
+    }
+
+    fn usage_words(rec: &QuotaRecord) -> String {
+        let pct = if rec.quota_bytes > 0 {
+            rec.actual_bytes as f64 * 100.0 / rec.quota_bytes as f64
+        } else {
+            0.0
+        };
+        format!(
+            "{} of {} used ({pct:.0}%)",
+            crate::format_size(rec.actual_bytes.max(0) as u64),
+            crate::format_size(rec.quota_bytes.max(0) as u64)
+        )
+    }
+
+    /// The Events a transition deserves, in the words `kubectl describe` shows.
+    fn transition_events(&self, rec: &QuotaRecord, t: &Transition) {
+        use QuotaState as S;
+        let usage = Self::usage_words(rec);
+        let over = |s: S| matches!(s, S::Violation | S::Lockout);
+        if t.from != t.to {
+            match t.to {
+                S::NearingLimit if !over(t.from) => self.post_event(
+                    rec,
+                    Reason::NearingLimit,
+                    format!("{} is nearing the quota: {usage}", rec.user),
+                ),
+                s if over(s) && !over(t.from) => self.post_event(
+                    rec,
+                    Reason::OverQuota,
+                    format!("{} is over the quota: {usage}", rec.user),
+                ),
+                S::Ok | S::NearingLimit if over(t.from) => self.post_event(
+                    rec,
+                    Reason::BackUnderQuota,
+                    format!(
+                        "{} is back under the quota: {usage}; writes are allowed again",
+                        rec.user
+                    ),
+                ),
+                S::TimedOut => self.post_event(
+                    rec,
+                    Reason::WalkTimedOut,
+                    format!(
+                        "measuring the home of {} timed out; the partial figure is never enforced",
+                        rec.user
+                    ),
+                ),
+                _ => {}
+            }
+        }
+        if t.enforcement_to != t.enforcement_from && t.enforcement_to == Enforcement::Cleanup {
+            self.post_event(
+                rec,
+                Reason::CleanupMode,
+                format!("home of {} is in cleanup mode: deleting works, writing fails until usage is under the quota ({usage})", rec.user),
+            );
         }
     }
 
@@ -246,6 +337,7 @@ impl Controller {
                 quota = rec.quota_bytes,
                 "quota transition"
             );
+            self.transition_events(rec, t);
         }
         for step in steps {
             self.run_actions(rec, step);
@@ -434,6 +526,15 @@ impl Controller {
             }
         }
         self.metrics.servers_stopped.inc();
+        self.post_event(
+            &rec,
+            Reason::ServerStopped,
+            format!(
+                "stopped the notebook server of {} because the home is over its quota ({})",
+                user,
+                Self::usage_words(&rec)
+            ),
+        );
         let this = self.clone();
         let u = user.to_string();
         let now = self.now();

@@ -128,7 +128,7 @@ pub struct Notice {
 
 /// Where notices go. Never fails and never blocks for long.
 #[async_trait::async_trait]
-pub trait EventSink: Send + Sync + 'static {
+pub trait EventSink: Send + Sync + std::fmt::Debug + 'static {
     async fn post(&self, notice: Notice);
 }
 
@@ -148,6 +148,14 @@ pub fn post_in_background(sink: &Arc<dyn EventSink>, notice: Notice) {
 pub struct KubeEventSink {
     recorder: Recorder,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for KubeEventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeEventSink")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KubeEventSink {
@@ -218,7 +226,7 @@ impl EventSink for KubeEventSink {
 }
 
 /// Collects notices in memory, for tests.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct FakeEventSink {
     posted: Mutex<Vec<Notice>>,
 }

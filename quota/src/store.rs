@@ -318,6 +318,20 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 
 /// The capacity the CSI controller provisioned for a user's volume
 /// (`<users-dir>/.hubfs/<encoded>.json`, `capacity_bytes`), if any.
+/// The PVC the CSI controller recorded for `user` (name, namespace), so quota
+/// Events land where `kubectl describe pvc` shows them.
+pub fn provisioned_pvc(users_dir: &Path, user: &str) -> Option<(String, String)> {
+    let key = UserKey::new(user).ok()?;
+    let path = users_dir
+        .join(".hubfs")
+        .join(format!("{}.json", key.encoded()));
+    let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
+    Some((
+        v.get("pvc_name")?.as_str()?.to_owned(),
+        v.get("pvc_namespace")?.as_str()?.to_owned(),
+    ))
+}
+
 pub fn provisioned_quota(users_dir: &Path, user: &str) -> Option<i64> {
     let key = UserKey::new(user).ok()?;
     let path = users_dir

@@ -3,6 +3,7 @@
 //! the spawn hook, `check-quota` and Prometheus; walks homes on a schedule;
 //! lists hub users, records activity and stops servers that must stop.
 
+use hubfs_quota::events::{EventSink, KubeEventSink, NoEvents};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +75,7 @@ pub fn build(
     token_file: Option<&PathBuf>,
     config: Option<&PathBuf>,
     replica: Option<String>,
+    events: Arc<dyn EventSink>,
 ) -> anyhow::Result<Arc<Controller>> {
     let cfg = Config::load(config.map(|p| p.as_path()))?;
     let owner = replica.unwrap_or_else(|| {
@@ -100,19 +102,29 @@ pub fn build(
             bail!("--users-dir {} is not a directory", d.display());
         }
     }
-    Ok(Arc::new(Controller::new(
-        cfg,
-        store,
-        users_dir.cloned(),
-        Arc::new(SystemClock),
-        hub,
-        Arc::new(LogNotifier),
-    )))
+    Ok(Arc::new(
+        Controller::new(
+            cfg,
+            store,
+            users_dir.cloned(),
+            Arc::new(SystemClock),
+            hub,
+            Arc::new(LogNotifier),
+        )
+        .with_events(events),
+    ))
 }
 
 pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        // Transitions and server stops become Events on the user's PVC when
+        // a Kubernetes API server is reachable; otherwise they are only logged.
+        let instance = args.replica_id.clone().unwrap_or_else(|| "hubfs-quota".into());
+        let events: Arc<dyn EventSink> = match KubeEventSink::from_environment("hubfs-quota", &instance).await {
+            Some(k) => Arc::new(k),
+            None => Arc::new(NoEvents),
+        };
         let ctrl = build(
             &args.control_dir,
             args.users_dir.as_ref(),
@@ -120,6 +132,7 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             args.hub_token_file.as_ref(),
             args.config.as_ref(),
             args.replica_id.clone(),
+            events,
         )?;
         // Learn where existing records live (a seed deployment may name
         // directories differently) before the first report arrives.

@@ -71,6 +71,9 @@ pub fn run(args: OverquotaArgs) -> anyhow::Result<ExitCode> {
         args.hub_token_file.as_ref(),
         args.config.as_ref(),
         None,
+        // A cron job: its transitions are logged and kept in the records; the
+        // long-running controller posts the Events.
+        std::sync::Arc::new(hubfs_quota::events::NoEvents),
     )?;
     let opts = OverquotaOptions {
         users: args.users.clone(),

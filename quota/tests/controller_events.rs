@@ -1,0 +1,109 @@
+//! The quota controller tells `kubectl describe pvc` about every transition:
+//! nearing the limit, over quota, cleanup mode, back under quota. Events go
+//! to the PVC the CSI controller recorded beside the homes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hubfs_quota::clock::FakeClock;
+use hubfs_quota::config::Config;
+use hubfs_quota::controller::{Controller, Report};
+use hubfs_quota::events::{FakeEventSink, Reason, Regarding};
+use hubfs_quota::notify::RecordingNotifier;
+use hubfs_quota::record::Source;
+use hubfs_quota::store::Store;
+
+const GIB: i64 = 1 << 30;
+
+fn walk(bytes: i64, at: DateTime<Utc>) -> Report {
+    Report {
+        user: "alice".into(),
+        absolute: true,
+        source: Source::Walk,
+        bytes,
+        inodes: 10,
+        measured_at: at,
+        timed_out: false,
+        walk_seconds: 1.0,
+        sequence: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transitions_become_events_on_the_users_pvc() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::create_dir_all(users.join(".hubfs")).unwrap();
+    std::fs::write(
+        users.join(".hubfs/alice.json"),
+        format!(
+            r#"{{"capacity_bytes": {}, "pvc_name": "claim-alice", "pvc_namespace": "jhub"}}"#,
+            10 * GIB
+        ),
+    )
+    .unwrap();
+    let store = Store::open(
+        &dir.path().join("control"),
+        "test",
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let t0 = DateTime::parse_from_rfc3339("2026-11-01T08:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let events = Arc::new(FakeEventSink::default());
+    let ctrl = Controller::new(
+        Config::default(),
+        store,
+        Some(users),
+        Arc::new(FakeClock::new(t0)),
+        None,
+        Arc::new(RecordingNotifier::default()),
+    )
+    .with_events(events.clone());
+
+    for gib in [9, 11, 1] {
+        ctrl.apply_reports("n1", &[walk(gib * GIB, t0)]).unwrap();
+    }
+    let mut posted = Vec::new();
+    for _ in 0..200 {
+        posted = events.posted();
+        if posted.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reasons: Vec<Reason> = posted.iter().map(|n| n.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            Reason::NearingLimit,
+            Reason::OverQuota,
+            Reason::CleanupMode,
+            Reason::BackUnderQuota
+        ],
+        "{posted:#?}"
+    );
+    for n in &posted {
+        assert_eq!(
+            n.regarding,
+            Regarding::Pvc {
+                namespace: "jhub".into(),
+                name: "claim-alice".into(),
+                uid: None
+            }
+        );
+    }
+    assert!(
+        posted[1].note.contains("11 GiB of 10 GiB"),
+        "{}",
+        posted[1].note
+    );
+    assert!(
+        posted[3].note.contains("writes are allowed again"),
+        "{}",
+        posted[3].note
+    );
+}
