@@ -804,7 +804,20 @@ impl Controller {
             sequence: 0,
         };
         let (_, _, mut recs) = self.report(CONTROLLER_NODE.into(), vec![report]).await?;
-        Ok(recs.pop())
+        let rec = recs.pop();
+        if let Some(r) = rec.as_ref().filter(|_| !stats.timed_out) {
+            // Repeats of this notice fold into one Event series per PVC.
+            self.post_event(
+                r,
+                Reason::UsageMeasured,
+                format!(
+                    "measured the home of {user} in {:.1} s: {}",
+                    stats.elapsed.as_secs_f64(),
+                    Self::usage_words(r)
+                ),
+            );
+        }
+        Ok(rec)
     }
 
     /// One pass of the walk scheduler.

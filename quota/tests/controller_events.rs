@@ -75,15 +75,12 @@ async fn transitions_become_events_on_the_users_pvc() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let reasons: Vec<Reason> = posted.iter().map(|n| n.reason).collect();
+    // Posted in the background: the order they land in is not guaranteed.
+    let mut reasons: Vec<&str> = posted.iter().map(|n| n.reason.as_str()).collect();
+    reasons.sort_unstable();
     assert_eq!(
         reasons,
-        [
-            Reason::NearingLimit,
-            Reason::OverQuota,
-            Reason::CleanupMode,
-            Reason::BackUnderQuota
-        ],
+        ["BackUnderQuota", "CleanupMode", "NearingQuota", "OverQuota"],
         "{posted:#?}"
     );
     for n in &posted {
@@ -105,5 +102,69 @@ async fn transitions_become_events_on_the_users_pvc() {
         posted[3].note.contains("writes are allowed again"),
         "{}",
         posted[3].note
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_walk_reports_the_measured_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::create_dir_all(users.join(".hubfs")).unwrap();
+    std::fs::create_dir_all(users.join("bob")).unwrap();
+    std::fs::write(users.join("bob/data.bin"), vec![7u8; 3 << 20]).unwrap();
+    std::fs::write(
+        users.join(".hubfs/bob.json"),
+        format!(
+            r#"{{"capacity_bytes": {}, "pvc_name": "claim-bob", "pvc_namespace": "jhub"}}"#,
+            GIB
+        ),
+    )
+    .unwrap();
+    let store = Store::open(
+        &dir.path().join("control"),
+        "test",
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let events = Arc::new(FakeEventSink::default());
+    let ctrl = Arc::new(
+        Controller::new(
+            Config::default(),
+            store,
+            Some(users),
+            Arc::new(FakeClock::new(Utc::now())),
+            None,
+            Arc::new(RecordingNotifier::default()),
+        )
+        .with_events(events.clone()),
+    );
+    let rec = ctrl.walk_user("bob").await.unwrap().unwrap();
+    assert_eq!(rec.actual_bytes, 3 << 20);
+    let mut posted = Vec::new();
+    for _ in 0..200 {
+        posted = events.posted();
+        if !posted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let measured: Vec<_> = posted
+        .iter()
+        .filter(|n| n.reason == Reason::UsageMeasured)
+        .collect();
+    assert_eq!(measured.len(), 1, "{posted:#?}");
+    assert!(
+        measured[0].note.contains("3 MiB of 1 GiB"),
+        "{}",
+        measured[0].note
+    );
+    assert_eq!(
+        measured[0].regarding,
+        Regarding::Pvc {
+            namespace: "jhub".into(),
+            name: "claim-bob".into(),
+            uid: None
+        }
     );
 }
