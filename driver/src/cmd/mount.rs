@@ -219,15 +219,19 @@ fn run_s3(args: S3Args) -> anyhow::Result<ExitCode> {
         session::run(opts, || {})?;
         return Ok(ExitCode::SUCCESS);
     }
-    daemonize(opts)
+    daemonize(|ready| Ok(session::run(opts, ready)?))
 }
 
-/// Forks; the child mounts and tells the parent through a pipe when ready.
-fn daemonize(opts: MountOptions) -> anyhow::Result<ExitCode> {
+/// Forks; the child runs `serve`, which calls its argument once the mount
+/// answers: that tells the parent (through a pipe) to exit successfully and
+/// detaches the child from the terminal. Shared by `mount s3` and `mount home`.
+pub fn daemonize(
+    serve: impl FnOnce(Box<dyn FnOnce()>) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
     use nix::unistd::{fork, pipe, setsid, ForkResult};
     let (rx, tx) = pipe().context("pipe")?;
     // SAFETY: no other thread exists yet; the child only continues with
-    // ordinary Rust code and creates its own runtime.
+    // ordinary Rust code and creates its own runtime and threads.
     match unsafe { fork() }.context("fork")? {
         ForkResult::Parent { .. } => {
             drop(tx);
@@ -242,7 +246,7 @@ fn daemonize(opts: MountOptions) -> anyhow::Result<ExitCode> {
             drop(rx);
             let _ = setsid();
             let mut tx = std::fs::File::from(tx);
-            let result = session::run(opts, || {
+            serve(Box::new(move || {
                 let _ = tx.write_all(&[1]);
                 // Detach from the terminal once mounted.
                 if let Ok(null) = std::fs::OpenOptions::new()
@@ -257,11 +261,8 @@ fn daemonize(opts: MountOptions) -> anyhow::Result<ExitCode> {
                         libc::dup2(null.as_raw_fd(), 1);
                     }
                 }
-            });
-            match result {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) => Err(e.into()),
-            }
+            }))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -6,7 +6,6 @@
 //! long as the mount: SIGTERM/SIGINT unmount it, and an outside `umount`
 //! ends the process after the last usage report is sent.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -140,7 +139,7 @@ pub fn run(args: HomeArgs) -> anyhow::Result<ExitCode> {
         serve(&args, opts, || {})?;
         return Ok(ExitCode::SUCCESS);
     }
-    daemonize(args, opts)
+    super::mount::daemonize(|ready| serve(&args, opts, ready))
 }
 
 /// Mounts and serves until SIGTERM/SIGINT or an outside unmount.
@@ -179,46 +178,6 @@ fn serve(args: &HomeArgs, opts: HomeOptions, ready: impl FnOnce()) -> anyhow::Re
     }
     mount.unmount().context("unmounting")?;
     Ok(())
-}
-
-/// Forks; the child mounts and tells the parent through a pipe when ready.
-fn daemonize(args: HomeArgs, opts: HomeOptions) -> anyhow::Result<ExitCode> {
-    use nix::unistd::{fork, pipe, setsid, ForkResult};
-    let (rx, tx) = pipe().context("pipe")?;
-    // SAFETY: no other thread exists yet; the child continues with ordinary
-    // Rust code and starts its own threads.
-    match unsafe { fork() }.context("fork")? {
-        ForkResult::Parent { .. } => {
-            drop(tx);
-            let mut rx = std::fs::File::from(rx);
-            let mut byte = [0u8; 1];
-            match rx.read(&mut byte) {
-                Ok(1) => Ok(ExitCode::SUCCESS),
-                _ => bail!("mount failed (see the error above)"),
-            }
-        }
-        ForkResult::Child => {
-            drop(rx);
-            let _ = setsid();
-            let mut tx = std::fs::File::from(tx);
-            serve(&args, opts, || {
-                let _ = tx.write_all(&[1]);
-                if let Ok(null) = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                {
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: dup2 onto this process's standard descriptors.
-                    unsafe {
-                        libc::dup2(null.as_raw_fd(), 0);
-                        libc::dup2(null.as_raw_fd(), 1);
-                    }
-                }
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
-    }
 }
 
 #[cfg(test)]
