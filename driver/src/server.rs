@@ -56,6 +56,24 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListenerStream> {
     Ok(UnixListenerStream::new(UnixListener::bind(path)?))
 }
 
+/// A client channel to a gRPC server on a unix socket, as kubelet connects:
+/// used by `hubfs demo` to play kubelet and by the integration tests.
+pub async fn connect_unix(
+    path: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
+
 /// Runs a blocking call body in `span`, logs its outcome, maps its error.
 pub async fn blocking<T, F>(span: Span, f: F) -> Result<T, Status>
 where

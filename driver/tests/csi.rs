@@ -80,7 +80,7 @@ impl Driver {
     }
 
     async fn channel(&self) -> Channel {
-        hubfs_e2e::csi::uds_channel(&self.socket).await
+        hubfs::server::connect_unix(&self.socket).await.unwrap()
     }
 
     fn params(&self, on_delete: &str, pvc: &str) -> HashMap<String, String> {

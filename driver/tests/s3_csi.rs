@@ -60,7 +60,11 @@ impl Driver {
     }
 
     async fn node(&self) -> NodeClient<Channel> {
-        NodeClient::new(hubfs_e2e::csi::uds_channel(&self.dir.path().join("csi.sock")).await)
+        NodeClient::new(
+            hubfs::server::connect_unix(&self.dir.path().join("csi.sock"))
+                .await
+                .unwrap(),
+        )
     }
 
     fn target(&self, pod: &str) -> PathBuf {

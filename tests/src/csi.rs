@@ -1,26 +1,7 @@
-//! Talking to a CSI driver as kubelet does: gRPC over its unix socket, and
-//! cleaning up the mounts a failed test leaves below its temp dir.
+//! Mount-table helpers for tests that mount: whether a path is a mount point,
+//! and cleaning up the mounts a failed test leaves below its temp dir.
 
 use std::path::{Path, PathBuf};
-
-use tonic::transport::{Channel, Endpoint, Uri};
-
-/// A gRPC channel over the unix socket at `path`.
-pub async fn uds_channel(path: &Path) -> Channel {
-    let path = path.to_owned();
-    Endpoint::try_from("http://localhost")
-        .expect("static URI")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to the CSI socket")
-}
 
 /// Mount points strictly below `dir`, from /proc/self/mountinfo.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {

@@ -27,7 +27,7 @@ use hubfs_proto::csi::{
     NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
 use hubfs_quota::{format_size, parse_size, UserKey};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const BUCKET: &str = "demo-data";
 const REGION: &str = "us-east-1";
@@ -204,17 +204,7 @@ async fn seed(store: &S3Store, small: usize, big: u64) -> anyhow::Result<()> {
 }
 
 async fn csi_channel(socket: &Path) -> anyhow::Result<Channel> {
-    let path = socket.to_owned();
-    Ok(Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await?)
+    Ok(hubfs::server::connect_unix(socket).await?)
 }
 
 fn cap(mode: Mode) -> Option<VolumeCapability> {

@@ -176,10 +176,11 @@ pub(super) fn publish(
     target: &Path,
     _ro: bool,
 ) -> Result<Option<String>> {
-    let probe_opts = options(&r.volume_context, PathBuf::from("/"))?;
-    let key = mount_key(&probe_opts);
+    // The key does not depend on the mountpoint, which derives from the key.
+    let mut opts = options(&r.volume_context, PathBuf::new())?;
+    let key = mount_key(&opts);
     let dir = s3_dir(node).join(&key);
-    let opts = options(&r.volume_context, dir.join("mnt"))?;
+    opts.mountpoint = dir.join("mnt");
     let m = &node.inner.mounter;
     if let Some(existing) = m.mounted_at(target)? {
         if child::probe(node, &opts.mountpoint)? == MountState::Healthy {
