@@ -215,3 +215,86 @@ fn usage_reaches_the_sink_and_the_walk_baseline_counts_existing_data() {
     assert!(usage_xattr(m.mnt()).contains("bytes=12345 inodes=3"));
     again.unmount().unwrap();
 }
+
+/// FUSE passthrough (FOPEN_PASSTHROUGH) exists from Linux 6.9.
+fn kernel_has_passthrough() -> bool {
+    let r = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = r.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 9)
+}
+
+#[test]
+fn readers_pass_through_and_a_writer_joining_them_is_charged() {
+    use std::io::{Read, Write};
+    let m = mount_home(limited(100 * MIB));
+    let f = m.mnt().join("data");
+    let data: Vec<u8> = (0..4 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&f, &data).unwrap();
+    std::os::unix::fs::chown(&f, Some(support::USER), Some(support::USER)).unwrap();
+    let mount = m.mount.as_ref().unwrap();
+    let before = mount.daemon_reads();
+    let mut reader = fs::File::open(&f).unwrap();
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).unwrap();
+    assert!(got == data, "passthrough read returned other bytes");
+    if kernel_has_passthrough() {
+        assert_eq!(
+            mount.daemon_reads(),
+            before,
+            "a read-only open should be served by the kernel"
+        );
+    }
+    // A writer while the reader holds the file: the kernel only accepts a
+    // passthrough open now, and its growth is charged within a second.
+    let mut w = fs::OpenOptions::new().append(true).open(&f).unwrap();
+    w.write_all(&vec![1u8; 2 * MIB as usize]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while m.usage().0 != 6 * MIB as i64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(m.usage().0, 6 * MIB as i64, "charged while still open");
+    w.set_len(MIB).unwrap();
+    assert_eq!(m.usage().0, MIB as i64, "truncate through the daemon");
+    drop(w);
+    drop(reader);
+    assert_eq!(fs::metadata(m.src().join("data")).unwrap().len(), MIB);
+    assert_eq!(m.usage(), (MIB as i64, 2));
+    // With the inode back in cached mode, a writer is enforced again.
+    let o = as_user(&format!(
+        "dd if=/dev/zero of={} bs=1M count=200 oflag=append conv=notrunc",
+        f.display()
+    ));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Disk quota exceeded"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn past_the_soft_limit_reads_go_through_the_daemon_and_writes_stay_enforced() {
+    use std::io::Read;
+    let m = mount_home(limited(10 * MIB));
+    let f = m.mnt().join("data");
+    fs::write(&f, vec![3u8; 9 * MIB as usize]).unwrap();
+    std::os::unix::fs::chown(&f, Some(support::USER), Some(support::USER)).unwrap();
+    let mount = m.mount.as_ref().unwrap();
+    let before = mount.daemon_reads();
+    let mut reader = fs::File::open(&f).unwrap();
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 9 * MIB as usize);
+    assert!(mount.daemon_reads() > before, "over 80%: no passthrough");
+    // The reader is open, yet a writer is refused at the hard limit.
+    let o = as_user(&format!(
+        "dd if=/dev/zero of={} bs=1M count=4 oflag=append conv=notrunc",
+        f.display()
+    ));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Disk quota exceeded"),
+        "{}",
+        text(&o)
+    );
+    assert!(m.usage().0 <= 10 * MIB as i64);
+    drop(reader);
+}

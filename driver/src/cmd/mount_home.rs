@@ -56,6 +56,10 @@ pub struct HomeArgs {
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 4, value_parser = parse_threads)]
     pub fuse_threads: usize,
+    /// Serve read-only opens through the daemon too, instead of handing them
+    /// to the kernel as passthrough files (Linux >= 6.9; used where available).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Stay in the foreground instead of daemonizing.
     #[arg(short, long)]
     pub foreground: bool,
@@ -106,6 +110,7 @@ impl HomeArgs {
         o.report_interval = self.report_interval;
         o.walk_timeout = self.walk_timeout;
         o.fuse_threads = self.fuse_threads;
+        o.passthrough = !self.no_passthrough;
         Ok(o)
     }
 

@@ -6,11 +6,12 @@
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
@@ -18,6 +19,7 @@ use fuser::{
 
 use super::error::HomeError;
 use super::fs::{Caller, Entry, HomeFs, SetAttr, SetTime};
+use super::iomode::{Grant, IoModes};
 
 /// How long the kernel may trust attributes and names. Short, because other
 /// nodes may change the same home on the share.
@@ -28,11 +30,86 @@ pub const MAX_WRITE: u32 = 1 << 20;
 
 pub struct HomeFuse {
     fs: Arc<HomeFs>,
+    io: IoModes<BackingId>,
+    /// Hand read-only opens to the kernel as passthrough files: asked for by
+    /// the options, then cleared if the kernel does not offer it or refuses
+    /// a backing file (it needs CAP_SYS_ADMIN).
+    passthrough: AtomicBool,
 }
 
 impl HomeFuse {
-    pub fn new(fs: Arc<HomeFs>) -> Self {
-        HomeFuse { fs }
+    pub fn new(fs: Arc<HomeFs>, passthrough: bool) -> Self {
+        HomeFuse {
+            fs,
+            io: IoModes::default(),
+            passthrough: AtomicBool::new(passthrough),
+        }
+    }
+
+    /// Registers the backing file of `fh` for passthrough; `None` (and
+    /// passthrough off for the rest of the mount) when the kernel refuses.
+    fn backing(
+        &self,
+        fh: u64,
+        open: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
+    ) -> Option<BackingId> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.fs.with_file(fh, open) {
+            Ok(Ok(b)) => Some(b),
+            Ok(Err(e)) => {
+                if self.passthrough.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "kernel refused a passthrough file; reads go through the daemon");
+                }
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Whether an open only reads (and so may pass through).
+fn read_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0
+}
+
+/// Flags of a daemon-served open: page cache kept across opens; a reader's
+/// close needs no FLUSH round trip (nothing of it can fail late).
+fn cached_flags(read_only: bool) -> FopenFlags {
+    if read_only {
+        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
+    } else {
+        FopenFlags::FOPEN_KEEP_CACHE
+    }
+}
+
+impl HomeFuse {
+    /// Decides how the kernel serves a new handle (see `iomode`).
+    fn grant(
+        &self,
+        ino: u64,
+        fh: u64,
+        flags: i32,
+        open: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
+    ) -> (Grant<BackingId>, FopenFlags) {
+        let ro = read_only(flags);
+        let usage = self.fs.usage();
+        let may = !usage.cleanup() && !usage.over_soft_limit();
+        let g = self.io.open(ino, fh, ro, may, || self.backing(fh, open));
+        if matches!(g, Grant::Passthrough(_)) && !ro {
+            if let Err(e) = self.fs.unmediated_writer(fh) {
+                tracing::warn!(error = %e, "cannot follow a passthrough writer");
+            }
+            tracing::debug!(ino, "writer joins passthrough readers; charged as it grows");
+        }
+        let f = match g {
+            // A passthrough writer's close must still reach us (flush).
+            Grant::Passthrough(_) if ro => FopenFlags::FOPEN_NOFLUSH,
+            Grant::Passthrough(_) => FopenFlags::empty(),
+            Grant::Cached => cached_flags(ro),
+        };
+        (g, f)
     }
 }
 
@@ -142,6 +219,16 @@ impl Filesystem for HomeFuse {
         // drops them itself when a getattr shows the file changed under us
         // (another node writing the same home).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
+        // Depth 2: the backing may itself be stacked (an overlay root in a
+        // container); this mount then cannot be stacked on, which nothing does.
+        let offered = self.passthrough.load(Ordering::Relaxed)
+            && config.set_max_stack_depth(2).is_ok()
+            && config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok();
+        if !offered && self.passthrough.swap(false, Ordering::Relaxed) {
+            tracing::info!("kernel has no FUSE passthrough; reads go through the daemon");
+        }
         Ok(())
     }
 
@@ -282,9 +369,13 @@ impl Filesystem for HomeFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(err(e)),
+        let fh = match self.fs.open(ino.0, flags.0) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(err(e)),
+        };
+        match self.grant(ino.0, fh, flags.0, |f| reply.open_backing(f)) {
+            (Grant::Passthrough(b), f) => reply.opened_passthrough(FileHandle(fh), f, &b),
+            (Grant::Cached, f) => reply.opened(FileHandle(fh), f),
         }
     }
 
@@ -327,11 +418,11 @@ impl Filesystem for HomeFuse {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok()
+        empty(reply, self.fs.flush(fh.0))
     }
 
     fn release(
@@ -345,6 +436,7 @@ impl Filesystem for HomeFuse {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
+        self.io.release(fh.0);
         reply.ok()
     }
 
@@ -474,18 +566,17 @@ impl Filesystem for HomeFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
+        let (e, fh) = match self
             .fs
             .create(caller(req), parent.0, name, mode, umask, flags)
         {
-            Ok((e, fh)) => reply.created(
-                &TTL,
-                &attr(e.ino, &e.st),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(err(e)),
+            Ok(r) => r,
+            Err(e) => return reply.error(err(e)),
+        };
+        let (ttl, a, g, f) = (&TTL, &attr(e.ino, &e.st), Generation(0), FileHandle(fh));
+        match self.grant(e.ino, fh, flags, |f| reply.open_backing(f)) {
+            (Grant::Passthrough(b), fl) => reply.created_passthrough(ttl, a, g, f, fl, &b),
+            (Grant::Cached, fl) => reply.created(ttl, a, g, f, fl),
         }
     }
 

@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -81,7 +81,35 @@ struct Inode {
     nlookup: AtomicU64,
     /// Serialises size-changing operations so the before/after sizes
     /// measured around each one belong to it alone.
-    size_lock: Mutex<()>,
+    size_lock: Mutex<Unmediated>,
+}
+
+/// Size changes the daemon does not see: a writer the kernel serves itself
+/// (a passthrough file; see `iomode`). While such writers are open, the size
+/// last accounted is kept, and the drift is charged whenever the daemon
+/// looks: around its own size changes, by the periodic
+/// [`HomeFs::settle_unmediated`], and when the writer closes.
+#[derive(Default)]
+struct Unmediated {
+    writers: u32,
+    baseline: i64,
+}
+
+impl Unmediated {
+    /// The file is `now` bytes: charges what changed unseen.
+    fn seen(&mut self, usage: &Usage, now: i64) {
+        if self.writers > 0 {
+            usage.apply(now - self.baseline, 0);
+            self.baseline = now;
+        }
+    }
+
+    /// The daemon's own change to `now` bytes is already charged.
+    fn rebase(&mut self, now: i64) {
+        if self.writers > 0 {
+            self.baseline = now;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,6 +123,11 @@ struct Handle {
     file: File,
     inode: Arc<Inode>,
     append: bool,
+    /// Written through this handle since the last flush: only then has a
+    /// close anything to report.
+    dirty: AtomicBool,
+    /// The kernel writes through this handle without us (passthrough).
+    unmediated: AtomicBool,
 }
 
 /// One directory entry as listed.
@@ -120,6 +153,8 @@ pub struct HomeFs {
     next_fh: AtomicU64,
     usage: Arc<Usage>,
     root_dev: u64,
+    /// Reads the daemon served (passthrough reads never get here).
+    daemon_reads: AtomicU64,
 }
 
 fn errno() -> HomeError {
@@ -274,7 +309,7 @@ impl HomeFs {
                 fd,
                 key,
                 nlookup: AtomicU64::new(1),
-                size_lock: Mutex::new(()),
+                size_lock: Mutex::new(Unmediated::default()),
             }),
         );
         Ok(HomeFs {
@@ -284,11 +319,17 @@ impl HomeFs {
             next_fh: AtomicU64::new(1),
             usage,
             root_dev: st.st_dev,
+            daemon_reads: AtomicU64::new(0),
         })
     }
 
     pub fn usage(&self) -> &Arc<Usage> {
         &self.usage
+    }
+
+    /// Read requests served by the daemon so far.
+    pub fn daemon_reads(&self) -> u64 {
+        self.daemon_reads.load(Ordering::Relaxed)
     }
 
     fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
@@ -311,6 +352,11 @@ impl HomeFs {
     /// Registers one more kernel reference to `parent/name` and returns it.
     fn remember(&self, parent: &Inode, name: &CStr) -> Result<Entry> {
         let st = stat_at(parent.fd.as_raw_fd(), name, 0)?;
+        self.remember_as(parent, name, st)
+    }
+
+    /// As [`Self::remember`], with the entry's attributes already at hand.
+    fn remember_as(&self, parent: &Inode, name: &CStr, st: libc::stat) -> Result<Entry> {
         let key = (st.st_dev, st.st_ino);
         {
             let t = self.inodes.read();
@@ -350,7 +396,7 @@ impl HomeFs {
                 fd,
                 key,
                 nlookup: AtomicU64::new(1),
-                size_lock: Mutex::new(()),
+                size_lock: Mutex::new(Unmediated::default()),
             }),
         );
         Ok(Entry { ino, st })
@@ -442,8 +488,9 @@ impl HomeFs {
 
     /// Truncate (shrink always allowed, growth reserved first).
     fn truncate_fd(&self, inode: &Inode, fd: RawFd, size: u64) -> Result<()> {
-        let _g = inode.size_lock.lock();
+        let mut g = inode.size_lock.lock();
         let before = stat_fd(fd)?.st_size.max(0) as u64;
+        g.seen(&self.usage, before as i64);
         let r = self.usage.reserve(size.saturating_sub(before), 0)?;
         // SAFETY: ftruncate on an open descriptor.
         if let Err(e) = cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }) {
@@ -452,6 +499,7 @@ impl HomeFs {
         }
         let after = stat_fd(fd).map(|s| s.st_size).unwrap_or(size as i64);
         self.usage.settle(r, after - before as i64, 0);
+        g.rebase(after);
         Ok(())
     }
 
@@ -629,6 +677,8 @@ impl HomeFs {
                 file,
                 inode,
                 append,
+                dirty: false.into(),
+                unmediated: false.into(),
             }),
         );
         fh
@@ -658,7 +708,12 @@ impl HomeFs {
     ) -> Result<(Entry, u64)> {
         let p = self.inode(parent)?;
         let n = cname(name)?;
-        let before = stat_at(p.fd.as_raw_fd(), &n, 0).ok();
+        // With O_EXCL success means new, so the stat is only for the others.
+        let before = if flags & libc::O_EXCL != 0 {
+            None
+        } else {
+            stat_at(p.fd.as_raw_fd(), &n, 0).ok()
+        };
         let r = self.usage.reserve(0, before.is_none() as u64)?;
         let oflags = (flags & !(libc::O_NOCTTY | libc::O_TRUNC)) | libc::O_CREAT | libc::O_CLOEXEC;
         let res = as_caller(c, || {
@@ -682,13 +737,14 @@ impl HomeFs {
         // SAFETY: fd was just returned by openat and is owned here.
         let file = unsafe { File::from_raw_fd(fd) };
         self.usage.settle(r, 0, before.is_none() as i64);
-        let e = self.remember(&p, &n)?;
+        let mut st = stat_fd(file.as_raw_fd())?;
+        let e = self.remember_as(&p, &n, st)?;
         let i = self.inode(e.ino)?;
-        if flags & libc::O_TRUNC != 0 && before.is_some() {
+        if flags & libc::O_TRUNC != 0 && before.is_some() && st.st_size != 0 {
             self.truncate_fd(&i, file.as_raw_fd(), 0)?;
+            st = stat_fd(file.as_raw_fd())?;
         }
         let fh = self.add_handle(file, i, flags);
-        let st = self.getattr(e.ino)?;
         Ok((Entry { ino: e.ino, st }, fh))
     }
 
@@ -704,6 +760,7 @@ impl HomeFs {
             Ok(h) => h,
             Err(e) => return reply(Err(e)),
         };
+        self.daemon_reads.fetch_add(1, Ordering::Relaxed);
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
             if buf.len() < size as usize {
@@ -728,8 +785,9 @@ impl HomeFs {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let h = self.handle(fh)?;
         let fd = h.file.as_raw_fd();
-        let _g = h.inode.size_lock.lock();
+        let mut g = h.inode.size_lock.lock();
         let before = stat_fd(fd)?.st_size.max(0) as u64;
+        g.seen(&self.usage, before as i64);
         let end = if h.append { before } else { offset } + data.len() as u64;
         let r = self.usage.reserve(end.saturating_sub(before), 0)?;
         // SAFETY: pwrite from a slice of the given length.
@@ -745,14 +803,17 @@ impl HomeFs {
         };
         let after = stat_fd(fd).map(|s| s.st_size).unwrap_or(end as i64);
         self.usage.settle(r, after - before as i64, 0);
+        g.rebase(after);
+        h.dirty.store(true, Ordering::Relaxed);
         Ok(n)
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         let h = self.handle(fh)?;
         let fd = h.file.as_raw_fd();
-        let _g = h.inode.size_lock.lock();
+        let mut g = h.inode.size_lock.lock();
         let before = stat_fd(fd)?.st_size.max(0) as u64;
+        g.seen(&self.usage, before as i64);
         let grows = mode & (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) == 0;
         let want = if grows {
             (offset + length).saturating_sub(before)
@@ -771,6 +832,7 @@ impl HomeFs {
             .map(|s| s.st_size)
             .unwrap_or((before + want) as i64);
         self.usage.settle(r, after - before as i64, 0);
+        g.rebase(after);
         Ok(())
     }
 
@@ -784,8 +846,9 @@ impl HomeFs {
     ) -> Result<usize> {
         let (hi, ho) = (self.handle(fh_in)?, self.handle(fh_out)?);
         let fd = ho.file.as_raw_fd();
-        let _g = ho.inode.size_lock.lock();
+        let mut g = ho.inode.size_lock.lock();
         let before = stat_fd(fd)?.st_size.max(0) as u64;
+        g.seen(&self.usage, before as i64);
         let r = self
             .usage
             .reserve((off_out + len).saturating_sub(before), 0)?;
@@ -803,6 +866,8 @@ impl HomeFs {
         };
         let after = stat_fd(fd).map(|s| s.st_size).unwrap_or(before as i64);
         self.usage.settle(r, after - before as i64, 0);
+        g.rebase(after);
+        ho.dirty.store(true, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -830,8 +895,71 @@ impl HomeFs {
         Ok(())
     }
 
+    /// A `close()` of the caller: if the handle was written, closes a
+    /// duplicate of the backing descriptor so a network filesystem's
+    /// deferred write errors (NFS reports ENOSPC, EDQUOT, EIO at close)
+    /// reach the caller's close, as libfuse's passthrough does.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        if !h.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        // SAFETY: dup of an open descriptor; the duplicate is closed at once.
+        let d = cvt(unsafe { libc::dup(h.file.as_raw_fd()) })?;
+        // SAFETY: d was just returned by dup and is closed only here.
+        cvt(unsafe { libc::close(d) })?;
+        Ok(())
+    }
+
+    /// Runs `f` on the backing file of an open handle.
+    pub fn with_file<T>(&self, fh: u64, f: impl FnOnce(&File) -> T) -> Result<T> {
+        Ok(f(&self.handle(fh)?.file))
+    }
+
     pub fn release(&self, fh: u64) {
-        self.files.write().remove(&fh);
+        let Some(h) = self.files.write().remove(&fh) else {
+            return;
+        };
+        if h.unmediated.load(Ordering::Relaxed) {
+            let mut g = h.inode.size_lock.lock();
+            if let Ok(st) = stat_fd(h.file.as_raw_fd()) {
+                g.seen(&self.usage, st.st_size);
+            }
+            g.writers = g.writers.saturating_sub(1);
+        }
+    }
+
+    /// The kernel will write through `fh` without us (a passthrough
+    /// writer): from now on its size changes are charged when we look.
+    pub fn unmediated_writer(&self, fh: u64) -> Result<()> {
+        let h = self.handle(fh)?;
+        let size = stat_fd(h.file.as_raw_fd())?.st_size;
+        let mut g = h.inode.size_lock.lock();
+        if g.writers == 0 {
+            g.baseline = size;
+        }
+        g.writers += 1;
+        h.unmediated.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Charges what passthrough writers wrote since the last look; returns
+    /// how many such writers are open. Called every second or so.
+    pub fn settle_unmediated(&self) -> usize {
+        let open: Vec<Arc<Handle>> = self
+            .files
+            .read()
+            .values()
+            .filter(|h| h.unmediated.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        for h in &open {
+            let mut g = h.inode.size_lock.lock();
+            if let Ok(st) = stat_fd(h.file.as_raw_fd()) {
+                g.seen(&self.usage, st.st_size);
+            }
+        }
+        open.len()
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {

@@ -9,6 +9,7 @@
 //! to cleanup (no-write) mode while it stays mounted.
 //!
 //! * [`fs`]: the passthrough core (testable without the kernel);
+//! * [`iomode`]: which opens the kernel serves itself (passthrough reads);
 //! * [`usage`]: counters, reservations, limits, cleanup mode;
 //! * [`sink`]: the `UsageSink` trait, its gRPC and fake implementations and
 //!   the batching reporter;
@@ -17,6 +18,7 @@
 pub mod adapter;
 pub mod error;
 pub mod fs;
+pub mod iomode;
 pub mod session;
 pub mod sink;
 pub mod usage;

@@ -20,6 +20,9 @@ use super::fs::HomeFs;
 use super::sink::{ReportKind, Reporter, UsageReport, UsageSink};
 use super::usage::{Limits, Usage};
 
+/// How often growth by passthrough writers is charged.
+const SETTLE_EVERY: Duration = Duration::from_millis(500);
+
 /// Everything needed to mount one home.
 #[derive(Debug, Clone)]
 pub struct HomeOptions {
@@ -35,6 +38,9 @@ pub struct HomeOptions {
     pub walk_timeout: Duration,
     /// Threads serving FUSE requests.
     pub fuse_threads: usize,
+    /// Let the kernel serve read-only opens from the backing file (FUSE
+    /// passthrough, Linux ≥ 6.9; falls back by itself where unavailable).
+    pub passthrough: bool,
 }
 
 impl HomeOptions {
@@ -47,6 +53,7 @@ impl HomeOptions {
             report_interval: Duration::from_secs(5),
             walk_timeout: Duration::from_secs(3600),
             fuse_threads: 4,
+            passthrough: true,
         }
     }
 }
@@ -68,6 +75,7 @@ pub struct HomeMount {
     fs: Arc<HomeFs>,
     reporter: Option<Reporter>,
     walk: Option<JoinHandle<()>>,
+    settle: Option<JoinHandle<()>>,
     cancel: Arc<AtomicBool>,
     mountpoint: PathBuf,
 }
@@ -101,7 +109,7 @@ pub fn mount(
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.fuse_threads.max(1));
     config.clone_fd = true;
-    let session = fuser::spawn_mount(HomeFuse::new(fs.clone()), &opts.mountpoint, &config)
+    let session = fuser::spawn_mount(HomeFuse::new(fs.clone(), opts.passthrough), &opts.mountpoint, &config)
         .map_err(|source| MountError::Mount {
             path: opts.mountpoint.clone(),
             source,
@@ -142,11 +150,25 @@ pub fn mount(
             })
             .ok()
     };
+    // Passthrough writers grow files without us; charge them every second.
+    let settle = {
+        let (fs, cancel) = (fs.clone(), cancel.clone());
+        std::thread::Builder::new()
+            .name("hubfs-settle".into())
+            .spawn(move || {
+                while !cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(SETTLE_EVERY);
+                    fs.settle_unmediated();
+                }
+            })
+            .ok()
+    };
     Ok(HomeMount {
         session: Some(session),
         fs,
         reporter,
         walk,
+        settle,
         cancel,
         mountpoint: opts.mountpoint.clone(),
     })
@@ -155,6 +177,11 @@ pub fn mount(
 impl HomeMount {
     pub fn usage(&self) -> &Arc<Usage> {
         self.fs.usage()
+    }
+
+    /// Read requests the daemon served (passthrough reads are not among them).
+    pub fn daemon_reads(&self) -> u64 {
+        self.fs.daemon_reads()
     }
 
     /// True once the kernel has dropped the mount (e.g. `umount` from outside).
@@ -188,6 +215,10 @@ impl HomeMount {
         if let Some(w) = self.walk.take() {
             let _ = w.join();
         }
+        if let Some(t) = self.settle.take() {
+            let _ = t.join();
+        }
+        self.fs.settle_unmediated();
         if let Some(rep) = self.reporter.take() {
             rep.stop();
         }
