@@ -93,7 +93,10 @@ impl<B> IoModes<B> {
         let mut inodes = self.inodes.lock();
         let io = inodes.entry(ino).or_default();
         let (grant, kind) = if io.passthrough > 0 {
-            let b = io.backing.clone().expect("a passthrough period has a backing");
+            let b = io
+                .backing
+                .clone()
+                .expect("a passthrough period has a backing");
             io.passthrough += 1;
             (Grant::Passthrough(b), Kind::Passthrough)
         } else if !read_only || !may_pass_through || io.cached > 0 {
@@ -202,7 +205,9 @@ mod tests {
         let io = IoModes::<u32>::default();
         assert_eq!(kind(&io.open(9, 1, false, true, || None)), "cached");
         assert_eq!(
-            kind(&io.open(9, 2, true, true, || unreachable!("no passthrough while cached"))),
+            kind(&io.open(9, 2, true, true, || unreachable!(
+                "no passthrough while cached"
+            ))),
             "cached"
         );
         io.release(1);

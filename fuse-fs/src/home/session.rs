@@ -109,11 +109,15 @@ pub fn mount(
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.fuse_threads.max(1));
     config.clone_fd = true;
-    let session = fuser::spawn_mount(HomeFuse::new(fs.clone(), opts.passthrough), &opts.mountpoint, &config)
-        .map_err(|source| MountError::Mount {
-            path: opts.mountpoint.clone(),
-            source,
-        })?;
+    let session = fuser::spawn_mount(
+        HomeFuse::new(fs.clone(), opts.passthrough),
+        &opts.mountpoint,
+        &config,
+    )
+    .map_err(|source| MountError::Mount {
+        path: opts.mountpoint.clone(),
+        source,
+    })?;
     let reporter =
         sink.map(|s| Reporter::start(usage.clone(), s, &opts.user, opts.report_interval));
     let cancel = Arc::new(AtomicBool::new(false));

@@ -16,7 +16,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::error::{FsError, StoreError};
 use super::inode::{Ino, Inode, InodeTable, Kind, Location, NewChild, Stat};
 use super::listing::{page_entries, valid_name, DirCache, DirEntry, Listing, NAME_MAX};
-use super::prefetch::{MemoryLimiter, PrefetchConfig, Prefetcher};
+use super::prefetch::{MemoryLimiter, Pieces, PrefetchConfig, Prefetcher};
 use super::store::{ObjectStore, LIST_PAGE_SIZE};
 use super::upload::Upload;
 
@@ -666,8 +666,13 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        Ok(self.read_pieces(fh, offset, size).await?.to_bytes())
+    }
+
+    /// As [`Self::read`], the bytes left in the pieces they arrived in.
+    pub async fn read_pieces(&self, fh: u64, offset: u64, size: u32) -> Result<Pieces, FsError> {
         match self.handle(fh)? {
-            Handle::Read(p) => Ok(p.lock().await.read(offset, size as u64).await?),
+            Handle::Read(p) => Ok(p.lock().await.read_pieces(offset, size as u64).await?),
             Handle::Write(..) => Err(FsError::Unsupported("read of a file being uploaded")),
             Handle::Dir(_) => Err(FsError::IsDir),
         }

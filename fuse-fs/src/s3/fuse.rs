@@ -19,6 +19,7 @@ use fuser::{
 use super::error::FsError;
 use super::fs::{Attr, S3Fs};
 use super::inode::Kind;
+use super::prefetch::Pieces;
 use super::store::ObjectStore;
 
 /// Entries asked of the core per readdir call; the kernel buffer takes fewer.
@@ -78,6 +79,29 @@ fn kind(k: Kind) -> FileType {
     match k {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+    }
+}
+
+thread_local! {
+    /// Where a read that spans several body chunks is joined for the reply;
+    /// kept per thread so no request pays for a fresh buffer's page faults.
+    static REPLY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Replies with the bytes of `p`: a single chunk as is, several joined in
+/// the thread's reply buffer (the kernel wants one contiguous payload).
+fn reply_pieces(reply: ReplyData, p: &Pieces) {
+    match p.slices() {
+        [] => reply.data(&[]),
+        [one] => reply.data(one),
+        many => REPLY_BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            buf.clear();
+            for s in many {
+                buf.extend_from_slice(s);
+            }
+            reply.data(&buf);
+        }),
     }
 }
 
@@ -250,8 +274,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
-            match fs.read(fh.0, offset, size).await {
-                Ok(b) => reply.data(&b),
+            match fs.read_pieces(fh.0, offset, size).await {
+                Ok(p) => reply_pieces(reply, &p),
                 Err(e) => reply.error(errno(&e)),
             }
         });
