@@ -488,19 +488,44 @@ impl HomeFs {
 
     /// Truncate (shrink always allowed, growth reserved first).
     fn truncate_fd(&self, inode: &Inode, fd: RawFd, size: u64) -> Result<()> {
+        self.resize(
+            inode,
+            fd,
+            |before| size.saturating_sub(before),
+            // SAFETY: ftruncate on an open descriptor.
+            || cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }).map(drop),
+        )
+    }
+
+    /// Runs `op`, which changes the size of the file open as `fd`, under
+    /// the inode's size lock: catches up on what passthrough writers wrote,
+    /// reserves the growth `grow(size before)` first (EDQUOT past the
+    /// limit), and charges the change that really happened.
+    fn resize<T>(
+        &self,
+        inode: &Inode,
+        fd: RawFd,
+        grow: impl FnOnce(u64) -> u64,
+        op: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let mut g = inode.size_lock.lock();
         let before = stat_fd(fd)?.st_size.max(0) as u64;
         g.seen(&self.usage, before as i64);
-        let r = self.usage.reserve(size.saturating_sub(before), 0)?;
-        // SAFETY: ftruncate on an open descriptor.
-        if let Err(e) = cvt(unsafe { libc::ftruncate(fd, size as libc::off_t) }) {
-            self.usage.release(r);
-            return Err(e);
-        }
-        let after = stat_fd(fd).map(|s| s.st_size).unwrap_or(size as i64);
+        let want = grow(before);
+        let r = self.usage.reserve(want, 0)?;
+        let out = match op() {
+            Ok(v) => v,
+            Err(e) => {
+                self.usage.release(r);
+                return Err(e);
+            }
+        };
+        let after = stat_fd(fd)
+            .map(|s| s.st_size)
+            .unwrap_or((before + want) as i64);
         self.usage.settle(r, after - before as i64, 0);
         g.rebase(after);
-        Ok(())
+        Ok(out)
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -785,25 +810,20 @@ impl HomeFs {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let h = self.handle(fh)?;
         let fd = h.file.as_raw_fd();
-        let mut g = h.inode.size_lock.lock();
-        let before = stat_fd(fd)?.st_size.max(0) as u64;
-        g.seen(&self.usage, before as i64);
-        let end = if h.append { before } else { offset } + data.len() as u64;
-        let r = self.usage.reserve(end.saturating_sub(before), 0)?;
-        // SAFETY: pwrite from a slice of the given length.
-        let n = cvt_isize(unsafe {
-            libc::pwrite(fd, data.as_ptr().cast(), data.len(), offset as libc::off_t)
-        });
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                self.usage.release(r);
-                return Err(e);
-            }
-        };
-        let after = stat_fd(fd).map(|s| s.st_size).unwrap_or(end as i64);
-        self.usage.settle(r, after - before as i64, 0);
-        g.rebase(after);
+        let n = self.resize(
+            &h.inode,
+            fd,
+            |before| {
+                let end = if h.append { before } else { offset } + data.len() as u64;
+                end.saturating_sub(before)
+            },
+            // SAFETY: pwrite from a slice of the given length.
+            || {
+                cvt_isize(unsafe {
+                    libc::pwrite(fd, data.as_ptr().cast(), data.len(), offset as libc::off_t)
+                })
+            },
+        )?;
         h.dirty.store(true, Ordering::Relaxed);
         Ok(n)
     }
@@ -811,29 +831,25 @@ impl HomeFs {
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         let h = self.handle(fh)?;
         let fd = h.file.as_raw_fd();
-        let mut g = h.inode.size_lock.lock();
-        let before = stat_fd(fd)?.st_size.max(0) as u64;
-        g.seen(&self.usage, before as i64);
         let grows = mode & (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) == 0;
-        let want = if grows {
-            (offset + length).saturating_sub(before)
-        } else {
-            0
-        };
-        let r = self.usage.reserve(want, 0)?;
-        // SAFETY: fallocate on an open descriptor.
-        if let Err(e) =
-            cvt(unsafe { libc::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t) })
-        {
-            self.usage.release(r);
-            return Err(e);
-        }
-        let after = stat_fd(fd)
-            .map(|s| s.st_size)
-            .unwrap_or((before + want) as i64);
-        self.usage.settle(r, after - before as i64, 0);
-        g.rebase(after);
-        Ok(())
+        self.resize(
+            &h.inode,
+            fd,
+            |before| {
+                if grows {
+                    (offset + length).saturating_sub(before)
+                } else {
+                    0
+                }
+            },
+            // SAFETY: fallocate on an open descriptor.
+            || {
+                cvt(unsafe {
+                    libc::fallocate(fd, mode, offset as libc::off_t, length as libc::off_t)
+                })
+                .map(drop)
+            },
+        )
     }
 
     pub fn copy_file_range(
@@ -846,27 +862,25 @@ impl HomeFs {
     ) -> Result<usize> {
         let (hi, ho) = (self.handle(fh_in)?, self.handle(fh_out)?);
         let fd = ho.file.as_raw_fd();
-        let mut g = ho.inode.size_lock.lock();
-        let before = stat_fd(fd)?.st_size.max(0) as u64;
-        g.seen(&self.usage, before as i64);
-        let r = self
-            .usage
-            .reserve((off_out + len).saturating_sub(before), 0)?;
         let (mut oi, mut oo) = (off_in as i64, off_out as i64);
-        // SAFETY: copy_file_range between open descriptors with valid offsets.
-        let n = cvt_isize(unsafe {
-            libc::copy_file_range(hi.file.as_raw_fd(), &mut oi, fd, &mut oo, len as usize, 0)
-        } as isize);
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
-                self.usage.release(r);
-                return Err(e);
-            }
-        };
-        let after = stat_fd(fd).map(|s| s.st_size).unwrap_or(before as i64);
-        self.usage.settle(r, after - before as i64, 0);
-        g.rebase(after);
+        let n = self.resize(
+            &ho.inode,
+            fd,
+            |before| (off_out + len).saturating_sub(before),
+            // SAFETY: copy_file_range between open descriptors with valid offsets.
+            || {
+                cvt_isize(unsafe {
+                    libc::copy_file_range(
+                        hi.file.as_raw_fd(),
+                        &mut oi,
+                        fd,
+                        &mut oo,
+                        len as usize,
+                        0,
+                    )
+                } as isize)
+            },
+        )?;
         ho.dirty.store(true, Ordering::Relaxed);
         Ok(n)
     }
