@@ -42,7 +42,12 @@ fi
 cleanup() {
     umount "$BASE/hubfs" 2>/dev/null || true
     umount "$BASE/bindfs" 2>/dev/null || true
-    if [ "$TMPFS" = 1 ]; then umount "$BASE" 2>/dev/null || true; fi
+    if [ "$TMPFS" = 1 ] && mountpoint -q "$BASE"; then
+        # The hubfs daemon leaves a moment after its unmount, holding files
+        # of the tmpfs until then.
+        for _ in $(seq 50); do umount "$BASE" 2>/dev/null && break; sleep 0.1; done
+        mountpoint -q "$BASE" && umount -l "$BASE"
+    fi
 }
 trap cleanup EXIT
 cleanup
