@@ -46,7 +46,7 @@ cleanup() {
         # The hubfs daemon leaves a moment after its unmount, holding files
         # of the tmpfs until then.
         for _ in $(seq 50); do umount "$BASE" 2>/dev/null && break; sleep 0.1; done
-        mountpoint -q "$BASE" && umount -l "$BASE"
+        if mountpoint -q "$BASE"; then umount -l "$BASE"; fi
     fi
 }
 trap cleanup EXIT
