@@ -28,6 +28,21 @@ const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
 
+/// Whether an open only reads (and so may pass through).
+fn read_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0
+}
+
+/// Flags of a daemon-served open: page cache kept across opens; a reader's
+/// close needs no FLUSH round trip (nothing of it can fail late).
+fn cached_flags(read_only: bool) -> FopenFlags {
+    if read_only {
+        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
+    } else {
+        FopenFlags::FOPEN_KEEP_CACHE
+    }
+}
+
 pub struct HomeFuse {
     fs: Arc<HomeFs>,
     io: IoModes<BackingId>,
@@ -67,24 +82,7 @@ impl HomeFuse {
             Err(_) => None,
         }
     }
-}
 
-/// Whether an open only reads (and so may pass through).
-fn read_only(flags: i32) -> bool {
-    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0
-}
-
-/// Flags of a daemon-served open: page cache kept across opens; a reader's
-/// close needs no FLUSH round trip (nothing of it can fail late).
-fn cached_flags(read_only: bool) -> FopenFlags {
-    if read_only {
-        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
-    } else {
-        FopenFlags::FOPEN_KEEP_CACHE
-    }
-}
-
-impl HomeFuse {
     /// Decides how the kernel serves a new handle (see `iomode`).
     fn grant(
         &self,

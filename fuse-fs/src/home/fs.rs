@@ -935,10 +935,7 @@ impl HomeFs {
             return;
         };
         if h.unmediated.load(Ordering::Relaxed) {
-            let mut g = h.inode.size_lock.lock();
-            if let Ok(st) = stat_fd(h.file.as_raw_fd()) {
-                g.seen(&self.usage, st.st_size);
-            }
+            let mut g = self.charge_unseen(&h);
             g.writers = g.writers.saturating_sub(1);
         }
     }
@@ -957,9 +954,9 @@ impl HomeFs {
         Ok(())
     }
 
-    /// Charges what passthrough writers wrote since the last look; returns
-    /// how many such writers are open. Called every second or so.
-    pub fn settle_unmediated(&self) -> usize {
+    /// Charges what passthrough writers wrote since the last look (the
+    /// mount calls it twice a second).
+    pub fn settle_unmediated(&self) {
         let open: Vec<Arc<Handle>> = self
             .files
             .read()
@@ -968,12 +965,18 @@ impl HomeFs {
             .cloned()
             .collect();
         for h in &open {
-            let mut g = h.inode.size_lock.lock();
-            if let Ok(st) = stat_fd(h.file.as_raw_fd()) {
-                g.seen(&self.usage, st.st_size);
-            }
+            drop(self.charge_unseen(h));
         }
-        open.len()
+    }
+
+    /// Charges the size change of a passthrough writer's file since it was
+    /// last seen; returns the inode's size lock, still held.
+    fn charge_unseen<'a>(&self, h: &'a Handle) -> parking_lot::MutexGuard<'a, Unmediated> {
+        let mut g = h.inode.size_lock.lock();
+        if let Ok(st) = stat_fd(h.file.as_raw_fd()) {
+            g.seen(&self.usage, st.st_size);
+        }
+        g
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {

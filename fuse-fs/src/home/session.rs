@@ -154,19 +154,23 @@ pub fn mount(
             })
             .ok()
     };
-    // Passthrough writers grow files without us; charge them every second.
-    let settle = {
-        let (fs, cancel) = (fs.clone(), cancel.clone());
-        std::thread::Builder::new()
-            .name("hubfs-settle".into())
-            .spawn(move || {
-                while !cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(SETTLE_EVERY);
-                    fs.settle_unmediated();
-                }
-            })
-            .ok()
-    };
+    // Passthrough writers grow files without us; charge them as they go.
+    // Without passthrough there are none, and no thread to wake.
+    let settle = opts
+        .passthrough
+        .then(|| {
+            let (fs, cancel) = (fs.clone(), cancel.clone());
+            std::thread::Builder::new()
+                .name("hubfs-settle".into())
+                .spawn(move || {
+                    while !cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(SETTLE_EVERY);
+                        fs.settle_unmediated();
+                    }
+                })
+                .ok()
+        })
+        .flatten();
     Ok(HomeMount {
         session: Some(session),
         fs,
