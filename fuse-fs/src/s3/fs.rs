@@ -678,19 +678,31 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
-    /// Creates a new file, uploaded when it is closed.
-    pub async fn create(&self, parent: Ino, name: &str) -> Result<(Attr, u64), FsError> {
+    /// Checks that `name` may be created in directory `parent` (writes
+    /// allowed, a valid name) and returns where it would live.
+    fn new_entry_in(
+        &self,
+        parent: Ino,
+        name: &str,
+        what: &'static str,
+    ) -> Result<(usize, String), FsError> {
         if !self.cfg.allow_writes {
             return Err(FsError::ReadOnly);
         }
         let p = self.node(parent)?;
-        let (source, prefix) = self.dir_of(&p)?;
+        let dir = self.dir_of(&p)?;
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
         if !valid_name(name) {
-            return Err(FsError::Invalid("file name"));
+            return Err(FsError::Invalid(what));
         }
+        Ok(dir)
+    }
+
+    /// Creates a new file, uploaded when it is closed.
+    pub async fn create(&self, parent: Ino, name: &str) -> Result<(Attr, u64), FsError> {
+        let (source, prefix) = self.new_entry_in(parent, name, "file name")?;
         match self.lookup_node(parent, name).await {
             Ok(existing) if existing.kind == Kind::Dir => return Err(FsError::IsDir),
             Ok(existing) if !existing.local && existing.stat.size > 0 => {
@@ -787,17 +799,7 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
-        if !self.cfg.allow_writes {
-            return Err(FsError::ReadOnly);
-        }
-        let p = self.node(parent)?;
-        let (source, prefix) = self.dir_of(&p)?;
-        if name.len() > NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        if !valid_name(name) {
-            return Err(FsError::Invalid("directory name"));
-        }
+        let (source, prefix) = self.new_entry_in(parent, name, "directory name")?;
         match self.lookup_node(parent, name).await {
             Ok(_) => return Err(FsError::Exists),
             Err(FsError::NotFound) => {}
