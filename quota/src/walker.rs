@@ -15,6 +15,10 @@
 //! * a deadline turns the result into a partial one marked `timed_out` (the
 //!   seed's `timed-out` state), and a `stat` rate limit keeps a walk from
 //!   starving a shared filesystem.
+//!
+//! A [`Gate`] lets the caller decide per inode whether the walk counts it:
+//! the home layer walks a home that is being written to, and only it knows
+//! which inodes its own changes have already accounted for.
 
 use std::collections::HashSet;
 use std::ffi::CStr;
@@ -132,7 +136,9 @@ impl WalkStats {
         self.files + self.dirs
     }
 
-    fn add(&mut self, o: &WalkStats) {
+    /// Adds the figures of another walk (a second pass over the same tree
+    /// through the same [`Gate`]).
+    pub fn add(&mut self, o: &WalkStats) {
         self.bytes += o.bytes;
         self.dir_bytes += o.dir_bytes;
         self.allocated_bytes += o.allocated_bytes;
@@ -148,6 +154,13 @@ impl WalkStats {
 pub struct Progress {
     pub entries: AtomicU64,
     pub bytes: AtomicU64,
+}
+
+/// Asked once for every inode the walk would count (the root included,
+/// hard links once): `false` leaves it out of the figures. Directories left
+/// out are still descended into.
+pub trait Gate: Sync {
+    fn admit(&self, st: &libc::stat) -> bool;
 }
 
 /// Why a walk could not start at all.
@@ -185,6 +198,17 @@ impl Walker {
         progress: &Progress,
         cancel: &AtomicBool,
     ) -> Result<WalkStats, WalkError> {
+        self.walk_gated(root, progress, cancel, None)
+    }
+
+    /// As [`Self::walk_with`], counting only the inodes `gate` admits.
+    pub fn walk_gated(
+        &self,
+        root: &Path,
+        progress: &Progress,
+        cancel: &AtomicBool,
+        gate: Option<&dyn Gate>,
+    ) -> Result<WalkStats, WalkError> {
         let started = Instant::now();
         let st = nix::sys::stat::lstat(root).map_err(|e| WalkError::Root {
             path: root.to_path_buf(),
@@ -192,16 +216,21 @@ impl Walker {
         })?;
         let mut total = WalkStats::default();
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let size = st.st_size.max(0) as u64;
-        total.bytes = size;
-        total.allocated_bytes = st.st_blocks.max(0) as u64 * 512;
+        if gate.is_none_or(|g| g.admit(&st)) {
+            let size = st.st_size.max(0) as u64;
+            total.bytes = size;
+            total.allocated_bytes = st.st_blocks.max(0) as u64 * 512;
+            if is_dir {
+                total.dirs = 1;
+                total.dir_bytes = size;
+            } else {
+                total.files = 1;
+            }
+        }
         if !is_dir {
-            total.files = 1;
             total.elapsed = started.elapsed();
             return Ok(total);
         }
-        total.dirs = 1;
-        total.dir_bytes = size;
 
         let shared = Shared {
             queue: Mutex::new(Queue {
@@ -220,6 +249,7 @@ impl Walker {
             stop: cancel,
             timed_out: AtomicBool::new(false),
             progress,
+            gate,
         };
         let threads = self.opts.threads.max(1);
         let parts: Vec<WalkStats> = std::thread::scope(|s| {
@@ -262,6 +292,7 @@ struct Shared<'a> {
     stop: &'a AtomicBool,
     timed_out: AtomicBool,
     progress: &'a Progress,
+    gate: Option<&'a dyn Gate>,
 }
 
 impl Shared<'_> {
@@ -347,6 +378,10 @@ impl Shared<'_> {
         acc
     }
 
+    fn admit(&self, st: &libc::stat) -> bool {
+        self.gate.is_none_or(|g| g.admit(st))
+    }
+
     fn read_dir(&self, path: &Path, acc: &mut WalkStats, found: &mut Vec<PathBuf>) {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mut dir = match Dir::open(path, flags, Mode::empty()) {
@@ -396,9 +431,12 @@ impl Shared<'_> {
             }
             let size = st.st_size.max(0) as u64;
             if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                found.push(path.join(std::ffi::OsStr::from_bytes(nb)));
+                if !self.admit(&st) {
+                    continue;
+                }
                 acc.dirs += 1;
                 acc.dir_bytes += size;
-                found.push(path.join(std::ffi::OsStr::from_bytes(nb)));
             } else {
                 if st.st_nlink > 1 {
                     let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -406,6 +444,9 @@ impl Shared<'_> {
                         acc.extra_links += 1;
                         continue;
                     }
+                }
+                if !self.admit(&st) {
+                    continue;
                 }
                 acc.files += 1;
             }
@@ -494,6 +535,37 @@ mod tests {
         assert_eq!(s.files, 4, "3 files + 1 symlink");
         assert_eq!(s.extra_links, 1);
         assert_eq!(s.usage_bytes(), 6000 + target_len);
+    }
+
+    #[test]
+    fn a_gate_leaves_inodes_out_but_their_directories_are_still_entered() {
+        use std::os::unix::fs::MetadataExt;
+        struct Refuse(Vec<u64>);
+        impl Gate for Refuse {
+            fn admit(&self, st: &libc::stat) -> bool {
+                !self.0.contains(&st.st_ino)
+            }
+        }
+        let t = tree();
+        let r = t.path();
+        let all = Walker::default().walk(r).unwrap();
+        let ino = |p: &str| fs::metadata(r.join(p)).unwrap().ino();
+        let gate = Refuse(vec![ino("a/one"), ino("a/b"), ino("")]);
+        let s = Walker::default()
+            .walk_gated(
+                r,
+                &Progress::default(),
+                &AtomicBool::new(false),
+                Some(&gate),
+            )
+            .unwrap();
+        assert_eq!(s.files, all.files - 1);
+        assert_eq!(s.dirs, all.dirs - 2, "a/b and the root left out");
+        assert_eq!(
+            s.usage_bytes(),
+            all.usage_bytes() - 1000,
+            "a/b/* still counted"
+        );
     }
 
     #[test]

@@ -28,9 +28,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use parking_lot::{Mutex, RwLock};
+use hubfs_quota::walker::{WalkError, WalkStats, Walker};
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use super::error::HomeError;
+use super::ledger::{charge_of, Ledger};
 use super::usage::Usage;
 
 pub type Result<T> = std::result::Result<T, HomeError>;
@@ -155,7 +157,14 @@ pub struct HomeFs {
     root_dev: u64,
     /// Reads the daemon served (passthrough reads never get here).
     daemon_reads: AtomicU64,
+    /// The mount-time walk while it runs (see `ledger`); `walking` lets
+    /// every operation after it skip the lock.
+    walk: RwLock<Option<Arc<Ledger>>>,
+    walking: AtomicBool,
 }
+
+/// Passes over the home when directories keep moving during the walk.
+const MAX_WALK_PASSES: usize = 3;
 
 fn errno() -> HomeError {
     HomeError::Os(
@@ -215,15 +224,6 @@ fn stat_fd(fd: RawFd) -> Result<libc::stat> {
 
 fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
-}
-
-/// What removing the last name of `st` frees, per the accounting rules.
-fn charge_of(st: &libc::stat) -> (i64, i64) {
-    if is_dir(st) {
-        (0, 1)
-    } else {
-        (st.st_size, 1)
-    }
 }
 
 /// Runs `f` with the caller's filesystem uid/gid on this thread, so what it
@@ -320,7 +320,89 @@ impl HomeFs {
             usage,
             root_dev: st.st_dev,
             daemon_reads: AtomicU64::new(0),
+            walk: RwLock::new(None),
+            walking: AtomicBool::new(false),
         })
+    }
+
+    /// Starts recording the daemon's changes for a mount-time walk; call it
+    /// before the mount serves anything, then [`Self::walk_baseline`].
+    pub fn begin_walk(&self) -> Arc<Ledger> {
+        let l = Arc::new(Ledger::new(self.root_dev));
+        *self.walk.write() = Some(l.clone());
+        self.walking.store(true, Ordering::Release);
+        l
+    }
+
+    /// Walks `root` (this home's directory) and adds what it holds to the
+    /// counters, each inode counted once whether the walk or a change made
+    /// meanwhile got to it first. Walks again if a directory moved during
+    /// a pass. Returns the walk's own figures and the baseline it added
+    /// (bytes, inodes): what the home held, less the changes since the mount.
+    pub fn walk_baseline(
+        &self,
+        root: &Path,
+        walker: &Walker,
+        cancel: &AtomicBool,
+    ) -> std::result::Result<(WalkStats, (u64, u64)), WalkError> {
+        let running = self.walk.read().clone();
+        let ledger = running.unwrap_or_else(|| self.begin_walk());
+        let mut total = WalkStats::default();
+        for pass in 1..=MAX_WALK_PASSES {
+            let s = match walker.walk_gated(root, &Default::default(), cancel, Some(&*ledger)) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.end_walk(None);
+                    return Err(e);
+                }
+            };
+            total.add(&s);
+            total.elapsed += s.elapsed;
+            total.timed_out |= s.timed_out;
+            if total.timed_out || !ledger.take_disturbed() {
+                break;
+            }
+            if pass == MAX_WALK_PASSES {
+                tracing::warn!(
+                    passes = pass,
+                    "directories kept moving during the walk; usage may be low until the next reconciliation"
+                );
+            } else {
+                tracing::debug!(pass, "a directory moved during the walk; walking again");
+            }
+        }
+        let base = self.end_walk(Some(&total)).unwrap_or_default();
+        Ok((total, base))
+    }
+
+    /// Stops recording; with figures, adds the baseline in the same step,
+    /// so no change falls between the ledger and the counters.
+    pub(super) fn end_walk(&self, walked: Option<&WalkStats>) -> Option<(u64, u64)> {
+        let mut w = self.walk.write();
+        self.walking.store(false, Ordering::Release);
+        let (l, s) = (w.take()?, walked?);
+        let (b, i) = l.baseline(s);
+        self.usage.add_baseline(b, i);
+        Some((b, i))
+    }
+
+    /// The running walk's ledger, if any. Held across an operation that
+    /// creates an inode so that the walk cannot end between the creation
+    /// and [`Ledger::born`].
+    fn ledger(&self) -> Option<MappedRwLockReadGuard<'_, Ledger>> {
+        if !self.walking.load(Ordering::Acquire) {
+            return None;
+        }
+        // Recursive: an operation may look again while holding it, and a
+        // waiting end_walk must not deadlock it.
+        RwLockReadGuard::try_map(self.walk.read_recursive(), |w| w.as_deref()).ok()
+    }
+
+    /// `st` is about to change or go away (see [`Ledger::freeze`]).
+    fn freeze(&self, st: &libc::stat) {
+        if let Some(l) = self.ledger() {
+            l.freeze((st.st_dev, st.st_ino), charge_of(st));
+        }
     }
 
     pub fn usage(&self) -> &Arc<Usage> {
@@ -509,8 +591,10 @@ impl HomeFs {
         op: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let mut g = inode.size_lock.lock();
-        let before = stat_fd(fd)?.st_size.max(0) as u64;
+        let st = stat_fd(fd)?;
+        let before = st.st_size.max(0) as u64;
         g.seen(&self.usage, before as i64);
+        self.freeze(&st);
         let want = grow(before);
         let r = self.usage.reserve(want, 0)?;
         let out = match op() {
@@ -557,6 +641,7 @@ impl HomeFs {
         let p = self.inode(parent)?;
         let n = cname(name)?;
         let r = self.usage.reserve(0, 1)?;
+        let ledger = self.ledger();
         let res = as_caller(c, || {
             // SAFETY: *at calls relative to a valid directory descriptor.
             cvt(unsafe {
@@ -577,7 +662,11 @@ impl HomeFs {
             return Err(e);
         }
         self.usage.settle(r, 0, 1);
-        self.remember(&p, &n)
+        let e = self.remember(&p, &n)?;
+        if let Some(l) = ledger {
+            l.born((e.st.st_dev, e.st.st_ino));
+        }
+        Ok(e)
     }
 
     pub fn mkdir(
@@ -598,6 +687,7 @@ impl HomeFs {
             CString::new(target.as_os_str().as_bytes()).map_err(|_| HomeError::Os(libc::EINVAL))?;
         let len = t.as_bytes().len() as u64;
         let r = self.usage.reserve(len, 1)?;
+        let ledger = self.ledger();
         // SAFETY: symlinkat with NUL-terminated strings and a valid directory.
         let res = as_caller(c, || {
             cvt(unsafe { libc::symlinkat(t.as_ptr(), p.fd.as_raw_fd(), n.as_ptr()) })
@@ -607,7 +697,11 @@ impl HomeFs {
             return Err(e);
         }
         self.usage.settle(r, len as i64, 1);
-        self.remember(&p, &n)
+        let e = self.remember(&p, &n)?;
+        if let Some(l) = ledger {
+            l.born((e.st.st_dev, e.st.st_ino));
+        }
+        Ok(e)
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
@@ -633,6 +727,7 @@ impl HomeFs {
         let p = self.inode(parent)?;
         let n = cname(name)?;
         let st = stat_at(p.fd.as_raw_fd(), &n, 0)?;
+        self.freeze(&st);
         // SAFETY: unlinkat relative to a valid directory descriptor.
         cvt(unsafe { libc::unlinkat(p.fd.as_raw_fd(), n.as_ptr(), 0) })?;
         if st.st_nlink <= 1 {
@@ -645,6 +740,9 @@ impl HomeFs {
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         let p = self.inode(parent)?;
         let n = cname(name)?;
+        if self.walking.load(Ordering::Acquire) {
+            self.freeze(&stat_at(p.fd.as_raw_fd(), &n, 0)?);
+        }
         // SAFETY: unlinkat relative to a valid directory descriptor.
         cvt(unsafe { libc::unlinkat(p.fd.as_raw_fd(), n.as_ptr(), libc::AT_REMOVEDIR) })?;
         self.usage.apply(0, -1);
@@ -669,6 +767,20 @@ impl HomeFs {
         } else {
             stat_at(np.fd.as_raw_fd(), &nn, 0).ok()
         };
+        if let Some(l) = self.ledger() {
+            // A name moving between parts of the tree the walk has and has
+            // not reached yet could be counted twice or not at all.
+            let other = match exchange {
+                true => stat_at(np.fd.as_raw_fd(), &nn, 0).ok(),
+                false => target,
+            };
+            for st in std::iter::once(&src).chain(other.as_ref()) {
+                l.freeze((st.st_dev, st.st_ino), charge_of(st));
+                if is_dir(st) {
+                    l.disturb();
+                }
+            }
+        }
         // SAFETY: renameat2 relative to valid directory descriptors.
         cvt(unsafe {
             libc::renameat2(
@@ -740,7 +852,13 @@ impl HomeFs {
             stat_at(p.fd.as_raw_fd(), &n, 0).ok()
         };
         let r = self.usage.reserve(0, before.is_none() as u64)?;
-        let oflags = (flags & !(libc::O_NOCTTY | libc::O_TRUNC)) | libc::O_CREAT | libc::O_CLOEXEC;
+        let ledger = self.ledger();
+        // The kernel has followed any symlink already; one here appeared
+        // since, and following it would create an inode nobody charged.
+        let oflags = (flags & !(libc::O_NOCTTY | libc::O_TRUNC))
+            | libc::O_CREAT
+            | libc::O_NOFOLLOW
+            | libc::O_CLOEXEC;
         let res = as_caller(c, || {
             // SAFETY: openat relative to a valid directory descriptor.
             cvt(unsafe {
@@ -763,6 +881,10 @@ impl HomeFs {
         let file = unsafe { File::from_raw_fd(fd) };
         self.usage.settle(r, 0, before.is_none() as i64);
         let mut st = stat_fd(file.as_raw_fd())?;
+        if let (Some(l), None) = (&ledger, before) {
+            l.born((st.st_dev, st.st_ino));
+        }
+        drop(ledger);
         let e = self.remember_as(&p, &n, st)?;
         let i = self.inode(e.ino)?;
         if flags & libc::O_TRUNC != 0 && before.is_some() && st.st_size != 0 {
@@ -944,10 +1066,12 @@ impl HomeFs {
     /// writer): from now on its size changes are charged when we look.
     pub fn unmediated_writer(&self, fh: u64) -> Result<()> {
         let h = self.handle(fh)?;
-        let size = stat_fd(h.file.as_raw_fd())?.st_size;
         let mut g = h.inode.size_lock.lock();
+        let st = stat_fd(h.file.as_raw_fd())?;
+        // It will change without us asking: the walk must not count it.
+        self.freeze(&st);
         if g.writers == 0 {
-            g.baseline = size;
+            g.baseline = st.st_size;
         }
         g.writers += 1;
         h.unmediated.store(true, Ordering::Relaxed);

@@ -11,6 +11,7 @@
 //! * [`fs`]: the passthrough core (testable without the kernel);
 //! * [`iomode`]: which opens the kernel serves itself (passthrough reads);
 //! * [`usage`]: counters, reservations, limits, cleanup mode;
+//! * [`ledger`]: the mount-time walk and changes made while it runs, counted once;
 //! * [`sink`]: the `UsageSink` trait, its gRPC and fake implementations and
 //!   the batching reporter;
 //! * [`adapter`]: the `fuser` glue; [`session`]: mounting it all together.
@@ -19,6 +20,7 @@ pub mod adapter;
 pub mod error;
 pub mod fs;
 pub mod iomode;
+pub mod ledger;
 pub mod session;
 pub mod sink;
 pub mod usage;

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
-use hubfs_quota::walker::{Progress, WalkOptions, Walker};
+use hubfs_quota::walker::{WalkOptions, Walker};
 
 use super::adapter::HomeFuse;
 use super::error::HomeError;
@@ -109,6 +109,8 @@ pub fn mount(
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.fuse_threads.max(1));
     config.clone_fd = true;
+    // Changes made from the first request on must be known to the walk.
+    fs.begin_walk();
     let session = fuser::spawn_mount(
         HomeFuse::new(fs.clone(), opts.passthrough),
         &opts.mountpoint,
@@ -122,7 +124,7 @@ pub fn mount(
         sink.map(|s| Reporter::start(usage.clone(), s, &opts.user, opts.report_interval));
     let cancel = Arc::new(AtomicBool::new(false));
     let walk = {
-        let (usage, cancel) = (usage.clone(), cancel.clone());
+        let (fs, cancel) = (fs.clone(), cancel.clone());
         let (source, user, timeout) = (opts.source.clone(), opts.user.clone(), opts.walk_timeout);
         let report = reporter.as_ref().map(|r| r.absolute_sender());
         std::thread::Builder::new()
@@ -132,16 +134,16 @@ pub fn mount(
                     timeout: Some(timeout),
                     ..WalkOptions::default()
                 });
-                match walker.walk_with(&source, &Progress::default(), &cancel) {
-                    Ok(s) => {
-                        tracing::info!(user = %user, bytes = s.usage_bytes(), inodes = s.inodes(), timed_out = s.timed_out, seconds = s.elapsed.as_secs_f64(), "mount-time walk done");
-                        usage.add_baseline(s.usage_bytes(), s.inodes());
+                match fs.walk_baseline(&source, &walker, &cancel) {
+                    Ok((s, base)) => {
+                        let now = fs.usage().snapshot();
+                        tracing::info!(user = %user, walked_bytes = s.usage_bytes(), walked_inodes = s.inodes(), bytes = now.bytes, inodes = now.inodes, timed_out = s.timed_out, seconds = s.elapsed.as_secs_f64(), "mount-time walk done");
                         if let Some(send) = report {
                             send(UsageReport {
                                 user: user.clone(),
                                 kind: ReportKind::Absolute,
-                                bytes: 0,
-                                inodes: 0,
+                                bytes: base.0 as i64,
+                                inodes: base.1 as i64,
                                 measured_at: SystemTime::now(),
                                 timed_out: s.timed_out,
                                 walk_seconds: s.elapsed.as_secs_f64(),
@@ -154,6 +156,10 @@ pub fn mount(
             })
             .ok()
     };
+    if walk.is_none() {
+        tracing::warn!(user = %opts.user, "cannot start the mount-time walk; usage counts changes only");
+        fs.end_walk(None);
+    }
     // Passthrough writers grow files without us; charge them as they go.
     // Without passthrough there are none, and no thread to wake.
     let settle = opts

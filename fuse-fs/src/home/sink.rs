@@ -211,6 +211,9 @@ struct State {
     next_seq: u64,
     /// Sent but not acknowledged; resent as is (same sequence numbers).
     unacked: Vec<UsageReport>,
+    /// Every change taken from the counters since the mount: the baseline
+    /// plus this is the home's total, with no race against writers.
+    taken: super::usage::Snapshot,
 }
 
 impl Reporter {
@@ -233,18 +236,21 @@ impl Reporter {
             user: user.to_string(),
             next_seq,
             unacked: Vec::new(),
+            taken: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("hubfs-report".into())
             .spawn(move || loop {
                 match rx.recv_timeout(interval) {
                     Ok(Msg::Absolute(mut r)) => {
-                        // The absolute figure is the whole of the counters;
-                        // unreported changes are part of it, not on top.
-                        let _ = st.usage.take_delta();
-                        let now = st.usage.snapshot();
-                        r.bytes = now.bytes;
-                        r.inodes = now.inodes;
+                        // Baseline plus every change so far; the changes not
+                        // yet reported are part of it, not on top. (Not the
+                        // counters: they hold reservations in flight, and a
+                        // writer between reading them and taking the delta
+                        // would count twice or not at all.)
+                        let _ = st.take();
+                        r.bytes += st.taken.bytes;
+                        r.inodes += st.taken.inodes;
                         r.sequence = st.seq();
                         st.unacked.push(r);
                         st.flush();
@@ -263,8 +269,9 @@ impl Reporter {
         }
     }
 
-    /// Queues an absolute report after a walk (its bytes and inodes are
-    /// replaced by the counters' totals); it is sent at once.
+    /// Queues an absolute report after a walk; it is sent at once. Its
+    /// bytes and inodes are the walk's baseline (as added to the counters):
+    /// the reporter adds every change made since the mount.
     pub fn absolute(&self, r: UsageReport) {
         let _ = self.tx.send(Msg::Absolute(r));
     }
@@ -302,8 +309,15 @@ impl State {
         self.next_seq
     }
 
-    fn flush(&mut self) {
+    fn take(&mut self) -> super::usage::Snapshot {
         let d = self.usage.take_delta();
+        self.taken.bytes += d.bytes;
+        self.taken.inodes += d.inodes;
+        d
+    }
+
+    fn flush(&mut self) {
+        let d = self.take();
         if d.bytes != 0 || d.inodes != 0 {
             let sequence = self.seq();
             self.unacked.push(UsageReport {
@@ -333,25 +347,30 @@ impl State {
             }
             Err(e) => {
                 tracing::warn!(user = %self.user, error = %e, pending = self.unacked.len(), "usage report not delivered; will retry");
-                // Bound memory during a long outage: fold deltas together.
+                // Bound memory during a long outage: the last absolute
+                // report covers every delta before it; the deltas after it
+                // go back to the counters to be sent as one.
                 if self.unacked.len() > 64 {
                     let folded = self.unacked.split_off(0);
-                    let mut keep = Vec::new();
+                    let last_abs = folded.iter().rposition(|r| r.kind == ReportKind::Absolute);
                     let (mut b, mut i) = (0, 0);
-                    for r in folded {
+                    for (n, r) in folded.into_iter().enumerate() {
                         match r.kind {
-                            ReportKind::Delta => {
+                            ReportKind::Absolute if Some(n) == last_abs => self.unacked.push(r),
+                            ReportKind::Delta if last_abs.is_none_or(|a| n > a) => {
                                 b += r.bytes;
                                 i += r.inodes;
                             }
-                            ReportKind::Absolute => keep.push(r),
+                            _ => {}
                         }
                     }
-                    self.unacked = keep;
-                    self.usage.restore_delta(super::usage::Snapshot {
+                    let back = super::usage::Snapshot {
                         bytes: b,
                         inodes: i,
-                    });
+                    };
+                    self.taken.bytes -= b;
+                    self.taken.inodes -= i;
+                    self.usage.restore_delta(back);
                 }
             }
         }
@@ -369,6 +388,42 @@ mod tests {
             Arc::new(Usage::new(Limits::default())),
             Arc::new(FakeSink::default()),
         )
+    }
+
+    #[test]
+    fn a_long_outage_keeps_the_last_absolute_and_only_the_deltas_after_it() {
+        let (u, sink) = setup();
+        sink.failing.store(true, Ordering::Relaxed);
+        let report = |kind, bytes| UsageReport {
+            user: "dan".into(),
+            kind,
+            bytes,
+            inodes: 0,
+            measured_at: SystemTime::now(),
+            timed_out: false,
+            walk_seconds: 0.0,
+            sequence: 0,
+        };
+        let mut unacked: Vec<_> = (0..30).map(|_| report(ReportKind::Delta, 1)).collect();
+        unacked.push(report(ReportKind::Absolute, 1000));
+        unacked.extend((0..40).map(|_| report(ReportKind::Delta, 2)));
+        let mut st = State {
+            usage: u.clone(),
+            sink: sink.clone(),
+            user: "dan".into(),
+            next_seq: 1,
+            unacked,
+            taken: super::super::usage::Snapshot {
+                bytes: 110,
+                inodes: 0,
+            },
+        };
+        st.flush();
+        assert_eq!(st.unacked.len(), 1);
+        assert_eq!(st.unacked[0].bytes, 1000);
+        // the 30 deltas before it are inside the absolute figure
+        assert_eq!(u.take_delta().bytes, 80);
+        assert_eq!(st.taken.bytes, 30);
     }
 
     #[test]
@@ -407,8 +462,8 @@ mod tests {
         rep.absolute(UsageReport {
             user: "carol".into(),
             kind: ReportKind::Absolute,
-            bytes: 0,
-            inodes: 0,
+            bytes: 40,
+            inodes: 2,
             measured_at: SystemTime::now(),
             timed_out: false,
             walk_seconds: 0.1,
