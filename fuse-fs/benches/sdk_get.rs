@@ -49,7 +49,7 @@ fn main() {
         for _ in 0..args.runs {
             let t0 = Instant::now();
             let mut body = store
-                .get_range(&args.bucket, &args.key, 0..size)
+                .get_range(&args.bucket, &args.key, 0..size, None)
                 .await
                 .expect("GET the object");
             let mut n = 0u64;

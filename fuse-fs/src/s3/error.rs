@@ -18,6 +18,9 @@ pub enum StoreError {
     Transient(String),
     #[error("requested range not satisfiable")]
     InvalidRange,
+    /// The object was replaced since it was opened (412 to an If-Match GET).
+    #[error("the object changed since it was opened")]
+    Changed,
     #[error("S3 request failed: {0}")]
     Other(String),
 }
@@ -80,6 +83,9 @@ impl FsError {
             FsError::Store(StoreError::AccessDenied(_)) => libc::EACCES,
             FsError::Store(StoreError::Transient(_)) => libc::EIO,
             FsError::Store(StoreError::InvalidRange) => libc::EINVAL,
+            // What NFS says when a file changed under an open handle: the
+            // reader can reopen and get the new version whole.
+            FsError::Store(StoreError::Changed) => libc::ESTALE,
             FsError::Store(StoreError::Other(_)) => libc::EIO,
         }
     }
@@ -100,6 +106,8 @@ mod tests {
             FsError::from(StoreError::Transient("503".into())).errno(),
             libc::EIO
         );
+        assert_eq!(FsError::from(StoreError::Changed).errno(), libc::ESTALE);
+        assert!(!StoreError::Changed.is_retryable());
         assert_eq!(FsError::CrossDevice.errno(), libc::EXDEV);
         assert_eq!(FsError::Unsupported("x").errno(), libc::EOPNOTSUPP);
         assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);

@@ -205,11 +205,17 @@ impl ObjectStore for MemStore {
         bucket: &str,
         key: &str,
         range: Range<u64>,
+        etag: Option<&str>,
     ) -> Result<ByteStream, StoreError> {
         self.hit(Op::Get);
-        let data = self
-            .with_bucket(bucket, |b| b.get(key).map(|o| o.data.clone()))?
+        let (data, current) = self
+            .with_bucket(bucket, |b| {
+                b.get(key).map(|o| (o.data.clone(), o.etag.clone()))
+            })?
             .ok_or(StoreError::NotFound)?;
+        if etag.is_some_and(|e| e != current) {
+            return Err(StoreError::Changed);
+        }
         let len = data.len() as u64;
         if range.start > len || (range.start == len && len > 0) || range.start > range.end {
             return Err(StoreError::InvalidRange);
@@ -372,12 +378,12 @@ mod tests {
         let s = MemStore::new();
         s.create_bucket("b");
         s.insert("b", "k", "hello");
-        let got = collect(s.get_range("b", "k", 1..100).await.unwrap())
+        let got = collect(s.get_range("b", "k", 1..100, None).await.unwrap())
             .await
             .unwrap();
         assert_eq!(&got[..], b"ello");
         assert_eq!(
-            s.get_range("b", "k", 9..10).await.err(),
+            s.get_range("b", "k", 9..10, None).await.err(),
             Some(StoreError::InvalidRange)
         );
         assert_eq!(s.count(Op::Get), 2);

@@ -16,7 +16,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::error::{FsError, StoreError};
 use super::inode::{Ino, Inode, InodeTable, Kind, Location, NewChild, Stat};
 use super::listing::{page_entries, valid_name, DirCache, DirEntry, Listing, NAME_MAX};
-use super::prefetch::{MemoryLimiter, Pieces, PrefetchConfig, Prefetcher};
+use super::prefetch::{MemoryLimiter, ObjectVersion, Pieces, PrefetchConfig, Prefetcher};
 use super::store::{ObjectStore, LIST_PAGE_SIZE};
 use super::upload::Upload;
 
@@ -120,7 +120,7 @@ struct DirHandle {
 
 enum Handle<S> {
     Dir(Arc<AsyncMutex<DirHandle>>),
-    Read(Arc<AsyncMutex<Prefetcher<S>>>),
+    Read(Ino, Arc<AsyncMutex<Prefetcher<S>>>),
     Write(Ino, Arc<AsyncMutex<Upload<S>>>),
 }
 
@@ -128,7 +128,7 @@ impl<S> Clone for Handle<S> {
     fn clone(&self) -> Self {
         match self {
             Handle::Dir(h) => Handle::Dir(h.clone()),
-            Handle::Read(h) => Handle::Read(h.clone()),
+            Handle::Read(i, h) => Handle::Read(*i, h.clone()),
             Handle::Write(i, h) => Handle::Write(*i, h.clone()),
         }
     }
@@ -639,15 +639,19 @@ impl<S: ObjectStore> S3Fs<S> {
             self.getattr(ino).await?;
             self.node(ino)?
         };
-        let p = Prefetcher::new(
-            self.store.clone(),
+        let object = ObjectVersion {
             bucket,
             key,
-            n.stat.size,
+            size: n.stat.size,
+            etag: n.stat.etag.clone(),
+        };
+        let p = Prefetcher::new(
+            self.store.clone(),
+            object,
             self.cfg.prefetch.clone(),
             self.limiter.clone(),
         );
-        Ok(self.new_fh(Handle::Read(Arc::new(AsyncMutex::new(p)))))
+        Ok(self.new_fh(Handle::Read(ino, Arc::new(AsyncMutex::new(p)))))
     }
 
     fn start_upload(&self, n: &Inode, bucket: String, key: String) -> u64 {
@@ -672,7 +676,18 @@ impl<S: ObjectStore> S3Fs<S> {
     /// As [`Self::read`], the bytes left in the pieces they arrived in.
     pub async fn read_pieces(&self, fh: u64, offset: u64, size: u32) -> Result<Pieces, FsError> {
         match self.handle(fh)? {
-            Handle::Read(p) => Ok(p.lock().await.read_pieces(offset, size as u64).await?),
+            Handle::Read(ino, p) => match p.lock().await.read_pieces(offset, size as u64).await {
+                Err(StoreError::Changed) => {
+                    // Whoever opens it next must learn the new version.
+                    tracing::info!(ino, "object replaced while open; this handle is stale");
+                    if let Some(mut n) = self.inodes.get(ino) {
+                        n.stat.expiry = Instant::now();
+                        self.inodes.set_stat(ino, n.stat, n.local);
+                    }
+                    Err(StoreError::Changed.into())
+                }
+                r => Ok(r?),
+            },
             Handle::Write(..) => Err(FsError::Unsupported("read of a file being uploaded")),
             Handle::Dir(_) => Err(FsError::IsDir),
         }

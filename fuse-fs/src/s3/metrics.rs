@@ -161,9 +161,10 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         bucket: &str,
         key: &str,
         range: Range<u64>,
+        etag: Option<&str>,
     ) -> Result<ByteStream, StoreError> {
         let t = Instant::now();
-        let r = self.inner.get_range(bucket, key, range.clone()).await;
+        let r = self.inner.get_range(bucket, key, range.clone(), etag).await;
         self.done(Op::Get, bucket, key, t, &r);
         tracing::trace!(start = range.start, end = range.end, "get range");
         let metrics = self.metrics.clone();
@@ -264,7 +265,7 @@ mod tests {
         mem.create_bucket("b");
         mem.insert("b", "k", vec![1u8; 300]);
         let s = Instrumented::new(mem, metrics.clone());
-        collect(s.get_range("b", "k", 0..100).await.unwrap())
+        collect(s.get_range("b", "k", 0..100, None).await.unwrap())
             .await
             .unwrap();
         assert!(s.head("b", "missing").await.is_err());

@@ -233,12 +233,21 @@ impl Drop for Part {
     }
 }
 
+/// The object one reader reads: the version it opened, when its ETag is
+/// known, so that every part (and every resumed GET) comes from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
 /// The read state of one open file.
 #[derive(Debug)]
 pub struct Prefetcher<S> {
     store: Arc<S>,
-    bucket: String,
-    key: String,
+    object: Arc<ObjectVersion>,
     size: u64,
     cfg: PrefetchConfig,
     limiter: Arc<MemoryLimiter>,
@@ -253,18 +262,15 @@ pub struct Prefetcher<S> {
 impl<S: ObjectStore> Prefetcher<S> {
     pub fn new(
         store: Arc<S>,
-        bucket: String,
-        key: String,
-        size: u64,
+        object: ObjectVersion,
         cfg: PrefetchConfig,
         limiter: Arc<MemoryLimiter>,
     ) -> Self {
         let window = cfg.initial_window.max(1);
         Self {
             store,
-            bucket,
-            key,
-            size,
+            size: object.size,
+            object: Arc::new(object),
             cfg,
             limiter,
             parts: VecDeque::new(),
@@ -297,11 +303,10 @@ impl<S: ObjectStore> Prefetcher<S> {
 
     fn spawn(&mut self, range: Range<u64>, memory: Reservation) {
         let store = self.store.clone();
-        let (bucket, key) = (self.bucket.clone(), self.key.clone());
+        let object = self.object.clone();
         let attempts = self.cfg.max_attempts;
         let r = range.clone();
-        let handle =
-            tokio::spawn(async move { fetch_part(&*store, &bucket, &key, r, attempts).await });
+        let handle = tokio::spawn(async move { fetch_part(&*store, &object, r, attempts).await });
         self.parts.push_back(Part {
             range,
             data: PartData::Pending(handle),
@@ -440,17 +445,17 @@ impl<S: ObjectStore> Prefetcher<S> {
 /// One ranged GET, resumed where it broke if the body fails mid-stream.
 pub(crate) async fn fetch_part<S: ObjectStore + ?Sized>(
     store: &S,
-    bucket: &str,
-    key: &str,
+    object: &ObjectVersion,
     range: Range<u64>,
     max_attempts: u32,
 ) -> Result<Pieces, StoreError> {
+    let (bucket, key, etag) = (&object.bucket, &object.key, object.etag.as_deref());
     let mut buf = Pieces::default();
     let mut got = 0u64;
     let mut attempt = 0u32;
     loop {
         let from = range.start + got;
-        let error = match store.get_range(bucket, key, from..range.end).await {
+        let error = match store.get_range(bucket, key, from..range.end, etag).await {
             Ok(mut stream) => {
                 let mut failed = None;
                 while let Some(chunk) = stream.next().await {
@@ -518,9 +523,44 @@ mod tests {
         (Arc::new(s), d)
     }
 
+    fn version(size: usize, etag: Option<String>) -> ObjectVersion {
+        ObjectVersion {
+            bucket: "b".into(),
+            key: "k".into(),
+            size: size as u64,
+            etag,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replaced_object_fails_the_next_part_instead_of_mixing_versions() {
+        let n = 4 << 20;
+        let (s, d) = store(n);
+        let etag = s.head("b", "k").await.unwrap().etag;
+        let limiter = MemoryLimiter::new(64 << 20);
+        let mut p = Prefetcher::new(s.clone(), version(n, etag.clone()), cfg(), limiter);
+        let first = p.read(0, 4096).await.unwrap();
+        assert_eq!(&first[..], &d[..4096]);
+        s.insert("b", "k", vec![0xEEu8; n]);
+        // Far past what was prefetched: a new GET, which must not return
+        // the new version's bytes as the rest of the old one.
+        let e = p.read(3 << 20, 4096).await.unwrap_err();
+        assert_eq!(e, StoreError::Changed);
+        // not retried: a new attempt cannot succeed
+        let gets = s.count(Op::Get);
+        assert_eq!(
+            fetch_part(&*s, &version(n, etag), 0..10, 5).await.err(),
+            Some(StoreError::Changed)
+        );
+        assert_eq!(s.count(Op::Get), gets + 1);
+        // without a known ETag the reader takes what is there
+        let mut p = pf(s.clone(), n, cfg());
+        assert_eq!(p.read(0, 1).await.unwrap()[0], 0xEE);
+    }
+
     fn pf<S: ObjectStore>(s: Arc<S>, size: usize, cfg: PrefetchConfig) -> Prefetcher<S> {
         let limiter = MemoryLimiter::new(cfg.max_memory);
-        Prefetcher::new(s, "b".into(), "k".into(), size as u64, cfg, limiter)
+        Prefetcher::new(s, version(size, None), cfg, limiter)
     }
 
     #[tokio::test]
@@ -627,7 +667,9 @@ mod tests {
             1,
             Fault::Error(StoreError::Transient("503 SlowDown".into())),
         );
-        let got = fetch_part(&*s, "b", "k", 0..n as u64, 5).await.unwrap();
+        let got = fetch_part(&*s, &version(n, None), 0..n as u64, 5)
+            .await
+            .unwrap();
         assert_eq!(&got.to_bytes()[..], &d[..]);
         assert_eq!(s.injected(), 2);
         // Resumed, not restarted: the retry asked only for the missing bytes
@@ -665,14 +707,7 @@ mod tests {
         let read_size = 128u64 << 10;
         let mut tasks = Vec::new();
         for _ in 0..readers {
-            let mut p = Prefetcher::new(
-                s.clone(),
-                "b".into(),
-                "k".into(),
-                n as u64,
-                c.clone(),
-                limiter.clone(),
-            );
+            let mut p = Prefetcher::new(s.clone(), version(n, None), c.clone(), limiter.clone());
             let d = d.clone();
             tasks.push(tokio::spawn(async move {
                 let mut off = 0u64;

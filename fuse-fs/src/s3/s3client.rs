@@ -152,12 +152,14 @@ fn classify(code: &str, status: u16, text: String) -> StoreError {
             StoreError::AccessDenied(text)
         }
         "InvalidRange" => StoreError::InvalidRange,
+        "PreconditionFailed" => StoreError::Changed,
         "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" => {
             StoreError::Transient(text)
         }
         _ if status == 404 => StoreError::NotFound,
         _ if status == 403 => StoreError::AccessDenied(text),
         _ if status == 416 => StoreError::InvalidRange,
+        _ if status == 412 => StoreError::Changed,
         _ if status >= 500 => StoreError::Transient(text),
         _ => StoreError::Other(text),
     }
@@ -240,6 +242,7 @@ impl ObjectStore for S3Store {
         bucket: &str,
         key: &str,
         range: Range<u64>,
+        etag: Option<&str>,
     ) -> Result<ByteStream, StoreError> {
         if range.start >= range.end {
             return Ok(Box::pin(futures::stream::empty()));
@@ -250,6 +253,7 @@ impl ObjectStore for S3Store {
             .bucket(bucket)
             .key(key)
             .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(etag.map(str::to_string))
             .send()
             .await
             .map_err(map_err)?;

@@ -60,11 +60,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError>;
 
     /// The bytes `range` of an object (end exclusive, clamped to the size).
+    /// With `etag`, only of that version of it ([`StoreError::Changed`]
+    /// otherwise), so one read never mixes two versions.
     async fn get_range(
         &self,
         bucket: &str,
         key: &str,
         range: Range<u64>,
+        etag: Option<&str>,
     ) -> Result<ByteStream, StoreError>;
 
     async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), StoreError>;
