@@ -241,16 +241,25 @@ async fn kubelet_lifecycle_with_real_bind_mounts() {
     let f = std::fs::metadata(home.join("notebook.ipynb")).unwrap();
     assert_eq!((f.len(), f.uid()), (4096, 1000));
 
-    // NodeGetVolumeStats sees it against the 1 MiB quota.
-    let stats = node
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: vol.volume_id.clone(),
-            volume_path: target.display().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // NodeGetVolumeStats sees it against the 1 MiB quota. The first call
+    // waits a little for the walk; a slow machine may need another call, as
+    // kubelet would make.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let stats = node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: vol.volume_id.clone(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if !stats.usage.is_empty() || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let bytes = stats
         .usage
         .iter()

@@ -68,7 +68,7 @@ async fn transitions_become_events_on_the_users_pvc() {
         ctrl.apply_reports("n1", &[walk(gib * GIB, t0)]).unwrap();
     }
     let mut posted = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..2000 {
         posted = events.posted();
         if posted.len() >= 4 {
             break;
@@ -93,15 +93,20 @@ async fn transitions_become_events_on_the_users_pvc() {
             }
         );
     }
+    let note = |reason: &str| {
+        posted
+            .iter()
+            .find(|n| n.reason.as_str() == reason)
+            .map(|n| n.note.clone())
+            .unwrap_or_default()
+    };
     assert!(
-        posted[1].note.contains("11 GiB of 10 GiB"),
-        "{}",
-        posted[1].note
+        note("OverQuota").contains("11 GiB of 10 GiB"),
+        "{posted:#?}"
     );
     assert!(
-        posted[3].note.contains("writes are allowed again"),
-        "{}",
-        posted[3].note
+        note("BackUnderQuota").contains("writes are allowed again"),
+        "{posted:#?}"
     );
 }
 

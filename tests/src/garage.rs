@@ -207,7 +207,7 @@ metrics_token = "{metrics_token}"
 
     fn admin_get(&self, path: &str) -> std::io::Result<String> {
         let mut s = TcpStream::connect(&self.admin_addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
             self.admin_addr, self.metrics_token

@@ -216,6 +216,15 @@ fn usage_reaches_the_sink_and_the_walk_baseline_counts_existing_data() {
     again.unmount().unwrap();
 }
 
+/// Waits until the daemon has seen every file closed.
+fn all_released(m: &hubfs_fuse::home::HomeMount) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while m.open_files() > 0 {
+        assert!(std::time::Instant::now() < deadline, "files never released");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// FUSE passthrough (FOPEN_PASSTHROUGH) exists from Linux 6.9.
 fn kernel_has_passthrough() -> bool {
     let r = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
@@ -232,6 +241,9 @@ fn readers_pass_through_and_a_writer_joining_them_is_charged() {
     fs::write(&f, &data).unwrap();
     std::os::unix::fs::chown(&f, Some(support::USER), Some(support::USER)).unwrap();
     let mount = m.mount.as_ref().unwrap();
+    // The writer's RELEASE reaches the daemon after close returned; until
+    // it does, the inode is rightly still in cached mode.
+    all_released(mount);
     let before = mount.daemon_reads();
     let mut reader = fs::File::open(&f).unwrap();
     let mut got = Vec::new();
@@ -248,7 +260,7 @@ fn readers_pass_through_and_a_writer_joining_them_is_charged() {
     // passthrough open now, and its growth is charged within a second.
     let mut w = fs::OpenOptions::new().append(true).open(&f).unwrap();
     w.write_all(&vec![1u8; 2 * MIB as usize]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while m.usage().0 != 6 * MIB as i64 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -257,6 +269,7 @@ fn readers_pass_through_and_a_writer_joining_them_is_charged() {
     assert_eq!(m.usage().0, MIB as i64, "truncate through the daemon");
     drop(w);
     drop(reader);
+    all_released(m.mount.as_ref().unwrap());
     assert_eq!(fs::metadata(m.src().join("data")).unwrap().len(), MIB);
     assert_eq!(m.usage(), (MIB as i64, 2));
     // With the inode back in cached mode, a writer is enforced again.

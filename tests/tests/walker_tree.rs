@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use hubfs_quota::walker::{Progress, WalkOptions, WalkStats, Walker};
+use hubfs_quota::walker::{Gate, Progress, WalkOptions, WalkStats, Walker};
 
 fn build(root: &Path, dirs: usize, files: usize) {
     for d in 0..dirs {
@@ -118,27 +118,33 @@ fn entries_vanishing_mid_walk_are_counted_not_fatal() {
     for i in 0..200 {
         fs::write(dir.join(format!("f{i}")), b"12345").unwrap();
     }
-    // 200 stats at 400/s take about half a second; the files go after 100 ms,
-    // when the directory has been listed but most entries are not yet stat'ed.
-    let deleter = {
-        let dir = dir.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            fs::remove_dir_all(&dir).unwrap();
-        })
-    };
-    let s = walk(
+    // The directory goes right after its first file is counted: listed
+    // (one getdents holds all 200 names), but the rest not yet stat'ed.
+    // A gate is the hook that makes that moment exact, with no sleeps.
+    struct DeleteOnFirstFile(std::path::PathBuf, std::sync::Once);
+    impl Gate for DeleteOnFirstFile {
+        fn admit(&self, st: &libc::stat) -> bool {
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                self.1.call_once(|| fs::remove_dir_all(&self.0).unwrap());
+            }
+            true
+        }
+    }
+    let gate = DeleteOnFirstFile(dir.clone(), std::sync::Once::new());
+    let s = Walker::new(WalkOptions {
+        threads: 2,
+        ..Default::default()
+    })
+    .walk_gated(
         t.path(),
-        WalkOptions {
-            threads: 2,
-            stats_per_second: Some(400),
-            ..Default::default()
-        },
-    );
-    deleter.join().unwrap();
+        &Progress::default(),
+        &AtomicBool::new(false),
+        Some(&gate),
+    )
+    .unwrap();
+    assert!(!dir.exists());
     assert!(!s.timed_out);
-    assert!(s.errors.vanished > 0, "{s:?}");
-    assert!(s.files < 200, "{s:?}");
+    assert_eq!(s.files, 1, "{s:?}");
     assert_eq!(
         s.files + s.errors.vanished,
         200,

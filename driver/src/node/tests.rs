@@ -401,7 +401,16 @@ fn stats_report_usage_against_the_quota() {
         volume_path: home.display().to_string(),
         ..Default::default()
     };
-    let s = e.node.volume_stats(r).unwrap();
+    // The first call waits a little for the walk; a slow machine may need
+    // another call, as kubelet would make.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let s = loop {
+        let s = e.node.volume_stats(r.clone()).unwrap();
+        if !s.usage.is_empty() || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let bytes = s
         .usage
         .iter()

@@ -414,6 +414,12 @@ impl HomeFs {
         self.daemon_reads.load(Ordering::Relaxed)
     }
 
+    /// Files the daemon holds open (the kernel releases them after close
+    /// returns, in the background).
+    pub fn open_files(&self) -> usize {
+        self.files.read().len()
+    }
+
     fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
         self.inodes
             .read()

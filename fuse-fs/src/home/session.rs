@@ -198,6 +198,11 @@ impl HomeMount {
         self.fs.daemon_reads()
     }
 
+    /// Files the daemon holds open; see [`HomeFs::open_files`].
+    pub fn open_files(&self) -> usize {
+        self.fs.open_files()
+    }
+
     /// True once the kernel has dropped the mount (e.g. `umount` from outside).
     pub fn finished(&self) -> bool {
         self.session.as_ref().is_none_or(|s| s.guard.is_finished())
