@@ -7,3 +7,4 @@
 
 pub mod home;
 pub mod s3;
+pub mod unmounted;

@@ -311,3 +311,31 @@ fn past_the_soft_limit_reads_go_through_the_daemon_and_writes_stay_enforced() {
     assert!(m.usage().0 <= 10 * MIB as i64);
     drop(reader);
 }
+
+/// The CSI node service unmounts from outside and may mount the same path
+/// again at once (a volume staged again). The old session ending must not
+/// unmount the new mount.
+#[test]
+fn a_session_unmounted_from_outside_leaves_a_new_mount_at_its_path_alone() {
+    use std::process::Command;
+    let mut m = mount_home(Limits::default());
+    let mnt = m.mnt().to_path_buf();
+    let mount = m.mount.take().unwrap();
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !mount.finished() {
+        assert!(std::time::Instant::now() < deadline, "session never ended");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let tmpfs = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "hubfs-test"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(tmpfs.success());
+    fs::write(mnt.join("new-mount"), b"still here").unwrap();
+    mount.unmount().unwrap();
+    let survived = mnt.join("new-mount").exists();
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert!(survived, "the old session unmounted the new mount");
+}

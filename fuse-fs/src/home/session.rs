@@ -224,7 +224,11 @@ impl HomeMount {
         self.cancel
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let r = match self.session.take() {
-            Some(s) if s.guard.is_finished() => s.join(),
+            // Unmounted from outside: the path may hold another mount now.
+            Some(s) if s.guard.is_finished() => {
+                crate::unmounted::forget_session(s, Duration::from_secs(5));
+                Ok(())
+            }
             Some(s) => s.umount_and_join().inspect_err(|_| {
                 // Busy or already gone: detach so the session can end.
                 let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);

@@ -327,9 +327,8 @@ pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError>
         }
     } else {
         tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside");
-        if let Err(e) = session.join() {
-            tracing::debug!(error = %e, "FUSE session ended with an error");
-        }
+        // The path may hold another mount by now: leave it alone.
+        crate::unmounted::forget_session(session, Duration::from_secs(5));
     }
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
