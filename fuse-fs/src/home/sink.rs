@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::usage::Usage;
+use super::usage::{Snapshot, Usage};
 
 /// Whether a report is a change or a whole figure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +213,7 @@ struct State {
     unacked: Vec<UsageReport>,
     /// Every change taken from the counters since the mount: the baseline
     /// plus this is the home's total, with no race against writers.
-    taken: super::usage::Snapshot,
+    taken: Snapshot,
 }
 
 impl Reporter {
@@ -309,7 +309,7 @@ impl State {
         self.next_seq
     }
 
-    fn take(&mut self) -> super::usage::Snapshot {
+    fn take(&mut self) -> Snapshot {
         let d = self.usage.take_delta();
         self.taken.bytes += d.bytes;
         self.taken.inodes += d.inodes;
@@ -364,13 +364,12 @@ impl State {
                             _ => {}
                         }
                     }
-                    let back = super::usage::Snapshot {
-                        bytes: b,
-                        inodes: i,
-                    };
                     self.taken.bytes -= b;
                     self.taken.inodes -= i;
-                    self.usage.restore_delta(back);
+                    self.usage.restore_delta(Snapshot {
+                        bytes: b,
+                        inodes: i,
+                    });
                 }
             }
         }
@@ -413,7 +412,7 @@ mod tests {
             user: "dan".into(),
             next_seq: 1,
             unacked,
-            taken: super::super::usage::Snapshot {
+            taken: Snapshot {
                 bytes: 110,
                 inodes: 0,
             },

@@ -680,10 +680,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 Err(StoreError::Changed) => {
                     // Whoever opens it next must learn the new version.
                     tracing::info!(ino, "object replaced while open; this handle is stale");
-                    if let Some(mut n) = self.inodes.get(ino) {
-                        n.stat.expiry = Instant::now();
-                        self.inodes.set_stat(ino, n.stat, n.local);
-                    }
+                    self.inodes.expire(ino);
                     Err(StoreError::Changed.into())
                 }
                 r => Ok(r?),

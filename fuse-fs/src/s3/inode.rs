@@ -163,6 +163,13 @@ impl InodeTable {
         Some(node.clone())
     }
 
+    /// The store's copy changed: the next getattr or open asks it again.
+    pub fn expire(&self, ino: Ino) {
+        if let Some(n) = self.inner.lock().nodes.get_mut(&ino) {
+            n.stat.expiry = Instant::now();
+        }
+    }
+
     /// The kernel now holds one more reference to `ino`.
     pub fn remember(&self, ino: Ino) {
         if let Some(n) = self.inner.lock().nodes.get_mut(&ino) {
