@@ -16,6 +16,8 @@ use anyhow::Context;
 use clap::Args;
 use hubfs_quota::walker::{Progress, WalkOptions, WalkStats, Walker, DEFAULT_THREADS};
 
+use super::values;
+
 /// Measure the usage of directories the way the quota controller does.
 ///
 /// Prints, per PATH, the apparent bytes (directories included, as `du -sb`),
@@ -33,10 +35,10 @@ pub struct DuArgs {
     #[arg(long)]
     pub json: bool,
     /// Give up on a path after this many seconds and report what was seen.
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = values::seconds)]
     pub timeout: Option<Duration>,
     /// Walker threads (more helps on NFS, where each stat is a round trip).
-    #[arg(long, default_value_t = DEFAULT_THREADS, value_parser = parse_threads)]
+    #[arg(long, default_value_t = DEFAULT_THREADS, value_parser = values::threads::<256>)]
     pub threads: usize,
     /// At most this many stat calls per second, to spare a shared filesystem.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -44,21 +46,6 @@ pub struct DuArgs {
     /// Also count files on other filesystems mounted below PATH.
     #[arg(long)]
     pub cross_mounts: bool,
-}
-
-fn parse_threads(s: &str) -> Result<usize, String> {
-    s.parse::<usize>()
-        .ok()
-        .filter(|n| (1..=256).contains(n))
-        .ok_or_else(|| format!("{s:?} is not a thread count from 1 to 256"))
-}
-
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v > 0.0 && *v < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
 }
 
 #[derive(serde::Serialize)]
@@ -172,13 +159,13 @@ mod tests {
 
     #[test]
     fn seconds_are_validated() {
-        assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("-3").is_err());
-        assert!(parse_seconds("NaN").is_err());
-        assert!(parse_seconds("soon").is_err());
-        assert_eq!(parse_threads("8").unwrap(), 8);
-        assert!(parse_threads("0").is_err());
-        assert!(parse_threads("100000").is_err());
+        assert_eq!(values::seconds("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(values::seconds("0").is_err());
+        assert!(values::seconds("-3").is_err());
+        assert!(values::seconds("NaN").is_err());
+        assert!(values::seconds("soon").is_err());
+        assert_eq!(values::threads::<256>("8").unwrap(), 8);
+        assert!(values::threads::<256>("0").is_err());
+        assert!(values::threads::<256>("100000").is_err());
     }
 }

@@ -9,3 +9,4 @@ pub mod du;
 pub mod mount;
 pub mod mount_home;
 pub mod overquota;
+pub mod values;

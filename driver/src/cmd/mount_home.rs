@@ -48,13 +48,13 @@ pub struct HomeArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_id: Option<String>,
     /// Seconds between usage reports.
-    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, default_value = "5", value_parser = super::values::seconds)]
     pub report_interval: Duration,
     /// Give up the mount-time walk after this many seconds (partial figure).
-    #[arg(long, default_value = "3600", value_parser = parse_seconds)]
+    #[arg(long, default_value = "3600", value_parser = super::values::seconds)]
     pub walk_timeout: Duration,
     /// Threads serving FUSE requests.
-    #[arg(long, default_value_t = 4, value_parser = parse_threads)]
+    #[arg(long, default_value_t = 4, value_parser = super::values::threads::<64>)]
     pub fuse_threads: usize,
     /// Serve read-only opens through the daemon too, instead of handing them
     /// to the kernel as passthrough files (Linux >= 6.9; used where available).
@@ -73,26 +73,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_threads(s: &str) -> Result<usize, String> {
-    s.parse::<usize>()
-        .ok()
-        .filter(|n| (1..=64).contains(n))
-        .ok_or_else(|| format!("{s:?} is not a thread count from 1 to 64"))
-}
-
 fn parse_fraction(s: &str) -> Result<f64, String> {
     s.parse::<f64>()
         .ok()
         .filter(|v| *v > 0.0 && *v <= 1.0)
         .ok_or_else(|| format!("{s:?} is not a fraction in (0, 1]"))
-}
-
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v > 0.0 && *v < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
 }
 
 impl HomeArgs {
