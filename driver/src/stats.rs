@@ -114,7 +114,7 @@ impl UsageCache {
 /// by the parallel usage walker so the figure is the one the home layer and
 /// the quota controller use.
 pub fn measure(root: &Path) -> std::io::Result<Usage> {
-    use hubfs_quota::walker::{WalkError, Walker};
+    use hubfs_walker::{WalkError, Walker};
     let s = Walker::default().walk(root).map_err(|e| match e {
         WalkError::Root { source, .. } => source,
     })?;

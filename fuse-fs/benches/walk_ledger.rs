@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hubfs_fuse::home::ledger::Ledger;
-use hubfs_quota::walker::{Progress, WalkOptions, Walker};
+use hubfs_walker::{Progress, WalkOptions, Walker};
 
 #[derive(Parser, Debug)]
 struct Args {

@@ -26,7 +26,7 @@ use crate::record::{Enforcement, QuotaRecord, QuotaState, SeedTime, Source};
 use crate::state::{self, Transition};
 use crate::store::{self, Scanned, Store, StoreError};
 use crate::userkey::UserKey;
-use crate::walker::{WalkOptions, Walker};
+use hubfs_walker::{WalkOptions, Walker};
 
 /// Node id used for the controller's own walks.
 pub const CONTROLLER_NODE: &str = "controller";

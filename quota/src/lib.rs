@@ -2,7 +2,7 @@
 //!
 //! Everything that decides how much a user stores and what happens about it:
 //! the user key encoding shared by every component that names a home on disk,
-//! the parallel usage walker, quota records in the seed's `quota.yaml` format,
+//! quota records in the seed's `quota.yaml` format,
 //! the state machine and graded overquota policy, the hub client, Kubernetes
 //! events, and the controller that ties them together.
 
@@ -22,7 +22,6 @@ pub mod size;
 pub mod state;
 pub mod store;
 pub mod userkey;
-pub mod walker;
 
 pub use size::{format_size, parse_size, SizeError};
 pub use userkey::{EncodeError, UserKey};

@@ -11,7 +11,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use hubfs_fuse::home::Limits;
-use hubfs_quota::walker::{WalkOptions, Walker};
+use hubfs_walker::{WalkOptions, Walker};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use hubfs_quota::walker::{Gate, Progress, WalkOptions, WalkStats, Walker};
+use hubfs_walker::{Gate, Progress, WalkOptions, WalkStats, Walker};
 
 fn build(root: &Path, dirs: usize, files: usize) {
     for d in 0..dirs {

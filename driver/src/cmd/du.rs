@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use hubfs_quota::walker::{Progress, WalkOptions, WalkStats, Walker, DEFAULT_THREADS};
+use hubfs_walker::{Progress, WalkOptions, WalkStats, Walker, DEFAULT_THREADS};
 
 use super::values;
 

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use hubfs_quota::walker::{WalkError, WalkStats, Walker};
+use hubfs_walker::{WalkError, WalkStats, Walker};
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use super::error::HomeError;

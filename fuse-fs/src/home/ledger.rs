@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use hubfs_quota::walker::{Gate, WalkStats};
+use hubfs_walker::{Gate, WalkStats};
 use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
@@ -316,7 +316,7 @@ mod tests {
     fn a_walk_racing_the_daemon_counts_every_inode_once() {
         use crate::home::fs::{Caller, HomeFs, SetAttr, SetTime, ROOT};
         use crate::home::usage::{Limits, Usage};
-        use hubfs_quota::walker::{WalkOptions, Walker};
+        use hubfs_walker::{WalkOptions, Walker};
         use rand::{Rng, SeedableRng};
         use std::ffi::OsStr;
         use std::sync::atomic::AtomicU64;

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
-use hubfs_quota::walker::{WalkOptions, Walker};
+use hubfs_walker::{WalkOptions, Walker};
 
 use super::adapter::HomeFuse;
 use super::error::HomeError;

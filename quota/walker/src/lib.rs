@@ -1,5 +1,10 @@
 //! The usage walker: how much a home holds, measured by walking it.
 //!
+//! A leaf crate on purpose: it depends on std and nix only, so the FUSE crate
+//! (`hubfs-fuse`), the quota controller (`hubfs-quota`) and the driver can all
+//! use it without the FUSE crate pulling in the controller's dependencies
+//! (kube, reqwest). It must never depend on another hubfs crate.
+//!
 //! The seed measured homes with `du` every four hours; on NFS a serial walk is
 //! latency-bound (one round trip per `stat`), so this walker keeps several
 //! `stat`s in flight by spreading directories over worker threads that share
