@@ -11,20 +11,7 @@ use hubfs_proto::quota::quota_client::QuotaClient;
 const BIN: &str = env!("CARGO_BIN_EXE_hubfs");
 const GIB: i64 = 1 << 30;
 
-const SEED_EXAMPLE: &str = "actual_bytes: 2469232
-fraction_used: 1.1498257517814636e-05
-last_activity: '2022-08-15T20:52:14.403000'
-lockout_enabled: true
-quota_bytes: 214748364800
-quota_enabled: true
-quota_state: ok
-reaper_time: '2022-08-15T20:52:58.469571'
-started: '2022-08-15T20:27:57.049991'
-stopped: '2022-08-15T20:27:57.527531'
-timed_out: false
-user: jmiller@stsci.edu
-warn_fraction: 0.8
-";
+const SEED_EXAMPLE: &str = include_str!("../../quota/tests/fixtures/efs-quota-example.yaml");
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

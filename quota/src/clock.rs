@@ -1,10 +1,7 @@
 //! Time, behind a trait so the state machine and the graded policy (which count
 //! days) can be tested without waiting days.
 
-use std::sync::Arc;
-
-use chrono::{DateTime, Duration, Utc};
-use parking_lot::Mutex;
+use chrono::{DateTime, Utc};
 
 /// The controller's only source of "now".
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -21,21 +18,23 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to.
+#[cfg(any(test, feature = "test-util"))]
+/// A clock that only moves when told to (tests; `test-util` feature).
 #[derive(Debug, Clone)]
 pub struct FakeClock {
-    now: Arc<Mutex<DateTime<Utc>>>,
+    now: std::sync::Arc<parking_lot::Mutex<DateTime<Utc>>>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl FakeClock {
     pub fn new(start: DateTime<Utc>) -> Self {
         Self {
-            now: Arc::new(Mutex::new(start)),
+            now: std::sync::Arc::new(parking_lot::Mutex::new(start)),
         }
     }
 
     /// Moves time forward (or backward with a negative duration).
-    pub fn advance(&self, by: Duration) {
+    pub fn advance(&self, by: chrono::Duration) {
         *self.now.lock() += by;
     }
 
@@ -44,6 +43,7 @@ impl FakeClock {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Clock for FakeClock {
     fn now(&self) -> DateTime<Utc> {
         *self.now.lock()
@@ -53,6 +53,7 @@ impl Clock for FakeClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
 
     #[test]
     fn fake_clock_moves_only_when_told() {

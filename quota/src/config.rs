@@ -1,16 +1,16 @@
 //! The controller's YAML configuration. Every field has a default, and the
-//! defaults are the seed system's constants, so an empty file (or no file)
+//! defaults are the EFS quota monitor's constants (see [`crate::record`]), so an empty file (or no file)
 //! behaves like the monitor/reaper pods it replaces.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Action, PolicyLevel};
+use crate::levels::{Action, PolicyLevel};
 
-/// The seed's `DEFAULT_QUOTA_G = 200`, in bytes.
+/// efs-quota's `DEFAULT_QUOTA_G = 200`, in bytes.
 pub const DEFAULT_QUOTA_BYTES: i64 = 200 * 1024 * 1024 * 1024;
-/// The seed's `WARN_FRACTION`.
+/// efs-quota's `WARN_FRACTION`.
 pub const DEFAULT_WARN_FRACTION: f64 = 0.8;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ pub struct Config {
     /// What "lockout" means under the default (immediate) policy:
     /// `cleanup` (default) stops the running server once and lets the user
     /// spawn again with writes refused (EDQUOT) but deletes allowed;
-    /// `block` is the seed's behaviour: spawns are refused until usage drops.
+    /// `block` is efs-quota's behaviour: spawns are refused until usage drops.
     pub lockout_mode: LockoutMode,
     /// When walks and reaper cycles run.
     pub schedule: Schedule,
@@ -70,7 +70,7 @@ impl Default for Config {
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Defaults {
     /// Quota for a user with neither an admin override nor a provisioned
-    /// capacity (default 200 GiB, the seed's `DEFAULT_QUOTA_G`).
+    /// capacity (default 200 GiB, efs-quota's `DEFAULT_QUOTA_G`).
     pub quota_bytes: i64,
     /// Inode limit; 0 = none (default).
     pub quota_inodes: i64,
@@ -79,7 +79,7 @@ pub struct Defaults {
     /// Monitor and enforce at all (default true).
     pub quota_enabled: bool,
     /// Whether being over quota leads to lockout (true) or only to a
-    /// `violation` warning (false). Default true, as in the seed.
+    /// `violation` warning (false). Default true, as in efs-quota.
     pub lockout_enabled: bool,
 }
 
@@ -106,23 +106,23 @@ pub enum LockoutMode {
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Schedule {
     /// Re-measure users who were active since their last measurement this
-    /// often (default 4 h, the seed's `MONITOR_PERIOD_SECS`).
+    /// often (default 4 h, efs-quota's `MONITOR_PERIOD_SECS`).
     pub active_every_seconds: u64,
     /// Re-measure every record older than this, active or not (default 7
-    /// days, the seed's `STALE_QUOTA_SECS`; the seed compared it against a
+    /// days, efs-quota's `STALE_QUOTA_SECS`; efs-quota compared it against a
     /// seconds-of-day field so it never fired — here it is a real age).
     pub stale_after_seconds: u64,
     /// Abort a walk after this long and mark the record `timed-out`
-    /// (default 1 h, the seed's `DU_TIMEOUT_SECS`).
+    /// (default 1 h, efs-quota's `DU_TIMEOUT_SECS`).
     pub walk_timeout_seconds: u64,
     /// How often the reaper lists hub users, records activity and enforces
-    /// (default 300 s, the seed's `REAPER_PERIOD_SECS`).
+    /// (default 300 s, efs-quota's `REAPER_PERIOD_SECS`).
     pub reaper_every_seconds: u64,
     /// How often the controller looks for records due a walk (default 60 s).
     pub scan_every_seconds: u64,
     /// Walks run at the same time by one replica (default 2).
     pub walk_concurrency: usize,
-    /// Wait after a failed cycle, e.g. hub down (default 60 s, the seed's
+    /// Wait after a failed cycle, e.g. hub down (default 60 s, efs-quota's
     /// `TOP_LEVEL_FAIL_WAIT`).
     pub fail_wait_seconds: u64,
 }
@@ -144,7 +144,7 @@ impl Default for Schedule {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct HubSettings {
-    /// Timeout of one hub API request (default 10 s, the seed's `API_TIMEOUT`).
+    /// Timeout of one hub API request (default 10 s, efs-quota's `API_TIMEOUT`).
     pub timeout_seconds: u64,
     /// Retries of a request that failed with a 5xx, 429 or a connection
     /// error, with exponential backoff (default 3).
@@ -190,7 +190,7 @@ impl Default for Locks {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyMode {
-    /// The seed's behaviour: `lockout` is enforced at once (see `lockoutMode`).
+    /// efs-quota's behaviour: `lockout` is enforced at once (see `lockoutMode`).
     Immediate,
     /// Astakos-style escalation by days over quota; enforcement only by the
     /// `enforce` action of the level reached.
@@ -343,7 +343,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_config_is_the_seed_constants() {
+    fn empty_config_is_the_efs_quota_constants() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.defaults.quota_bytes, 214_748_364_800);
         assert_eq!(c.defaults.warn_fraction, 0.8);

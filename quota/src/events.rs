@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use parking_lot::Mutex;
 
 /// The object an event is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,12 +224,14 @@ impl EventSink for KubeEventSink {
     }
 }
 
-/// Collects notices in memory, for tests.
+#[cfg(any(test, feature = "test-util"))]
+/// Collects notices in memory, for tests (`test-util` feature).
 #[derive(Default, Debug)]
 pub struct FakeEventSink {
-    posted: Mutex<Vec<Notice>>,
+    posted: parking_lot::Mutex<Vec<Notice>>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl FakeEventSink {
     /// Everything posted so far.
     pub fn posted(&self) -> Vec<Notice> {
@@ -238,6 +239,7 @@ impl FakeEventSink {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 #[async_trait::async_trait]
 impl EventSink for FakeEventSink {
     async fn post(&self, n: Notice) {

@@ -1,14 +1,20 @@
 //! The `hubfs.quota.v1` gRPC service: nodes report usage, read back quotas.
-//! Controller errors become gRPC statuses here and only here.
+//! Controller errors become gRPC statuses here and only here, and records and
+//! reports cross the wire through the conversions here.
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use hubfs_proto::quota as pb;
 use hubfs_proto::quota::quota_server::{Quota, QuotaServer};
 use tonic::{Request, Response, Status};
 
 use crate::controller::{Controller, ControllerError, Report};
+use crate::levels::PolicyLevel;
+use crate::record::{Enforcement, QuotaRecord, Source};
+use crate::state;
 use crate::store::StoreError;
+use crate::userkey::UserKey;
 
 #[derive(Debug, Clone)]
 pub struct QuotaService {
@@ -39,7 +45,85 @@ pub fn to_status(e: ControllerError) -> Status {
         ControllerError::Store(StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         ControllerError::Store(StoreError::Io { .. }) => Status::unavailable(e.to_string()),
         ControllerError::Hub(_) | ControllerError::NoHub => Status::unavailable(e.to_string()),
-        ControllerError::Internal(_) => Status::internal(e.to_string()),
+        ControllerError::Internal(_)
+        | ControllerError::Listen { .. }
+        | ControllerError::Server { .. } => Status::internal(e.to_string()),
+    }
+}
+
+/// A node's usage report, decoded and checked.
+pub fn report_from_proto(
+    r: &pb::UsageReport,
+    now: DateTime<Utc>,
+) -> Result<Report, ControllerError> {
+    UserKey::new(&r.user)
+        .map_err(|e| ControllerError::BadReport(format!("user {:?}: {e}", r.user)))?;
+    let absolute = match pb::ReportKind::try_from(r.kind) {
+        Ok(pb::ReportKind::Delta) => false,
+        Ok(pb::ReportKind::Absolute) => true,
+        _ => {
+            return Err(ControllerError::BadReport(format!(
+                "report for {} has no kind",
+                r.user
+            )))
+        }
+    };
+    let source = match pb::UsageSource::try_from(r.source) {
+        Ok(pb::UsageSource::Write) => Source::Write,
+        _ => Source::Walk,
+    };
+    if absolute && (r.bytes < 0 || r.inodes < 0) {
+        return Err(ControllerError::BadReport(format!(
+            "negative absolute usage for {}",
+            r.user
+        )));
+    }
+    let measured_at = r
+        .measured_at
+        .as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .unwrap_or(now);
+    Ok(Report {
+        user: r.user.clone(),
+        absolute,
+        source,
+        bytes: r.bytes,
+        inodes: r.inodes,
+        measured_at,
+        timed_out: r.timed_out,
+        walk_seconds: r.walk_seconds,
+        sequence: r.sequence,
+    })
+}
+
+/// A record as nodes read it back (`UserQuota`).
+pub fn user_quota(ctrl: &Controller, rec: &QuotaRecord) -> pb::UserQuota {
+    let enforcement = match rec.enforcement {
+        Enforcement::None => pb::Enforcement::None,
+        Enforcement::Cleanup => pb::Enforcement::Cleanup,
+        Enforcement::Blocked => pb::Enforcement::Blocked,
+    };
+    pb::UserQuota {
+        user: rec.user.clone(),
+        quota_bytes: rec.quota_bytes,
+        quota_inodes: rec.quota_inodes,
+        warn_fraction: rec.warn_fraction,
+        quota_enabled: rec.quota_enabled,
+        lockout_enabled: rec.lockout_enabled,
+        quota_state: rec.quota_state.as_str().into(),
+        enforcement: enforcement as i32,
+        used_bytes: rec.actual_bytes,
+        used_inodes: rec.actual_inodes,
+        message: state::message(rec, &ctrl.cfg, ctrl.now()),
+        policy_state: if rec.overquota_state.level == PolicyLevel::Ok {
+            String::new()
+        } else {
+            rec.overquota_state.to_string()
+        },
+        measured_at: rec.measured_at.get().map(|t| prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: t.timestamp_subsec_nanos() as i32,
+        }),
     }
 }
 
@@ -57,7 +141,7 @@ impl Quota for QuotaService {
         let reports = req
             .reports
             .iter()
-            .map(|r| Report::from_proto(r, now))
+            .map(|r| report_from_proto(r, now))
             .collect::<Result<Vec<_>, _>>()
             .map_err(to_status)?;
         let (accepted, duplicates, recs) = self
@@ -68,7 +152,7 @@ impl Quota for QuotaService {
         Ok(Response::new(pb::ReportUsageResponse {
             accepted,
             duplicates,
-            quotas: recs.iter().map(|r| self.ctrl.to_proto(r)).collect(),
+            quotas: recs.iter().map(|r| user_quota(&self.ctrl, r)).collect(),
         }))
     }
 
@@ -82,6 +166,6 @@ impl Quota for QuotaService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(to_status)?;
-        Ok(Response::new(self.ctrl.to_proto(&rec)))
+        Ok(Response::new(user_quota(&self.ctrl, &rec)))
     }
 }

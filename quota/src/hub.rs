@@ -1,5 +1,5 @@
 //! The JupyterHub REST API, behind the `HubApi` trait: list users (with
-//! pagination — the seed read only the first page of 200), their last
+//! pagination — efs-quota read only the first page of 200), their last
 //! activity and servers, and stop a server.
 //!
 //! Failures are loud: a listing that could not be completed (hub down, a page
@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
 use reqwest::{header, Method, StatusCode, Url};
 use serde::Deserialize;
 
 use crate::config::HubSettings;
-use crate::record::SeedTime;
+use crate::record::RecordTime;
 
 /// The pagination media type of JupyterHub ≥ 2.0.
 pub const PAGINATION_ACCEPT: &str = "application/jupyterhub-pagination+json";
@@ -140,7 +139,7 @@ enum UsersReply {
 fn to_user(m: UserModel) -> Result<HubUser, HubError> {
     let last_activity = match m.last_activity.as_deref() {
         None => None,
-        Some(s) => SeedTime::parse(s)
+        Some(s) => RecordTime::parse(s)
             .map_err(|why| HubError::Decode {
                 what: format!("last_activity of {}", m.name),
                 why,
@@ -408,20 +407,22 @@ impl HubApi for HubClient {
     }
 }
 
-/// An in-memory hub for unit tests.
+#[cfg(any(test, feature = "test-util"))]
+/// An in-memory hub for unit tests (`test-util` feature).
 #[derive(Debug, Default)]
 pub struct FakeHub {
-    pub users: Mutex<Vec<HubUser>>,
+    pub users: parking_lot::Mutex<Vec<HubUser>>,
     /// When set, every call fails as if the hub were down.
     pub down: std::sync::atomic::AtomicBool,
     /// Every server stop asked for, as (user, server).
-    pub stops: Mutex<Vec<(String, String)>>,
+    pub stops: parking_lot::Mutex<Vec<(String, String)>>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl FakeHub {
     pub fn with_users(users: Vec<HubUser>) -> Self {
         Self {
-            users: Mutex::new(users),
+            users: parking_lot::Mutex::new(users),
             ..Self::default()
         }
     }
@@ -439,6 +440,7 @@ impl FakeHub {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 #[async_trait]
 impl HubApi for FakeHub {
     async fn list_users(&self) -> Result<Vec<HubUser>, HubError> {

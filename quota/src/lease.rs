@@ -6,13 +6,20 @@
 //! that carries its own expiry works everywhere and cannot outlive a dead
 //! replica by more than one lease. A live holder renews the lease; anyone may
 //! break an expired one.
+//!
+//! Expiry times are read from a [`Clock`] (so tests can expire a lease
+//! exactly); waiting for a busy lock uses the monotonic clock.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -40,6 +47,10 @@ fn epoch_secs(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
+fn clock_secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_micros() as f64 / 1e6
+}
+
 /// A held lock; released on drop.
 #[derive(Debug)]
 pub struct Lease {
@@ -47,6 +58,7 @@ pub struct Lease {
     owner: String,
     token: String,
     length: Duration,
+    clock: Arc<dyn Clock>,
     released: bool,
 }
 
@@ -60,10 +72,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LeaseError + '_ {
 /// Who holds a lock file, and whether their lease ran out. A body that does
 /// not parse (a holder crashed between create and write) expires with the
 /// file's mtime.
-fn inspect(path: &Path, length: Duration) -> io::Result<(String, bool)> {
+fn inspect(path: &Path, length: Duration, clock: &dyn Clock) -> io::Result<(String, bool)> {
     let meta = fs::metadata(path)?;
     let text = fs::read_to_string(path).unwrap_or_default();
-    let now = epoch_secs(SystemTime::now());
+    let now = clock_secs(clock.now());
     match serde_json::from_str::<LeaseBody>(&text) {
         Ok(b) => Ok((b.owner, now > b.expires)),
         Err(_) => {
@@ -79,6 +91,7 @@ impl Lease {
         path: &Path,
         owner: &str,
         length: Duration,
+        clock: &Arc<dyn Clock>,
     ) -> Result<Option<Lease>, LeaseError> {
         let token = format!("{:016x}", rand::random::<u64>());
         for _ in 0..3 {
@@ -87,7 +100,7 @@ impl Lease {
                     let body = LeaseBody {
                         owner: owner.into(),
                         token: token.clone(),
-                        expires: epoch_secs(SystemTime::now() + length),
+                        expires: clock_secs(clock.now()) + length.as_secs_f64(),
                     };
                     f.write_all(serde_json::to_string(&body).unwrap_or_default().as_bytes())
                         .map_err(io_err(path))?;
@@ -96,11 +109,12 @@ impl Lease {
                         owner: owner.into(),
                         token,
                         length,
+                        clock: clock.clone(),
                         released: false,
                     }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let (holder, expired) = match inspect(path, length) {
+                    let (holder, expired) = match inspect(path, length, clock.as_ref()) {
                         Ok(x) => x,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                         Err(e) => return Err(io_err(path)(e)),
@@ -131,15 +145,18 @@ impl Lease {
         owner: &str,
         length: Duration,
         wait: Duration,
+        clock: &Arc<dyn Clock>,
     ) -> Result<Lease, LeaseError> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(2);
         loop {
-            if let Some(l) = Self::try_acquire(path, owner, length)? {
+            if let Some(l) = Self::try_acquire(path, owner, length, clock)? {
                 return Ok(l);
             }
             if start.elapsed() >= wait {
-                let holder = inspect(path, length).map(|h| h.0).unwrap_or_default();
+                let holder = inspect(path, length, clock.as_ref())
+                    .map(|h| h.0)
+                    .unwrap_or_default();
                 return Err(LeaseError::Busy {
                     path: path.display().to_string(),
                     holder,
@@ -157,7 +174,7 @@ impl Lease {
         let body = LeaseBody {
             owner: self.owner.clone(),
             token: self.token.clone(),
-            expires: epoch_secs(SystemTime::now() + self.length),
+            expires: clock_secs(self.clock.now()) + self.length.as_secs_f64(),
         };
         let tmp = self
             .path
@@ -214,25 +231,40 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{FakeClock, SystemClock};
+
+    fn wall() -> Arc<dyn Clock> {
+        Arc::new(SystemClock)
+    }
 
     #[test]
     fn second_holder_waits_and_release_frees() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("quota.lock");
-        let a = Lease::try_acquire(&p, "a", Duration::from_secs(60))
+        let a = Lease::try_acquire(&p, "a", Duration::from_secs(60), &wall())
             .unwrap()
             .unwrap();
-        assert!(Lease::try_acquire(&p, "b", Duration::from_secs(60))
-            .unwrap()
-            .is_none());
-        let e = Lease::acquire(&p, "b", Duration::from_secs(60), Duration::from_millis(50))
-            .unwrap_err();
+        assert!(
+            Lease::try_acquire(&p, "b", Duration::from_secs(60), &wall())
+                .unwrap()
+                .is_none()
+        );
+        let e = Lease::acquire(
+            &p,
+            "b",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            &wall(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("held by a"), "{e}");
         a.release();
         assert!(!p.exists());
-        assert!(Lease::try_acquire(&p, "b", Duration::from_secs(60))
-            .unwrap()
-            .is_some());
+        assert!(
+            Lease::try_acquire(&p, "b", Duration::from_secs(60), &wall())
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
@@ -241,17 +273,19 @@ mod tests {
         let p = d.path().join("quota.lock");
         // What a replica that died mid-walk leaves behind.
         fs::write(&p, r#"{"owner":"dead-pod","token":"1","expires":1000.0}"#).unwrap();
-        let l = Lease::try_acquire(&p, "alive", Duration::from_secs(60))
+        let l = Lease::try_acquire(&p, "alive", Duration::from_secs(60), &wall())
             .unwrap()
             .unwrap();
         assert!(fs::read_to_string(&p).unwrap().contains("alive"));
         drop(l);
         // An empty body (crash between create and write) expires by mtime.
         fs::write(&p, "").unwrap();
-        assert!(Lease::try_acquire(&p, "x", Duration::from_secs(60))
-            .unwrap()
-            .is_none());
-        assert!(Lease::try_acquire(&p, "x", Duration::ZERO)
+        assert!(
+            Lease::try_acquire(&p, "x", Duration::from_secs(60), &wall())
+                .unwrap()
+                .is_none()
+        );
+        assert!(Lease::try_acquire(&p, "x", Duration::ZERO, &wall())
             .unwrap()
             .is_some());
     }
@@ -260,7 +294,7 @@ mod tests {
     fn renew_fails_once_the_lock_was_taken() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("walk.lock");
-        let mut a = Lease::try_acquire(&p, "a", Duration::from_secs(60))
+        let mut a = Lease::try_acquire(&p, "a", Duration::from_secs(60), &wall())
             .unwrap()
             .unwrap();
         a.renew().unwrap();
@@ -269,5 +303,63 @@ mod tests {
         drop(a);
         // b's lock survives a's release.
         assert!(fs::read_to_string(&p).unwrap().contains("\"b\""));
+    }
+
+    fn fake_at(rfc3339: &str) -> FakeClock {
+        FakeClock::new(
+            DateTime::parse_from_rfc3339(rfc3339)
+                .unwrap()
+                .with_timezone(&Utc),
+        )
+    }
+
+    #[test]
+    fn a_live_lease_expires_exactly_after_its_length() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("walk.lock");
+        let fake = fake_at("2026-11-22T10:00:00Z");
+        let clock: Arc<dyn Clock> = Arc::new(fake.clone());
+        let held = Lease::try_acquire(&p, "a", Duration::from_secs(60), &clock)
+            .unwrap()
+            .unwrap();
+        let body: LeaseBody = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(body.expires, clock_secs(fake.now()) + 60.0);
+        fake.advance(chrono::Duration::seconds(59));
+        assert!(Lease::try_acquire(&p, "b", Duration::from_secs(60), &clock)
+            .unwrap()
+            .is_none());
+        fake.advance(chrono::Duration::seconds(2));
+        let taken = Lease::try_acquire(&p, "b", Duration::from_secs(60), &clock)
+            .unwrap()
+            .unwrap();
+        assert!(fs::read_to_string(&p).unwrap().contains("\"b\""));
+        // The old holder notices: its release leaves b's lock in place.
+        drop(held);
+        assert!(p.exists());
+        drop(taken);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn renewing_extends_the_lease_by_a_full_length_from_now() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("walk.lock");
+        let fake = fake_at("2026-11-22T10:00:00Z");
+        let clock: Arc<dyn Clock> = Arc::new(fake.clone());
+        let mut a = Lease::try_acquire(&p, "a", Duration::from_secs(60), &clock)
+            .unwrap()
+            .unwrap();
+        fake.advance(chrono::Duration::seconds(50));
+        a.renew().unwrap();
+        // 100 s after taking it, 50 s after the renewal: still a's.
+        fake.advance(chrono::Duration::seconds(50));
+        assert!(Lease::try_acquire(&p, "b", Duration::from_secs(60), &clock)
+            .unwrap()
+            .is_none());
+        fake.advance(chrono::Duration::seconds(11));
+        let _b = Lease::try_acquire(&p, "b", Duration::from_secs(60), &clock)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(a.renew(), Err(LeaseError::Busy { .. })));
     }
 }

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the controller: per-user usage, quota, fraction and
-//! state (what the seed's DataDog dashboards showed), walk durations and
+//! state (what efs-quota's DataDog dashboards showed), walk durations and
 //! timeouts, hub API errors, corrupt records.
 
 use std::sync::atomic::AtomicU64;

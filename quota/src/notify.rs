@@ -1,10 +1,8 @@
 //! How the policy's `inform_user` and `inform_admin` actions reach people.
 //! Today that is a structured log line (collected by the cluster's log
-//! pipeline, as the seed's DataDog view did) plus the message kept in the
+//! pipeline, as efs-quota's DataDog view did) plus the message kept in the
 //! record for `check-quota` and the spawn hook; mail or chat would be one more
 //! implementation of the trait.
-
-use parking_lot::Mutex;
 
 pub trait Notifier: Send + Sync + std::fmt::Debug {
     fn inform_user(&self, user: &str, message: &str);
@@ -24,13 +22,15 @@ impl Notifier for LogNotifier {
     }
 }
 
-/// Keeps notices for tests to inspect.
+#[cfg(any(test, feature = "test-util"))]
+/// Keeps notices for tests to inspect (`test-util` feature).
 #[derive(Debug, Default)]
 pub struct RecordingNotifier {
     /// (audience, user, message)
-    pub sent: Mutex<Vec<(String, String, String)>>,
+    pub sent: parking_lot::Mutex<Vec<(String, String, String)>>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Notifier for RecordingNotifier {
     fn inform_user(&self, user: &str, message: &str) {
         self.sent

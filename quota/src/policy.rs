@@ -5,148 +5,11 @@
 //! record, the config and "now", so the same code serves the controller and
 //! the dry-run `hubfs overquota` command.
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::{Config, LockoutMode, PolicyConfig, PolicyMode};
-use crate::record::{Enforcement, QuotaRecord, QuotaState, SeedTime};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum PolicyLevel {
-    #[default]
-    Ok,
-    Overquota,
-    SoftUser,
-    SoftAdmin,
-    HardUser,
-    HardAdmin,
-}
-
-impl PolicyLevel {
-    pub const ALL: [PolicyLevel; 6] = [
-        PolicyLevel::Ok,
-        PolicyLevel::Overquota,
-        PolicyLevel::SoftUser,
-        PolicyLevel::SoftAdmin,
-        PolicyLevel::HardUser,
-        PolicyLevel::HardAdmin,
-    ];
-    /// The levels a user over quota climbs, in order.
-    pub const ESCALATION: [PolicyLevel; 5] = [
-        PolicyLevel::Overquota,
-        PolicyLevel::SoftUser,
-        PolicyLevel::SoftAdmin,
-        PolicyLevel::HardUser,
-        PolicyLevel::HardAdmin,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PolicyLevel::Ok => "OK",
-            PolicyLevel::Overquota => "OVERQUOTA",
-            PolicyLevel::SoftUser => "SOFT_USER",
-            PolicyLevel::SoftAdmin => "SOFT_ADMIN",
-            PolicyLevel::HardUser => "HARD_USER",
-            PolicyLevel::HardAdmin => "HARD_ADMIN",
-        }
-    }
-
-    /// What `enforce` means at this level: soft levels put the home in
-    /// cleanup mode, hard levels stop the server and refuse spawns.
-    pub fn enforce_strength(&self) -> Enforcement {
-        match self {
-            PolicyLevel::Ok => Enforcement::None,
-            PolicyLevel::Overquota | PolicyLevel::SoftUser | PolicyLevel::SoftAdmin => {
-                Enforcement::Cleanup
-            }
-            PolicyLevel::HardUser | PolicyLevel::HardAdmin => Enforcement::Blocked,
-        }
-    }
-}
-
-impl fmt::Display for PolicyLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for PolicyLevel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let up = s.trim().to_ascii_uppercase().replace('-', "_");
-        Self::ALL
-            .into_iter()
-            .find(|l| l.as_str() == up)
-            .ok_or_else(|| format!("unknown overquota state {s:?} (one of OK, OVERQUOTA, SOFT_USER, SOFT_ADMIN, HARD_USER, HARD_ADMIN)"))
-    }
-}
-
-/// A level and how many times it was applied: `SOFT_USER:1`; `OK` alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PolicyStatus {
-    pub level: PolicyLevel,
-    pub applied: u32,
-}
-
-impl fmt::Display for PolicyStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.level {
-            PolicyLevel::Ok => f.write_str("OK"),
-            l => write!(f, "{l}:{}", self.applied),
-        }
-    }
-}
-
-impl FromStr for PolicyStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (l, n) = match s.split_once(':') {
-            Some((l, n)) => (
-                l,
-                n.trim()
-                    .parse::<u32>()
-                    .map_err(|_| format!("bad application count in {s:?}"))?,
-            ),
-            None => (s, 0),
-        };
-        let level: PolicyLevel = l.parse()?;
-        Ok(PolicyStatus { level, applied: n })
-    }
-}
-
-impl Serialize for PolicyStatus {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for PolicyStatus {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    InformUser,
-    InformAdmin,
-    Enforce,
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Action::InformUser => "inform_user",
-            Action::InformAdmin => "inform_admin",
-            Action::Enforce => "enforce",
-        })
-    }
-}
+pub use crate::levels::{Action, PolicyLevel, PolicyStatus};
+use crate::record::{Enforcement, QuotaRecord, QuotaState, RecordTime};
 
 /// A transition the policy wants to make now.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,12 +42,12 @@ pub fn counts_as_over(rec: &QuotaRecord) -> bool {
 pub fn track_clock(rec: &mut QuotaRecord, now: DateTime<Utc>) {
     if counts_as_over(rec) {
         if rec.overquota_since.is_null() {
-            rec.overquota_since = SeedTime::at(now);
+            rec.overquota_since = RecordTime::at(now);
         }
     } else if !matches!(rec.quota_state, QuotaState::TimedOut | QuotaState::Error) {
         // Timed-out and error keep the clock as it was: a partial figure or an
         // unreadable record neither punishes nor forgives.
-        rec.overquota_since = SeedTime::NULL;
+        rec.overquota_since = RecordTime::NULL;
     }
 }
 
@@ -238,9 +101,9 @@ pub fn apply_step(rec: &mut QuotaRecord, step: &Step, now: DateTime<Utc>) {
         level: step.to,
         applied: u32::from(step.to != PolicyLevel::Ok),
     };
-    rec.overquota_state_since = SeedTime::at(now);
+    rec.overquota_state_since = RecordTime::at(now);
     if step.to == PolicyLevel::Ok {
-        rec.overquota_since = SeedTime::NULL;
+        rec.overquota_since = RecordTime::NULL;
     }
 }
 

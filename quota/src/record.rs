@@ -1,6 +1,20 @@
-//! The per-user quota record, `quota.yaml`, in the seed's format.
+//! The per-user quota record, `quota.yaml`, in the efs-quota format.
 //!
-//! The seed's fields keep their names and meanings so an existing deployment's
+//! **The efs-quota format** is the record of the EFS quota monitor that hubfs
+//! replaces: in an existing JupyterHub deployment on AWS EFS, a monitor pod
+//! ran `du` over every `$HOME` and a reaper pod stopped servers over quota,
+//! the two sharing one `quota.yaml` per user on the file system. A record has
+//! thirteen keys in alphabetical order (`actual_bytes` ... `warn_fraction`;
+//! the example from its documentation is
+//! `quota/tests/fixtures/efs-quota-example.yaml`), `quota_state` is one of
+//! `ok | nearing-limit | violation | lockout | timed-out`, timestamps are
+//! quoted naive ISO 8601 UTC strings with [`NULL_TIME`] for none, and sizes
+//! are bytes with [`UNDEFINED`] for not measured. Its constants (200 GiB
+//! default quota, 0.8 warning fraction, periods and timeouts) are the
+//! defaults in [`crate::config`]. In this crate "efs-quota" and "the EFS
+//! quota monitor" always mean that system.
+//!
+//! Its fields keep their names and meanings so an existing deployment's
 //! files load unchanged (and its tools can still read ours); what hubfs adds
 //! (inodes, where and when a figure was measured, admin overrides, the graded
 //! policy state) sits in extra keys that default when absent.
@@ -12,13 +26,14 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::Defaults;
-use crate::policy::PolicyStatus;
+pub use crate::levels::Enforcement;
+use crate::levels::PolicyStatus;
 
-/// The seed's `NULL_TIME`: how an empty timestamp is written.
+/// efs-quota's `NULL_TIME`: how an empty timestamp is written.
 pub const NULL_TIME: &str = "0001-01-01T01:01";
-/// The seed's `UNDEFINED_BYTES`: not measured yet.
+/// efs-quota's `UNDEFINED_BYTES`: not measured yet.
 pub const UNDEFINED: i64 = -1;
-/// Top-level keys holding timestamps (written quoted, as the seed did).
+/// Top-level keys holding timestamps (written quoted, as efs-quota did).
 const TIME_KEYS: [&str; 9] = [
     "last_activity",
     "reaper_time",
@@ -30,20 +45,21 @@ const TIME_KEYS: [&str; 9] = [
     "overquota_state_since",
     "server_stopped",
 ];
-/// Version of the hubfs additions; 0 = a record written by the seed.
+/// Version of the hubfs additions; 0 = a record written by efs-quota.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// A timestamp in the seed's format: naive ISO 8601 in UTC with microseconds
+/// A timestamp in a record, in the efs-quota format: naive ISO 8601 in UTC
+/// with microseconds
 /// (`2022-08-15T20:52:14.403000`), `NULL_TIME` when empty. Reading also
 /// accepts RFC 3339 (what the hub API returns) and YAML nulls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct SeedTime(pub Option<DateTime<Utc>>);
+pub struct RecordTime(pub Option<DateTime<Utc>>);
 
-impl SeedTime {
-    pub const NULL: SeedTime = SeedTime(None);
+impl RecordTime {
+    pub const NULL: RecordTime = RecordTime(None);
 
     pub fn at(t: DateTime<Utc>) -> Self {
-        SeedTime(Some(t))
+        RecordTime(Some(t))
     }
 
     pub fn get(&self) -> Option<DateTime<Utc>> {
@@ -54,14 +70,14 @@ impl SeedTime {
         self.0.is_none()
     }
 
-    /// Parses any timestamp form found in seed records or hub replies.
+    /// Parses any timestamp form found in efs-quota records or hub replies.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if s.is_empty() || s == NULL_TIME || s.starts_with("0001-01-01") {
-            return Ok(SeedTime(None));
+            return Ok(RecordTime(None));
         }
         if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-            return Ok(SeedTime(Some(t.with_timezone(&Utc))));
+            return Ok(RecordTime(Some(t.with_timezone(&Utc))));
         }
         for fmt in [
             "%Y-%m-%dT%H:%M:%S%.f",
@@ -69,14 +85,14 @@ impl SeedTime {
             "%Y-%m-%dT%H:%M",
         ] {
             if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
-                return Ok(SeedTime(Some(t.and_utc())));
+                return Ok(RecordTime(Some(t.and_utc())));
             }
         }
         Err(format!("not a timestamp: {s:?}"))
     }
 }
 
-impl fmt::Display for SeedTime {
+impl fmt::Display for RecordTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             None => f.write_str(NULL_TIME),
@@ -85,23 +101,23 @@ impl fmt::Display for SeedTime {
     }
 }
 
-impl Serialize for SeedTime {
+impl Serialize for RecordTime {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
     }
 }
 
-impl<'de> Deserialize<'de> for SeedTime {
+impl<'de> Deserialize<'de> for RecordTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v: Option<String> = Option::deserialize(d)?;
         match v {
-            None => Ok(SeedTime(None)),
-            Some(s) => SeedTime::parse(&s).map_err(serde::de::Error::custom),
+            None => Ok(RecordTime(None)),
+            Some(s) => RecordTime::parse(&s).map_err(serde::de::Error::custom),
         }
     }
 }
 
-/// The seed's `quota_state` values, plus `error` for a record that could not
+/// efs-quota's `quota_state` values, plus `error` for a record that could not
 /// be trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -159,18 +175,6 @@ pub enum Source {
     ScheduledWalk,
 }
 
-/// What the controller imposes on the user now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Enforcement {
-    #[default]
-    None,
-    /// Writes refused (EDQUOT), deletes allowed; spawning allowed.
-    Cleanup,
-    /// Server stopped, spawns refused.
-    Blocked,
-}
-
 /// Values an admin set for one user. They win over provisioned capacity and
 /// config defaults, and measurement never touches them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -200,46 +204,46 @@ impl Overrides {
     }
 }
 
-/// One user's record. The first thirteen fields are the seed's, in the
-/// seed's (alphabetical) order.
+/// One user's record. The first thirteen fields are efs-quota's, in its
+/// (alphabetical) order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QuotaRecord {
     pub actual_bytes: i64,
     pub fraction_used: f64,
-    pub last_activity: SeedTime,
+    pub last_activity: RecordTime,
     pub lockout_enabled: bool,
     pub quota_bytes: i64,
     pub quota_enabled: bool,
     pub quota_state: QuotaState,
-    pub reaper_time: SeedTime,
-    pub started: SeedTime,
-    pub stopped: SeedTime,
+    pub reaper_time: RecordTime,
+    pub started: RecordTime,
+    pub stopped: RecordTime,
     pub timed_out: bool,
     pub user: String,
     pub warn_fraction: f64,
 
-    /// hubfs format version; 0 (absent) = written by the seed.
+    /// hubfs format version; 0 (absent) = written by efs-quota.
     pub hubfs_format: u32,
     pub actual_inodes: i64,
     /// 0 = no inode limit.
     pub quota_inodes: i64,
-    pub measured_at: SeedTime,
+    pub measured_at: RecordTime,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measurement_source: Option<Source>,
     /// When `quota_state` last changed.
-    pub state_since: SeedTime,
+    pub state_since: RecordTime,
     pub enforcement: Enforcement,
     #[serde(skip_serializing_if = "Overrides::is_empty")]
     pub overrides: Overrides,
     /// Graded policy state, e.g. `SOFT_USER:1`.
     pub overquota_state: PolicyStatus,
     /// When the user first went over quota (the policy's day 0).
-    pub overquota_since: SeedTime,
+    pub overquota_since: RecordTime,
     /// When the current graded state was entered.
-    pub overquota_state_since: SeedTime,
+    pub overquota_state_since: RecordTime,
     /// When the controller last stopped this user's server for quota.
-    pub server_stopped: SeedTime,
+    pub server_stopped: RecordTime,
     /// Whether the user's server was running at the last reaper cycle.
     pub server_running: bool,
     /// Set when the record could not be trusted (e.g. the previous file was
@@ -262,29 +266,29 @@ impl Default for QuotaRecord {
         Self {
             actual_bytes: UNDEFINED,
             fraction_used: 0.0,
-            last_activity: SeedTime::NULL,
+            last_activity: RecordTime::NULL,
             lockout_enabled: d.lockout_enabled,
             quota_bytes: d.quota_bytes,
             quota_enabled: d.quota_enabled,
             quota_state: QuotaState::Ok,
-            reaper_time: SeedTime::NULL,
-            started: SeedTime::NULL,
-            stopped: SeedTime::NULL,
+            reaper_time: RecordTime::NULL,
+            started: RecordTime::NULL,
+            stopped: RecordTime::NULL,
             timed_out: false,
             user: String::new(),
             warn_fraction: d.warn_fraction,
             hubfs_format: 0,
             actual_inodes: UNDEFINED,
             quota_inodes: 0,
-            measured_at: SeedTime::NULL,
+            measured_at: RecordTime::NULL,
             measurement_source: None,
-            state_since: SeedTime::NULL,
+            state_since: RecordTime::NULL,
             enforcement: Enforcement::None,
             overrides: Overrides::default(),
             overquota_state: PolicyStatus::default(),
-            overquota_since: SeedTime::NULL,
-            overquota_state_since: SeedTime::NULL,
-            server_stopped: SeedTime::NULL,
+            overquota_since: RecordTime::NULL,
+            overquota_state_since: RecordTime::NULL,
+            server_stopped: RecordTime::NULL,
             server_running: false,
             error: None,
             last_notice: None,
@@ -329,8 +333,8 @@ impl QuotaRecord {
         // Serialising plain data to YAML cannot fail (no maps with non-string keys).
         let text = serde_yaml::to_string(self)
             .unwrap_or_else(|e| format!("# unserialisable record: {e}\n"));
-        // The seed's tools read records with PyYAML, which turns an unquoted
-        // ISO timestamp into a datetime; the seed wrote them quoted, as strings.
+        // efs-quota's tools read records with PyYAML, which turns an unquoted
+        // ISO timestamp into a datetime; efs-quota wrote them quoted, as strings.
         let mut out = String::with_capacity(text.len() + 64);
         for line in text.lines() {
             match line.split_once(": ") {
@@ -373,10 +377,10 @@ impl QuotaRecord {
         Ok(())
     }
 
-    /// Turns a seed-written record into a hubfs one: the seed had no
+    /// Turns a record written by efs-quota into a hubfs one: efs-quota had no
     /// overrides section, an admin changed the top-level fields, so values
     /// that differ from the defaults are taken as the admin's overrides.
-    pub fn migrate_seed(&mut self, defaults: &Defaults) {
+    pub fn migrate_from_efs_quota(&mut self, defaults: &Defaults) {
         if self.hubfs_format != 0 {
             return;
         }
@@ -420,24 +424,12 @@ impl QuotaRecord {
     }
 }
 
-/// "41.2 GiB", "200 GiB", "512 KiB".
+/// A record's byte figure for people: [`crate::format_size`], or "unknown"
+/// for [`UNDEFINED`] (not measured yet).
 pub fn human_bytes(b: i64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if b < 0 {
-        return "unknown".into();
-    }
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else if (v - v.round()).abs() < 0.05 {
-        format!("{:.0} {}", v.round(), UNITS[u])
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+    match u64::try_from(b) {
+        Ok(b) => crate::format_size(b),
+        Err(_) => "unknown".into(),
     }
 }
 
@@ -445,25 +437,14 @@ pub fn human_bytes(b: i64) -> String {
 mod tests {
     use super::*;
 
-    /// The example record from the seed documentation, byte for byte.
-    pub const SEED_EXAMPLE: &str = "actual_bytes: 2469232
-fraction_used: 1.1498257517814636e-05
-last_activity: '2022-08-15T20:52:14.403000'
-lockout_enabled: true
-quota_bytes: 214748364800
-quota_enabled: true
-quota_state: ok
-reaper_time: '2022-08-15T20:52:58.469571'
-started: '2022-08-15T20:27:57.049991'
-stopped: '2022-08-15T20:27:57.527531'
-timed_out: false
-user: jmiller@stsci.edu
-warn_fraction: 0.8
-";
+    /// The example `quota.yaml` from the EFS quota monitor's documentation,
+    /// byte for byte (the one copy, shared with the store's and the CLI's
+    /// tests).
+    pub const EFS_QUOTA_EXAMPLE: &str = include_str!("../tests/fixtures/efs-quota-example.yaml");
 
     #[test]
-    fn seed_example_loads_unchanged() {
-        let r = QuotaRecord::from_yaml(SEED_EXAMPLE).unwrap();
+    fn efs_quota_example_loads_unchanged() {
+        let r = QuotaRecord::from_yaml(EFS_QUOTA_EXAMPLE).unwrap();
         assert_eq!(r.user, "jmiller@stsci.edu");
         assert_eq!(r.actual_bytes, 2469232);
         assert_eq!(r.quota_bytes, 214748364800);
@@ -474,10 +455,10 @@ warn_fraction: 0.8
         assert_eq!(r.hubfs_format, 0);
         assert_eq!(r.last_activity.to_string(), "2022-08-15T20:52:14.403000");
         assert_eq!(r.stopped.to_string(), "2022-08-15T20:27:57.527531");
-        // Our output keeps the seed's fields with the same values and forms
+        // Our output keeps efs-quota's fields with the same values and forms
         // (the float may be spelled differently; it is the same number).
         let out = r.to_yaml();
-        for line in SEED_EXAMPLE
+        for line in EFS_QUOTA_EXAMPLE
             .lines()
             .filter(|l| !l.starts_with("fraction_used"))
         {
@@ -487,9 +468,9 @@ warn_fraction: 0.8
     }
 
     #[test]
-    fn seed_states_and_null_times_parse() {
+    fn efs_quota_states_and_null_times_parse() {
         for s in ["ok", "nearing-limit", "violation", "lockout", "timed-out"] {
-            let text = SEED_EXAMPLE
+            let text = EFS_QUOTA_EXAMPLE
                 .replace("quota_state: ok", &format!("quota_state: {s}"))
                 .replace("'2022-08-15T20:27:57.049991'", "'0001-01-01T01:01'");
             let r = QuotaRecord::from_yaml(&text).unwrap();
@@ -519,13 +500,13 @@ warn_fraction: 0.8
     }
 
     #[test]
-    fn seed_admin_edits_become_overrides() {
-        let text = SEED_EXAMPLE
+    fn efs_quota_admin_edits_become_overrides() {
+        let text = EFS_QUOTA_EXAMPLE
             .replace("quota_bytes: 214748364800", "quota_bytes: 536870912000")
             .replace("lockout_enabled: true", "lockout_enabled: false");
         let mut r = QuotaRecord::from_yaml(&text).unwrap();
         let d = Defaults::default();
-        r.migrate_seed(&d);
+        r.migrate_from_efs_quota(&d);
         assert_eq!(r.overrides.quota_bytes, Some(536870912000));
         assert_eq!(r.overrides.lockout_enabled, Some(false));
         assert_eq!(r.overrides.quota_enabled, None);
@@ -533,9 +514,9 @@ warn_fraction: 0.8
         r.apply_limits(&d, Some(10 << 30));
         assert_eq!(r.quota_bytes, 536870912000);
         assert!(!r.lockout_enabled);
-        // A seed record at the defaults takes the provisioned capacity.
-        let mut plain = QuotaRecord::from_yaml(SEED_EXAMPLE).unwrap();
-        plain.migrate_seed(&d);
+        // An efs-quota record at the defaults takes the provisioned capacity.
+        let mut plain = QuotaRecord::from_yaml(EFS_QUOTA_EXAMPLE).unwrap();
+        plain.migrate_from_efs_quota(&d);
         assert!(plain.overrides.is_empty());
         plain.apply_limits(&d, Some(10 << 30));
         assert_eq!(plain.quota_bytes, 10 << 30);
@@ -553,8 +534,8 @@ warn_fraction: 0.8
 
     #[test]
     fn hub_timestamps_parse() {
-        let t = SeedTime::parse("2026-11-22T10:00:00.123456Z").unwrap();
+        let t = RecordTime::parse("2026-11-22T10:00:00.123456Z").unwrap();
         assert_eq!(t.to_string(), "2026-11-22T10:00:00.123456");
-        assert!(SeedTime::parse("").unwrap().is_null());
+        assert!(RecordTime::parse("").unwrap().is_null());
     }
 }

@@ -1,4 +1,4 @@
-//! The seed's state machine: `ok → nearing-limit → violation | lockout`, and
+//! efs-quota's state machine (see [`crate::record`]): `ok → nearing-limit → violation | lockout`, and
 //! `timed-out`, decided from the latest figure and the effective limits; plus
 //! the plain-words account of a state that users read in `check-quota` and the
 //! spawn hook.
@@ -60,7 +60,7 @@ pub fn reevaluate(rec: &mut QuotaRecord, cfg: &Config, now: DateTime<Utc>) -> Op
     let to = evaluate(rec);
     if to != from {
         rec.quota_state = to;
-        rec.state_since = crate::record::SeedTime::at(now);
+        rec.state_since = crate::record::RecordTime::at(now);
     }
     policy::track_clock(rec, now);
     rec.enforcement = policy::enforcement(rec, cfg);
@@ -189,7 +189,7 @@ mod tests {
     use super::*;
     use crate::config::{Defaults, LockoutMode, PolicyMode};
     use crate::policy::{apply_step, plan};
-    use crate::record::SeedTime;
+    use crate::record::RecordTime;
 
     const GIB: i64 = 1 << 30;
 
@@ -207,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn every_seed_state_is_reachable() {
+    fn every_efs_quota_state_is_reachable() {
         assert_eq!(evaluate(&rec(-1)), QuotaState::Ok);
         assert_eq!(evaluate(&rec(10 * GIB)), QuotaState::Ok);
         assert_eq!(evaluate(&rec(160 * GIB)), QuotaState::NearingLimit);
@@ -244,7 +244,7 @@ mod tests {
         let t = reevaluate(&mut r, &cfg, now()).unwrap();
         assert_eq!(t.to, QuotaState::Lockout);
         assert_eq!(t.enforcement_to, Enforcement::Cleanup);
-        assert_eq!(r.overquota_since, SeedTime::at(now()));
+        assert_eq!(r.overquota_since, RecordTime::at(now()));
         r.actual_bytes = 100 * GIB;
         let t = reevaluate(&mut r, &cfg, now()).unwrap();
         assert_eq!(t.to, QuotaState::Ok);

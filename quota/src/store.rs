@@ -1,5 +1,5 @@
 //! The record store: one `quota.yaml` per user under the control directory,
-//! the seed's "poor man's database", shared by controller replicas.
+//! efs-quota's "poor man's database", shared by controller replicas.
 //!
 //! Every change is a read-modify-write under the user's lease lock, written to
 //! a temporary file, fsynced and renamed over the old one, so readers (the
@@ -12,11 +12,13 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use parking_lot::RwLock;
 
+use crate::clock::Clock;
 use crate::lease::{Lease, LeaseError};
 use crate::record::{QuotaRecord, RecordError};
 use crate::userkey::UserKey;
@@ -73,7 +75,9 @@ pub struct Store {
     owner: String,
     lease: Duration,
     wait: Duration,
-    /// user → directory, for seed deployments whose directory names are not
+    /// Lease expiry and the time stamp of a corrupt record kept aside.
+    clock: Arc<dyn Clock>,
+    /// user → directory, for efs-quota deployments whose directory names are not
     /// our encoding. Filled by `scan`.
     index: RwLock<HashMap<String, PathBuf>>,
 }
@@ -84,6 +88,7 @@ impl Store {
         owner: &str,
         lease: Duration,
         wait: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
         Ok(Self {
@@ -91,6 +96,7 @@ impl Store {
             owner: owner.to_string(),
             lease,
             wait,
+            clock,
             index: RwLock::new(HashMap::new()),
         })
     }
@@ -175,7 +181,7 @@ impl Store {
     ) -> Result<Updated, StoreError> {
         let dir = self.user_dir(user)?;
         fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        let _lock = Lease::acquire(&dir.join(LOCK_FILE), &self.owner, self.lease, self.wait)?;
+        let _lock = self.lock(&dir)?;
         let path = dir.join(RECORD_FILE);
         let mut created = false;
         let mut quarantined = None;
@@ -193,7 +199,7 @@ impl Store {
                 init()
             }
             Err(StoreError::Corrupt { source, .. }) => {
-                let aside = quarantine(&path)?;
+                let aside = quarantine(&path, self.clock.now())?;
                 let mut r = init();
                 r.error = Some(corrupt_note(&source, &aside));
                 r.quota_state = crate::record::QuotaState::Error;
@@ -224,14 +230,14 @@ impl Store {
         dir: &Path,
         init: impl FnOnce(&str) -> QuotaRecord,
     ) -> Result<Option<(Option<String>, PathBuf)>, StoreError> {
-        let _lock = Lease::acquire(&dir.join(LOCK_FILE), &self.owner, self.lease, self.wait)?;
+        let _lock = self.lock(dir)?;
         let path = dir.join(RECORD_FILE);
         let source = match read_record(&path) {
             Err(StoreError::Corrupt { source, .. }) => source,
             // Fixed or removed meanwhile, or unreadable (left in place).
             _ => return Ok(None),
         };
-        let aside = quarantine(&path)?;
+        let aside = quarantine(&path, self.clock.now())?;
         let user = dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -256,6 +262,18 @@ impl Store {
             &dir.join(WALK_LOCK_FILE),
             &self.owner,
             self.lease,
+            &self.clock,
+        )?)
+    }
+
+    /// Takes the record lock of a user directory, waiting up to `wait`.
+    fn lock(&self, dir: &Path) -> Result<Lease, StoreError> {
+        Ok(Lease::acquire(
+            &dir.join(LOCK_FILE),
+            &self.owner,
+            self.lease,
+            self.wait,
+            &self.clock,
         )?)
     }
 }
@@ -285,8 +303,8 @@ fn read_record(path: &Path) -> Result<Option<QuotaRecord>, StoreError> {
         })
 }
 
-fn quarantine(path: &Path) -> Result<PathBuf, StoreError> {
-    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+fn quarantine(path: &Path, now: DateTime<Utc>) -> Result<PathBuf, StoreError> {
+    let stamp = now.format("%Y%m%dT%H%M%S%.6fZ");
     let aside = path.with_file_name(format!("{RECORD_FILE}.corrupt-{stamp}"));
     fs::rename(path, &aside).map_err(io_at(path))?;
     tracing::error!(record = %path.display(), kept = %aside.display(), "corrupt quota record kept aside");
@@ -353,30 +371,24 @@ pub fn provisioned_quota(users_dir: &Path, user: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{FakeClock, SystemClock};
     use crate::config::Defaults;
     use crate::record::QuotaState;
 
-    const SEED_EXAMPLE: &str = "actual_bytes: 2469232
-fraction_used: 1.1498257517814636e-05
-last_activity: '2022-08-15T20:52:14.403000'
-lockout_enabled: true
-quota_bytes: 214748364800
-quota_enabled: true
-quota_state: ok
-reaper_time: '2022-08-15T20:52:58.469571'
-started: '2022-08-15T20:27:57.049991'
-stopped: '2022-08-15T20:27:57.527531'
-timed_out: false
-user: jmiller@stsci.edu
-warn_fraction: 0.8
-";
+    /// The EFS quota monitor's example record (the shared fixture).
+    const EFS_QUOTA_EXAMPLE: &str = include_str!("../tests/fixtures/efs-quota-example.yaml");
 
     fn store(dir: &Path) -> Store {
+        store_with_clock(dir, Arc::new(SystemClock))
+    }
+
+    fn store_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Store {
         Store::open(
             dir,
             "test",
             Duration::from_secs(60),
             Duration::from_secs(20),
+            clock,
         )
         .unwrap()
     }
@@ -386,11 +398,15 @@ warn_fraction: 0.8
     }
 
     #[test]
-    fn seed_deployment_directory_loads_by_user_field() {
+    fn efs_quota_deployment_directory_loads_by_user_field() {
         let d = tempfile::tempdir().unwrap();
-        // The seed's own encoding, not ours: trust the user field inside.
-        fs::create_dir_all(d.path().join("seed-style-jmiller")).unwrap();
-        fs::write(d.path().join("seed-style-jmiller/quota.yaml"), SEED_EXAMPLE).unwrap();
+        // efs-quota's own encoding, not ours: trust the user field inside.
+        fs::create_dir_all(d.path().join("efs-quota-style-jmiller")).unwrap();
+        fs::write(
+            d.path().join("efs-quota-style-jmiller/quota.yaml"),
+            EFS_QUOTA_EXAMPLE,
+        )
+        .unwrap();
         let s = store(d.path());
         let found = s.scan().unwrap();
         assert_eq!(found.len(), 1);
@@ -411,7 +427,7 @@ warn_fraction: 0.8
             },
         )
         .unwrap();
-        let text = fs::read_to_string(d.path().join("seed-style-jmiller/quota.yaml")).unwrap();
+        let text = fs::read_to_string(d.path().join("efs-quota-style-jmiller/quota.yaml")).unwrap();
         assert!(text.contains("actual_bytes: 5"), "{text}");
         assert!(text.contains("user: jmiller@stsci.edu"));
     }
@@ -419,7 +435,10 @@ warn_fraction: 0.8
     #[test]
     fn corrupt_record_is_kept_aside_and_user_is_not_punished() {
         let d = tempfile::tempdir().unwrap();
-        let s = store(d.path());
+        let at = DateTime::parse_from_rfc3339("2026-11-22T10:04:05.25Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let s = store_with_clock(d.path(), Arc::new(FakeClock::new(at)));
         let dir = s.user_dir("ada").unwrap();
         fs::create_dir_all(&dir).unwrap();
         let garbage = "actual_bytes: [oops\nuser: ada\n";
@@ -437,12 +456,10 @@ warn_fraction: 0.8
             .unwrap();
         let aside = u.quarantined.unwrap();
         assert_eq!(fs::read_to_string(&aside).unwrap(), garbage);
-        assert!(aside
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("quota.yaml.corrupt-"));
+        assert_eq!(
+            aside.file_name().unwrap(),
+            "quota.yaml.corrupt-20261122T100405.250000Z"
+        );
         assert_eq!(u.record.quota_state, QuotaState::Error);
         assert!(u.record.error.as_deref().unwrap().contains("kept as"));
         // The error survives the next update until an admin clears it.
@@ -491,38 +508,40 @@ warn_fraction: 0.8
         assert_eq!(provisioned_quota(d.path(), "bob"), None);
     }
 
-    /// Child half of `two_processes_never_lose_an_update`.
-    #[test]
-    fn concurrent_writer_child() {
-        let Ok(dir) = std::env::var("HUBFS_STORE_CHILD_DIR") else {
-            return;
-        };
-        let s = store(Path::new(&dir));
-        for _ in 0..150 {
-            s.update(
-                "shared",
-                || init("shared"),
-                |r| {
-                    r.actual_bytes = r.actual_bytes.max(0) + 1;
-                    true
-                },
-            )
-            .unwrap();
-        }
-    }
+    /// Set in the two child processes of `two_processes_never_lose_an_update`.
+    const CHILD_DIR_ENV: &str = "HUBFS_STORE_CHILD_DIR";
 
+    /// Two processes (this test binary, run again with `--exact` on this
+    /// test and [`CHILD_DIR_ENV`] set, which makes it a writer) add 1 to the
+    /// same record 150 times each while this one reads: every update lands
+    /// and no read sees a torn record.
     #[test]
     fn two_processes_never_lose_an_update() {
+        if let Ok(dir) = std::env::var(CHILD_DIR_ENV) {
+            let s = store(Path::new(&dir));
+            for _ in 0..150 {
+                s.update(
+                    "shared",
+                    || init("shared"),
+                    |r| {
+                        r.actual_bytes = r.actual_bytes.max(0) + 1;
+                        true
+                    },
+                )
+                .unwrap();
+            }
+            return;
+        }
         let d = tempfile::tempdir().unwrap();
         let exe = std::env::current_exe().unwrap();
         let spawn = || {
             std::process::Command::new(&exe)
                 .args([
                     "--exact",
-                    "store::tests::concurrent_writer_child",
+                    "store::tests::two_processes_never_lose_an_update",
                     "--test-threads=1",
                 ])
-                .env("HUBFS_STORE_CHILD_DIR", d.path())
+                .env(CHILD_DIR_ENV, d.path())
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hubfs_quota::clock::FakeClock;
+use hubfs_quota::clock::{Clock, FakeClock};
 use hubfs_quota::config::Config;
 use hubfs_quota::controller::{Controller, Report};
 use hubfs_quota::events::{FakeEventSink, Reason, Regarding};
@@ -43,22 +43,24 @@ async fn transitions_become_events_on_the_users_pvc() {
         ),
     )
     .unwrap();
+    let t0 = DateTime::parse_from_rfc3339("2026-11-01T08:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let clock: Arc<dyn Clock> = Arc::new(FakeClock::new(t0));
     let store = Store::open(
         &dir.path().join("control"),
         "test",
         Duration::from_secs(60),
         Duration::from_secs(10),
+        clock.clone(),
     )
     .unwrap();
-    let t0 = DateTime::parse_from_rfc3339("2026-11-01T08:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc);
     let events = Arc::new(FakeEventSink::default());
     let ctrl = Controller::new(
         Config::default(),
         store,
         Some(users),
-        Arc::new(FakeClock::new(t0)),
+        clock,
         None,
         Arc::new(RecordingNotifier::default()),
     )
@@ -67,14 +69,8 @@ async fn transitions_become_events_on_the_users_pvc() {
     for gib in [9, 11, 1] {
         ctrl.apply_reports("n1", &[walk(gib * GIB, t0)]).unwrap();
     }
-    let mut posted = Vec::new();
-    for _ in 0..2000 {
-        posted = events.posted();
-        if posted.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    ctrl.join_spawned().await;
+    let posted = events.posted();
     // Posted in the background: the order they land in is not guaranteed.
     let mut reasons: Vec<&str> = posted.iter().map(|n| n.reason.as_str()).collect();
     reasons.sort_unstable();
@@ -125,11 +121,13 @@ async fn a_scheduled_walk_reports_the_measured_usage() {
         ),
     )
     .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(FakeClock::new(Utc::now()));
     let store = Store::open(
         &dir.path().join("control"),
         "test",
         Duration::from_secs(60),
         Duration::from_secs(10),
+        clock.clone(),
     )
     .unwrap();
     let events = Arc::new(FakeEventSink::default());
@@ -138,7 +136,7 @@ async fn a_scheduled_walk_reports_the_measured_usage() {
             Config::default(),
             store,
             Some(users),
-            Arc::new(FakeClock::new(Utc::now())),
+            clock,
             None,
             Arc::new(RecordingNotifier::default()),
         )
@@ -146,14 +144,8 @@ async fn a_scheduled_walk_reports_the_measured_usage() {
     );
     let rec = ctrl.walk_user("bob").await.unwrap().unwrap();
     assert_eq!(rec.actual_bytes, 3 << 20);
-    let mut posted = Vec::new();
-    for _ in 0..200 {
-        posted = events.posted();
-        if !posted.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    ctrl.join_spawned().await;
+    let posted = events.posted();
     let measured: Vec<_> = posted
         .iter()
         .filter(|n| n.reason == Reason::UsageMeasured)

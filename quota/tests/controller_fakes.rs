@@ -38,14 +38,15 @@ fn env(cfg: Config, hub_users: Vec<HubUser>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let users_dir = dir.path().join("users");
     std::fs::create_dir_all(&users_dir).unwrap();
+    let clock = FakeClock::new(t0());
     let store = Store::open(
         &dir.path().join("control"),
         "test",
         Duration::from_secs(60),
         Duration::from_secs(10),
+        Arc::new(clock.clone()),
     )
     .unwrap();
-    let clock = FakeClock::new(t0());
     let hub = Arc::new(FakeHub::with_users(hub_users));
     let notes = Arc::new(RecordingNotifier::default());
     let ctrl = Arc::new(Controller::new(
@@ -97,22 +98,12 @@ fn running(name: &str) -> HubUser {
     }
 }
 
-/// Waits (up to 30 s, polling) until the fake hub saw `n` stop requests.
-async fn wait_stops(hub: &FakeHub, n: usize) {
-    for _ in 0..3000 {
-        if hub.stops.lock().len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("expected {n} stop requests, saw {:?}", hub.stops.lock());
-}
-
-async fn settle_spawned() {
-    // Stops triggered by a report run on a spawned task.
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits for the server stops a report started, then checks how many the
+/// fake hub saw in all.
+async fn assert_stops_after_reports(e: &Env, n: usize) {
+    e.ctrl.join_spawned().await;
+    let stops = e.hub.stops.lock().clone();
+    assert_eq!(stops.len(), n, "{stops:?}");
 }
 
 #[tokio::test]
@@ -137,10 +128,10 @@ async fn a_delta_over_quota_locks_out_at_once_and_stops_the_server_once() {
     assert_eq!(recs[0].enforcement, Enforcement::Cleanup);
     assert_eq!(recs[0].actual_bytes, 210 * GIB);
     assert_eq!(
-        e.ctrl.to_proto(&recs[0]).enforcement,
+        hubfs_quota::grpc::user_quota(&e.ctrl, &recs[0]).enforcement,
         hubfs_proto::quota::Enforcement::Cleanup as i32
     );
-    wait_stops(&e.hub, 1).await;
+    assert_stops_after_reports(&e, 1).await;
     assert_eq!(
         e.hub.stops.lock().clone(),
         vec![("ada".to_string(), String::new())]
@@ -202,7 +193,7 @@ async fn timed_out_walks_are_never_enforced() {
     assert_eq!(recs[0].quota_state, QuotaState::TimedOut);
     assert_eq!(recs[0].enforcement, Enforcement::None);
     e.ctrl.reaper_cycle().await.unwrap();
-    settle_spawned().await;
+    assert_stops_after_reports(&e, 0).await;
     assert!(e.hub.stops.lock().is_empty());
 }
 
@@ -217,7 +208,7 @@ async fn hub_down_mid_cycle_takes_no_action() {
         .report("n".into(), vec![walk("dan", 300 * GIB, t0())])
         .await
         .unwrap();
-    wait_stops(&e.hub, 1).await;
+    assert_stops_after_reports(&e, 1).await;
     e.hub.stops.lock().clear();
     *e.hub.users.lock() = vec![running("dan")];
     e.hub.set_down(true);
@@ -395,7 +386,7 @@ async fn scheduled_walks_measure_due_homes_and_respect_staleness() {
     assert_eq!(rec.actual_bytes, 12345);
     assert_eq!(rec.measurement_source, Some(Source::ScheduledWalk));
     assert!(e.ctrl.due_walks().unwrap().is_empty());
-    // Inactive: due again only after 7 days (a real age, unlike the seed).
+    // Inactive: due again only after 7 days (a real age, unlike efs-quota).
     e.clock.advance(chrono::Duration::days(6));
     assert!(e.ctrl.due_walks().unwrap().is_empty());
     e.clock
@@ -431,7 +422,7 @@ async fn corrupt_record_found_by_the_reaper_is_kept_aside_and_never_punished() {
         .await
         .unwrap();
     e.ctrl.reaper_cycle().await.unwrap();
-    settle_spawned().await;
+    assert_stops_after_reports(&e, 0).await;
     assert!(e.hub.stops.lock().is_empty());
     assert_eq!(e.ctrl.get("ivy").unwrap().0.enforcement, Enforcement::None);
     assert!(e

@@ -21,6 +21,7 @@ async fn user_status_spawn_decision_and_hostile_names() {
         "t",
         Duration::from_secs(60),
         Duration::from_secs(5),
+        Arc::new(SystemClock),
     )
     .unwrap();
     let cfg = Config {

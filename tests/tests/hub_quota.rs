@@ -25,6 +25,7 @@ fn controller(dir: &Path, hub: Option<(&str, &str)>, cfg: Config) -> Arc<Control
         "test",
         Duration::from_secs(60),
         Duration::from_secs(10),
+        Arc::new(SystemClock),
     )
     .unwrap();
     let users = dir.join("users");

@@ -1,7 +1,7 @@
-//! `hubfs controller`: the quota controller (replaces the seed's monitor and
-//! reaper pods). Serves `hubfs.quota.v1` for node reports and an HTTP API for
-//! the spawn hook, `check-quota` and Prometheus; walks homes on a schedule;
-//! lists hub users, records activity and stops servers that must stop.
+//! `hubfs controller`: the quota controller (replaces the monitor and reaper
+//! pods of the EFS quota monitor). Parses the flags, builds the
+//! [`Controller`] (config, record store, hub client, event sink) and runs it:
+//! the servers and loops live in `hubfs_quota::controller`.
 
 use hubfs_quota::events::{EventSink, KubeEventSink, NoEvents};
 use std::net::SocketAddr;
@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use hubfs_quota::clock::SystemClock;
+use hubfs_quota::clock::{Clock, SystemClock};
 use hubfs_quota::config::Config;
 use hubfs_quota::controller::Controller;
-use hubfs_quota::grpc::QuotaService;
 use hubfs_quota::hub::{HubApi, HubClient, Token};
 use hubfs_quota::notify::LogNotifier;
 use hubfs_quota::store::Store;
@@ -84,11 +83,13 @@ pub fn build(
             .unwrap_or_else(|_| "unknown".into());
         format!("{host}:{}", std::process::id())
     });
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = Store::open(
         control_dir,
         &owner,
         Duration::from_secs(cfg.locks.lease_seconds),
         Duration::from_secs(cfg.locks.wait_seconds),
+        clock.clone(),
     )?;
     let hub: Option<Arc<dyn HubApi>> = match hub_url {
         Some(url) => {
@@ -97,8 +98,10 @@ pub fn build(
         }
         None => None,
     };
+    // A users directory that does not exist yet is waited for (it appears
+    // with the first provisioned home); a file in its place is a mistake.
     if let Some(d) = users_dir {
-        if !d.is_dir() {
+        if d.exists() && !d.is_dir() {
             bail!("--users-dir {} is not a directory", d.display());
         }
     }
@@ -107,7 +110,7 @@ pub fn build(
             cfg,
             store,
             users_dir.cloned(),
-            Arc::new(SystemClock),
+            clock,
             hub,
             Arc::new(LogNotifier),
         )
@@ -134,98 +137,31 @@ pub fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             args.replica_id.clone(),
             events,
         )?;
-        // Learn where existing records live (a seed deployment may name
-        // directories differently) before the first report arrives.
-        match ctrl.store.scan() {
-            Ok(found) => tracing::info!(records = found.len(), "control directory scanned"),
-            Err(e) => tracing::error!(error = %e, "cannot scan the control directory"),
-        }
         if !ctrl.has_hub() {
             tracing::warn!("no --hub-url: running accounting and states only (no activity recorded, no servers stopped)");
         }
         if args.once {
-            let walked = ctrl.walk_cycle().await?;
-            let reaper = if ctrl.has_hub() {
-                let s = ctrl.reaper_cycle().await?;
-                serde_json::json!({
-                    "hub_users": s.hub_users,
-                    "records_updated": s.records_updated,
-                    "servers_stopped": s.servers_stopped,
-                    "seconds": s.seconds,
-                })
-            } else {
-                serde_json::Value::Null
+            let s = ctrl.run_once().await?;
+            let reaper = match s.reaper {
+                Some(r) => serde_json::json!({
+                    "hub_users": r.hub_users,
+                    "records_updated": r.records_updated,
+                    "servers_stopped": r.servers_stopped,
+                    "seconds": r.seconds,
+                }),
+                None => serde_json::Value::Null,
             };
-            println!("{}", serde_json::json!({ "walked": walked, "reaper": reaper }));
+            println!("{}", serde_json::json!({ "walked": s.walked, "reaper": reaper }));
             return Ok(ExitCode::SUCCESS);
         }
-        serve(ctrl, args.grpc_listen, args.http_listen).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; exiting"),
+                _ = term.recv() => tracing::info!("terminated; exiting"),
+            }
+        };
+        ctrl.run(args.grpc_listen, args.http_listen, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-async fn serve(ctrl: Arc<Controller>, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
-    let grpc_listener = tokio::net::TcpListener::bind(grpc)
-        .await
-        .with_context(|| format!("bind gRPC {grpc}"))?;
-    let http_listener = tokio::net::TcpListener::bind(http)
-        .await
-        .with_context(|| format!("bind HTTP {http}"))?;
-    tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, "quota controller listening");
-
-    let svc = QuotaService::new(ctrl.clone()).server();
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                grpc_listener,
-            )),
-    );
-    let router = hubfs_quota::http::router(ctrl.clone());
-    let http_task = tokio::spawn(async move { axum::serve(http_listener, router).await });
-
-    let walker_ctrl = ctrl.clone();
-    let walks = tokio::spawn(async move {
-        let every = Duration::from_secs(walker_ctrl.cfg.schedule.scan_every_seconds.max(1));
-        let fail = Duration::from_secs(walker_ctrl.cfg.schedule.fail_wait_seconds.max(1));
-        loop {
-            match walker_ctrl.walk_cycle().await {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(walked = n, "walk pass");
-                    }
-                    tokio::time::sleep(every).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "walk pass failed");
-                    tokio::time::sleep(fail).await;
-                }
-            }
-        }
-    });
-    let reaper_ctrl = ctrl.clone();
-    let reaper = tokio::spawn(async move {
-        if !reaper_ctrl.has_hub() {
-            return;
-        }
-        let every = Duration::from_secs(reaper_ctrl.cfg.schedule.reaper_every_seconds.max(1));
-        let fail = Duration::from_secs(reaper_ctrl.cfg.schedule.fail_wait_seconds.max(1));
-        loop {
-            match reaper_ctrl.reaper_cycle().await {
-                Ok(_) => tokio::time::sleep(every).await,
-                Err(_) => tokio::time::sleep(fail).await,
-            }
-        }
-    });
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = grpc_task => { r?.context("gRPC server")?; }
-        r = http_task => { r?.context("HTTP server")?; }
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; exiting"),
-        _ = term.recv() => tracing::info!("terminated; exiting"),
-    }
-    walks.abort();
-    reaper.abort();
-    Ok(())
 }
