@@ -8,7 +8,23 @@ set -euo pipefail
 
 if ! command -v garage >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/garage" ]; then
     echo "install-s3: building garage (cargo install, takes a while)"
-    cargo install --locked garage
+    # Only what the tests use: the sqlite metadata engine (bundled) and the
+    # admin /metrics endpoint; no LMDB, no K2V. A cheaper release profile
+    # (opt-level 1, no debug info) for Garage itself, with the hashing and
+    # crypto crates on its data path kept at opt-level 3 so that loopback
+    # reads stay fast enough to be a fair server for bench/s3.sh.
+    cargo install --locked garage --no-default-features \
+        --features bundled-libs,metrics,sqlite \
+        --config 'profile.release.opt-level=1' \
+        --config 'profile.release.debug=0' \
+        --config 'profile.release.incremental=false' \
+        --config 'profile.release.package.blake2.opt-level=3' \
+        --config 'profile.release.package.sha2.opt-level=3' \
+        --config 'profile.release.package.md-5.opt-level=3' \
+        --config 'profile.release.package.crc32fast.opt-level=3' \
+        --config 'profile.release.package.crc32c.opt-level=3' \
+        --config 'profile.release.package.ring.opt-level=3' \
+        --config 'profile.release.package.zstd-sys.opt-level=3'
 fi
 
 need=()
