@@ -305,20 +305,23 @@ mod tests {
         assert!(fs::read_to_string(&p).unwrap().contains("\"b\""));
     }
 
-    fn fake_at(rfc3339: &str) -> FakeClock {
-        FakeClock::new(
-            DateTime::parse_from_rfc3339(rfc3339)
+    /// A lock path in a fresh directory, and a fake clock (twice: to move
+    /// it, and as the leases see it).
+    fn on_fake_clock() -> (tempfile::TempDir, PathBuf, FakeClock, Arc<dyn Clock>) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("walk.lock");
+        let fake = FakeClock::new(
+            DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
                 .unwrap()
                 .with_timezone(&Utc),
-        )
+        );
+        let clock: Arc<dyn Clock> = Arc::new(fake.clone());
+        (d, p, fake, clock)
     }
 
     #[test]
     fn a_live_lease_expires_exactly_after_its_length() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("walk.lock");
-        let fake = fake_at("2026-11-22T10:00:00Z");
-        let clock: Arc<dyn Clock> = Arc::new(fake.clone());
+        let (_d, p, fake, clock) = on_fake_clock();
         let held = Lease::try_acquire(&p, "a", Duration::from_secs(60), &clock)
             .unwrap()
             .unwrap();
@@ -342,10 +345,7 @@ mod tests {
 
     #[test]
     fn renewing_extends_the_lease_by_a_full_length_from_now() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("walk.lock");
-        let fake = fake_at("2026-11-22T10:00:00Z");
-        let clock: Arc<dyn Clock> = Arc::new(fake.clone());
+        let (_d, p, fake, clock) = on_fake_clock();
         let mut a = Lease::try_acquire(&p, "a", Duration::from_secs(60), &clock)
             .unwrap()
             .unwrap();

@@ -66,6 +66,8 @@ pub enum ControllerError {
     Server { what: &'static str, why: String },
 }
 
+/// The quota controller: configuration, the record store and the outside
+/// systems it talks to. Shared as `Arc<Controller>` by the servers and loops.
 #[derive(Debug)]
 pub struct Controller {
     pub cfg: Config,
