@@ -4,9 +4,20 @@
 //! The gRPC services are thin: they validate the request, take the per-volume
 //! operation guard, and call plain functions over the [`mounter::Mounter`]
 //! trait, so every RPC can be unit-tested without root with the fake mounter
-//! and integration-tested as root with real bind mounts.
+//! (`test-util` feature) and integration-tested as root with real bind mounts.
+//!
+//! What lives here: the CSI services and their error mapping to
+//! `tonic::Status` ([`error`]), volume ids and StorageClass parameters,
+//! publishing homes and buckets on a node (starting and watching the FUSE
+//! servers), the mount syscalls behind [`mounter::Mounter`], and logging set-up.
+//! The `hubfs` binary (`src/main.rs`, `src/cmd/`) parses arguments and calls
+//! into this library and the others; `anyhow` is used there only.
+//!
+//! What must not: filesystem behaviour (it belongs to `hubfs-fuse`), quota
+//! decisions, records or the hub client (`hubfs-quota`), the usage walk
+//! (`hubfs-walker`), wire types (`hubfs-proto`).
+//! No other hubfs crate depends on this one; see docs/architecture.md.
 
-pub mod authority;
 pub mod controller;
 pub mod error;
 pub mod homes;

@@ -2,9 +2,13 @@
 //!
 //! kubelet and the CSI sidecars connect over a unix socket. A socket file
 //! left by a crashed driver would make `bind` fail forever, so a stale one is
-//! removed first (but never a file that is not a socket). Older gRPC clients
-//! send the socket path as `:authority`, which h2 refuses; `hubfs csi` wraps
-//! every connection in [`crate::authority::AuthorityFix`] for them.
+//! removed first (but never a file that is not a socket).
+//!
+//! Every client the chart supports sends `:authority: localhost` on the
+//! socket (kubelet >= 1.26, CSI sidecars through csi-lib-utils' `unix://`
+//! targets), so tonic serves the listener as it is; docs/architecture.md
+//! ("gRPC :authority on unix sockets") records why no header rewriting is
+//! needed.
 //!
 //! Every call runs its body on the blocking pool inside a span that names
 //! the volume and target: mount syscalls and filesystem walks block, and the

@@ -110,7 +110,7 @@ impl UsageCache {
 }
 
 /// Apparent bytes and inode count below `root`: one filesystem, symlinks not
-/// followed, hard links counted once (the seed's `du --bytes -x`), measured
+/// followed, hard links counted once (the `du --bytes -x` of the EFS quota monitor hubfs replaces), measured
 /// by the parallel usage walker so the figure is the one the home layer and
 /// the quota controller use.
 pub fn measure(root: &Path) -> std::io::Result<Usage> {

@@ -32,10 +32,7 @@ struct Driver {
 
 impl Driver {
     fn start() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests mount: run them as root"
-        );
+        hubfs_e2e::require_root("the CSI driver bind-mounts volumes");
         let dir = tempfile::tempdir().unwrap();
         for d in ["share", "kubelet", "state"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();

@@ -11,7 +11,8 @@ use hubfs_proto::quota::quota_client::QuotaClient;
 const BIN: &str = env!("CARGO_BIN_EXE_hubfs");
 const GIB: i64 = 1 << 30;
 
-const SEED_EXAMPLE: &str = include_str!("../../quota/tests/fixtures/efs-quota-example.yaml");
+/// A record as the EFS quota monitor hubfs replaces writes it (its example file).
+const EFS_QUOTA_EXAMPLE: &str = include_str!("../../quota/tests/fixtures/efs-quota-example.yaml");
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -31,16 +32,16 @@ fn hubfs(args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn check_quota_reads_a_seed_record_file() {
+fn check_quota_reads_an_efs_quota_record_file() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("quota.yaml");
-    std::fs::write(&f, SEED_EXAMPLE).unwrap();
+    std::fs::write(&f, EFS_QUOTA_EXAMPLE).unwrap();
     let (code, out, err) = hubfs(&["check-quota", "--file", f.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2.4 MiB of 200 GiB (0%)"), "{out}");
     assert!(out.contains("State:  ok"), "{out}");
 
-    let over = SEED_EXAMPLE
+    let over = EFS_QUOTA_EXAMPLE
         .replace("actual_bytes: 2469232", "actual_bytes: 225485783040")
         .replace("quota_state: ok", "quota_state: lockout");
     std::fs::write(&f, over).unwrap();
@@ -66,12 +67,14 @@ fn check_quota_reads_a_seed_record_file() {
 fn overquota_is_a_dry_run_unless_told_to_run() {
     let d = tempfile::tempdir().unwrap();
     let control = d.path().join("control");
-    let rec_dir = control.join("seed-dir-ada");
+    let rec_dir = control.join("legacy-dir-ada");
     std::fs::create_dir_all(&rec_dir).unwrap();
-    let rec = SEED_EXAMPLE.replace("jmiller@stsci.edu", "ada").replace(
-        "actual_bytes: 2469232",
-        &format!("actual_bytes: {}", 300 * GIB),
-    );
+    let rec = EFS_QUOTA_EXAMPLE
+        .replace("jmiller@stsci.edu", "ada")
+        .replace(
+            "actual_bytes: 2469232",
+            &format!("actual_bytes: {}", 300 * GIB),
+        );
     std::fs::write(rec_dir.join("quota.yaml"), &rec).unwrap();
     let cfg = d.path().join("config.yaml");
     std::fs::write(&cfg, "policy:\n  mode: graded\n").unwrap();
@@ -287,7 +290,7 @@ fn controller_decides_on_reports_and_answers_over_http() {
     ]);
     assert_eq!(code, 4, "{out}{err}");
     assert!(out.contains("250 GiB of 200 GiB (125%)"), "{out}");
-    // The record on disk is in the seed's format.
+    // The record on disk is in the efs-quota `quota.yaml` format.
     let rec = std::fs::read_to_string(
         Path::new(&d.path().join("control"))
             .join(

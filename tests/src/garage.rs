@@ -263,19 +263,9 @@ pub async fn client(g: &Garage, endpoint: &str) -> hubfs_fuse::s3::s3client::S3S
     .await
 }
 
-/// The `hubfs` binary built by cargo for this workspace.
+/// The `hubfs` binary, built from the current sources (see [`crate::hubfs_binary`]).
 pub fn hubfs_binary() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug/hubfs");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build -p hubfs` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
+    crate::hubfs_binary()
 }
 
 /// A `hubfs mount s3 --foreground` process serving a Garage bucket.

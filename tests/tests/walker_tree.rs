@@ -1,9 +1,9 @@
 //! The usage walker on real directory trees: agreement with GNU `du -sb`,
 //! hard links, symlinks, other filesystems, entries vanishing mid-walk,
 //! unreadable directories (walked as uid 1000) and the timeout.
-
-#[path = "home_support.rs"]
-mod support;
+//!
+//! Tests that mount or switch users call [`hubfs_e2e::require_root`] first:
+//! without root they fail saying so.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use hubfs_e2e::{output_text, require_program, require_root};
 use hubfs_walker::{Gate, Progress, WalkOptions, WalkStats, Walker};
 
 fn build(root: &Path, dirs: usize, files: usize) {
@@ -76,7 +77,7 @@ fn totals_match_gnu_du_with_hard_links_and_symlinks() {
 
 #[test]
 fn other_filesystems_are_not_entered() {
-    support::require_root_fuse();
+    require_root("mounts a tmpfs inside the walked tree");
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
     build(r, 3, 3);
@@ -184,26 +185,33 @@ fn cancel_stops_a_walk_early() {
     assert!(s.timed_out);
 }
 
-/// Run by `unreadable_directories_are_counted` as uid 1000 (re-executing
-/// this test binary): walks the path in HUBFS_WALK_AS_USER and prints the
-/// result. Without the variable it checks nothing and passes.
-#[test]
-fn walk_child_process() {
-    if let Ok(p) = std::env::var("HUBFS_WALK_AS_USER") {
-        let s = walk(Path::new(&p), WalkOptions::default());
-        println!(
-            "WALK files={} dirs={} denied={} bytes={}",
-            s.files,
-            s.dirs,
-            s.errors.denied,
-            s.usage_bytes()
-        );
-    }
+/// Set in the child process of `unreadable_directories_are_counted`: the
+/// tree that child walks.
+const WALK_AS_USER: &str = "HUBFS_WALK_AS_USER";
+
+/// The child half of `unreadable_directories_are_counted`: run as uid 1000
+/// by re-executing this test binary with `--exact` on that test and
+/// [`WALK_AS_USER`] set; walks the tree and prints the result for the parent
+/// to check. It is not a test of its own, so it cannot pass vacuously.
+fn walk_as_child(root: &Path) {
+    let s = walk(root, WalkOptions::default());
+    println!(
+        "WALK files={} dirs={} denied={} bytes={}",
+        s.files,
+        s.dirs,
+        s.errors.denied,
+        s.usage_bytes()
+    );
 }
 
 #[test]
 fn unreadable_directories_are_counted() {
-    support::require_root_fuse();
+    if let Some(root) = std::env::var_os(WALK_AS_USER) {
+        // This process is the uid-1000 child the parent below started.
+        return walk_as_child(Path::new(&root));
+    }
+    require_root("walks a tree as uid 1000 (setpriv)");
+    require_program("setpriv", ".ci/install-home.sh");
     let t = tempfile::tempdir().unwrap();
     fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let r = t.path().join("home");
@@ -230,18 +238,23 @@ fn unreadable_directories_are_counted() {
         .arg(&exe)
         .args([
             "--exact",
-            "walk_child_process",
+            "unreadable_directories_are_counted",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("HUBFS_WALK_AS_USER", &r)
+        .env(WALK_AS_USER, &r)
         .output()
         .unwrap();
+    assert!(
+        o.status.success(),
+        "the uid-1000 walk failed: {}",
+        output_text(&o)
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     let line = out
         .lines()
         .find_map(|l| l.find("WALK ").map(|i| &l[i..]))
-        .unwrap_or_else(|| panic!("no result: {}", support::text(&o)));
+        .unwrap_or_else(|| panic!("no result: {}", output_text(&o)));
     let root_view = walk(&r, WalkOptions::default());
     assert!(line.contains("denied=1"), "{line}");
     assert!(

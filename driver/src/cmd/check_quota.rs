@@ -1,6 +1,6 @@
 //! `hubfs check-quota`: a user's quota in plain words, from a notebook
-//! terminal. With no arguments it reads the record the seed mounted read-only
-//! at `/quota-control/quota.yaml`; otherwise it asks the controller.
+//! terminal. With no arguments it reads the user's own record, mounted read-only
+//! (as the EFS quota monitor hubfs replaces did) at `/quota-control/quota.yaml`; otherwise it asks the controller.
 //!
 //! Exit codes: 0 ok, 2 nearing-limit, 3 violation, 4 lockout, 5 timed-out,
 //! 6 error (record unreadable), 1 the tool itself failed.
@@ -14,7 +14,7 @@ use hubfs_quota::config::Config;
 use hubfs_quota::http::{user_status_with, UserStatus};
 use hubfs_quota::record::{QuotaRecord, QuotaState};
 
-/// Where the seed mounts the user's own record.
+/// Where the notebook sees its own record (the legacy quota monitor's path).
 pub const DEFAULT_FILE: &str = "/quota-control/quota.yaml";
 
 #[derive(Args, Debug)]

@@ -51,7 +51,7 @@ pub struct CsiArgs {
     /// anything else are refused.
     #[arg(long = "allowed-root", default_value = "/srv/hubfs")]
     allowed_roots: Vec<PathBuf>,
-    /// The quota controller's gRPC endpoint (e.g. http://hubfs-quota:9090); home mounts
+    /// The quota controller's gRPC endpoint (e.g. http://hubfs-quota:9500); home mounts
     /// with `accounting: fuse` report usage to it and learn enforcement from it.
     #[arg(long, env = "HUBFS_QUOTA_ENDPOINT")]
     quota_endpoint: Option<String>,
@@ -89,8 +89,6 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let listener =
             hubfs::server::bind(&path).with_context(|| format!("bind {}", path.display()))?;
-        // Older kubelets send the socket path as :authority, which h2 rejects.
-        let incoming = hubfs::authority::incoming(listener);
         let mounter = Arc::new(SysMounter);
         let events: Arc<dyn EventSink> = match args.no_events {
             true => Arc::new(NoEvents),
@@ -125,7 +123,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(endpoint = %path.display(), mode = ?args.mode, driver = %args.driver_name,
             node = %args.node_id, "serving CSI");
         router
-            .serve_with_incoming_shutdown(incoming, shutdown())
+            .serve_with_incoming_shutdown(listener, shutdown())
             .await
             .context("gRPC server")?;
         let _ = std::fs::remove_file(&path);

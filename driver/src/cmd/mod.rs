@@ -4,9 +4,11 @@
 pub mod check_quota;
 pub mod controller;
 pub mod csi;
+pub mod daemon;
 pub mod demo;
 pub mod du;
 pub mod mount;
 pub mod mount_home;
+pub mod mount_s3;
 pub mod overquota;
 pub mod values;

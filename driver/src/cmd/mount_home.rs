@@ -22,7 +22,7 @@ use hubfs_fuse::home::{self, GrpcSink, HomeOptions, Limits, UsageSink};
 /// always work. `df MOUNTPOINT` shows the quota as the size.
 #[derive(Args, Debug, Clone, PartialEq)]
 #[command(
-    after_help = "EXAMPLES:\n  hubfs mount home --user alice --quota 200GiB /share/homes/alice /home/jovyan\n  hubfs mount home -f --user bob --quota 10G --inode-quota 1000000 --report-to http://hubfs-quota:9090 /share/homes/bob /mnt/bob\n\nUnmount with `umount MOUNTPOINT` or by sending SIGTERM/SIGINT to the process."
+    after_help = "EXAMPLES:\n  hubfs mount home --user alice --quota 200GiB /share/homes/alice /home/jovyan\n  hubfs mount home -f --user bob --quota 10G --inode-quota 1000000 --report-to http://hubfs-quota:9500 /share/homes/bob /mnt/bob\n\nUnmount with `umount MOUNTPOINT` or by sending SIGTERM/SIGINT to the process."
 )]
 pub struct HomeArgs {
     /// The user's directory on the share.
@@ -41,7 +41,7 @@ pub struct HomeArgs {
     /// Fraction of the quota above which usage is reported as nearing the limit.
     #[arg(long, default_value_t = 0.8, value_parser = parse_fraction)]
     pub warn_fraction: f64,
-    /// Report usage to this quota controller (hubfs.quota.v1), e.g. http://hubfs-quota:9090.
+    /// Report usage to this quota controller (hubfs.quota.v1), e.g. http://hubfs-quota:9500.
     #[arg(long, value_name = "ENDPOINT")]
     pub report_to: Option<String>,
     /// Node name sent with reports (default: $NODE_NAME, then the host name).
@@ -129,7 +129,7 @@ pub fn run(args: HomeArgs) -> anyhow::Result<ExitCode> {
         serve(&args, opts, || {})?;
         return Ok(ExitCode::SUCCESS);
     }
-    super::mount::daemonize(|ready| serve(&args, opts, ready))
+    super::daemon::daemonize(|ready| serve(&args, opts, ready))
 }
 
 /// Mounts and serves until SIGTERM/SIGINT or an outside unmount.

@@ -109,7 +109,7 @@ pub struct GrpcSink {
 }
 
 impl GrpcSink {
-    /// `endpoint` is a URL such as `http://hubfs-quota:9090`.
+    /// `endpoint` is a URL such as `http://hubfs-quota:9500`.
     pub fn new(endpoint: &str, node_id: &str, user: &str) -> Result<Self, SinkError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
