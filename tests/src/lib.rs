@@ -48,51 +48,73 @@ pub fn output_text(o: &Output) -> String {
     )
 }
 
-/// The `hubfs` binary of this workspace, built now from the current sources.
+/// The `hubfs` binary of this workspace, checked to be built from the current
+/// sources.
 ///
 /// Integration tests inside `driver/` use `CARGO_BIN_EXE_hubfs`, which cargo
 /// builds for them. This crate's tests cannot (the binary belongs to another
-/// package), so the first call in a test process runs `$CARGO build -p hubfs
-/// --bin hubfs --locked` with the profile and target directory this test
-/// binary was built with, and every call returns that binary: never a stale
-/// one left in `target/` by an earlier build. Cargo does nothing when the
-/// binary is up to date.
+/// package), and a nested `cargo build` would compile the driver a second
+/// time with another feature set (no dev-dependencies), so instead this finds
+/// the binary in the target directory this test binary was built in (`cargo
+/// test --workspace` builds it with every test) and fails, saying what to run,
+/// when it is missing or older than any source it is built from: never a
+/// stale one.
 pub fn hubfs_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_hubfs).clone()
+    BIN.get_or_init(locate_hubfs).clone()
 }
 
-fn build_hubfs() -> PathBuf {
+fn locate_hubfs() -> PathBuf {
     // This test binary is <target>/<profile dir>/deps/<name>-<hash>.
     let exe = std::env::current_exe().expect("path of this test binary");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary inside <target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("target directory");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_owned(),
-        Some(other) => other.to_owned(),
-        None => panic!("unexpected test binary path {}", exe.display()),
-    };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(&cargo)
-        .args(["build", "--locked", "-p", "hubfs", "--bin", "hubfs"])
-        .args(["--profile", &profile])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(&workspace)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo:?} build: {e}"));
-    assert!(
-        out.status.success(),
-        "building the hubfs binary failed:\n{}",
-        output_text(&out)
-    );
     let bin = profile_dir.join("hubfs");
-    assert!(bin.is_file(), "cargo built no {}", bin.display());
+    let how = "run `cargo test --workspace` (or `cargo build -p hubfs` before `cargo test -p hubfs-e2e`)";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{} is missing ({e}): {how}", bin.display()));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for dir in ["driver/src", "fuse-fs/src", "quota/src", "quota/walker/src", "proto"] {
+        newest_file(&workspace.join(dir), &mut newest);
+    }
+    for file in ["Cargo.lock", "driver/Cargo.toml", "fuse-fs/Cargo.toml", "quota/Cargo.toml"] {
+        consider(&workspace.join(file), &mut newest);
+    }
+    if let Some((t, path)) = newest {
+        assert!(
+            t <= built,
+            "{} is older than {}: {how}",
+            bin.display(),
+            path.display()
+        );
+    }
     bin
+}
+
+fn consider(path: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+    if let Ok(t) = std::fs::metadata(path).and_then(|m| m.modified()) {
+        if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+            *newest = Some((t, path.to_path_buf()));
+        }
+    }
+}
+
+fn newest_file(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => newest_file(&path, newest),
+            Ok(t) if t.is_file() => consider(&path, newest),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
