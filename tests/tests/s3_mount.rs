@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use hubfs_e2e::garage::{client, Garage, HubfsMount};
-use hubfs_fuse::s3::error::StoreError;
+use hubfs_fuse::s3::error::ObjectError;
 use hubfs_fuse::s3::s3client::S3Store;
 use hubfs_fuse::s3::session::{probe, MountState};
 use hubfs_fuse::s3::store::{collect, ObjectStore};
@@ -630,7 +630,7 @@ fn s3_mount_never_mixes_two_versions_of_an_object() {
         let r = s3.get_range("vers", "r.bin", 0..10, old.as_deref()).await;
         r.map(drop)
     });
-    assert_eq!(stale, Err(StoreError::Changed));
+    assert_eq!(stale, Err(ObjectError::Changed));
     let far = 12 << 20;
     f.seek(SeekFrom::Start(far as u64)).unwrap();
     let mut buf = vec![0u8; 4096];

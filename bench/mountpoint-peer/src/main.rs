@@ -31,7 +31,9 @@ use mountpoint_s3_fs::s3::config::{
     ClientConfig, MemoryLimitSetting, PartConfig, Region, TargetThroughputSetting,
 };
 use mountpoint_s3_fs::s3::{Bucket, Prefix, S3Path, S3Personality};
-use mountpoint_s3_fs::{metrics, MountpointConfig, Runtime, S3FilesystemConfig, Superblock, SuperblockConfig};
+use mountpoint_s3_fs::{
+    metrics, MountpointConfig, Runtime, S3FilesystemConfig, Superblock, SuperblockConfig,
+};
 
 /// Mount BUCKET at DIR with Mountpoint's defaults (see the module doc).
 #[derive(Parser, Debug)]
@@ -86,10 +88,15 @@ fn main() -> Result<()> {
         tls_config: None,
     };
     let pool = PagedPool::config()
-        .with_candidate_sizes([CandidateSize::new(client_config.part_config.read_size_bytes)])
+        .with_candidate_sizes([CandidateSize::new(
+            client_config.part_config.read_size_bytes,
+        )])
         .with_memory_limit(memory_limit)
         .build();
-    let s3_path = S3Path::new(Bucket::new(args.bucket.as_str())?, Prefix::new(&args.prefix)?);
+    let s3_path = S3Path::new(
+        Bucket::new(args.bucket.as_str())?,
+        Prefix::new(&args.prefix)?,
+    );
     let client = client_config.create_client(pool.clone(), Some(&s3_path))?;
     let runtime = Runtime::new(client.event_loop_group());
     let superblock = Superblock::new(

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use hubfs_fuse::s3::fs::Source;
+use hubfs_fuse::s3::cache::CacheOptions;
+use hubfs_fuse::s3::fs::BucketSource;
 use hubfs_fuse::s3::session::{self, MountOptions};
 
 #[derive(Args, Debug)]
@@ -87,6 +88,13 @@ pub struct S3Args {
     /// How long a missing name stays missing; same syntax as --metadata-ttl.
     #[arg(long, default_value = "60", value_parser = parse_ttl, help_heading = "Caching")]
     pub negative_metadata_ttl: Ttl,
+    /// Local-disk cache of object data shared by all readers of the mount
+    /// (keyed by ETag; emptied at mount). One directory per bucket and identity.
+    #[arg(long, help_heading = "Caching")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes --cache-dir holds; least recently used data is evicted.
+    #[arg(long, default_value = "10G", value_parser = parse_size, help_heading = "Caching")]
+    pub cache_size: u64,
 
     /// Largest ranged GET of a sequential read (bytes; K, M, G suffixes).
     #[arg(long, default_value = "8M", value_parser = parse_size, help_heading = "Reads")]
@@ -170,7 +178,7 @@ impl S3Args {
         }
         let sources = specs
             .iter()
-            .map(|s| Source::parse(s).map_err(anyhow::Error::msg))
+            .map(|s| BucketSource::parse(s).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut o = MountOptions::new(sources, PathBuf::from(mountpoint));
         o.s3.endpoint_url = self.endpoint_url.clone();
@@ -193,6 +201,10 @@ impl S3Args {
         o.metrics_addr = self.metrics_addr;
         o.fuse_threads = self.fuse_threads;
         o.read_ahead_kb = self.read_ahead_kb;
+        o.cache = self.cache_dir.clone().map(|dir| CacheOptions {
+            dir,
+            max_bytes: self.cache_size,
+        });
         if o.allow_delete && !o.allow_writes {
             bail!("--allow-delete needs --allow-writes");
         }
