@@ -221,6 +221,7 @@ async fn start_s3(root: &Path) -> anyhow::Result<(String, StaticCredentials)> {
     let creds = StaticCredentials {
         access_key_id: format!("demo{}", std::process::id()),
         secret_access_key: hex::encode(rand::random::<[u8; 20]>()),
+        session_token: None,
     };
     let fs = s3s_fs::FileSystem::new(root)
         .map_err(|e| anyhow::anyhow!("S3 store at {}: {e:?}", root.display()))?;

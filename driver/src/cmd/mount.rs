@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use hubfs_fuse::s3::cache::CacheOptions;
 use hubfs_fuse::s3::fs::BucketSource;
+use hubfs_fuse::s3::s3client::StaticCredentials;
 use hubfs_fuse::s3::session::{self, MountOptions};
 
 #[derive(Args, Debug)]
@@ -61,6 +62,11 @@ pub struct S3Args {
     /// Do not sign requests: anonymous access to public buckets.
     #[arg(long, help_heading = "S3")]
     pub no_sign_request: bool,
+    /// Read this volume's credentials (accessKeyID=, secretAccessKey=,
+    /// sessionToken= lines) from a file or an inherited pipe (/dev/fd/N)
+    /// instead of the default chain; never give them on the command line.
+    #[arg(long, help_heading = "S3", conflicts_with = "no_sign_request")]
+    pub credentials_file: Option<PathBuf>,
     /// Attempts per S3 request (with jittered exponential backoff).
     #[arg(long, default_value_t = 10, help_heading = "S3")]
     pub max_attempts: u32,
@@ -186,6 +192,9 @@ impl S3Args {
         o.s3.force_path_style = self.force_path_style;
         o.s3.anonymous = self.no_sign_request;
         o.s3.max_attempts = self.max_attempts;
+        if let Some(path) = &self.credentials_file {
+            o.s3.credentials = Some(StaticCredentials::read_file(path)?);
+        }
         o.uid = self.uid;
         o.gid = self.gid;
         o.dir_mode = self.dir_mode;

@@ -8,6 +8,7 @@
 //! fuser and the core; [`error`] holds the one error→errno mapping.
 
 pub mod cache;
+pub mod credentials;
 pub mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;

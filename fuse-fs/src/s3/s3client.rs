@@ -1,7 +1,8 @@
 //! The real object store: aws-sdk-s3.
 //!
 //! Credentials come from the SDK's default chain (env, profile, web identity
-//! / IRSA, container and instance metadata) unless the mount is anonymous.
+//! / IRSA, container and instance metadata) unless the mount is anonymous or
+//! has its own ([`StaticCredentials`], per volume).
 //! Retries of 500/503/SlowDown, throttling and timeouts use the SDK's standard
 //! retry strategy (exponential backoff with full jitter); a body that breaks
 //! mid-stream is retried by the prefetcher, which knows how much it already has.
@@ -21,6 +22,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
+pub use super::credentials::StaticCredentials;
 use super::error::ObjectError;
 use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, UploadedPart};
 
@@ -37,23 +39,9 @@ pub struct S3Config {
     /// Attempts per request, including the first.
     pub max_attempts: u32,
     /// Fixed credentials instead of the default chain (never logged, never
-    /// put on a command line: a child mount gets them through its environment).
+    /// put on a command line: a child mount gets them through its
+    /// environment or a `--credentials-file` pipe).
     pub credentials: Option<StaticCredentials>,
-}
-
-/// An access key pair.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StaticCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-}
-
-impl std::fmt::Debug for StaticCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StaticCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Default for S3Config {
@@ -103,7 +91,7 @@ impl S3Store {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 c.access_key_id.clone(),
                 c.secret_access_key.clone(),
-                None,
+                c.session_token.clone(),
                 None,
                 "hubfs-static",
             ));
