@@ -148,7 +148,7 @@ fn requests(endpoint: &str) -> BTreeMap<String, u64> {
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     write!(
         c,
-        "GET /_demo/requests HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET /hubfs-demo-requests HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();

@@ -126,8 +126,10 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 }
 
 /// Where the embedded server tells how many requests of each S3 operation it
-/// served (`GET`, unsigned: one `<Operation> <count>` line each).
-pub const REQUESTS_PATH: &str = "/_demo/requests";
+/// served (`GET`, unsigned: one `<Operation> <count>` line each). s3s checks
+/// the path as a bucket name before routes see it, so it is one (not the
+/// demo's bucket).
+pub const REQUESTS_PATH: &str = "/hubfs-demo-requests";
 
 /// Requests served, by S3 operation name.
 type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
