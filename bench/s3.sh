@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Benchmark of `hubfs mount s3` against s3fs and rclone mount, in one run,
-# against a local Garage server (started here on loopback ports).
+# Benchmark of `hubfs mount s3` against Mountpoint for Amazon S3, s3fs and
+# rclone mount, in one run, against a local Garage server (started here on
+# loopback ports).
 #
-# For each filesystem: `ls -l` of 1,000 (median of three cold prefixes) and 10,000 objects (seconds and S3
-# requests, counted server-side by Garage's metrics), time to first byte,
-# sequential read of 1 GiB (MiB/s, median of $READS cold-cache reads) and peak
-# RSS of the FUSE process; a direct single-stream GET with aws-sdk-s3,
-# configured as hubfs configures it (fuse-fs/benches/sdk_get.rs), is the
-# ceiling (curl's GET is printed beside it). Prints hubfs/peer ratios.
+# For each filesystem: `ls -l` of 1,000 (median of three cold prefixes) and
+# 10,000 objects (seconds and S3 requests, counted server-side by Garage's
+# metrics), `cat` of 1,000 files of 64 KiB (page cache dropped), time to
+# first byte, sequential read of 1 GiB (MiB/s, median of $READS cold-cache
+# reads) and peak RSS of the FUSE process; a direct single-stream GET with
+# aws-sdk-s3, configured as hubfs configures it (fuse-fs/benches/sdk_get.rs),
+# is the ceiling (curl's GET is printed beside it). Then hubfs with its
+# local-disk data cache: the 1 GiB read by one reader, the page cache
+# dropped, and read again by another. Prints hubfs/peer ratios.
+#
+# Mountpoint runs through bench/mountpoint-peer (its published crates with
+# Mountpoint's defaults; see its doc comment), built here when missing
+# (cmake, clang and libfuse3-dev are installed with apt-get if absent).
 #
 # Needs: garage, s3fs, rclone, curl (.ci/install-s3.sh). Run as root.
 # Usage: bench/s3.sh   (HUBFS_BENCH_SIZE_MIB=1024 by default; HUBFS_BIN=path
-#                      to use an already built binary instead of building)
+#                      to use an already built binary instead of building;
+#                      PEERS="mountpoint s3fs rclone" to choose the peers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${HUBFS_BENCH_SIZE_MIB:-1024}
@@ -19,7 +28,7 @@ READS=${READS:-3}
 unset AWS_CA_BUNDLE # rclone refuses plain-HTTP endpoints with it set
 
 GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
-for t in "$GARAGE" s3fs rclone curl; do
+for t in "$GARAGE" rclone curl $( [[ " ${PEERS:-s3fs} " == *" s3fs "* ]] && echo s3fs); do
     command -v "$t" >/dev/null 2>&1 || { echo "bench/s3.sh: $t missing (run .ci/install-s3.sh)" >&2; exit 1; }
 done
 if [ -n "${HUBFS_BIN:-}" ]; then
@@ -31,6 +40,16 @@ else
 fi
 echo "== building the SDK GET ceiling (cargo bench target)"
 cargo bench -q -p hubfs-fuse --bench sdk_get --no-run 2>/dev/null
+PEERS=${PEERS:-mountpoint s3fs rclone}
+MOUNTPOINT_PEER=$PWD/bench/mountpoint-peer/target/release/mountpoint-peer
+if [[ " $PEERS " == *" mountpoint "* ]] && [ ! -x "$MOUNTPOINT_PEER" ]; then
+    echo "== building the Mountpoint peer (bench/mountpoint-peer; several minutes)"
+    for p in cmake clang libfuse3-dev; do
+        dpkg -s "$p" >/dev/null 2>&1 || { apt-get install -y cmake clang libfuse3-dev >/dev/null; break; }
+    done
+    CARGO_TARGET_DIR=$PWD/bench/mountpoint-peer/target \
+        cargo build -q --release --manifest-path bench/mountpoint-peer/Cargo.toml
+fi
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 W=$(mktemp -d /tmp/hubfs-s3-bench.XXXXXX)
@@ -86,6 +105,8 @@ for r in 1 2 3; do # three 1,000-object prefixes: three cold listings per filesy
     for i in $(seq -w 0 999); do printf 'object %s\n' "$i" >"$W/src/l1k-$r/f$i"; done
 done
 for i in $(seq -w 0 9999); do printf 'object %s\n' "$i" >"$W/src/l10k/f$i"; done
+mkdir -p "$W/src/k64"
+for i in $(seq -w 0 999); do head -c 65536 /dev/urandom >"$W/src/k64/f$i"; done
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$W/src/big.bin"
 rclone copy --transfers 32 --checkers 32 "$W/src" g:bench
 BIGSHA=$(sha256sum "$W/src/big.bin" | cut -d' ' -f1)
@@ -107,6 +128,15 @@ mount_fs() { # name -> mountpoint, sets FSPID
     rclone)
         rclone mount g:bench "$m" --read-only &
         FSPID=$! ;;
+    mountpoint)
+        AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$MOUNTPOINT_PEER" --endpoint-url "$EP" \
+            --region garage bench "$m" &
+        FSPID=$! ;;
+    hubfs-cache)
+        AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK HUBFS_LOG=warn "$HUBFS" mount s3 --foreground \
+            --endpoint-url "$EP" --region garage --force-path-style \
+            --cache-dir "$W/cache" --cache-size 2G bench "$m" &
+        FSPID=$! ;;
     esac
     PIDS+=("$FSPID")
     for _ in $(seq 200); do mountpoint -q "$m" && ls "$m" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -114,8 +144,8 @@ mount_fs() { # name -> mountpoint, sets FSPID
 }
 
 now() { date +%s.%N; }
-declare -A LS1 LS1R LS10 LS10R READ TTFB RSS
-for fs in hubfs s3fs rclone; do
+declare -A LS1 LS1R LS10 LS10R READ TTFB RSS CAT CATR
+for fs in hubfs $PEERS; do
     echo "== $fs"
     mount_fs "$fs"; m=$W/mnt-$fs
     runs=""
@@ -127,6 +157,10 @@ for fs in hubfs s3fs rclone; do
     LS1[$fs]=$(echo "$runs" | median)
     r0=$(requests); t0=$(now); n=$(ls -l "$m/l10k" | wc -l); t1=$(now); r1=$(requests)
     LS10[$fs]=$(echo "$t1 - $t0" | bc -l); LS10R[$fs]=$((r1 - r0))
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    r0=$(requests); t0=$(now); cat "$m"/k64/* | wc -c >"$W/catbytes"; t1=$(now); r1=$(requests)
+    CAT[$fs]=$(echo "$t1 - $t0" | bc -l); CATR[$fs]=$((r1 - r0))
+    [ "$(cat "$W/catbytes")" -eq $((1000 * 65536)) ] || echo "  warning: cat read $(cat "$W/catbytes") bytes"
     t0=$(now); head -c1 "$m/big.bin" >/dev/null; t1=$(now)
     TTFB[$fs]=$(echo "$t1 - $t0" | bc -l)
     runs=""
@@ -141,11 +175,29 @@ for fs in hubfs s3fs rclone; do
         sync; echo 3 >/proc/sys/vm/drop_caches
         [ "$(sha256sum "$m/big.bin" | cut -d' ' -f1)" = "$BIGSHA" ] || echo "  ERROR: hubfs returned different bytes"
     fi
-    printf '  ls -l 1k: %.3fs %d req | ls -l 10k: %.3fs %d req | ttfb %.3fs | read %.0f MiB/s | peak RSS %d MiB\n' \
-        "${LS1[$fs]}" "${LS1R[$fs]}" "${LS10[$fs]}" "${LS10R[$fs]}" "${TTFB[$fs]}" "${READ[$fs]}" "${RSS[$fs]}"
+    printf '  ls -l 1k: %.3fs %d req | ls -l 10k: %.3fs %d req | cat 1k x 64K: %.3fs %d req | ttfb %.3fs | read %.0f MiB/s (runs: %s) | peak RSS %d MiB\n' \
+        "${LS1[$fs]}" "${LS1R[$fs]}" "${LS10[$fs]}" "${LS10R[$fs]}" "${CAT[$fs]}" "${CATR[$fs]}" \
+        "${TTFB[$fs]}" "${READ[$fs]}" "$runs" "${RSS[$fs]}"
     umount "$m" 2>/dev/null || umount -l "$m"
     kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
 done
+
+echo "== hubfs with its data cache (--cache-dir): a reader, page cache dropped, another reader"
+mount_fs hubfs-cache; m=$W/mnt-hubfs-cache
+sync; echo 3 >/proc/sys/vm/drop_caches
+r0=$(requests); t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now); r1=$(requests)
+C1=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l); C1R=$((r1 - r0))
+# Blocks are written off the reader's path: wait until the cache holds the object.
+for _ in $(seq 300); do [ "$(du -sm "$W/cache" | cut -f1)" -ge "$SIZE_MIB" ] && break; sleep 0.1; done
+sync; echo 3 >/proc/sys/vm/drop_caches
+r0=$(requests); t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now); r1=$(requests)
+C2=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l); C2R=$((r1 - r0))
+sync; echo 3 >/proc/sys/vm/drop_caches
+[ "$(sha256sum "$m/big.bin" | cut -d' ' -f1)" = "$BIGSHA" ] || echo "  ERROR: the cache returned different bytes"
+printf '  first reader %.0f MiB/s (%d requests); another reader, page cache dropped: %.0f MiB/s (%d requests), %.2fx\n' \
+    "$C1" "$C1R" "$C2" "$C2R" "$(echo "$C2 / $C1" | bc -l)"
+umount "$m" 2>/dev/null || umount -l "$m"
+kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
 
 echo "== direct single-stream GET (aws-sdk-s3, as hubfs configures it; $READS runs)"
 DIRECT=$(AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK cargo bench -q -p hubfs-fuse --bench sdk_get -- \
@@ -164,10 +216,21 @@ printf '  %.0f MiB/s (median)\n' "$CURL"
 
 min() { echo "if ($1 < $2) $1 else $2" | bc -l; }
 max() { echo "if ($1 > $2) $1 else $2" | bc -l; }
+if [[ " $PEERS " == *" mountpoint "* ]]; then
+    echo "== hubfs vs Mountpoint (> 1 means hubfs is better)"
+    printf '  ls -l 1,000: %.2fx (hubfs %d requests, Mountpoint %d) | ls -l 10,000: %.2fx (%d, %d)\n' \
+        "$(echo "${LS1[mountpoint]} / ${LS1[hubfs]}" | bc -l)" "${LS1R[hubfs]}" "${LS1R[mountpoint]}" \
+        "$(echo "${LS10[mountpoint]} / ${LS10[hubfs]}" | bc -l)" "${LS10R[hubfs]}" "${LS10R[mountpoint]}"
+    printf '  cat 1,000 x 64 KiB: %.2fx (%d, %d requests) | sequential read: %.2fx | ttfb: %.2fx | peak RSS %d vs %d MiB\n' \
+        "$(echo "${CAT[mountpoint]} / ${CAT[hubfs]}" | bc -l)" "${CATR[hubfs]}" "${CATR[mountpoint]}" \
+        "$(echo "${READ[hubfs]} / ${READ[mountpoint]}" | bc -l)" \
+        "$(echo "${TTFB[mountpoint]} / ${TTFB[hubfs]}" | bc -l)" "${RSS[hubfs]}" "${RSS[mountpoint]}"
+fi
+if [[ " $PEERS " == *" s3fs "* && " $PEERS " == *" rclone "* ]]; then
 best_ls1=$(min "${LS1[s3fs]}" "${LS1[rclone]}")
 best_ls10=$(min "${LS10[s3fs]}" "${LS10[rclone]}")
 best_read=$(max "${READ[s3fs]}" "${READ[rclone]}")
-echo "== ratios (hubfs vs the better peer; > 1 means hubfs is better)"
+echo "== ratios (hubfs vs the better of s3fs and rclone; > 1 means hubfs is better)"
 printf '  ls -l 1,000:   %.1fx faster (hubfs %d requests, s3fs %d, rclone %d; target ceil(N/1000) = 1)\n' \
     "$(echo "$best_ls1 / ${LS1[hubfs]}" | bc -l)" "${LS1R[hubfs]}" "${LS1R[s3fs]}" "${LS1R[rclone]}"
 printf '  ls -l 10,000:  %.1fx faster (hubfs %d requests, s3fs %d, rclone %d; target 10)\n' \
@@ -178,3 +241,4 @@ printf '  sequential read: %.2fx the better peer, %.2fx the SDK single-stream GE
 printf '  time to first byte: %.2fx (peer / hubfs)\n' \
     "$(echo "$(min "${TTFB[s3fs]}" "${TTFB[rclone]}") / ${TTFB[hubfs]}" | bc -l)"
 printf '  peak RSS: hubfs %d MiB (target < 300), s3fs %d MiB, rclone %d MiB\n' "${RSS[hubfs]}" "${RSS[s3fs]}" "${RSS[rclone]}"
+fi

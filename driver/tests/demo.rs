@@ -2,7 +2,8 @@
 //! and stopping it leaves nothing mounted and nothing behind. Needs root and
 //! /dev/fuse, as the demo itself does.
 
-use std::io::{BufRead, BufReader};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -48,6 +49,40 @@ fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
     }
     let bucket = dir.join("s3/demo-data");
     let home = dir.join("home/jovyan");
+    let endpoint = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the guide names the S3 endpoint");
+        if let Some(rest) = line.split("S3 server at ").nth(1) {
+            break rest.split([',', ' ', ')', ';']).next().unwrap().to_string();
+        }
+    };
+
+    // First access by path, nothing listed yet (the guide's first command,
+    // a notebook's `read_csv(path)`): two requests per name, no retries.
+    let before = requests(&endpoint);
+    let obs = std::fs::read_to_string(bucket.join("catalog/2023/07/obs-00026.json")).unwrap();
+    assert!(obs.contains("\"id\": 26"), "{obs}");
+    let after = requests(&endpoint);
+    let d = |op: &str| after.get(op).unwrap_or(&0) - before.get(op).unwrap_or(&0);
+    assert!(
+        d("HeadObject") <= 4 && d("HeadObject") + d("ListObjectsV2") <= 8,
+        "4 names: {before:?} -> {after:?}"
+    );
+    assert_eq!(d("GetObject"), 1, "{before:?} -> {after:?}");
+    // Missing names are conclusive at once: HEAD 404 + empty LIST.
+    for missing in ["catalog/1999/01/x.json", "catalog/2023/07/nope.json"] {
+        let before = requests(&endpoint);
+        let err = std::fs::metadata(bucket.join(missing)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{missing}");
+        let after = requests(&endpoint);
+        let total = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        assert_eq!(
+            total(&after) - total(&before),
+            2,
+            "{missing}: {before:?} -> {after:?}"
+        );
+    }
 
     // The bucket: nested prefixes, 1200 small objects, the large one.
     let mut n = 0;
@@ -105,6 +140,27 @@ fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
         "mounts left behind"
     );
     assert!(!dir.exists(), "demo dir removed");
+}
+
+/// The requests the demo's S3 server has served, by operation.
+fn requests(endpoint: &str) -> BTreeMap<String, u64> {
+    let addr = endpoint.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET /hubfs-demo-requests HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter_map(|l| {
+            let (op, n) = l.split_once(' ')?;
+            Some((op.to_string(), n.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 #[test]

@@ -258,6 +258,7 @@ pub async fn client(g: &Garage, endpoint: &str) -> hubfs_fuse::s3::s3client::S3S
         credentials: Some(StaticCredentials {
             access_key_id: g.access_key.clone(),
             secret_access_key: g.secret_key.clone(),
+            session_token: None,
         }),
     })
     .await

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use hubfs_e2e::garage::{client, Garage, HubfsMount};
-use hubfs_fuse::s3::error::StoreError;
+use hubfs_fuse::s3::error::ObjectError;
 use hubfs_fuse::s3::s3client::S3Store;
 use hubfs_fuse::s3::session::{probe, MountState};
 use hubfs_fuse::s3::store::{collect, ObjectStore};
@@ -630,7 +630,7 @@ fn s3_mount_never_mixes_two_versions_of_an_object() {
         let r = s3.get_range("vers", "r.bin", 0..10, old.as_deref()).await;
         r.map(drop)
     });
-    assert_eq!(stale, Err(StoreError::Changed));
+    assert_eq!(stale, Err(ObjectError::Changed));
     let far = 12 << 20;
     f.seek(SeekFrom::Start(far as u64)).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -644,4 +644,160 @@ fn s3_mount_never_mixes_two_versions_of_an_object() {
     assert_eq!(buf, v2[far..far + 4096]);
     assert_eq!(sha_file(&p), sha(&v2));
     assert!(m.stop().success());
+}
+
+/// The local-disk data cache against real Garage and a real mount: a second
+/// reader, after the kernel's page cache is dropped, gets the bytes from the
+/// node's disk (no GetObject reaches Garage), and a replaced object is read
+/// new (its new ETag misses), never stale.
+#[test]
+fn s3_mount_data_cache_serves_a_second_reader_and_never_a_stale_object() {
+    let g = Garage::start("cached");
+    let rt = rt();
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    let len = 24 << 20;
+    let (v1, v2) = (data(21, len), data(22, len));
+    rt.block_on(put_many(
+        &s3,
+        "cached",
+        vec![("set.bin".into(), v1.clone())],
+    ));
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("c");
+    let m = HubfsMount::start(
+        &g,
+        &g.endpoint,
+        &[
+            "--cache-dir",
+            cache_dir.to_str().unwrap(),
+            "--cache-size",
+            "64M",
+            "--metadata-ttl",
+            "minimal",
+        ],
+        &["cached"],
+    );
+    let p = m.path.join("set.bin");
+    let drop_page_cache = || std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let cached_bytes = || -> u64 {
+        std::fs::read_dir(&cache_dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let gets0 = g.s3_requests("GetObject");
+    assert_eq!(sha_file(&p), sha(&v1));
+    assert!(
+        g.s3_requests("GetObject") > gets0,
+        "the first reader went to S3"
+    );
+    // Blocks are written off the reader's path: wait until all are there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cached_bytes() < len as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cache holds {}",
+            cached_bytes()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop_page_cache();
+    let gets1 = g.s3_requests("GetObject");
+    let second = Command::new("sha256sum").arg(&p).output().unwrap();
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).starts_with(&sha(&v1)));
+    assert_eq!(
+        g.s3_requests("GetObject"),
+        gets1,
+        "another reader, page cache dropped: served from the data cache"
+    );
+    // Replaced in S3: the next open sees the new ETag and never the old bytes.
+    rt.block_on(put_many(
+        &s3,
+        "cached",
+        vec![("set.bin".into(), v2.clone())],
+    ));
+    drop_page_cache();
+    assert_eq!(sha_file(&p), sha(&v2));
+    assert!(g.s3_requests("GetObject") > gets1);
+    assert!(m.stop().success());
+}
+
+/// Per-volume credentials read from an inherited pipe: the mount works
+/// without any credentials in its environment, and the secret appears
+/// nowhere: not in its logs at trace level, its command line, or the mount
+/// table.
+#[test]
+fn s3_mount_reads_credentials_from_a_pipe_and_never_shows_them() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let g = Garage::start("private");
+    let rt = rt();
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    rt.block_on(put_many(
+        &s3,
+        "private",
+        vec![("x.txt".into(), b"hello".to_vec())],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    // The child inherits the read end (not close-on-exec) as the same number.
+    let fd = r.as_raw_fd();
+    let mut w = std::fs::File::from(w);
+    write!(
+        w,
+        "accessKeyID={}\nsecretAccessKey={}\n",
+        g.access_key, g.secret_key
+    )
+    .unwrap();
+    drop(w);
+    let log = dir.path().join("mount.log");
+    let mut child = Command::new(hubfs_e2e::garage::hubfs_binary())
+        .args(["mount", "s3", "--foreground", "--force-path-style"])
+        .args(["--endpoint-url", &g.endpoint, "--region", &g.region])
+        .arg("--credentials-file")
+        .arg(format!("/dev/fd/{fd}"))
+        .arg("private")
+        .arg(&mnt)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("HUBFS_LOG", "trace")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    drop(r);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while probe(&mnt) != MountState::Healthy {
+        assert!(child.try_wait().unwrap().is_none(), "mount exited early");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mount did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(mnt.join("x.txt")).unwrap(), "hello");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.len() > 1000, "trace logs were written: {}", logs.len());
+    for (what, text) in [
+        ("logs", logs),
+        ("cmdline", String::from_utf8_lossy(&cmdline).into_owned()),
+        ("mountinfo", mountinfo),
+    ] {
+        assert!(
+            !text.contains(&g.secret_key),
+            "the secret key is in the {what}"
+        );
+    }
 }

@@ -7,10 +7,11 @@
 //! same code paths as in a cluster, so what the demo shows is what users get.
 //! Ctrl-C unmounts and removes everything.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -124,12 +125,105 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// The embedded S3 server: s3s-fs over `<dir>/s3-store`, with a random key.
+/// Where the embedded server tells how many requests of each S3 operation it
+/// served (`GET`, unsigned: one `<Operation> <count>` line each). s3s checks
+/// the path as a bucket name before routes see it, so it is one (not the
+/// demo's bucket).
+pub const REQUESTS_PATH: &str = "/hubfs-demo-requests";
+
+/// Requests served, by S3 operation name.
+type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// Makes s3s-fs answer like S3 where it does not on its own, and counts
+/// requests: a HEAD or GET of a key that is a directory in its store
+/// (`catalog/2021` when `catalog/2021/...` objects exist) is a key that does
+/// not exist, 404 NoSuchKey, where s3s-fs would fail with 500 and make every
+/// client retry.
+struct AnswerLikeS3 {
+    root: PathBuf,
+    counts: Counts,
+}
+
+impl AnswerLikeS3 {
+    fn no_such_key_if_directory(&self, bucket: &str, key: &str) -> s3s::S3Result<()> {
+        // Leave odd keys to s3s-fs, which resolves them within its root.
+        if key.split('/').any(|c| c == "..") {
+            return Ok(());
+        }
+        if self.root.join(bucket).join(key).is_dir() {
+            return Err(s3s::s3_error!(NoSuchKey));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for AnswerLikeS3 {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cx.s3_op().name().to_string())
+            .or_default() += 1;
+        match cx.credentials() {
+            Some(_) => Ok(()),
+            None => Err(s3s::s3_error!(AccessDenied, "Signature is required")),
+        }
+    }
+
+    async fn head_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<()> {
+        self.no_such_key_if_directory(&req.input.bucket, &req.input.key)
+    }
+
+    async fn get_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<()> {
+        self.no_such_key_if_directory(&req.input.bucket, &req.input.key)
+    }
+}
+
+/// Serves [`REQUESTS_PATH`].
+struct RequestCounts(Counts);
+
+#[async_trait::async_trait]
+impl s3s::route::S3Route for RequestCounts {
+    fn is_match(
+        &self,
+        method: &hyper::Method,
+        uri: &hyper::Uri,
+        _: &hyper::HeaderMap,
+        _: &mut http::Extensions,
+    ) -> bool {
+        method == hyper::Method::GET && uri.path() == REQUESTS_PATH
+    }
+
+    async fn check_access(&self, _: &mut s3s::S3Request<s3s::Body>) -> s3s::S3Result<()> {
+        Ok(()) // counts only, on loopback
+    }
+
+    async fn call(
+        &self,
+        _: s3s::S3Request<s3s::Body>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::Body>> {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let text: String = counts.iter().map(|(op, n)| format!("{op} {n}\n")).collect();
+        Ok(s3s::S3Response::new(s3s::Body::from(text)))
+    }
+}
+
+/// The embedded S3 server: s3s-fs over `<dir>/s3-store`, with a random key,
+/// answering like S3 ([`AnswerLikeS3`]) and counting requests.
 async fn start_s3(root: &Path) -> anyhow::Result<(String, StaticCredentials)> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let creds = StaticCredentials {
         access_key_id: format!("demo{}", std::process::id()),
         secret_access_key: hex::encode(rand::random::<[u8; 20]>()),
+        session_token: None,
     };
     let fs = s3s_fs::FileSystem::new(root)
         .map_err(|e| anyhow::anyhow!("S3 store at {}: {e:?}", root.display()))?;
@@ -138,6 +232,12 @@ async fn start_s3(root: &Path) -> anyhow::Result<(String, StaticCredentials)> {
         creds.access_key_id.clone(),
         creds.secret_access_key.clone(),
     ));
+    let counts = Counts::default();
+    b.set_access(AnswerLikeS3 {
+        root: root.to_path_buf(),
+        counts: counts.clone(),
+    });
+    b.set_route(RequestCounts(counts));
     let service = b.build();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
@@ -433,12 +533,14 @@ fn print_guide(args: &DemoArgs, dir: &Path, endpoint: &str, controller: &str) {
     println!(
         "
 hubfs demo is ready.
-  bucket  {bucket}   (S3 server at {endpoint}, read-only)
+  bucket  {bucket}   (S3 server at {endpoint}, read-only;
+          requests it served: curl {endpoint}{requests})
   home    {home}   (quota {quota}, accounted as you write)
   quota controller  {controller}
 
 Try, in another terminal (as root):
   ls {bucket}/catalog/2024/01 | head          # one LIST request per 1000 entries
+  head {bucket}/catalog/2023/07/obs-00026.json # a path never listed: 2 requests a name
   ls -l {bucket}/images
   cp {bucket}/images/{big} {home}/
   df -h {home}                               # the size is the user's quota
@@ -454,6 +556,7 @@ Ctrl-C stops the demo, unmounts everything and removes {dir}.
         quota = format_size(args.quota),
         user = args.user,
         dir = dir.display(),
+        requests = REQUESTS_PATH,
     );
 }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use hubfs_fuse::s3::fs::Source;
+use hubfs_fuse::s3::cache::CacheOptions;
+use hubfs_fuse::s3::fs::BucketSource;
+use hubfs_fuse::s3::s3client::StaticCredentials;
 use hubfs_fuse::s3::session::{self, MountOptions};
 
 /// Mount one or more S3 buckets.
@@ -44,6 +46,11 @@ pub struct S3Args {
     /// Do not sign requests: anonymous access to public buckets.
     #[arg(long, help_heading = "S3")]
     pub no_sign_request: bool,
+    /// Read this volume's credentials (accessKeyID=, secretAccessKey=,
+    /// sessionToken= lines) from a file or an inherited pipe (/dev/fd/N)
+    /// instead of the default chain; never give them on the command line.
+    #[arg(long, help_heading = "S3", conflicts_with = "no_sign_request")]
+    pub credentials_file: Option<PathBuf>,
     /// Attempts per S3 request (with jittered exponential backoff).
     #[arg(long, default_value_t = 10, help_heading = "S3")]
     pub max_attempts: u32,
@@ -71,6 +78,13 @@ pub struct S3Args {
     /// How long a missing name stays missing; same syntax as --metadata-ttl.
     #[arg(long, default_value = "60", value_parser = parse_ttl, help_heading = "Caching")]
     pub negative_metadata_ttl: Ttl,
+    /// Local-disk cache of object data shared by all readers of the mount
+    /// (keyed by ETag; emptied at mount). One directory per bucket and identity.
+    #[arg(long, help_heading = "Caching")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes --cache-dir holds; least recently used data is evicted.
+    #[arg(long, default_value = "10Gi", value_parser = parse_size, help_heading = "Caching")]
+    pub cache_size: u64,
 
     /// Largest ranged GET of a sequential read (bytes; binary Ki/Mi/Gi or decimal K/M/G suffixes).
     #[arg(long, default_value = "8Mi", value_parser = parse_size, help_heading = "Reads")]
@@ -148,7 +162,7 @@ impl S3Args {
         }
         let sources = specs
             .iter()
-            .map(|s| Source::parse(s).map_err(anyhow::Error::msg))
+            .map(|s| BucketSource::parse(s).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut o = MountOptions::new(sources, PathBuf::from(mountpoint));
         o.s3.endpoint_url = self.endpoint_url.clone();
@@ -156,6 +170,9 @@ impl S3Args {
         o.s3.force_path_style = self.force_path_style;
         o.s3.anonymous = self.no_sign_request;
         o.s3.max_attempts = self.max_attempts;
+        if let Some(path) = &self.credentials_file {
+            o.s3.credentials = Some(StaticCredentials::read_file(path)?);
+        }
         o.uid = self.uid;
         o.gid = self.gid;
         o.dir_mode = self.dir_mode;
@@ -171,6 +188,10 @@ impl S3Args {
         o.metrics_addr = self.metrics_addr;
         o.fuse_threads = self.fuse_threads;
         o.read_ahead_kb = self.read_ahead_kb;
+        o.cache = self.cache_dir.clone().map(|dir| CacheOptions {
+            dir,
+            max_bytes: self.cache_size,
+        });
         if o.allow_delete && !o.allow_writes {
             bail!("--allow-delete needs --allow-writes");
         }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
-use hubfs_fuse::s3::fs::Source;
+use hubfs_fuse::s3::fs::BucketSource;
 use hubfs_fuse::s3::session::{self, MountOptions};
 use hubfs_proto::csi::{
     NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodeStageVolumeRequest, VolumeCondition,
@@ -80,7 +80,7 @@ pub fn options(ctx: &HashMap<String, String>, mountpoint: PathBuf) -> Result<Mou
     } else {
         format!("{bucket}:{prefix}")
     };
-    let source = Source::parse(&spec).map_err(DriverError::Invalid)?;
+    let source = BucketSource::parse(&spec).map_err(DriverError::Invalid)?;
     let mut o = MountOptions::new(vec![source], mountpoint);
     if let Some(ep) = ctx.get("endpoint").filter(|e| !e.is_empty()) {
         if !(ep.starts_with("http://") || ep.starts_with("https://"))

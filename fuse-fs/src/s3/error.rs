@@ -1,6 +1,6 @@
 //! Errors of the S3 filesystem and the one place they become errno values.
 //!
-//! The store reports what S3 said ([`StoreError`]); the filesystem core adds
+//! The store reports what S3 said ([`ObjectError`]); the filesystem core adds
 //! what the kernel asked for that cannot be done ([`FsError`]). The fuser
 //! adapter only ever calls [`FsError::errno`].
 
@@ -8,7 +8,7 @@ use thiserror::Error;
 
 /// What went wrong talking to an object store.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum StoreError {
+pub enum ObjectError {
     #[error("no such key or bucket")]
     NotFound,
     #[error("access denied: {0}")]
@@ -25,10 +25,10 @@ pub enum StoreError {
     Other(String),
 }
 
-impl StoreError {
+impl ObjectError {
     /// Worth another attempt (a fresh request may succeed).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Transient(_))
+        matches!(self, ObjectError::Transient(_))
     }
 }
 
@@ -60,7 +60,7 @@ pub enum FsError {
     #[error("stale file handle")]
     BadHandle,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] ObjectError),
 }
 
 impl FsError {
@@ -79,14 +79,14 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::BadHandle => libc::EBADF,
-            FsError::Store(StoreError::NotFound) => libc::ENOENT,
-            FsError::Store(StoreError::AccessDenied(_)) => libc::EACCES,
-            FsError::Store(StoreError::Transient(_)) => libc::EIO,
-            FsError::Store(StoreError::InvalidRange) => libc::EINVAL,
+            FsError::Store(ObjectError::NotFound) => libc::ENOENT,
+            FsError::Store(ObjectError::AccessDenied(_)) => libc::EACCES,
+            FsError::Store(ObjectError::Transient(_)) => libc::EIO,
+            FsError::Store(ObjectError::InvalidRange) => libc::EINVAL,
             // What NFS says when a file changed under an open handle: the
             // reader can reopen and get the new version whole.
-            FsError::Store(StoreError::Changed) => libc::ESTALE,
-            FsError::Store(StoreError::Other(_)) => libc::EIO,
+            FsError::Store(ObjectError::Changed) => libc::ESTALE,
+            FsError::Store(ObjectError::Other(_)) => libc::EIO,
         }
     }
 }
@@ -97,17 +97,17 @@ mod tests {
 
     #[test]
     fn store_errors_map_to_distinct_errnos() {
-        assert_eq!(FsError::from(StoreError::NotFound).errno(), libc::ENOENT);
+        assert_eq!(FsError::from(ObjectError::NotFound).errno(), libc::ENOENT);
         assert_eq!(
-            FsError::from(StoreError::AccessDenied("x".into())).errno(),
+            FsError::from(ObjectError::AccessDenied("x".into())).errno(),
             libc::EACCES
         );
         assert_eq!(
-            FsError::from(StoreError::Transient("503".into())).errno(),
+            FsError::from(ObjectError::Transient("503".into())).errno(),
             libc::EIO
         );
-        assert_eq!(FsError::from(StoreError::Changed).errno(), libc::ESTALE);
-        assert!(!StoreError::Changed.is_retryable());
+        assert_eq!(FsError::from(ObjectError::Changed).errno(), libc::ESTALE);
+        assert!(!ObjectError::Changed.is_retryable());
         assert_eq!(FsError::CrossDevice.errno(), libc::EXDEV);
         assert_eq!(FsError::Unsupported("x").errno(), libc::EOPNOTSUPP);
         assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
@@ -115,8 +115,8 @@ mod tests {
 
     #[test]
     fn only_transient_errors_are_retried() {
-        assert!(StoreError::Transient("503".into()).is_retryable());
-        assert!(!StoreError::NotFound.is_retryable());
-        assert!(!StoreError::AccessDenied(String::new()).is_retryable());
+        assert!(ObjectError::Transient("503".into()).is_retryable());
+        assert!(!ObjectError::NotFound.is_retryable());
+        assert!(!ObjectError::AccessDenied(String::new()).is_retryable());
     }
 }

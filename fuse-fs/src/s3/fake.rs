@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::error::StoreError;
+use super::error::ObjectError;
 use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, Op, UploadedPart};
 
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct MemStore {
     next_id: AtomicU64,
     /// GET streams are cut into chunks of this size (0 = one chunk).
     chunk: AtomicU64,
+    /// What a HEAD of a directory-shaped key answers, if not 404.
+    dir_head: Mutex<Option<ObjectError>>,
 }
 
 impl MemStore {
@@ -106,6 +108,14 @@ impl MemStore {
         self.bytes_read.store(0, Ordering::SeqCst);
     }
 
+    /// Makes a HEAD of a key that is not an object but a directory (some
+    /// key starts with `key/`) fail with `error` instead of 404, as
+    /// file-backed servers such as s3s-fs do (500): a lookup must not wait
+    /// on it when the LIST it sends alongside already tells.
+    pub fn fail_directory_heads(&self, error: ObjectError) {
+        *self.dir_head.lock() = Some(error);
+    }
+
     /// Makes GET bodies arrive in chunks of `n` bytes, like a network.
     pub fn set_chunk_size(&self, n: u64) {
         self.chunk.store(n, Ordering::Relaxed);
@@ -119,9 +129,9 @@ impl MemStore {
         &self,
         bucket: &str,
         f: impl FnOnce(&mut BTreeMap<String, Object>) -> T,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, ObjectError> {
         let mut buckets = self.buckets.lock();
-        let b = buckets.get_mut(bucket).ok_or(StoreError::NotFound)?;
+        let b = buckets.get_mut(bucket).ok_or(ObjectError::NotFound)?;
         Ok(f(b))
     }
 }
@@ -144,7 +154,7 @@ impl ObjectStore for MemStore {
         delimiter: Option<&str>,
         token: Option<String>,
         max_keys: i32,
-    ) -> Result<ListPage, StoreError> {
+    ) -> Result<ListPage, ObjectError> {
         self.hit(Op::List);
         let max = max_keys.clamp(1, 1000) as usize;
         self.with_bucket(bucket, |b| {
@@ -194,10 +204,23 @@ impl ObjectStore for MemStore {
         })
     }
 
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError> {
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
         self.hit(Op::Head);
-        self.with_bucket(bucket, |b| b.get(key).map(|o| info(key, o)))?
-            .ok_or(StoreError::NotFound)
+        let dir_head = self.dir_head.lock().clone();
+        self.with_bucket(bucket, |b| match b.get(key) {
+            Some(o) => Ok(info(key, o)),
+            None => {
+                let dir = format!("{key}/");
+                let is_dir = b
+                    .range(dir.clone()..)
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(&dir));
+                match dir_head {
+                    Some(e) if is_dir => Err(e),
+                    _ => Err(ObjectError::NotFound),
+                }
+            }
+        })?
     }
 
     async fn get_range(
@@ -206,25 +229,25 @@ impl ObjectStore for MemStore {
         key: &str,
         range: Range<u64>,
         etag: Option<&str>,
-    ) -> Result<ByteStream, StoreError> {
+    ) -> Result<ByteStream, ObjectError> {
         self.hit(Op::Get);
         let (data, current) = self
             .with_bucket(bucket, |b| {
                 b.get(key).map(|o| (o.data.clone(), o.etag.clone()))
             })?
-            .ok_or(StoreError::NotFound)?;
+            .ok_or(ObjectError::NotFound)?;
         if etag.is_some_and(|e| e != current) {
-            return Err(StoreError::Changed);
+            return Err(ObjectError::Changed);
         }
         let len = data.len() as u64;
         if range.start > len || (range.start == len && len > 0) || range.start > range.end {
-            return Err(StoreError::InvalidRange);
+            return Err(ObjectError::InvalidRange);
         }
         let body = data.slice(range.start as usize..range.end.min(len) as usize);
         self.bytes_read
             .fetch_add(body.len() as u64, Ordering::SeqCst);
         let chunk = self.chunk.load(Ordering::Relaxed) as usize;
-        let chunks: Vec<Result<Bytes, StoreError>> = if chunk == 0 || body.is_empty() {
+        let chunks: Vec<Result<Bytes, ObjectError>> = if chunk == 0 || body.is_empty() {
             vec![Ok(body)]
         } else {
             (0..body.len())
@@ -235,14 +258,14 @@ impl ObjectStore for MemStore {
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), StoreError> {
+    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), ObjectError> {
         self.hit(Op::Put);
         self.with_bucket(bucket, |_| ())?;
         self.insert(bucket, key, body);
         Ok(())
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, ObjectError> {
         self.hit(Op::CreateMultipart);
         self.with_bucket(bucket, |_| ())?;
         let id = format!("upload-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -264,10 +287,10 @@ impl ObjectStore for MemStore {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> Result<UploadedPart, StoreError> {
+    ) -> Result<UploadedPart, ObjectError> {
         self.hit(Op::UploadPart);
         let mut uploads = self.uploads.lock();
-        let up = uploads.get_mut(upload_id).ok_or(StoreError::NotFound)?;
+        let up = uploads.get_mut(upload_id).ok_or(ObjectError::NotFound)?;
         up.parts.insert(number, body);
         Ok(UploadedPart {
             number,
@@ -281,22 +304,22 @@ impl ObjectStore for MemStore {
         key: &str,
         upload_id: &str,
         parts: Vec<UploadedPart>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ObjectError> {
         self.hit(Op::CompleteMultipart);
         let up = self
             .uploads
             .lock()
             .remove(upload_id)
-            .ok_or(StoreError::NotFound)?;
+            .ok_or(ObjectError::NotFound)?;
         if up.bucket != bucket || up.key != key {
-            return Err(StoreError::Other("upload id of another object".into()));
+            return Err(ObjectError::Other("upload id of another object".into()));
         }
         let mut data = bytes::BytesMut::new();
         for p in &parts {
             let body = up
                 .parts
                 .get(&p.number)
-                .ok_or_else(|| StoreError::Other(format!("part {} missing", p.number)))?;
+                .ok_or_else(|| ObjectError::Other(format!("part {} missing", p.number)))?;
             data.extend_from_slice(body);
         }
         self.insert(bucket, key, data.freeze());
@@ -308,13 +331,13 @@ impl ObjectStore for MemStore {
         _bucket: &str,
         _key: &str,
         upload_id: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ObjectError> {
         self.hit(Op::AbortMultipart);
         self.uploads.lock().remove(upload_id);
         Ok(())
     }
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
         self.hit(Op::Delete);
         self.with_bucket(bucket, |b| {
             b.remove(key);
@@ -384,7 +407,7 @@ mod tests {
         assert_eq!(&got[..], b"ello");
         assert_eq!(
             s.get_range("b", "k", 9..10, None).await.err(),
-            Some(StoreError::InvalidRange)
+            Some(ObjectError::InvalidRange)
         );
         assert_eq!(s.count(Op::Get), 2);
     }

@@ -13,16 +13,18 @@ use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::Mutex;
 
-use super::error::StoreError;
+use super::error::ObjectError;
 use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, Op, UploadedPart};
 
 /// What to do to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Fail the request with this error before it reaches the store.
-    Error(StoreError),
+    Error(ObjectError),
     /// Let a GET start, then cut its body after this many bytes.
     CutBodyAfter(u64),
+    /// Never answer (a server that hangs): the caller's bound must end it.
+    Stall,
 }
 
 #[derive(Debug, Default)]
@@ -93,9 +95,10 @@ impl<S: ObjectStore> FaultyStore<S> {
         fault
     }
 
-    fn check(&self, op: Op) -> Result<(), StoreError> {
+    async fn check(&self, op: Op) -> Result<(), ObjectError> {
         match self.fault_for(op) {
             Some(Fault::Error(e)) => Err(e),
+            Some(Fault::Stall) => std::future::pending().await,
             _ => Ok(()),
         }
     }
@@ -110,16 +113,21 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         delimiter: Option<&str>,
         token: Option<String>,
         max_keys: i32,
-    ) -> Result<ListPage, StoreError> {
-        self.check(Op::List)?;
+    ) -> Result<ListPage, ObjectError> {
+        self.check(Op::List).await?;
         self.inner
             .list_page(bucket, prefix, delimiter, token, max_keys)
             .await
     }
 
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError> {
-        self.check(Op::Head)?;
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
+        self.check(Op::Head).await?;
         self.inner.head(bucket, key).await
+    }
+
+    async fn head_once(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
+        self.check(Op::Head).await?;
+        self.inner.head_once(bucket, key).await
     }
 
     async fn get_range(
@@ -128,9 +136,10 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         key: &str,
         range: Range<u64>,
         etag: Option<&str>,
-    ) -> Result<ByteStream, StoreError> {
+    ) -> Result<ByteStream, ObjectError> {
         match self.fault_for(Op::Get) {
             Some(Fault::Error(e)) => Err(e),
+            Some(Fault::Stall) => std::future::pending().await,
             Some(Fault::CutBodyAfter(limit)) => {
                 let stream = self.inner.get_range(bucket, key, range, etag).await?;
                 let mut sent = 0u64;
@@ -138,7 +147,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
                     .map(move |chunk| {
                         let chunk = chunk?;
                         if sent >= limit {
-                            return Err(StoreError::Transient("connection reset".into()));
+                            return Err(ObjectError::Transient("connection reset".into()));
                         }
                         let keep = (limit - sent).min(chunk.len() as u64) as usize;
                         sent += keep as u64;
@@ -156,7 +165,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
                         futures::future::ready(Some(item))
                     });
                 let tail = futures::stream::once(async {
-                    Err::<Bytes, _>(StoreError::Transient("connection reset".into()))
+                    Err::<Bytes, _>(ObjectError::Transient("connection reset".into()))
                 });
                 // A cut body always ends in an error, even if the cut fell on the end.
                 Ok(Box::pin(cut.chain(tail).scan(false, |done, item| {
@@ -171,13 +180,13 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         }
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.check(Op::Put)?;
+    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), ObjectError> {
+        self.check(Op::Put).await?;
         self.inner.put(bucket, key, body).await
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
-        self.check(Op::CreateMultipart)?;
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, ObjectError> {
+        self.check(Op::CreateMultipart).await?;
         self.inner.create_multipart(bucket, key).await
     }
 
@@ -188,8 +197,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> Result<UploadedPart, StoreError> {
-        self.check(Op::UploadPart)?;
+    ) -> Result<UploadedPart, ObjectError> {
+        self.check(Op::UploadPart).await?;
         self.inner
             .upload_part(bucket, key, upload_id, number, body)
             .await
@@ -201,8 +210,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         key: &str,
         upload_id: &str,
         parts: Vec<UploadedPart>,
-    ) -> Result<(), StoreError> {
-        self.check(Op::CompleteMultipart)?;
+    ) -> Result<(), ObjectError> {
+        self.check(Op::CompleteMultipart).await?;
         self.inner
             .complete_multipart(bucket, key, upload_id, parts)
             .await
@@ -213,13 +222,13 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> Result<(), StoreError> {
-        self.check(Op::AbortMultipart)?;
+    ) -> Result<(), ObjectError> {
+        self.check(Op::AbortMultipart).await?;
         self.inner.abort_multipart(bucket, key, upload_id).await
     }
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        self.check(Op::Delete)?;
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
+        self.check(Op::Delete).await?;
         self.inner.delete(bucket, key).await
     }
 }
@@ -238,7 +247,7 @@ mod tests {
         s.fail_next(
             Op::Head,
             1,
-            Fault::Error(StoreError::Transient("503".into())),
+            Fault::Error(ObjectError::Transient("503".into())),
         );
         assert!(s.head("b", "k").await.is_err());
         assert!(s.head("b", "k").await.is_ok());

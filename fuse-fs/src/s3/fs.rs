@@ -13,16 +13,17 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::error::{FsError, StoreError};
+use super::error::{FsError, ObjectError};
 use super::inode::{Ino, Inode, InodeTable, Kind, Location, NewChild, Stat};
 use super::listing::{page_entries, valid_name, DirCache, DirEntry, Listing, NAME_MAX};
+use super::metrics::S3Metrics;
 use super::prefetch::{MemoryLimiter, ObjectVersion, Pieces, PrefetchConfig, Prefetcher};
-use super::store::{ObjectStore, LIST_PAGE_SIZE};
+use super::store::{ObjectStore, Op, LIST_PAGE_SIZE};
 use super::upload::Upload;
 
 /// A bucket, or a prefix of one, shown as a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
+pub struct BucketSource {
     pub bucket: String,
     /// "" or ending in '/'.
     pub prefix: String,
@@ -30,7 +31,7 @@ pub struct Source {
     pub name: String,
 }
 
-impl Source {
+impl BucketSource {
     /// Parses `BUCKET[:PREFIX]`.
     pub fn parse(spec: &str) -> Result<Self, String> {
         let (bucket, prefix) = match spec.split_once(':') {
@@ -60,7 +61,7 @@ impl Source {
 /// How the filesystem behaves.
 #[derive(Debug, Clone)]
 pub struct FsConfig {
-    pub sources: Vec<Source>,
+    pub sources: Vec<BucketSource>,
     pub uid: u32,
     pub gid: u32,
     pub dir_mode: u16,
@@ -73,10 +74,13 @@ pub struct FsConfig {
     pub allow_writes: bool,
     pub allow_delete: bool,
     pub upload_part_size: u64,
+    /// How long an interactive call (lookup, stat, a page of `ls`, open)
+    /// may wait on S3, retries included, before it answers EIO.
+    pub interactive_timeout: Duration,
 }
 
 impl FsConfig {
-    pub fn new(sources: Vec<Source>) -> Self {
+    pub fn new(sources: Vec<BucketSource>) -> Self {
         Self {
             sources,
             uid: 0,
@@ -89,6 +93,7 @@ impl FsConfig {
             allow_writes: false,
             allow_delete: false,
             upload_part_size: 8 << 20,
+            interactive_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -143,6 +148,7 @@ pub struct S3Fs<S> {
     handles: Mutex<HashMap<u64, Handle<S>>>,
     next_fh: AtomicU64,
     limiter: Arc<MemoryLimiter>,
+    metrics: Arc<S3Metrics>,
     started: SystemTime,
 }
 
@@ -196,9 +202,16 @@ impl<S: ObjectStore> S3Fs<S> {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             limiter,
+            metrics: S3Metrics::new(),
             started: SystemTime::now(),
             cfg,
         })
+    }
+
+    /// Counts give-ups (and cache traffic) in these metrics, the mount's.
+    pub fn with_metrics(mut self, metrics: Arc<S3Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -286,132 +299,6 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(self.attr(&n))
     }
 
-    async fn lookup_node(&self, parent: Ino, name: &str) -> Result<Inode, FsError> {
-        if name.len() > NAME_MAX {
-            return Err(FsError::NameTooLong);
-        }
-        if !valid_name(name) {
-            return Err(FsError::NotFound);
-        }
-        let p = self.node(parent)?;
-        let now = Instant::now();
-        let (source, prefix) = match &p.loc {
-            Location::File { .. } => return Err(FsError::NotDir),
-            Location::Root => {
-                let (i, s) = self
-                    .cfg
-                    .sources
-                    .iter()
-                    .enumerate()
-                    .find(|(_, s)| s.name == name)
-                    .ok_or(FsError::NotFound)?;
-                return Ok(self.inodes.upsert(
-                    parent,
-                    name,
-                    NewChild {
-                        kind: Kind::Dir,
-                        loc: Location::Dir {
-                            source: i,
-                            prefix: s.prefix.clone(),
-                        },
-                        stat: Stat {
-                            size: 0,
-                            mtime: self.started,
-                            etag: None,
-                            expiry: until(now, Duration::MAX),
-                        },
-                        local: false,
-                    },
-                ));
-            }
-            Location::Dir { source, prefix } => (*source, prefix.clone()),
-        };
-        if let Some(c) = self.inodes.child(parent, name) {
-            if c.is_fresh(now) {
-                return Ok(c);
-            }
-        }
-        if self.inodes.is_negative(parent, name, now) {
-            return Err(FsError::NotFound);
-        }
-        if let Some(listing) = self.dirs.get(parent, now) {
-            return match listing.get(name) {
-                Some(e) => {
-                    Ok(self
-                        .inodes
-                        .upsert(parent, name, self.child_from_entry(source, &prefix, e)))
-                }
-                None => {
-                    self.inodes
-                        .set_negative(parent, name, until(now, self.cfg.negative_ttl));
-                    Err(FsError::NotFound)
-                }
-            };
-        }
-        let bucket = &self.cfg.sources[source].bucket;
-        let key = format!("{prefix}{name}");
-        let sub = format!("{key}/");
-        let (head, list) = tokio::join!(
-            self.store.head(bucket, &key),
-            self.store.list_page(bucket, &sub, Some("/"), None, 1)
-        );
-        let now = Instant::now();
-        let expiry = until(now, self.cfg.metadata_ttl);
-        match list {
-            Ok(page) if !page.objects.is_empty() || !page.common_prefixes.is_empty() => {
-                return Ok(self.inodes.upsert(
-                    parent,
-                    name,
-                    NewChild {
-                        kind: Kind::Dir,
-                        loc: Location::Dir {
-                            source,
-                            prefix: sub,
-                        },
-                        stat: Stat {
-                            size: 0,
-                            mtime: SystemTime::UNIX_EPOCH,
-                            etag: None,
-                            expiry,
-                        },
-                        local: false,
-                    },
-                ));
-            }
-            Ok(_) | Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match head {
-            Ok(info) => Ok(self.inodes.upsert(
-                parent,
-                name,
-                NewChild {
-                    kind: Kind::File,
-                    loc: Location::File { source, key },
-                    stat: Stat {
-                        size: info.size,
-                        mtime: info.mtime,
-                        etag: info.etag,
-                        expiry,
-                    },
-                    local: false,
-                },
-            )),
-            Err(StoreError::NotFound) => {
-                // A local child (mkdir, file being written) exists only here.
-                if let Some(c) = self.inodes.child(parent, name) {
-                    if c.local {
-                        return Ok(c);
-                    }
-                }
-                self.inodes
-                    .set_negative(parent, name, until(now, self.cfg.negative_ttl));
-                Err(FsError::NotFound)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The kernel took a reference through readdirplus.
     pub fn remember(&self, ino: Ino) {
         self.inodes.remember(ino);
@@ -430,8 +317,10 @@ impl<S: ObjectStore> S3Fs<S> {
             return Ok(self.attr(&n));
         };
         let info = self
-            .store
-            .head(&self.cfg.sources[*source].bucket, key)
+            .bounded(
+                Op::Head,
+                self.store.head(&self.cfg.sources[*source].bucket, key),
+            )
             .await?;
         let stat = Stat {
             size: info.size,
@@ -585,8 +474,11 @@ impl<S: ObjectStore> S3Fs<S> {
         let bucket = &self.cfg.sources[source].bucket;
         let started = Instant::now();
         let page = self
-            .store
-            .list_page(bucket, &prefix, Some("/"), h.token.clone(), LIST_PAGE_SIZE)
+            .bounded(
+                Op::List,
+                self.store
+                    .list_page(bucket, &prefix, Some("/"), h.token.clone(), LIST_PAGE_SIZE),
+            )
             .await?;
         let expiry = until(started, self.cfg.metadata_ttl);
         for e in page_entries(&prefix, &page, expiry) {
@@ -677,11 +569,11 @@ impl<S: ObjectStore> S3Fs<S> {
     pub async fn read_pieces(&self, fh: u64, offset: u64, size: u32) -> Result<Pieces, FsError> {
         match self.handle(fh)? {
             Handle::Read(ino, p) => match p.lock().await.read_pieces(offset, size as u64).await {
-                Err(StoreError::Changed) => {
+                Err(ObjectError::Changed) => {
                     // Whoever opens it next must learn the new version.
                     tracing::info!(ino, "object replaced while open; this handle is stale");
                     self.inodes.expire(ino);
-                    Err(StoreError::Changed.into())
+                    Err(ObjectError::Changed.into())
                 }
                 r => Ok(r?),
             },
@@ -913,326 +805,6 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 }
 
+mod lookup;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::s3::fake::MemStore;
-    use crate::s3::faults::{Fault, FaultyStore};
-    use crate::s3::inode::ROOT;
-    use crate::s3::store::Op;
-
-    fn mem() -> Arc<MemStore> {
-        let s = MemStore::new();
-        s.create_bucket("bkt");
-        Arc::new(s)
-    }
-
-    fn fs_with<S: ObjectStore>(store: Arc<S>, cfg: FsConfig) -> S3Fs<S> {
-        let limiter = MemoryLimiter::new(cfg.prefetch.max_memory);
-        S3Fs::new(store, cfg, limiter).unwrap()
-    }
-
-    fn fs(store: Arc<MemStore>) -> S3Fs<MemStore> {
-        fs_with(store, FsConfig::new(vec![Source::parse("bkt").unwrap()]))
-    }
-
-    /// Lists a directory the way `ls` does, returning names and attributes.
-    async fn ls<S: ObjectStore>(fs: &S3Fs<S>, ino: Ino) -> Vec<(String, Attr)> {
-        let fh = fs.opendir(ino).await.unwrap();
-        let mut out = Vec::new();
-        let mut off = 0;
-        loop {
-            // A small kernel buffer: ~100 entries per call.
-            let batch = fs.readdir(ino, fh, off, 100).await.unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            off = batch.last().unwrap().0;
-            out.extend(batch.into_iter().map(|(_, n, a)| (n, a)));
-        }
-        fs.releasedir(fh);
-        out.retain(|(n, _)| n != "." && n != "..");
-        out
-    }
-
-    #[tokio::test]
-    async fn ls_l_of_n_objects_costs_ceil_n_over_1000_lists_and_nothing_else() {
-        for n in [0usize, 1, 999, 1000, 1001, 2500] {
-            let s = mem();
-            for i in 0..n {
-                s.insert("bkt", &format!("dir/f{i:05}"), vec![0u8; i % 7]);
-            }
-            s.insert("bkt", "dir/sub/x", "1");
-            let fs = fs(s.clone());
-            let dir = fs.lookup(ROOT, "dir").await.unwrap();
-            s.reset_counts();
-            let entries = ls(&fs, dir.ino).await;
-            assert_eq!(entries.len(), n + 1);
-            // `ls -l`: a lookup and a stat of every entry.
-            for (name, attr) in &entries {
-                let a = fs.lookup(dir.ino, name).await.unwrap();
-                assert_eq!(&a, attr);
-                assert_eq!(fs.getattr(a.ino).await.unwrap().size, attr.size);
-            }
-            let pages = (n + 1).div_ceil(1000).max(1) as u64;
-            assert_eq!(s.count(Op::List), pages, "n = {n}");
-            assert_eq!(s.total(), pages, "n = {n}: only LISTs");
-            // Listing again within the TTL is free.
-            ls(&fs, dir.ino).await;
-            assert_eq!(s.total(), pages);
-        }
-    }
-
-    #[tokio::test]
-    async fn implicit_directories_and_markers_both_appear() {
-        let s = mem();
-        s.insert("bkt", "implicit/a.txt", "a");
-        s.insert("bkt", "marked/", "");
-        s.insert("bkt", "marked/b.txt", "bb");
-        s.insert("bkt", "empty-marker/", "");
-        s.insert("bkt", "top.txt", "top");
-        let fs = fs(s.clone());
-        let root = ls(&fs, ROOT).await;
-        let mut names: Vec<_> = root.iter().map(|(n, a)| (n.clone(), a.kind)).collect();
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(
-            names,
-            vec![
-                ("empty-marker".to_string(), Kind::Dir),
-                ("implicit".to_string(), Kind::Dir),
-                ("marked".to_string(), Kind::Dir),
-                ("top.txt".to_string(), Kind::File),
-            ]
-        );
-        let marked = fs.lookup(ROOT, "marked").await.unwrap();
-        let inside = ls(&fs, marked.ino).await;
-        assert_eq!(inside.len(), 1, "the marker itself is not an entry");
-        assert_eq!(inside[0].0, "b.txt");
-        assert_eq!(inside[0].1.size, 2);
-        let empty = fs.lookup(ROOT, "empty-marker").await.unwrap();
-        assert!(ls(&fs, empty.ino).await.is_empty());
-    }
-
-    #[tokio::test]
-    async fn cold_lookups_find_files_and_directories_and_cache_misses() {
-        let s = mem();
-        s.insert("bkt", "a/b/c.bin", vec![1u8; 10]);
-        s.insert("bkt", "name with spaces ü.txt", "x");
-        let fs = fs(s.clone());
-        let a = fs.lookup(ROOT, "a").await.unwrap();
-        assert_eq!(a.kind, Kind::Dir);
-        let b = fs.lookup(a.ino, "b").await.unwrap();
-        let c = fs.lookup(b.ino, "c.bin").await.unwrap();
-        assert_eq!((c.kind, c.size), (Kind::File, 10));
-        let u = fs.lookup(ROOT, "name with spaces ü.txt").await.unwrap();
-        assert_eq!(u.size, 1);
-        s.reset_counts();
-        assert_eq!(
-            fs.lookup(ROOT, "missing").await.unwrap_err(),
-            FsError::NotFound
-        );
-        let cost = s.total();
-        assert!(cost > 0);
-        assert_eq!(
-            fs.lookup(ROOT, "missing").await.unwrap_err(),
-            FsError::NotFound
-        );
-        assert_eq!(s.total(), cost, "negative lookups are cached");
-        assert_eq!(fs.lookup(c.ino, "x").await.unwrap_err(), FsError::NotDir);
-        assert_eq!(
-            fs.lookup(ROOT, &"n".repeat(300)).await.unwrap_err().errno(),
-            libc::ENAMETOOLONG
-        );
-    }
-
-    #[tokio::test]
-    async fn expired_attributes_are_fetched_again() {
-        let s = mem();
-        s.insert("bkt", "f", "abc");
-        let mut cfg = FsConfig::new(vec![Source::parse("bkt").unwrap()]);
-        cfg.metadata_ttl = Duration::ZERO;
-        let fs = fs_with(s.clone(), cfg);
-        let f = fs.lookup(ROOT, "f").await.unwrap();
-        s.insert("bkt", "f", "abcdef");
-        s.reset_counts();
-        assert_eq!(fs.getattr(f.ino).await.unwrap().size, 6);
-        assert_eq!(s.count(Op::Head), 1);
-    }
-
-    #[tokio::test]
-    async fn several_buckets_appear_as_folders_of_the_root() {
-        let s = mem();
-        s.create_bucket("other");
-        s.insert("bkt", "x", "1");
-        s.insert("other", "data/2024/y", "22");
-        s.insert("other", "z", "333");
-        let cfg = FsConfig::new(vec![
-            Source::parse("bkt").unwrap(),
-            Source::parse("other:data/2024").unwrap(),
-        ]);
-        let fs = fs_with(s.clone(), cfg);
-        let mut root: Vec<_> = ls(&fs, ROOT).await.into_iter().map(|(n, _)| n).collect();
-        root.sort();
-        assert_eq!(root, vec!["bkt", "other"]);
-        let other = fs.lookup(ROOT, "other").await.unwrap();
-        let inside = ls(&fs, other.ino).await;
-        assert_eq!(inside.len(), 1);
-        assert_eq!((inside[0].0.as_str(), inside[0].1.size), ("y", 2));
-        assert_eq!(
-            fs.lookup(ROOT, "nope").await.unwrap_err(),
-            FsError::NotFound
-        );
-        assert!(S3Fs::new(
-            s,
-            FsConfig::new(vec![
-                Source::parse("bkt").unwrap(),
-                Source::parse("bkt:p").unwrap()
-            ]),
-            MemoryLimiter::new(1)
-        )
-        .is_err());
-    }
-
-    #[tokio::test]
-    async fn reads_return_the_object_bytes() {
-        let s = mem();
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-        s.insert("bkt", "big", data.clone());
-        s.insert("bkt", "empty", "");
-        let fs = fs(s.clone());
-        let f = fs.lookup(ROOT, "big").await.unwrap();
-        let fh = fs.open(f.ino, false, false).await.unwrap();
-        let mut got = Vec::new();
-        loop {
-            let b = fs.read(fh, got.len() as u64, 131072).await.unwrap();
-            if b.is_empty() {
-                break;
-            }
-            got.extend_from_slice(&b);
-        }
-        assert_eq!(got, data);
-        fs.release(fh).await.unwrap();
-        let e = fs.lookup(ROOT, "empty").await.unwrap();
-        let fh = fs.open(e.ino, false, false).await.unwrap();
-        assert!(fs.read(fh, 0, 4096).await.unwrap().is_empty());
-        // Directories are not files.
-        assert_eq!(
-            fs.open(ROOT, false, false).await.unwrap_err(),
-            FsError::IsDir
-        );
-    }
-
-    #[tokio::test]
-    async fn read_only_by_default_and_clear_errors_for_what_s3_cannot_do() {
-        let s = mem();
-        s.insert("bkt", "f", "abc");
-        let fs = fs(s.clone());
-        let f = fs.lookup(ROOT, "f").await.unwrap();
-        assert_eq!(
-            fs.create(ROOT, "new").await.unwrap_err().errno(),
-            libc::EROFS
-        );
-        assert_eq!(fs.mkdir(ROOT, "d").await.unwrap_err().errno(), libc::EROFS);
-        assert_eq!(
-            fs.open(f.ino, true, false).await.unwrap_err().errno(),
-            libc::EROFS
-        );
-        assert_eq!(fs.unlink(ROOT, "f").await.unwrap_err().errno(), libc::EPERM);
-        assert_eq!(fs.rename("f").unwrap_err().errno(), libc::EXDEV);
-        // chmod/chown/utime: succeed, change nothing.
-        assert_eq!(fs.setattr(f.ino, None).await.unwrap().size, 3);
-        assert!(s.object("bkt", "f").is_some());
-    }
-
-    #[tokio::test]
-    async fn writes_upload_new_files_on_close() {
-        let s = mem();
-        s.insert("bkt", "existing", "old");
-        let mut cfg = FsConfig::new(vec![Source::parse("bkt").unwrap()]);
-        cfg.allow_writes = true;
-        cfg.allow_delete = true;
-        let fs = fs_with(s.clone(), cfg);
-        let d = fs.mkdir(ROOT, "newdir").await.unwrap();
-        assert!(ls(&fs, ROOT).await.iter().any(|(n, _)| n == "newdir"));
-        let (a, fh) = fs.create(d.ino, "out.bin").await.unwrap();
-        let payload = vec![5u8; 7 << 20];
-        for (i, chunk) in payload.chunks(1 << 20).enumerate() {
-            fs.write(fh, (i << 20) as u64, chunk).await.unwrap();
-        }
-        assert_eq!(fs.getattr(a.ino).await.unwrap().size, 7 << 20);
-        fs.flush(fh).await.unwrap();
-        fs.release(fh).await.unwrap();
-        assert_eq!(s.object("bkt", "newdir/out.bin").unwrap().len(), 7 << 20);
-        // The new file is listed and readable.
-        let listed = ls(&fs, d.ino).await;
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].1.size, 7 << 20);
-        // Overwriting an existing object in place is refused.
-        assert_eq!(
-            fs.create(ROOT, "existing").await.unwrap_err().errno(),
-            libc::EOPNOTSUPP
-        );
-        // Random writes are refused with a clear errno.
-        let (_, fh) = fs.create(ROOT, "r").await.unwrap();
-        fs.write(fh, 0, b"abc").await.unwrap();
-        assert_eq!(
-            fs.write(fh, 10, b"x").await.unwrap_err().errno(),
-            libc::EOPNOTSUPP
-        );
-        fs.release(fh).await.unwrap();
-        assert_eq!(&s.object("bkt", "r").unwrap()[..], b"abc");
-        fs.unlink(ROOT, "r").await.unwrap();
-        assert!(s.object("bkt", "r").is_none());
-        assert_eq!(fs.lookup(ROOT, "r").await.unwrap_err(), FsError::NotFound);
-        // An empty local directory can be removed; a directory with keys cannot.
-        let e = fs.mkdir(ROOT, "e").await.unwrap();
-        assert_eq!(e.kind, Kind::Dir);
-        fs.rmdir(ROOT, "e").await.unwrap();
-        assert_eq!(
-            fs.rmdir(ROOT, "newdir").await.unwrap_err().errno(),
-            libc::ENOTEMPTY
-        );
-    }
-
-    #[tokio::test]
-    async fn store_failures_become_errnos_and_503s_are_survived_by_reads() {
-        let mem = MemStore::new();
-        mem.create_bucket("bkt");
-        mem.insert("bkt", "f", vec![3u8; 100_000]);
-        let s = Arc::new(FaultyStore::new(mem));
-        let fs = fs_with(
-            s.clone(),
-            FsConfig::new(vec![Source::parse("bkt").unwrap()]),
-        );
-        s.fail_next(
-            Op::Head,
-            1,
-            Fault::Error(StoreError::AccessDenied("no".into())),
-        );
-        assert_eq!(
-            fs.lookup(ROOT, "f").await.unwrap_err().errno(),
-            libc::EACCES
-        );
-        let f = fs.lookup(ROOT, "f").await.unwrap();
-        let fh = fs.open(f.ino, false, false).await.unwrap();
-        s.fail_next(
-            Op::Get,
-            2,
-            Fault::Error(StoreError::Transient("503 SlowDown".into())),
-        );
-        let b = fs.read(fh, 0, 100_000).await.unwrap();
-        assert_eq!(b.len(), 100_000);
-        assert_eq!(s.injected(), 3);
-        s.fail_next(Op::List, 1, Fault::Error(StoreError::Other("boom".into())));
-        let dfh = fs.opendir(ROOT).await.unwrap();
-        // "." and ".." come without a request; the listing error comes next.
-        let first = fs.readdir(ROOT, dfh, 0, 100).await.unwrap();
-        assert_eq!(first.len(), 2);
-        assert_eq!(
-            fs.readdir(ROOT, dfh, 2, 100).await.unwrap_err().errno(),
-            libc::EIO
-        );
-        // A retry of the same readdir succeeds.
-        assert_eq!(fs.readdir(ROOT, dfh, 2, 100).await.unwrap().len(), 1);
-    }
-}
+mod tests;

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::error::StoreError;
+use super::error::ObjectError;
 use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, Op, UploadedPart};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,15 +27,28 @@ pub struct OpLabel {
 
 /// The counters of one mount.
 #[derive(Debug, Clone, Default)]
-pub struct Metrics {
+pub struct S3Metrics {
     pub requests: Family<OpLabel, Counter>,
     pub errors: Family<OpLabel, Counter>,
     pub bytes: Family<OpLabel, Counter>,
+    /// Interactive calls that answered EIO: retries exhausted or the time
+    /// bound reached.
+    pub give_ups: Family<OpLabel, Counter>,
     /// Bytes currently held by prefetch buffers.
     pub prefetch_bytes: Gauge,
+    /// Versioned GETs served whole from the local data cache.
+    pub cache_hits: Counter,
+    /// Versioned GETs that went to S3 (and filled the cache).
+    pub cache_misses: Counter,
+    /// Bytes served from the data cache.
+    pub cache_hit_bytes: Counter,
+    /// Bytes written into the data cache.
+    pub cache_fill_bytes: Counter,
+    /// Bytes the data cache holds now.
+    pub cache_bytes: Gauge,
 }
 
-impl Metrics {
+impl S3Metrics {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -58,9 +71,39 @@ impl Metrics {
             self.bytes.clone(),
         );
         sub.register(
+            "give_ups",
+            "Interactive calls that gave up on S3 and answered EIO, by operation",
+            self.give_ups.clone(),
+        );
+        sub.register(
             "prefetch_memory_bytes",
             "Bytes held by prefetch buffers",
             self.prefetch_bytes.clone(),
+        );
+        sub.register(
+            "cache_hits",
+            "Ranged GETs served from the local data cache",
+            self.cache_hits.clone(),
+        );
+        sub.register(
+            "cache_misses",
+            "Ranged GETs of a known version that went to S3",
+            self.cache_misses.clone(),
+        );
+        sub.register(
+            "cache_hit_bytes",
+            "Bytes served from the local data cache",
+            self.cache_hit_bytes.clone(),
+        );
+        sub.register(
+            "cache_fill_bytes",
+            "Bytes written into the local data cache",
+            self.cache_fill_bytes.clone(),
+        );
+        sub.register(
+            "cache_bytes",
+            "Bytes held by the local data cache",
+            self.cache_bytes.clone(),
         );
     }
 
@@ -85,16 +128,26 @@ impl Metrics {
 #[derive(Debug)]
 pub struct Instrumented<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    metrics: Arc<S3Metrics>,
 }
 
 impl<S> Instrumented<S> {
-    pub fn new(inner: S, metrics: Arc<Metrics>) -> Self {
+    pub fn new(inner: S, metrics: Arc<S3Metrics>) -> Self {
         Self { inner, metrics }
     }
 
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+
+    /// Counts a request as it is sent: one that is dropped before it
+    /// answers (a HEAD a lookup no longer needs) reached S3 all the same.
+    fn start(&self, op: Op) -> Instant {
+        self.metrics
+            .requests
+            .get_or_create(&OpLabel { op: op.name() })
+            .inc();
+        Instant::now()
     }
 
     fn done<T>(
@@ -103,10 +156,9 @@ impl<S> Instrumented<S> {
         bucket: &str,
         key: &str,
         start: Instant,
-        result: &Result<T, StoreError>,
+        result: &Result<T, ObjectError>,
     ) {
         let label = OpLabel { op: op.name() };
-        self.metrics.requests.get_or_create(&label).inc();
         match result {
             Ok(_) => tracing::debug!(
                 op = op.name(),
@@ -139,8 +191,8 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         delimiter: Option<&str>,
         token: Option<String>,
         max_keys: i32,
-    ) -> Result<ListPage, StoreError> {
-        let t = Instant::now();
+    ) -> Result<ListPage, ObjectError> {
+        let t = self.start(Op::List);
         let r = self
             .inner
             .list_page(bucket, prefix, delimiter, token, max_keys)
@@ -149,9 +201,16 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         r
     }
 
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError> {
-        let t = Instant::now();
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
+        let t = self.start(Op::Head);
         let r = self.inner.head(bucket, key).await;
+        self.done(Op::Head, bucket, key, t, &r);
+        r
+    }
+
+    async fn head_once(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
+        let t = self.start(Op::Head);
+        let r = self.inner.head_once(bucket, key).await;
         self.done(Op::Head, bucket, key, t, &r);
         r
     }
@@ -162,8 +221,8 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         key: &str,
         range: Range<u64>,
         etag: Option<&str>,
-    ) -> Result<ByteStream, StoreError> {
-        let t = Instant::now();
+    ) -> Result<ByteStream, ObjectError> {
+        let t = self.start(Op::Get);
         let r = self.inner.get_range(bucket, key, range.clone(), etag).await;
         self.done(Op::Get, bucket, key, t, &r);
         tracing::trace!(start = range.start, end = range.end, "get range");
@@ -181,8 +240,8 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         })
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), StoreError> {
-        let t = Instant::now();
+    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), ObjectError> {
+        let t = self.start(Op::Put);
         let n = body.len() as u64;
         let r = self.inner.put(bucket, key, body).await;
         self.done(Op::Put, bucket, key, t, &r);
@@ -190,8 +249,8 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         r
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
-        let t = Instant::now();
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, ObjectError> {
+        let t = self.start(Op::CreateMultipart);
         let r = self.inner.create_multipart(bucket, key).await;
         self.done(Op::CreateMultipart, bucket, key, t, &r);
         r
@@ -204,8 +263,8 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> Result<UploadedPart, StoreError> {
-        let t = Instant::now();
+    ) -> Result<UploadedPart, ObjectError> {
+        let t = self.start(Op::UploadPart);
         let n = body.len() as u64;
         let r = self
             .inner
@@ -222,8 +281,8 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         key: &str,
         upload_id: &str,
         parts: Vec<UploadedPart>,
-    ) -> Result<(), StoreError> {
-        let t = Instant::now();
+    ) -> Result<(), ObjectError> {
+        let t = self.start(Op::CompleteMultipart);
         let r = self
             .inner
             .complete_multipart(bucket, key, upload_id, parts)
@@ -237,15 +296,15 @@ impl<S: ObjectStore> ObjectStore for Instrumented<S> {
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> Result<(), StoreError> {
-        let t = Instant::now();
+    ) -> Result<(), ObjectError> {
+        let t = self.start(Op::AbortMultipart);
         let r = self.inner.abort_multipart(bucket, key, upload_id).await;
         self.done(Op::AbortMultipart, bucket, key, t, &r);
         r
     }
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        let t = Instant::now();
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
+        let t = self.start(Op::Delete);
         let r = self.inner.delete(bucket, key).await;
         self.done(Op::Delete, bucket, key, t, &r);
         r
@@ -260,7 +319,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_requests_errors_and_bytes() {
-        let metrics = Metrics::new();
+        let metrics = S3Metrics::new();
         let mem = MemStore::new();
         mem.create_bucket("b");
         mem.insert("b", "k", vec![1u8; 300]);

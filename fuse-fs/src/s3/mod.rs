@@ -1,13 +1,18 @@
 //! The S3 filesystem: buckets (and prefixes) of an object store as folders.
 //!
 //! Split like mountpoint-s3: [`store::ObjectStore`] is the only door to S3
-//! (real: [`s3client::S3Store`], fake: [`fake::MemStore`], faulty:
-//! [`faults::FaultyStore`]); [`fs::S3Fs`] is the filesystem core, generic over
-//! the store and testable without a kernel; [`fuse`] only translates between
+//! (real: [`s3client::S3Store`]; for tests, behind the `test-util` feature
+//! as mountpoint-s3's mock client is: the in-memory `fake::MemStore` and the
+//! fault-injecting `faults::FaultyStore`); [`fs::S3Fs`] is the filesystem
+//! core, generic over the store and testable without a kernel; [`fuse`] only translates between
 //! fuser and the core; [`error`] holds the one error→errno mapping.
 
+pub mod cache;
+pub mod credentials;
 pub mod error;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+#[cfg(any(test, feature = "test-util"))]
 pub mod faults;
 pub mod fs;
 pub mod fuse;

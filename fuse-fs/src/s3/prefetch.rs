@@ -30,7 +30,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tokio::task::JoinHandle;
 
-use super::error::StoreError;
+use super::error::ObjectError;
 use super::store::ObjectStore;
 
 /// Tuning of the prefetcher.
@@ -214,7 +214,7 @@ impl Pieces {
 
 #[derive(Debug)]
 enum PartData {
-    Pending(JoinHandle<Result<Pieces, StoreError>>),
+    Pending(JoinHandle<Result<Pieces, ObjectError>>),
     Ready(Pieces),
 }
 
@@ -319,12 +319,12 @@ impl<S: ObjectStore> Prefetcher<S> {
     }
 
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.
-    pub async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+    pub async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes, ObjectError> {
         Ok(self.read_pieces(offset, len).await?.to_bytes())
     }
 
     /// As [`Self::read`], without joining the pieces.
-    pub async fn read_pieces(&mut self, offset: u64, len: u64) -> Result<Pieces, StoreError> {
+    pub async fn read_pieces(&mut self, offset: u64, len: u64) -> Result<Pieces, ObjectError> {
         if offset >= self.size || len == 0 {
             return Ok(Pieces::default());
         }
@@ -396,7 +396,7 @@ impl<S: ObjectStore> Prefetcher<S> {
         }
     }
 
-    async fn collect(&mut self, offset: u64, end: u64) -> Result<Pieces, StoreError> {
+    async fn collect(&mut self, offset: u64, end: u64) -> Result<Pieces, ObjectError> {
         let mut out = Pieces::default();
         for i in 0..self.parts.len() {
             let range = self.parts[i].range.clone();
@@ -411,7 +411,7 @@ impl<S: ObjectStore> Prefetcher<S> {
                 PartData::Pending(h) => {
                     let result = match h.await {
                         Ok(r) => r,
-                        Err(e) => Err(StoreError::Other(format!("prefetch task: {e}"))),
+                        Err(e) => Err(ObjectError::Other(format!("prefetch task: {e}"))),
                     };
                     match result {
                         Ok(b) => {
@@ -448,7 +448,7 @@ pub(crate) async fn fetch_part<S: ObjectStore + ?Sized>(
     object: &ObjectVersion,
     range: Range<u64>,
     max_attempts: u32,
-) -> Result<Pieces, StoreError> {
+) -> Result<Pieces, ObjectError> {
     let (bucket, key, etag) = (&object.bucket, &object.key, object.etag.as_deref());
     let mut buf = Pieces::default();
     let mut got = 0u64;
@@ -545,12 +545,12 @@ mod tests {
         // Far past what was prefetched: a new GET, which must not return
         // the new version's bytes as the rest of the old one.
         let e = p.read(3 << 20, 4096).await.unwrap_err();
-        assert_eq!(e, StoreError::Changed);
+        assert_eq!(e, ObjectError::Changed);
         // not retried: a new attempt cannot succeed
         let gets = s.count(Op::Get);
         assert_eq!(
             fetch_part(&*s, &version(n, etag), 0..10, 5).await.err(),
-            Some(StoreError::Changed)
+            Some(ObjectError::Changed)
         );
         assert_eq!(s.count(Op::Get), gets + 1);
         // without a known ETag the reader takes what is there
@@ -665,7 +665,7 @@ mod tests {
         s.fail_next(
             Op::Get,
             1,
-            Fault::Error(StoreError::Transient("503 SlowDown".into())),
+            Fault::Error(ObjectError::Transient("503 SlowDown".into())),
         );
         let got = fetch_part(&*s, &version(n, None), 0..n as u64, 5)
             .await
@@ -684,12 +684,12 @@ mod tests {
         s.fail_next(
             Op::Get,
             1,
-            Fault::Error(StoreError::AccessDenied("no".into())),
+            Fault::Error(ObjectError::AccessDenied("no".into())),
         );
         let mut p = pf(s.clone(), 1000, cfg());
         assert!(matches!(
             p.read(0, 100).await,
-            Err(StoreError::AccessDenied(_))
+            Err(ObjectError::AccessDenied(_))
         ));
         assert_eq!(s.inner().count(Op::Get), 0);
         // The next read asks again and succeeds.

@@ -1,7 +1,8 @@
 //! The real object store: aws-sdk-s3.
 //!
 //! Credentials come from the SDK's default chain (env, profile, web identity
-//! / IRSA, container and instance metadata) unless the mount is anonymous.
+//! / IRSA, container and instance metadata) unless the mount is anonymous or
+//! has its own ([`StaticCredentials`], per volume).
 //! Retries of 500/503/SlowDown, throttling and timeouts use the SDK's standard
 //! retry strategy (exponential backoff with full jitter); a body that breaks
 //! mid-stream is retried by the prefetcher, which knows how much it already has.
@@ -21,7 +22,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::error::StoreError;
+pub use super::credentials::StaticCredentials;
+use super::error::ObjectError;
 use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, UploadedPart};
 
 /// How to reach the S3 service.
@@ -37,23 +39,9 @@ pub struct S3Config {
     /// Attempts per request, including the first.
     pub max_attempts: u32,
     /// Fixed credentials instead of the default chain (never logged, never
-    /// put on a command line: a child mount gets them through its environment).
+    /// put on a command line: a child mount gets them through its
+    /// environment or a `--credentials-file` pipe).
     pub credentials: Option<StaticCredentials>,
-}
-
-/// An access key pair.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StaticCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-}
-
-impl std::fmt::Debug for StaticCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StaticCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Default for S3Config {
@@ -103,7 +91,7 @@ impl S3Store {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 c.access_key_id.clone(),
                 c.secret_access_key.clone(),
-                None,
+                c.session_token.clone(),
                 None,
                 "hubfs-static",
             ));
@@ -127,41 +115,41 @@ impl S3Store {
     }
 }
 
-fn map_err<E>(e: SdkError<E, HttpResponse>) -> StoreError
+fn map_err<E>(e: SdkError<E, HttpResponse>) -> ObjectError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let text = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
     match &e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            StoreError::Transient(text)
+            ObjectError::Transient(text)
         }
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             classify(se.err().code().unwrap_or_default(), status, text)
         }
-        _ => StoreError::Other(text),
+        _ => ObjectError::Other(text),
     }
 }
 
 /// Sorts a service error by its S3 code, falling back to the HTTP status.
-fn classify(code: &str, status: u16, text: String) -> StoreError {
+fn classify(code: &str, status: u16, text: String) -> ObjectError {
     match code {
-        "NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchUpload" => StoreError::NotFound,
+        "NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchUpload" => ObjectError::NotFound,
         "AccessDenied" | "Forbidden" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
-            StoreError::AccessDenied(text)
+            ObjectError::AccessDenied(text)
         }
-        "InvalidRange" => StoreError::InvalidRange,
-        "PreconditionFailed" => StoreError::Changed,
+        "InvalidRange" => ObjectError::InvalidRange,
+        "PreconditionFailed" => ObjectError::Changed,
         "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" => {
-            StoreError::Transient(text)
+            ObjectError::Transient(text)
         }
-        _ if status == 404 => StoreError::NotFound,
-        _ if status == 403 => StoreError::AccessDenied(text),
-        _ if status == 416 => StoreError::InvalidRange,
-        _ if status == 412 => StoreError::Changed,
-        _ if status >= 500 => StoreError::Transient(text),
-        _ => StoreError::Other(text),
+        _ if status == 404 => ObjectError::NotFound,
+        _ if status == 403 => ObjectError::AccessDenied(text),
+        _ if status == 416 => ObjectError::InvalidRange,
+        _ if status == 412 => ObjectError::Changed,
+        _ if status >= 500 => ObjectError::Transient(text),
+        _ => ObjectError::Other(text),
     }
 }
 
@@ -179,7 +167,7 @@ impl ObjectStore for S3Store {
         delimiter: Option<&str>,
         token: Option<String>,
         max_keys: i32,
-    ) -> Result<ListPage, StoreError> {
+    ) -> Result<ListPage, ObjectError> {
         let out = self
             .client
             .list_objects_v2()
@@ -220,12 +208,33 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError> {
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
         let out = self
             .client
             .head_object()
             .bucket(bucket)
             .key(key)
+            .send()
+            .await
+            .map_err(map_err)?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            mtime: to_time(out.last_modified()),
+            etag: out.e_tag().map(str::to_string),
+        })
+    }
+
+    async fn head_once(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
+        let once = aws_sdk_s3::config::Builder::default()
+            .retry_config(RetryConfig::standard().with_max_attempts(1));
+        let out = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .customize()
+            .config_override(once)
             .send()
             .await
             .map_err(map_err)?;
@@ -243,7 +252,7 @@ impl ObjectStore for S3Store {
         key: &str,
         range: Range<u64>,
         etag: Option<&str>,
-    ) -> Result<ByteStream, StoreError> {
+    ) -> Result<ByteStream, ObjectError> {
         if range.start >= range.end {
             return Ok(Box::pin(futures::stream::empty()));
         }
@@ -261,13 +270,13 @@ impl ObjectStore for S3Store {
         Ok(Box::pin(futures::stream::unfold(body, |mut body| async {
             let item = body.next().await?;
             Some((
-                item.map_err(|e| StoreError::Transient(format!("reading body: {e}"))),
+                item.map_err(|e| ObjectError::Transient(format!("reading body: {e}"))),
                 body,
             ))
         })))
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), StoreError> {
+    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), ObjectError> {
         self.client
             .put_object()
             .bucket(bucket)
@@ -279,7 +288,7 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, ObjectError> {
         let out = self
             .client
             .create_multipart_upload()
@@ -290,7 +299,7 @@ impl ObjectStore for S3Store {
             .map_err(map_err)?;
         out.upload_id()
             .map(str::to_string)
-            .ok_or_else(|| StoreError::Other("CreateMultipartUpload without an upload id".into()))
+            .ok_or_else(|| ObjectError::Other("CreateMultipartUpload without an upload id".into()))
     }
 
     async fn upload_part(
@@ -300,7 +309,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> Result<UploadedPart, StoreError> {
+    ) -> Result<UploadedPart, ObjectError> {
         let out = self
             .client
             .upload_part()
@@ -324,7 +333,7 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         parts: Vec<UploadedPart>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ObjectError> {
         let parts = parts
             .into_iter()
             .map(|p| {
@@ -355,7 +364,7 @@ impl ObjectStore for S3Store {
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ObjectError> {
         self.client
             .abort_multipart_upload()
             .bucket(bucket)
@@ -367,7 +376,7 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
         self.client
             .delete_object()
             .bucket(bucket)
@@ -387,24 +396,24 @@ mod tests {
     fn service_errors_are_classified_by_code_then_status() {
         assert_eq!(
             classify("NoSuchKey", 404, String::new()),
-            StoreError::NotFound
+            ObjectError::NotFound
         );
-        assert_eq!(classify("", 404, String::new()), StoreError::NotFound);
+        assert_eq!(classify("", 404, String::new()), ObjectError::NotFound);
         assert!(matches!(
             classify("SlowDown", 503, String::new()),
-            StoreError::Transient(_)
+            ObjectError::Transient(_)
         ));
         assert!(matches!(
             classify("", 503, String::new()),
-            StoreError::Transient(_)
+            ObjectError::Transient(_)
         ));
         assert!(matches!(
             classify("AccessDenied", 403, String::new()),
-            StoreError::AccessDenied(_)
+            ObjectError::AccessDenied(_)
         ));
         assert!(matches!(
             classify("Weird", 400, String::new()),
-            StoreError::Other(_)
+            ObjectError::Other(_)
         ));
     }
 }

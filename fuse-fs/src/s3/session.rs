@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::fs::{FsConfig, S3Fs, Source};
+use super::cache::{CacheOptions, CachedStore, DiskCache};
+use super::fs::{BucketSource, FsConfig, S3Fs};
 use super::fuse::FuseAdapter;
-use super::metrics::{Instrumented, Metrics};
+use super::metrics::{Instrumented, S3Metrics};
 use super::prefetch::{MemoryLimiter, PrefetchConfig};
 use super::s3client::{S3Config, S3Store};
 use super::store::ObjectStore;
@@ -26,7 +27,7 @@ use super::store::ObjectStore;
 /// Everything a mount needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
-    pub sources: Vec<Source>,
+    pub sources: Vec<BucketSource>,
     pub mountpoint: PathBuf,
     pub s3: S3Config,
     pub uid: u32,
@@ -45,10 +46,12 @@ pub struct MountOptions {
     pub fuse_threads: usize,
     /// Kernel readahead of the mount in KiB (0: the kernel's 128 KiB default).
     pub read_ahead_kb: u32,
+    /// The local-disk data cache, if any.
+    pub cache: Option<CacheOptions>,
 }
 
 impl MountOptions {
-    pub fn new(sources: Vec<Source>, mountpoint: impl Into<PathBuf>) -> Self {
+    pub fn new(sources: Vec<BucketSource>, mountpoint: impl Into<PathBuf>) -> Self {
         Self {
             sources,
             mountpoint: mountpoint.into(),
@@ -66,6 +69,7 @@ impl MountOptions {
             metrics_addr: None,
             fuse_threads: 4,
             read_ahead_kb: 4096,
+            cache: None,
         }
     }
 
@@ -115,6 +119,10 @@ impl MountOptions {
         if let Some(addr) = self.metrics_addr {
             flag("metrics-addr", addr.to_string());
         }
+        if let Some(c) = &self.cache {
+            flag("cache-dir", c.dir.display().to_string());
+            flag("cache-size", c.max_bytes.to_string());
+        }
         for (on, name) in [
             (self.s3.force_path_style, "--force-path-style"),
             (self.s3.anonymous, "--no-sign-request"),
@@ -154,7 +162,7 @@ pub enum SessionError {
     Bucket {
         bucket: String,
         #[source]
-        source: super::error::StoreError,
+        source: super::error::ObjectError,
     },
     #[error("FUSE mount at {path} failed: {source}")]
     Mount {
@@ -237,9 +245,18 @@ pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError>
         .thread_name("hubfs-s3")
         .enable_all()
         .build()?;
-    let metrics = Metrics::new();
+    let metrics = S3Metrics::new();
     let store = rt.block_on(S3Store::new(&opts.s3));
-    let store = Arc::new(Instrumented::new(store, metrics.clone()));
+    let cache = match &opts.cache {
+        Some(c) => Some(DiskCache::new(c, metrics.clone()).map_err(|e| {
+            SessionError::Invalid(format!("data cache at {}: {e}", c.dir.display()))
+        })?),
+        None => None,
+    };
+    let store = Arc::new(CachedStore::new(
+        Instrumented::new(store, metrics.clone()),
+        cache,
+    ));
     // Fail at mount time, with the reason, rather than on the first `ls`.
     for s in &opts.sources {
         rt.block_on(store.list_page(&s.bucket, &s.prefix, Some("/"), None, 1))
@@ -250,7 +267,9 @@ pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError>
     }
     let limiter =
         MemoryLimiter::with_gauge(opts.prefetch.max_memory, metrics.prefetch_bytes.clone());
-    let fs = S3Fs::new(store, opts.fs_config(), limiter).map_err(SessionError::Invalid)?;
+    let fs = S3Fs::new(store, opts.fs_config(), limiter)
+        .map_err(SessionError::Invalid)?
+        .with_metrics(metrics.clone());
     let adapter = FuseAdapter::new(Arc::new(fs), rt.handle().clone());
 
     let mut config = fuser::Config::default();
@@ -349,7 +368,7 @@ fn set_read_ahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
 }
 
 /// A minimal `/metrics` endpoint: every request gets the registry text.
-async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) {
+async fn serve_metrics(addr: SocketAddr, metrics: Arc<S3Metrics>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,

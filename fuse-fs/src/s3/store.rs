@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use super::error::StoreError;
+use super::error::ObjectError;
 
 /// S3 returns at most this many keys per ListObjectsV2 page.
 pub const LIST_PAGE_SIZE: i32 = 1000;
@@ -42,7 +42,7 @@ pub struct UploadedPart {
 }
 
 /// The body of a GET, chunk by chunk as it arrives.
-pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
+pub type ByteStream = BoxStream<'static, Result<Bytes, ObjectError>>;
 
 /// The operations the filesystem performs on an object store.
 #[async_trait]
@@ -55,12 +55,20 @@ pub trait ObjectStore: Send + Sync + 'static {
         delimiter: Option<&str>,
         token: Option<String>,
         max_keys: i32,
-    ) -> Result<ListPage, StoreError>;
+    ) -> Result<ListPage, ObjectError>;
 
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError>;
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError>;
+
+    /// A HEAD of one attempt, never retried: for a caller that has another
+    /// way to the answer (a lookup races it with a LIST, which settles most
+    /// names alone) and retries with [`ObjectStore::head`] only if it must.
+    /// Wrappers forward it as such; stores without retries need not override it.
+    async fn head_once(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
+        self.head(bucket, key).await
+    }
 
     /// The bytes `range` of an object (end exclusive, clamped to the size).
-    /// With `etag`, only of that version of it ([`StoreError::Changed`]
+    /// With `etag`, only of that version of it ([`ObjectError::Changed`]
     /// otherwise), so one read never mixes two versions.
     async fn get_range(
         &self,
@@ -68,11 +76,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         range: Range<u64>,
         etag: Option<&str>,
-    ) -> Result<ByteStream, StoreError>;
+    ) -> Result<ByteStream, ObjectError>;
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), StoreError>;
+    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), ObjectError>;
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError>;
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, ObjectError>;
 
     async fn upload_part(
         &self,
@@ -81,7 +89,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
         number: i32,
         body: Bytes,
-    ) -> Result<UploadedPart, StoreError>;
+    ) -> Result<UploadedPart, ObjectError>;
 
     async fn complete_multipart(
         &self,
@@ -89,16 +97,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload_id: &str,
         parts: Vec<UploadedPart>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), ObjectError>;
 
     async fn abort_multipart(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), ObjectError>;
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError>;
 }
 
 /// The operations, for counting and fault injection.
@@ -143,13 +151,14 @@ impl Op {
         }
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
 
 /// Collects a GET stream into one buffer.
-pub async fn collect(mut stream: ByteStream) -> Result<Bytes, StoreError> {
+pub async fn collect(mut stream: ByteStream) -> Result<Bytes, ObjectError> {
     use futures::StreamExt;
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
-use super::error::{FsError, StoreError};
+use super::error::{FsError, ObjectError};
 use super::store::{ObjectStore, UploadedPart};
 
 /// S3 refuses parts below 5 MiB (except the last).
@@ -20,7 +20,7 @@ pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// Parts in flight at once per file; bounds the memory of a writer.
 const MAX_IN_FLIGHT: usize = 4;
 
-type PartTask = JoinHandle<Result<UploadedPart, StoreError>>;
+type PartTask = JoinHandle<Result<UploadedPart, ObjectError>>;
 
 /// An upload in progress.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub struct Upload<S> {
     in_flight: Vec<PartTask>,
     done_parts: Vec<UploadedPart>,
     finished: bool,
-    failed: Option<StoreError>,
+    failed: Option<ObjectError>,
 }
 
 impl<S: ObjectStore> Upload<S> {
@@ -116,7 +116,7 @@ impl<S: ObjectStore> Upload<S> {
     async fn settle(&mut self, task: PartTask) -> Result<(), FsError> {
         let result = task
             .await
-            .unwrap_or_else(|e| Err(StoreError::Other(format!("upload task: {e}"))));
+            .unwrap_or_else(|e| Err(ObjectError::Other(format!("upload task: {e}"))));
         match result {
             Ok(p) => {
                 self.done_parts.push(p);
@@ -246,7 +246,7 @@ mod tests {
         s.fail_next(
             Op::UploadPart,
             1,
-            Fault::Error(StoreError::AccessDenied("no".into())),
+            Fault::Error(ObjectError::AccessDenied("no".into())),
         );
         let mut u = Upload::new(s.clone(), "b".into(), "f".into(), MIN_PART_SIZE);
         let chunk = vec![1u8; 6 << 20];
