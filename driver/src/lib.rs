@@ -7,14 +7,17 @@
 //! and integration-tested as root with real bind mounts.
 
 pub mod authority;
+pub mod claims;
 pub mod controller;
+pub mod digest;
 pub mod error;
 pub mod homes;
 pub mod identity;
 pub mod inflight;
+pub mod keeper;
 pub mod logging;
 pub mod mounter;
-pub mod mountinfo;
+pub use hubfs_fuse::mountinfo;
 pub mod node;
 pub mod paths;
 pub mod server;

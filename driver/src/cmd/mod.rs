@@ -8,5 +8,6 @@ pub mod demo;
 pub mod du;
 pub mod mount;
 pub mod mount_home;
+pub mod mounter;
 pub mod overquota;
 pub mod values;
