@@ -154,7 +154,9 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
                 allowed_roots,
                 quota_endpoint: args.quota_endpoint.clone(),
             };
-            router = router.add_service(NodeServer::new(NodeService::new(cfg, mounter, servers, events)));
+            router = router.add_service(NodeServer::new(NodeService::new(
+                cfg, mounter, servers, events,
+            )));
         }
         tracing::info!(endpoint = %path.display(), mode = ?args.mode, driver = %args.driver_name,
             node = %args.node_id, "serving CSI");

@@ -30,15 +30,13 @@ pub struct MounterArgs {
 }
 
 pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
-    // Before any thread exists, so that only the wait below gets them.
-    let stop = block_stop_signals()?;
     let state_dir = hubfs::paths::absolute("--state-dir", &args.state_dir.to_string_lossy())?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
     let socket = keeper::socket_path(&state_dir);
     // Bind first: a second mounter on the same directory must not touch the servers.
-    let listener = keeper::wire::bind(&socket)
-        .with_context(|| format!("listen on {}", socket.display()))?;
+    let listener =
+        keeper::wire::bind(&socket).with_context(|| format!("listen on {}", socket.display()))?;
     let exe = std::env::current_exe().context("locate the hubfs binary")?;
     let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
     cfg.watch_interval = Duration::from_millis(args.watch_ms);
@@ -46,21 +44,11 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     sup.watch();
     let servers: Arc<dyn Servers> = sup.clone();
     tracing::info!(socket = %socket.display(), servers = sup.status().map(|s| s.len()).unwrap_or(0), "mounter serving");
-    std::thread::spawn(move || keeper::wire::serve(listener, servers));
-    stop.wait().context("wait for a signal")?;
-    // Servers keep running: a stopped mounter (kubectl delete pod) takes
-    // them with it only if its container's PID namespace goes, and then the
-    // next mounter stacks new ones onto the targets.
-    tracing::info!("signal received; leaving the servers to the next mounter");
-    let _ = std::fs::remove_file(&socket);
+    // Serves until the process ends. SIGTERM/SIGINT keep their default
+    // action (no handler, no blocked mask: the servers started from here
+    // inherit the signal mask, and must still stop on SIGTERM): the mounter
+    // ends, its servers keep serving until its container's PID namespace
+    // goes, and the next mounter adopts or replaces them.
+    keeper::wire::serve(listener, servers);
     Ok(ExitCode::SUCCESS)
-}
-
-fn block_stop_signals() -> anyhow::Result<nix::sys::signal::SigSet> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set.thread_block().context("block signals")?;
-    Ok(set)
 }

@@ -26,11 +26,11 @@
 //! - A fake (unit tests only) records calls, so publish paths are testable
 //!   without root.
 
+#[cfg(test)]
+pub mod fake;
 mod state;
 mod supervisor;
 pub mod wire;
-#[cfg(test)]
-pub mod fake;
 
 use std::path::{Path, PathBuf};
 
@@ -182,7 +182,11 @@ mod tests {
             ("../x", &["mount", "s3", "--foreground"][..], "id"),
             ("", &["mount", "s3", "--foreground"][..], "id"),
             ("AB", &["mount", "s3", "--foreground"][..], "id"),
-            (&"a".repeat(65)[..], &["mount", "s3", "--foreground"][..], "id"),
+            (
+                &"a".repeat(65)[..],
+                &["mount", "s3", "--foreground"][..],
+                "id",
+            ),
             ("ok", &["csi", "s3", "--foreground"][..], "mount s3"),
             ("ok", &["mount", "home", "--foreground"][..], "mount s3"),
             ("ok", &["mount", "s3", "bkt"][..], "mount s3"),

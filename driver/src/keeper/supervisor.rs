@@ -141,7 +141,10 @@ impl Supervisor {
             }
         }
         if !dead.is_empty() {
-            tracing::warn!(servers = dead.len(), "servers from the state file are not running; starting them again");
+            tracing::warn!(
+                servers = dead.len(),
+                "servers from the state file are not running; starting them again"
+            );
             sup.recover(&mut inner, &dead);
         }
         sup.save(&inner);

@@ -270,7 +270,7 @@ mod tests {
         let mut line = String::new();
         BufReader::new(&raw).read_line(&mut line).unwrap();
         assert!(line.contains("malformed request"), "{line}");
-        assert_eq!(fake.calls().len(), 5);
+        assert_eq!(fake.calls().len(), 6);
     }
 
     #[test]

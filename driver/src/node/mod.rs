@@ -154,6 +154,12 @@ impl NodeService {
         let result = match kind {
             crate::volume::VolumeType::S3 => s3::publish(self, &r, &target, ro),
             crate::volume::VolumeType::Home => {
+                // CSI: with STAGE_UNSTAGE_VOLUME, a missing staging path is FAILED_PRECONDITION.
+                if r.staging_target_path.is_empty() {
+                    return Err(DriverError::FailedPrecondition(
+                        "staging_target_path is not set, but home volumes are staged first (STAGE_UNSTAGE_VOLUME)".into(),
+                    ));
+                }
                 let staging = self.co_path("staging_target_path", &r.staging_target_path)?;
                 home::publish(self, id, &r.volume_context, &staging, &target, ro)
             }
@@ -189,9 +195,17 @@ impl NodeService {
         let id = required("volume_id", &r.volume_id)?;
         let target = self.co_path("target_path", &r.target_path)?;
         let _g = self.inner.inflight.begin(id)?;
-        // A FUSE-served target: the keeper unmounts it and stops a server
-        // nobody uses any more. Plain binds are unmounted here.
-        self.inner.servers.unpublish(&target)?;
+        // A FUSE-served target (or one whose server is gone): the keeper
+        // unmounts it and stops a server nobody uses any more. Plain binds
+        // are unmounted here, without asking the keeper.
+        let plain = self
+            .inner
+            .mounter
+            .mounted_at(&target)?
+            .is_some_and(|m| !m.fs_type.starts_with("fuse"));
+        if !plain {
+            self.inner.servers.unpublish(&target)?;
+        }
         self.unmount_all(&target)?;
         match std::fs::remove_dir(&target) {
             Ok(()) => Ok(()),
@@ -211,8 +225,7 @@ impl NodeService {
         let id = required("volume_id", &r.volume_id)?;
         let path = paths::absolute("volume_path", required("volume_path", &r.volume_path)?)?;
         // CSI: NOT_FOUND when the volume does not exist at volume_path.
-        if std::fs::symlink_metadata(&path)
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         {
             return Err(DriverError::NotFound(format!(
                 "volume path {} does not exist",

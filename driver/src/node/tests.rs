@@ -247,12 +247,14 @@ fn missing_fields_are_invalid_arguments() {
         e.node.publish(r),
         Err(DriverError::Missing("target_path"))
     ));
+    // CSI: "Staging target path not set" is FAILED_PRECONDITION for a
+    // driver with STAGE_UNSTAGE_VOLUME.
     let mut r = e.publish_req("p");
     r.staging_target_path.clear();
-    assert!(matches!(
-        e.node.publish(r),
-        Err(DriverError::Missing("staging_target_path"))
-    ));
+    assert_eq!(
+        code(e.node.publish(r).unwrap_err()),
+        Code::FailedPrecondition
+    );
     let mut r = e.unpublish_req("p");
     r.volume_id.clear();
     assert_eq!(
@@ -576,7 +578,10 @@ fn a_keeper_failure_leaves_no_target_and_keeps_its_code() {
     r.volume_context.insert("accounting".into(), "fuse".into());
     e.servers
         .fail_next(DriverError::Unavailable("mounter down".into()));
-    assert_eq!(code(e.node.publish(r.clone()).unwrap_err()), Code::Unavailable);
+    assert_eq!(
+        code(e.node.publish(r.clone()).unwrap_err()),
+        Code::Unavailable
+    );
     assert!(!e.target("p").exists());
     // A read-only publication of a fuse home is a plain bind: nothing to account.
     r.readonly = true;
@@ -612,7 +617,11 @@ fn s3_publications_share_one_keeper_server_per_bucket() {
         assert!(read_only, "pods get buckets read-only");
         assert_eq!(spec.kind, Kind::S3);
         assert_eq!(&spec.args[..3], &["mount", "s3", "--foreground"]);
-        assert!(!spec.args.iter().any(|a| a.contains("mnt")), "{:?}", spec.args);
+        assert!(
+            !spec.args.iter().any(|a| a.contains("mnt")),
+            "{:?}",
+            spec.args
+        );
     }
     for pod in ["p1", "p2", "p3"] {
         let mut r = e.unpublish_req(pod);
