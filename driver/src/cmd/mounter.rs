@@ -34,9 +34,22 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
     let socket = keeper::socket_path(&state_dir);
-    // Bind first: a second mounter on the same directory must not touch the servers.
-    let listener =
-        keeper::wire::bind(&socket).with_context(|| format!("listen on {}", socket.display()))?;
+    // Bind first: a second mounter on the same directory must not touch the
+    // servers. One that is still going away (its container being killed) is
+    // waited for, a minute at most.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let listener = loop {
+        match keeper::wire::bind(&socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!("{e}; waiting for it to go");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r => break r.with_context(|| format!("listen on {}", socket.display()))?,
+        }
+    };
     let exe = std::env::current_exe().context("locate the hubfs binary")?;
     let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
     cfg.watch_interval = Duration::from_millis(args.watch_ms);
