@@ -514,12 +514,13 @@ def test_every_flag_the_chart_passes_exists_in_the_binary(hubfs_bin):
     """A flag the binary does not know makes clap exit: the pod would crash-loop."""
     csi = cli_flags(hubfs_bin, "csi")
     ctrl = cli_flags(hubfs_bin, "controller")
+    mounter = cli_flags(hubfs_bin, "mounter")
     for name in sorted(VARIANTS):
         for w, c in all_containers(render(VARIANTS[name])):
             if not c["image"].startswith("hubfs:") and "/hubfs:" not in c["image"]:
                 continue
             sub = c["args"][0]
-            known = {"csi": csi, "controller": ctrl}[sub]
+            known = {"csi": csi, "controller": ctrl, "mounter": mounter}[sub]
             for a in c["args"][1:]:
                 assert a.startswith("--"), f"{name}: positional {a!r}"
                 assert a.split("=", 1)[0] in known, f"{name}: {w['metadata']['name']}/{c['name']}: hubfs {sub} has no {a}"

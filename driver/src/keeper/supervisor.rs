@@ -381,6 +381,11 @@ impl Supervisor {
             Err(e) => {
                 if fresh {
                     inner.state.servers.remove(&spec.id);
+                } else {
+                    // Users remain: the watcher tries again, not in a tight loop.
+                    inner
+                        .retry_at
+                        .insert(spec.id.clone(), Instant::now() + Duration::from_secs(5));
                 }
                 return Err(e);
             }
