@@ -133,9 +133,7 @@ pub fn probe(path: &Path) -> MountState {
         Err(_) => true,
     };
     match (mounted, nix::sys::statfs::statfs(path)) {
-        (_, Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED)) => {
-            MountState::Dead
-        }
+        (_, Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED)) => MountState::Dead,
         (false, _) => MountState::NotMounted,
         (true, Ok(_)) => MountState::Healthy,
         (true, Err(_)) => MountState::Dead,
