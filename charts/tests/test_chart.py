@@ -260,6 +260,38 @@ def test_s3_credentials_come_from_a_secret():
     assert container(ds, "hubfs")["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
 
 
+def test_mounter_owns_the_fuse_servers_and_is_never_rolled_by_an_upgrade(variant):
+    """The FUSE servers live in the mounter DaemonSet (OnDelete), which the
+    node plugin finds through the same state dir; both run on the same nodes."""
+    _, v, docs = variant
+    node = one(docs, "DaemonSet", "-node")
+    m = one(docs, "DaemonSet", "-mounter")
+    assert m["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    c = container(m, "hubfs")
+    plugin = container(node, "hubfs")
+    kubelet = v["kubeletDir"].rstrip("/")
+    state = v["stateDir"].rstrip("/")
+    assert c["args"][0] == "mounter"
+    assert flag(c, "state-dir") == [state] == flag(plugin, "state-dir")
+    assert flag(plugin, "servers") == ["mounter"]
+    mounts = {mm["mountPath"]: mm for mm in c["volumeMounts"]}
+    assert mounts[kubelet].get("mountPropagation") == "Bidirectional"
+    assert mounts[state].get("mountPropagation") == "Bidirectional"
+    assert host_path(m, c, kubelet) == kubelet
+    assert host_path(m, c, state) == state
+    assert host_path(m, c, "/dev/fuse") == "/dev/fuse"
+    for root in v["node"]["localRoots"]:
+        assert host_path(m, c, root.rstrip("/")) == root.rstrip("/")
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        assert m["spec"]["template"]["spec"].get(key) == node["spec"]["template"]["spec"].get(key)
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+def test_mounter_gets_the_s3_credentials():
+    m = one(render({"node": {"s3CredentialsSecret": "s3-creds"}}), "DaemonSet", "-mounter")
+    assert container(m, "hubfs")["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+
+
 # ---------------------------------------------------------------- privileges
 
 
@@ -482,12 +514,13 @@ def test_every_flag_the_chart_passes_exists_in_the_binary(hubfs_bin):
     """A flag the binary does not know makes clap exit: the pod would crash-loop."""
     csi = cli_flags(hubfs_bin, "csi")
     ctrl = cli_flags(hubfs_bin, "controller")
+    mounter = cli_flags(hubfs_bin, "mounter")
     for name in sorted(VARIANTS):
         for w, c in all_containers(render(VARIANTS[name])):
             if not c["image"].startswith("hubfs:") and "/hubfs:" not in c["image"]:
                 continue
             sub = c["args"][0]
-            known = {"csi": csi, "controller": ctrl}[sub]
+            known = {"csi": csi, "controller": ctrl, "mounter": mounter}[sub]
             for a in c["args"][1:]:
                 assert a.startswith("--"), f"{name}: positional {a!r}"
                 assert a.split("=", 1)[0] in known, f"{name}: {w['metadata']['name']}/{c['name']}: hubfs {sub} has no {a}"

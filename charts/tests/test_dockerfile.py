@@ -42,7 +42,7 @@ def test_entrypoint_is_the_binary_the_chart_passes_subcommands_to():
         for c in doc["spec"]["template"]["spec"]["containers"]:
             if c["image"].startswith("hubfs:"):
                 assert "command" not in c, "the image's entrypoint is hubfs"
-                assert c["args"][0] in ("csi", "controller")
+                assert c["args"][0] in ("csi", "controller", "mounter")
 
 
 def test_dockerignore_keeps_the_context_small():

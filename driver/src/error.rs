@@ -35,6 +35,9 @@ pub enum DriverError {
     /// The call is valid CSI but hubfs does not provide it.
     #[error("{0}")]
     Unimplemented(String),
+    /// A process this call needs (the hubfs mounter) does not answer; retry later.
+    #[error("{0}")]
+    Unavailable(String),
     /// A mount syscall failed.
     #[error(transparent)]
     Mount(#[from] MountError),
@@ -70,6 +73,7 @@ impl From<DriverError> for tonic::Status {
             DriverError::FailedPrecondition(_) => Code::FailedPrecondition,
             DriverError::OutOfRange(_) => Code::OutOfRange,
             DriverError::Unimplemented(_) => Code::Unimplemented,
+            DriverError::Unavailable(_) => Code::Unavailable,
             DriverError::Mount(m) if m.is_permission() => Code::PermissionDenied,
             DriverError::Mount(_) => Code::Internal,
             DriverError::Io { source, .. } => match source.kind() {

@@ -18,14 +18,17 @@
 //! (`hubfs-walker`), wire types (`hubfs-proto`).
 //! No other hubfs crate depends on this one; see docs/architecture.md.
 
+pub mod claims;
 pub mod controller;
+pub mod digest;
 pub mod error;
 pub mod homes;
 pub mod identity;
 pub mod inflight;
+pub mod keeper;
 pub mod logging;
 pub mod mounter;
-pub mod mountinfo;
+pub use hubfs_fuse::mountinfo;
 pub mod node;
 pub mod paths;
 pub mod server;

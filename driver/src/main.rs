@@ -33,6 +33,8 @@ enum Command {
     Du(cmd::du::DuArgs),
     /// Mount a FUSE filesystem: `mount s3` shows S3 buckets as folders.
     Mount(cmd::mount::MountArgs),
+    /// Own the node's FUSE servers so they outlive CSI plugin restarts (own container).
+    Mounter(cmd::mounter::MounterArgs),
     /// Run the quota controller: usage reports (gRPC), scheduled walks, states, hub enforcement.
     Controller(cmd::controller::ControllerArgs),
     /// Show a user's quota in plain words (notebook terminal); exit code reflects the state.
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Csi(args) => cmd::csi::run(args),
         Command::Du(args) => cmd::du::run(args),
         Command::Mount(args) => cmd::mount::run(args),
+        Command::Mounter(args) => cmd::mounter::run(args),
         Command::Controller(args) => cmd::controller::run(args),
         Command::CheckQuota(args) => cmd::check_quota::run(args),
         Command::Overquota(args) => cmd::overquota::run(args),

@@ -5,14 +5,13 @@
 //! whole EFS share once too); for `backend: local` the root is a directory
 //! already on the host and must lie inside one of the `--allowed-root`s, since
 //! volume ids naming it can be crafted. NFS shares are reference-counted by
-//! marker files, so a driver restart does not forget who still uses a share.
+//! [`Claims`] (marker files), so a driver restart does not forget who still uses a share.
 
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
+use crate::claims::Claims;
 use crate::error::{DriverError, Result};
 use crate::mounter::Mounter;
 use crate::volume::Backend;
@@ -38,8 +37,8 @@ impl Shares {
         self.state_dir.join("shares").join(backend.share_key())
     }
 
-    fn users_marker_dir(&self, backend: &Backend) -> PathBuf {
-        self.state_dir.join("share-users").join(backend.share_key())
+    fn claims(&self, backend: &Backend) -> Claims {
+        Claims::new(self.state_dir.join("share-users").join(backend.share_key()))
     }
 
     /// The root directory of the share on this host, mounting it if needed.
@@ -89,11 +88,7 @@ impl Shares {
         if matches!(backend, Backend::Local { .. }) {
             return Ok(());
         }
-        let dir = self.users_marker_dir(backend);
-        std::fs::create_dir_all(&dir).map_err(|e| DriverError::io("create", &dir, e))?;
-        let marker = dir.join(marker_name(user));
-        std::fs::write(&marker, user.as_os_str().as_encoded_bytes())
-            .map_err(|e| DriverError::io("write", &marker, e))
+        self.claims(backend).add(user)
     }
 
     /// Drops `user`'s claim; unmounts an NFS share nobody uses any more.
@@ -101,10 +96,7 @@ impl Shares {
         if matches!(backend, Backend::Local { .. }) {
             return Ok(());
         }
-        let dir = self.users_marker_dir(backend);
-        let _ = std::fs::remove_file(dir.join(marker_name(user)));
-        let remaining = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
-        if remaining == 0 {
+        if self.claims(backend).remove(user)? == 0 {
             let mp = self.nfs_mount_point(backend);
             if self.mounter.mounted_at(&mp)?.is_some() {
                 self.mounter.unmount(&mp)?;
@@ -113,10 +105,6 @@ impl Shares {
         }
         Ok(())
     }
-}
-
-fn marker_name(user: &Path) -> String {
-    hex::encode(&Sha256::digest(user.as_os_str().as_encoded_bytes())[..12])
 }
 
 /// The kernel's NFS client takes the server address, not a name: mount(8)

@@ -107,12 +107,11 @@ pub enum Backend {
 impl Backend {
     /// A stable short name for the share, used for its mount point in the state dir.
     pub fn share_key(&self) -> String {
-        use sha2::{Digest, Sha256};
         let text = match self {
             Backend::Local { root } => format!("local:{}", root.display()),
             Backend::Nfs { server, share } => format!("nfs:{server}:{share}"),
         };
-        hex::encode(&Sha256::digest(text.as_bytes())[..8])
+        crate::digest::short_hex(text.as_bytes(), 8)
     }
 }
 

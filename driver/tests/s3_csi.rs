@@ -1,8 +1,10 @@
 //! The CSI publish/unpublish path of an S3 volume against a real S3 server
-//! (Garage on loopback) and real kernel FUSE and bind mounts: one shared
-//! `hubfs mount s3` per bucket per node, read-only binds into pods, a dead
-//! FUSE process detected (ENOTCONN) and recreated, the last unpublish
-//! removing the shared mount. Needs root and /dev/fuse.
+//! (Garage on loopback) and real kernel FUSE and bind mounts: the node
+//! plugin (`hubfs csi --mode node`) beside a `hubfs mounter` on the same
+//! state dir, one shared `hubfs mount s3` per bucket per node, read-only
+//! binds into pods, a dead FUSE process replaced under every pod without a
+//! CSI call, the last unpublish removing the shared mount. Needs root and
+//! /dev/fuse.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use tonic::transport::Channel;
 
 struct Driver {
     child: Child,
+    mounter: Child,
     dir: tempfile::TempDir,
 }
 
@@ -29,6 +32,17 @@ impl Driver {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("kubelet")).unwrap();
         let socket = dir.path().join("csi.sock");
+        let mounter = Command::new(env!("CARGO_BIN_EXE_hubfs"))
+            .arg("mounter")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            // The node's credentials reach the FUSE servers through the mounter's environment.
+            .env("AWS_ACCESS_KEY_ID", &g.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
+            .env_remove("AWS_PROFILE")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
             .args([
                 "csi",
@@ -44,19 +58,21 @@ impl Driver {
             .arg(dir.path().join("kubelet"))
             .arg("--state-dir")
             .arg(dir.path().join("state"))
-            // The node's credentials reach the FUSE child through its environment.
-            .env("AWS_ACCESS_KEY_ID", &g.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
-            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "driver did not start");
+        while !socket.exists() || !dir.path().join("state/mounter.sock").exists() {
+            assert!(Instant::now() < deadline, "driver or mounter did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, dir }
+        Self {
+            child,
+            mounter,
+            dir,
+        }
     }
 
     async fn node(&self) -> NodeClient<Channel> {
@@ -97,6 +113,8 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = self.mounter.kill();
+        let _ = self.mounter.wait();
         hubfs_e2e::csi::detach_mounts_below(self.dir.path());
         for pid in self.fuse_children() {
             let _ = nix::sys::signal::kill(
@@ -229,29 +247,35 @@ async fn s3_volume_is_one_shared_mount_per_node() {
         .unwrap();
     assert!(!c.abnormal, "{}", c.message);
 
-    // The FUSE process dies: the condition says so, and the next publish recreates it.
+    // The FUSE process dies: the mounter replaces it and binds it onto every
+    // pod's target again, with no CSI call.
     let pid = d.fuse_children()[0];
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let c = node
-            .node_get_volume_stats(stats("p1"))
-            .await
-            .unwrap()
-            .into_inner()
-            .volume_condition
-            .unwrap();
-        if c.abnormal {
-            assert!(c.message.contains("ENOTCONN"), "{}", c.message);
-            break;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for pod in ["p1", "p2"] {
+        while std::fs::read_to_string(d.target(pod).join("top.csv"))
+            .ok()
+            .as_deref()
+            != Some("a,b\n1,2\n")
+        {
+            assert!(Instant::now() < deadline, "{pod}'s target never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(Instant::now() < deadline, "dead mount never reported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let c = node
+        .node_get_volume_stats(stats("p2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume_condition
+        .unwrap();
+    assert!(!c.abnormal, "{}", c.message);
+    assert_eq!(d.fuse_children().len(), 1);
+    assert_ne!(d.fuse_children()[0], pid, "a new server");
     node.node_publish_volume(publish_req(&d, &g, "p3"))
         .await
         .unwrap();

@@ -6,5 +6,6 @@
 //! directory that accounts usage at write time and enforces the quota).
 
 pub mod home;
+pub mod mountinfo;
 pub mod s3;
 pub mod unmounted;

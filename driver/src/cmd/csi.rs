@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use hubfs::controller::ControllerService;
 use hubfs::identity::{valid_driver_name, IdentityService};
+use hubfs::keeper::{self, MounterClient, Servers, Supervisor, SupervisorConfig};
 use hubfs::mounter::SysMounter;
 use hubfs::node::{NodeConfig, NodeService};
 use hubfs::share::Shares;
@@ -15,6 +16,17 @@ use hubfs_proto::csi::{
     controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
 };
 use hubfs_quota::events::{EventSink, KubeEventSink, NoEvents};
+
+/// Where the FUSE servers (fuse-accounted homes, shared bucket mounts) run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ServersAt {
+    /// In the `hubfs mounter` process found through --state-dir: they outlive
+    /// restarts of this plugin (the default with --mode node).
+    Mounter,
+    /// As children of this process (the default with --mode all: single-node
+    /// installs, tests, the demo); they die with it.
+    InProcess,
+}
 
 /// Which CSI services to serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -55,6 +67,9 @@ pub struct CsiArgs {
     /// with `accounting: fuse` report usage to it and learn enforcement from it.
     #[arg(long, env = "HUBFS_QUOTA_ENDPOINT")]
     quota_endpoint: Option<String>,
+    /// Where FUSE servers run [default: mounter with --mode node, in-process otherwise].
+    #[arg(long, value_enum)]
+    servers: Option<ServersAt>,
     /// Do not post Kubernetes Events (they are also skipped when no API server is configured).
     #[arg(long)]
     no_events: bool,
@@ -111,6 +126,25 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
             )));
         }
         if matches!(args.mode, Mode::Node | Mode::All) {
+            let at = args.servers.unwrap_or(match args.mode {
+                Mode::Node => ServersAt::Mounter,
+                _ => ServersAt::InProcess,
+            });
+            let servers: Arc<dyn Servers> = match at {
+                ServersAt::Mounter => Arc::new(MounterClient::new(keeper::socket_path(&state_dir))),
+                ServersAt::InProcess => {
+                    let exe = std::env::current_exe().context("locate the hubfs binary")?;
+                    let sup = tokio::task::block_in_place(|| {
+                        Supervisor::open(
+                            SupervisorConfig::new(state_dir.clone(), exe),
+                            mounter.clone(),
+                        )
+                    });
+                    sup.watch();
+                    sup
+                }
+            };
+            tracing::info!(servers = ?at, "FUSE servers");
             let cfg = NodeConfig {
                 node_id: args.node_id.clone(),
                 allowed_targets: kubelet_dirs,
@@ -118,7 +152,9 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
                 allowed_roots,
                 quota_endpoint: args.quota_endpoint.clone(),
             };
-            router = router.add_service(NodeServer::new(NodeService::new(cfg, mounter, events)));
+            router = router.add_service(NodeServer::new(NodeService::new(
+                cfg, mounter, servers, events,
+            )));
         }
         tracing::info!(endpoint = %path.display(), mode = ?args.mode, driver = %args.driver_name,
             node = %args.node_id, "serving CSI");

@@ -10,5 +10,6 @@ pub mod du;
 pub mod mount;
 pub mod mount_home;
 pub mod mount_s3;
+pub mod mounter;
 pub mod overquota;
 pub mod values;

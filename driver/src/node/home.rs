@@ -13,10 +13,10 @@ use hubfs_proto::csi::{
     volume_usage::Unit, NodeGetVolumeStatsResponse, VolumeCondition, VolumeUsage,
 };
 
-use super::child::{self, MountState};
 use super::NodeService;
 use crate::error::{DriverError, Result};
 use crate::homes;
+use crate::keeper::{Kind, ServerSpec};
 use crate::volume::{keys, Accounting, HomeVolume, IdError};
 
 fn parse(id: &str) -> Result<HomeVolume> {
@@ -98,22 +98,25 @@ pub(super) fn publish(
         .unwrap_or_default();
     // A read-only home cannot grow: nothing to account, a bind does.
     let fuse = accounting == Accounting::Fuse && !read_only;
-    if let Some(existing) = m.mounted_at(target)? {
-        if fuse && node.inner.homes.lock().contains_key(target) {
-            match child::probe(node, target)? {
-                MountState::Healthy => return Ok(None),
-                _ => {
-                    tracing::warn!(target = %target.display(), "home layer died; remounting");
-                    m.unmount(target)?;
-                    if let Some(c) = node.inner.homes.lock().remove(target) {
-                        child::stop(c);
-                    }
+    if fuse {
+        // The keeper knows whether the target already shows this home.
+        let spec = home_layer(node, id, &vol, ctx, staging)?;
+        let created = !target.exists();
+        std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
+        match node.inner.servers.publish(&spec, target, false) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                if created {
+                    let _ = std::fs::remove_dir(target);
                 }
+                return Err(e);
             }
-        } else {
+        }
+    } else {
+        if let Some(existing) = m.mounted_at(target)? {
             let want = m.bind_identity(staging)?;
-            if !fuse
-                && existing.device == want.device
+            if existing.device == want.device
                 && existing.root == want.root
                 && existing.read_only == read_only
             {
@@ -124,20 +127,14 @@ pub(super) fn publish(
                 target.display()
             )));
         }
-    }
-    let created = !target.exists();
-    std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
-    let result = if fuse {
-        spawn_home_layer(node, &vol, ctx, staging, target)
-    } else {
-        m.bind(staging, target, read_only)
-            .map_err(DriverError::from)
-    };
-    if let Err(e) = result {
-        if created {
-            let _ = std::fs::remove_dir(target);
+        let created = !target.exists();
+        std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
+        if let Err(e) = m.bind(staging, target, read_only) {
+            if created {
+                let _ = std::fs::remove_dir(target);
+            }
+            return Err(e.into());
         }
-        return Err(e);
     }
     tracing::info!(user = %vol.user, read_only, accounting = accounting.as_str(), "home published");
     let quota = ctx.get(keys::QUOTA).and_then(|q| q.parse::<u64>().ok());
@@ -160,15 +157,16 @@ pub(super) fn publish(
     Ok(Some(note))
 }
 
-/// Starts `hubfs mount home` from the staged home onto the target: one FUSE
-/// session per published volume, accounting writes and enforcing the quota.
-fn spawn_home_layer(
+/// The `hubfs mount home` server of a staged home: one FUSE session per
+/// home volume on the node (every pod of it shares one ledger), accounting
+/// writes and enforcing the quota.
+fn home_layer(
     node: &NodeService,
+    id: &str,
     vol: &HomeVolume,
     ctx: &HashMap<String, String>,
     staging: &Path,
-    target: &Path,
-) -> Result<()> {
+) -> Result<ServerSpec> {
     let quota = match ctx.get(keys::QUOTA).and_then(|q| q.parse::<u64>().ok()) {
         Some(q) => q,
         None => {
@@ -183,30 +181,29 @@ fn spawn_home_layer(
                 })?
         }
     };
-    let exe =
-        std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["mount", "home", "--foreground", "--user", vol.user.name()])
-        .args([
-            "--quota",
-            &quota.to_string(),
-            "--node-id",
-            &node.inner.cfg.node_id,
-        ]);
+    let mut args: Vec<String> = ["mount", "home", "--foreground", "--user", vol.user.name()]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    args.extend([
+        "--quota".into(),
+        quota.to_string(),
+        "--node-id".into(),
+        node.inner.cfg.node_id.clone(),
+    ]);
     if let Some(n) = ctx.get(keys::INODE_QUOTA) {
-        cmd.args(["--inode-quota", n]);
+        args.extend(["--inode-quota".into(), n.clone()]);
     }
     if let Some(ep) = &node.inner.cfg.quota_endpoint {
-        cmd.args(["--report-to", ep]);
+        args.extend(["--report-to".into(), ep.clone()]);
     }
-    cmd.arg(staging).arg(target);
-    let logs = node.inner.cfg.state_dir.join("home-logs");
-    std::fs::create_dir_all(&logs).map_err(|e| DriverError::io("create", &logs, e))?;
-    let log = logs.join(format!("{}.log", vol.user.encoded()));
-    let what = format!("the home layer of {}", vol.user);
-    let c = child::spawn_mount(node, cmd, target, &log, &what)?;
-    node.inner.homes.lock().insert(target.to_owned(), c);
-    Ok(())
+    args.push(staging.to_string_lossy().into_owned());
+    Ok(ServerSpec {
+        id: format!("home-{}", crate::digest::short_hex(id.as_bytes(), 10)),
+        kind: Kind::Home,
+        args,
+        what: format!("the home layer of {}", vol.user),
+    })
 }
 
 /// Why a path cannot be used, in the words kubelet shows to people.

@@ -4,9 +4,11 @@
 //! Every call is idempotent against what the kernel says is mounted (not
 //! against memory), so a driver restart mid-operation converges on the next
 //! retry. Paths from the CO must lie inside the kubelet directory; volume ids
-//! are re-validated on every call.
+//! are re-validated on every call. FUSE servers (homes with `accounting:
+//! fuse`, shared bucket mounts) are started and watched through the
+//! [`Servers`] trait (normally the `hubfs mounter` process), never as
+//! children of this service, so they outlive its restarts.
 
-mod child;
 mod home;
 mod s3;
 
@@ -28,6 +30,7 @@ use tracing::info_span;
 use crate::controller::check_capabilities;
 use crate::error::{DriverError, Result};
 use crate::inflight::InFlight;
+use crate::keeper::Servers;
 use crate::mounter::Mounter;
 use crate::paths;
 use crate::server::blocking;
@@ -60,12 +63,11 @@ struct NodeInner {
     cfg: NodeConfig,
     events: Arc<dyn EventSink>,
     mounter: Arc<dyn Mounter>,
+    /// Starts and keeps the FUSE servers (the mounter, or in-process).
+    servers: Arc<dyn Servers>,
     shares: Shares,
     inflight: InFlight,
     stats: UsageCache,
-    s3: s3::S3Children,
-    /// `hubfs mount home` children by target path.
-    homes: parking_lot::Mutex<std::collections::HashMap<PathBuf, std::process::Child>>,
 }
 
 fn required<'a>(what: &'static str, v: &'a str) -> Result<&'a str> {
@@ -92,7 +94,12 @@ fn read_only(readonly: bool, c: &VolumeCapability) -> bool {
 }
 
 impl NodeService {
-    pub fn new(cfg: NodeConfig, mounter: Arc<dyn Mounter>, events: Arc<dyn EventSink>) -> Self {
+    pub fn new(
+        cfg: NodeConfig,
+        mounter: Arc<dyn Mounter>,
+        servers: Arc<dyn Servers>,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
         let shares = Shares::new(
             mounter.clone(),
             cfg.state_dir.clone(),
@@ -103,11 +110,10 @@ impl NodeService {
                 cfg,
                 events,
                 mounter,
+                servers,
                 shares,
                 inflight: InFlight::default(),
                 stats: UsageCache::default(),
-                s3: s3::S3Children::default(),
-                homes: Default::default(),
             }),
         }
     }
@@ -148,6 +154,12 @@ impl NodeService {
         let result = match kind {
             crate::volume::VolumeType::S3 => s3::publish(self, &r, &target, ro),
             crate::volume::VolumeType::Home => {
+                // CSI: with STAGE_UNSTAGE_VOLUME, a missing staging path is FAILED_PRECONDITION.
+                if r.staging_target_path.is_empty() {
+                    return Err(DriverError::FailedPrecondition(
+                        "staging_target_path is not set, but home volumes are staged first (STAGE_UNSTAGE_VOLUME)".into(),
+                    ));
+                }
                 let staging = self.co_path("staging_target_path", &r.staging_target_path)?;
                 home::publish(self, id, &r.volume_context, &staging, &target, ro)
             }
@@ -183,11 +195,18 @@ impl NodeService {
         let id = required("volume_id", &r.volume_id)?;
         let target = self.co_path("target_path", &r.target_path)?;
         let _g = self.inner.inflight.begin(id)?;
-        self.unmount_all(&target)?;
-        if let Some(c) = self.inner.homes.lock().remove(&target) {
-            child::stop(c);
+        // A FUSE-served target (or one whose server is gone): the keeper
+        // unmounts it and stops a server nobody uses any more. Plain binds
+        // are unmounted here, without asking the keeper.
+        let plain = self
+            .inner
+            .mounter
+            .mounted_at(&target)?
+            .is_some_and(|m| !m.fs_type.starts_with("fuse"));
+        if !plain {
+            self.inner.servers.unpublish(&target)?;
         }
-        s3::release(self, &target)?;
+        self.unmount_all(&target)?;
         match std::fs::remove_dir(&target) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -205,6 +224,14 @@ impl NodeService {
     pub fn volume_stats(&self, r: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
         let id = required("volume_id", &r.volume_id)?;
         let path = paths::absolute("volume_path", required("volume_path", &r.volume_path)?)?;
+        // CSI: NOT_FOUND when the volume does not exist at volume_path.
+        if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Err(DriverError::NotFound(format!(
+                "volume path {} does not exist",
+                path.display()
+            )));
+        }
         match crate::volume::HomeVolume::parse_id(id) {
             // Static S3 PVs have ids chosen by the admin, never ours.
             Err(crate::volume::IdError::Foreign) => s3::stats(&path),

@@ -1,42 +1,24 @@
 //! Node side of S3 volumes (static PVs with `type: s3` volume attributes).
 //!
-//! Every bucket/prefix gets ONE FUSE mount per node, under the driver's state
-//! dir, served by a `hubfs mount s3 --foreground` child process; each pod
-//! gets a read-only bind of it. Running the filesystem as a child (not a
-//! thread) means a crash of the S3 layer cannot take the driver down, and a
-//! dead mount is recognisable (ENOTCONN) and recreated on the next publish.
-//! Users of a shared mount are recorded as marker files so the last
-//! unpublish, even after a driver restart, unmounts it.
+//! Every bucket/prefix gets ONE FUSE mount per node, under the state dir,
+//! served by a `hubfs mount s3 --foreground` process that the keeper (the
+//! `hubfs mounter`) starts and watches; each pod gets a read-only bind of
+//! it. The keeper records the pods' targets, so the last unpublish stops the
+//! server even after any restart, and a server that dies is replaced and
+//! bound onto every target again without a CSI call.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 
 use hubfs_fuse::s3::fs::BucketSource;
-use hubfs_fuse::s3::session::{self, MountOptions};
+use hubfs_fuse::s3::session::MountOptions;
 use hubfs_proto::csi::{
     NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodeStageVolumeRequest, VolumeCondition,
 };
-use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 
-use super::child::{self, MountState};
 use super::NodeService;
 use crate::error::{DriverError, Result};
-
-/// The FUSE children this driver started, by mount key.
-#[derive(Default)]
-pub struct S3Children {
-    children: Mutex<HashMap<String, Child>>,
-}
-
-impl Drop for S3Children {
-    fn drop(&mut self) {
-        // Children are reaped by whoever unmounts; a driver that exits leaves
-        // its mounts serving (pods still use them).
-        self.children.get_mut().clear();
-    }
-}
+use crate::keeper::{Kind, ServerSpec};
 
 fn flag(ctx: &HashMap<String, String>, key: &str) -> Result<bool> {
     match ctx
@@ -119,15 +101,7 @@ fn mount_key(o: &MountOptions) -> String {
         .collect();
     // The last argument is the mountpoint, which derives from the key itself.
     let text = args[..args.len() - 1].join("\0");
-    hex::encode(&Sha256::digest(text.as_bytes())[..10])
-}
-
-fn target_marker(target: &Path) -> String {
-    hex::encode(&Sha256::digest(target.as_os_str().as_encoded_bytes())[..12])
-}
-
-fn s3_dir(node: &NodeService) -> PathBuf {
-    node.inner.cfg.state_dir.join("s3")
+    crate::digest::short_hex(text.as_bytes(), 10)
 }
 
 pub(super) fn stage(
@@ -140,34 +114,21 @@ pub(super) fn stage(
     options(&r.volume_context, PathBuf::from("/")).map(|_| ())
 }
 
-/// Makes sure the shared mount for `opts` answers, starting or restarting it.
-fn ensure_mount(node: &NodeService, key: &str, opts: &MountOptions) -> Result<()> {
-    let mp = &opts.mountpoint;
-    match child::probe(node, mp)? {
-        MountState::Healthy => return Ok(()),
-        MountState::Dead => {
-            tracing::warn!(mountpoint = %mp.display(), "S3 mount is dead (ENOTCONN); recreating it");
-            session::unmount(mp).map_err(|e| DriverError::io("unmount dead mount", mp, e))?;
-        }
-        MountState::NotMounted => {}
+/// The keeper's description of the shared mount for `opts`.
+fn server(opts: &MountOptions) -> ServerSpec {
+    let mut args: Vec<String> = opts
+        .args()
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // The keeper appends the mountpoint, which it chooses.
+    args.pop();
+    ServerSpec {
+        id: mount_key(opts),
+        kind: Kind::S3,
+        args,
+        what: format!("the S3 mount of {}", opts.sources[0].bucket),
     }
-    if let Some(old) = node.inner.s3.children.lock().remove(key) {
-        child::stop(old);
-    }
-    std::fs::create_dir_all(mp).map_err(|e| DriverError::io("create", mp, e))?;
-    let exe =
-        std::env::current_exe().map_err(|e| DriverError::io("locate", "/proc/self/exe", e))?;
-    let what = format!("the S3 mount of {}", opts.sources[0].bucket);
-    let child = child::spawn_mount(
-        node,
-        opts.command(&exe),
-        mp,
-        &mp.with_file_name("mount.log"),
-        &what,
-    )?;
-    tracing::info!(bucket = %opts.sources[0].bucket, mountpoint = %mp.display(), pid = child.id(), "S3 bucket mounted");
-    node.inner.s3.children.lock().insert(key.to_owned(), child);
-    Ok(())
 }
 
 pub(super) fn publish(
@@ -176,41 +137,23 @@ pub(super) fn publish(
     target: &Path,
     _ro: bool,
 ) -> Result<Option<String>> {
-    // The key does not depend on the mountpoint, which derives from the key.
-    let mut opts = options(&r.volume_context, PathBuf::new())?;
-    let key = mount_key(&opts);
-    let dir = s3_dir(node).join(&key);
-    opts.mountpoint = dir.join("mnt");
-    let m = &node.inner.mounter;
-    if let Some(existing) = m.mounted_at(target)? {
-        if child::probe(node, &opts.mountpoint)? == MountState::Healthy {
-            let want = m.bind_identity(&opts.mountpoint)?;
-            if existing.device == want.device && existing.root == want.root && existing.read_only {
-                return Ok(None);
-            }
-        }
-        return Err(DriverError::AlreadyExists(format!(
-            "{} is already published from another source (or its S3 mount died; unpublish first)",
-            target.display()
-        )));
-    }
-    ensure_mount(node, &key, &opts)?;
-    let users = dir.join("users");
-    std::fs::create_dir_all(&users).map_err(|e| DriverError::io("create", &users, e))?;
-    let marker = users.join(target_marker(target));
-    std::fs::write(&marker, target.as_os_str().as_encoded_bytes())
-        .map_err(|e| DriverError::io("write", &marker, e))?;
+    let opts = options(&r.volume_context, PathBuf::new())?;
+    let spec = server(&opts);
     let created = !target.exists();
     std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
     // Buckets are read-mostly data shared by every pod on the node: always read-only here.
-    if let Err(e) = m.bind(&opts.mountpoint, target, true) {
-        if created {
-            let _ = std::fs::remove_dir(target);
+    match node.inner.servers.publish(&spec, target, true) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_dir(target);
+            }
+            return Err(e);
         }
-        let _ = std::fs::remove_file(&marker);
-        return Err(e.into());
     }
     let src = &opts.sources[0];
+    tracing::info!(bucket = %src.bucket, target = %target.display(), "S3 bucket published");
     Ok(Some(format!(
         "S3 bucket {}{} mounted read-only",
         src.bucket,
@@ -220,35 +163,6 @@ pub(super) fn publish(
             format!(" (prefix {})", src.prefix)
         }
     )))
-}
-
-/// Drops `target`'s claim on whichever shared mount it used; the last user
-/// unmounts it and stops its process.
-pub(super) fn release(node: &NodeService, target: &Path) -> Result<()> {
-    let marker_name = target_marker(target);
-    let Ok(keys) = std::fs::read_dir(s3_dir(node)) else {
-        return Ok(());
-    };
-    for entry in keys.flatten() {
-        let users = entry.path().join("users");
-        if std::fs::remove_file(users.join(&marker_name)).is_err() {
-            continue;
-        }
-        let remaining = std::fs::read_dir(&users).map(|d| d.count()).unwrap_or(0);
-        if remaining > 0 {
-            continue;
-        }
-        let mp = entry.path().join("mnt");
-        if child::probe(node, &mp)? != MountState::NotMounted {
-            session::unmount(&mp).map_err(|e| DriverError::io("unmount", &mp, e))?;
-        }
-        let key = entry.file_name().to_string_lossy().into_owned();
-        if let Some(c) = node.inner.s3.children.lock().remove(&key) {
-            child::stop(c);
-        }
-        tracing::info!(mountpoint = %mp.display(), "last user gone; S3 mount removed");
-    }
-    Ok(())
 }
 
 /// Condition of an S3 publication: usage is not meaningful for a bucket.
@@ -262,7 +176,7 @@ pub(super) fn stats(path: &Path) -> Result<NodeGetVolumeStatsResponse> {
     let message = match nix::sys::statvfs::statvfs(path) {
         // ECONNABORTED while the kernel tears the connection down, ENOTCONN after.
         Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED) => Some(
-            "the S3 filesystem process died (ENOTCONN); the next publish on this node recreates it"
+            "the S3 filesystem process died (ENOTCONN); the hubfs mounter replaces it within seconds"
                 .to_owned(),
         ),
         Err(e) => Some(format!("volume path is unusable: {e}")),

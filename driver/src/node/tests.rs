@@ -1,5 +1,6 @@
-//! Node service tests over the fake mounter: every RPC, its error codes, and
-//! repeated lifecycle calls. Real mounts are covered by `driver/tests/csi.rs`.
+//! Node service tests over the fake mounter and the fake FUSE-server keeper:
+//! every RPC, its error codes, and repeated lifecycle calls. Real mounts are
+//! covered by `driver/tests/csi.rs`, `s3_csi.rs` and `restart.rs`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ use tonic::Code;
 use super::{NodeConfig, NodeService};
 use crate::error::DriverError;
 use crate::homes::{self, HomeMeta};
+use crate::keeper::fake::{FakeServers, ServerCall};
+use crate::keeper::Kind;
 use crate::mounter::{FakeMounter, MountCall, Mounter};
 use crate::volume::{Backend, HomeVolume, OnDelete};
 use hubfs_quota::events::{FakeEventSink, Reason, Regarding};
@@ -27,6 +30,7 @@ struct Env {
     root: PathBuf,
     kubelet: PathBuf,
     fake: FakeMounter,
+    servers: Arc<FakeServers>,
     node: NodeService,
     vol: HomeVolume,
 }
@@ -60,6 +64,7 @@ fn env() -> Env {
     )
     .unwrap();
     let fake = FakeMounter::default();
+    let servers = Arc::new(FakeServers::default());
     let events = Arc::new(FakeEventSink::default());
     let node = NodeService::new(
         NodeConfig {
@@ -67,9 +72,10 @@ fn env() -> Env {
             allowed_targets: vec![kubelet.clone()],
             state_dir: dir.path().join("state"),
             allowed_roots: vec![dir.path().into()],
-            quota_endpoint: None,
+            quota_endpoint: Some("http://quota:9500".into()),
         },
         Arc::new(fake.clone()),
+        servers.clone(),
         events.clone(),
     );
     Env {
@@ -78,6 +84,7 @@ fn env() -> Env {
         root,
         kubelet,
         fake,
+        servers,
         node,
         vol,
     }
@@ -240,12 +247,14 @@ fn missing_fields_are_invalid_arguments() {
         e.node.publish(r),
         Err(DriverError::Missing("target_path"))
     ));
+    // CSI: "Staging target path not set" is FAILED_PRECONDITION for a
+    // driver with STAGE_UNSTAGE_VOLUME.
     let mut r = e.publish_req("p");
     r.staging_target_path.clear();
-    assert!(matches!(
-        e.node.publish(r),
-        Err(DriverError::Missing("staging_target_path"))
-    ));
+    assert_eq!(
+        code(e.node.publish(r).unwrap_err()),
+        Code::FailedPrecondition
+    );
     let mut r = e.unpublish_req("p");
     r.volume_id.clear();
     assert_eq!(
@@ -511,4 +520,130 @@ async fn publish_tells_the_pod_what_happened() {
         "{}",
         mounted.note
     );
+}
+
+#[test]
+fn a_fuse_home_is_handed_to_the_keeper_with_everything_to_restart_it() {
+    let e = env();
+    e.node.stage(e.stage_req()).unwrap();
+    let mut r = e.publish_req("p");
+    r.volume_context.insert("accounting".into(), "fuse".into());
+    r.volume_context.insert("inodeQuota".into(), "50".into());
+    for _ in 0..2 {
+        e.node.publish(r.clone()).unwrap();
+    }
+    let mut r2 = e.publish_req("q");
+    r2.volume_context = r.volume_context.clone();
+    e.node.publish(r2).unwrap();
+    let calls = e.servers.calls();
+    assert_eq!(calls.len(), 3);
+    let ServerCall::Publish {
+        spec,
+        target,
+        read_only,
+    } = &calls[0]
+    else {
+        panic!("{calls:?}")
+    };
+    assert_eq!((target, *read_only), (&e.target("p"), false));
+    assert_eq!(spec.kind, Kind::Home);
+    let args = spec.args.join(" ");
+    for want in [
+        "mount home --foreground --user alice",
+        "--quota 1000",
+        "--node-id n1",
+        "--inode-quota 50",
+        "--report-to http://quota:9500",
+    ] {
+        assert!(args.contains(want), "{want} in {args}");
+    }
+    assert!(args.ends_with(&e.staging().display().to_string()), "{args}");
+    // One server per home volume, shared by its pods on this node.
+    assert_eq!(e.servers.running().len(), 1);
+    assert!(matches!(&calls[2], ServerCall::Publish { spec: s2, .. } if s2 == spec));
+    // The plugin itself mounted nothing: the keeper did.
+    assert_eq!(e.fake.mount_count(), 1, "only the staging bind");
+    e.node.unpublish(e.unpublish_req("p")).unwrap();
+    assert_eq!(e.servers.running().len(), 1, "pod q still uses it");
+    e.node.unpublish(e.unpublish_req("q")).unwrap();
+    assert!(e.servers.running().is_empty());
+    assert!(!e.target("p").exists() && !e.target("q").exists());
+}
+
+#[test]
+fn a_keeper_failure_leaves_no_target_and_keeps_its_code() {
+    let e = env();
+    e.node.stage(e.stage_req()).unwrap();
+    let mut r = e.publish_req("p");
+    r.volume_context.insert("accounting".into(), "fuse".into());
+    e.servers
+        .fail_next(DriverError::Unavailable("mounter down".into()));
+    assert_eq!(
+        code(e.node.publish(r.clone()).unwrap_err()),
+        Code::Unavailable
+    );
+    assert!(!e.target("p").exists());
+    // A read-only publication of a fuse home is a plain bind: nothing to account.
+    r.readonly = true;
+    e.node.publish(r).unwrap();
+    assert!(e.servers.running().is_empty());
+    assert_eq!(e.fake.mount_count(), 2);
+}
+
+#[test]
+fn s3_publications_share_one_keeper_server_per_bucket() {
+    let e = env();
+    let ctx = |bucket: &str| {
+        HashMap::from([
+            ("type".to_string(), "s3".to_string()),
+            ("bucket".to_string(), bucket.to_string()),
+            ("endpoint".to_string(), "http://127.0.0.1:3900".to_string()),
+        ])
+    };
+    for (pod, bucket) in [("p1", "data"), ("p2", "data"), ("p3", "other")] {
+        let mut r = e.publish_req(pod);
+        r.volume_id = format!("s3-{bucket}");
+        r.volume_context = ctx(bucket);
+        e.node.publish(r).unwrap();
+    }
+    assert_eq!(e.servers.running().len(), 2);
+    for c in e.servers.calls() {
+        let ServerCall::Publish {
+            spec, read_only, ..
+        } = c
+        else {
+            panic!()
+        };
+        assert!(read_only, "pods get buckets read-only");
+        assert_eq!(spec.kind, Kind::S3);
+        assert_eq!(&spec.args[..3], &["mount", "s3", "--foreground"]);
+        assert!(
+            !spec.args.iter().any(|a| a.contains("mnt")),
+            "{:?}",
+            spec.args
+        );
+    }
+    for pod in ["p1", "p2", "p3"] {
+        let mut r = e.unpublish_req(pod);
+        r.volume_id = "s3-x".into();
+        e.node.unpublish(r).unwrap();
+    }
+    assert!(e.servers.running().is_empty());
+}
+
+#[test]
+fn stats_of_a_missing_path_are_not_found_whatever_the_id() {
+    let e = env();
+    for id in [e.vol.id(), "static-s3-pv".into(), "home1:garbage".into()] {
+        let r = NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: e.target("gone").display().to_string(),
+            ..Default::default()
+        };
+        assert_eq!(
+            code(e.node.volume_stats(r).unwrap_err()),
+            Code::NotFound,
+            "{id}"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! what the CSI node service builds from a volume's attributes. The node
 //! service runs each mount as a child process (`hubfs mount s3 --foreground`,
 //! see [`MountOptions::command`]), so a crashed FUSE process shows up as
-//! ENOTCONN on the mountpoint ([`probe`]) and can be recreated.
+//! ENOTCONN on the mountpoint ([`crate::mountinfo::probe`]) and can be recreated.
 
 use std::ffi::OsString;
 use std::io;
@@ -174,41 +174,14 @@ pub enum SessionError {
     Io(#[from] io::Error),
 }
 
-/// What a path shows when probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MountState {
-    /// A mount answers at the path.
-    Healthy,
-    /// A FUSE mount whose process died: ENOTCONN.
-    Dead,
-    /// Nothing is mounted there.
-    NotMounted,
-}
+pub use crate::mountinfo::{probe, MountState};
 
 /// Whether `path` is a mountpoint according to /proc/self/mountinfo.
-pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(path) = std::fs::canonicalize(path).or_else(|_| Ok::<_, io::Error>(path.to_path_buf()))
-    else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
-/// Healthy, dead (ENOTCONN) or not mounted.
-pub fn probe(path: &Path) -> MountState {
-    // statfs always reaches the FUSE process; a stat may be answered from
-    // the kernel's attribute cache even after the process died.
-    match nix::sys::statfs::statfs(path) {
-        Err(nix::errno::Errno::ENOTCONN) => MountState::Dead,
-        _ if !is_mountpoint(path) => MountState::NotMounted,
-        Ok(_) => MountState::Healthy,
-        Err(_) => MountState::Dead,
-    }
+fn is_mountpoint(path: &Path) -> bool {
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    crate::mountinfo::read()
+        .map(|e| crate::mountinfo::mount_at(&e, &abs).is_some())
+        .unwrap_or(false)
 }
 
 /// Waits until a mount answers at `path`.

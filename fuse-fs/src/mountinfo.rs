@@ -1,10 +1,12 @@
-//! Parsing `/proc/self/mountinfo`.
+//! Parsing `/proc/self/mountinfo`, and the one mount probe built on it.
 //!
 //! The kernel's own table is the only reliable answer to "is this path a mount
 //! point, and of what": `stat` device comparisons miss bind mounts of a
 //! directory on the same filesystem, and a dead FUSE mount cannot even be
 //! stat'ed (ENOTCONN). Paths in the file escape space, tab, newline and
-//! backslash as octal (`\040`).
+//! backslash as octal (`\040`). [`probe`] combines the table with `statfs`
+//! (which always reaches the filesystem's process) into a [`MountState`]:
+//! the S3 mount command, the CSI node service and the mounter all use it.
 
 use std::path::{Path, PathBuf};
 
@@ -106,6 +108,38 @@ pub fn containing<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a Moun
         .max_by_key(|e| e.mount_point.components().count())
 }
 
+/// What a path shows when probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountState {
+    /// A mount answers at the path.
+    Healthy,
+    /// Mounted, but the filesystem does not answer (its FUSE process died:
+    /// ENOTCONN, or ECONNABORTED while the kernel tears the connection down).
+    Dead,
+    /// Nothing is mounted exactly there.
+    NotMounted,
+}
+
+/// Healthy, dead or not mounted. `statfs` always reaches the filesystem (a
+/// FUSE daemon), where `stat` may be answered from the kernel's attribute
+/// cache long after the daemon died. An unreadable mount table counts as
+/// "not mounted" only if `statfs` also works (nothing to recover then).
+pub fn probe(path: &Path) -> MountState {
+    let mounted = match read() {
+        Ok(entries) => {
+            let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            mount_at(&entries, &abs).is_some() || mount_at(&entries, path).is_some()
+        }
+        Err(_) => true,
+    };
+    match (mounted, nix::sys::statfs::statfs(path)) {
+        (_, Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED)) => MountState::Dead,
+        (false, _) => MountState::NotMounted,
+        (true, Ok(_)) => MountState::Healthy,
+        (true, Err(_)) => MountState::Dead,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +189,14 @@ mod tests {
     fn reads_the_live_table() {
         let e = read().unwrap();
         assert!(mount_at(&e, Path::new("/")).is_some());
+    }
+
+    #[test]
+    fn probe_tells_a_mount_from_a_plain_directory() {
+        assert_eq!(probe(Path::new("/")), MountState::Healthy);
+        let dir = std::env::temp_dir().join(format!("hubfs-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(probe(&dir), MountState::NotMounted);
+        std::fs::remove_dir(&dir).unwrap();
     }
 }

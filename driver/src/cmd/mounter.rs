@@ -1,0 +1,67 @@
+//! `hubfs mounter`: the long-lived process that owns the node's FUSE servers.
+//!
+//! It runs in its own container (a DaemonSet with `updateStrategy: OnDelete`),
+//! so restarting or upgrading the CSI node plugin never interrupts a mounted
+//! home or bucket. It starts each `hubfs mount home|s3` server as its child,
+//! replaces any that dies (stacked onto the pod targets), and answers the
+//! plugin on `<state-dir>/mounter.sock`. Restarted, it rebuilds everything
+//! from `<state-dir>/servers.json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use hubfs::keeper::{self, Servers, Supervisor, SupervisorConfig};
+use hubfs::mounter::SysMounter;
+
+#[derive(Args, Debug)]
+pub struct MounterArgs {
+    /// Directory shared with `hubfs csi --mode node` (same --state-dir): the
+    /// socket, the state file, and the servers' mountpoints and logs.
+    #[arg(long, default_value = "/var/lib/hubfs")]
+    state_dir: PathBuf,
+    /// Milliseconds between checks of the servers (a dead one is replaced
+    /// after at most this long plus its start time).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    watch_ms: u64,
+}
+
+pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
+    let state_dir = hubfs::paths::absolute("--state-dir", &args.state_dir.to_string_lossy())?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("create {}", state_dir.display()))?;
+    let socket = keeper::socket_path(&state_dir);
+    // Bind first: a second mounter on the same directory must not touch the
+    // servers. One that is still going away (its container being killed) is
+    // waited for, a minute at most.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let listener = loop {
+        match keeper::wire::bind(&socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!("{e}; waiting for it to go");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r => break r.with_context(|| format!("listen on {}", socket.display()))?,
+        }
+    };
+    let exe = std::env::current_exe().context("locate the hubfs binary")?;
+    let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
+    cfg.watch_interval = Duration::from_millis(args.watch_ms);
+    let sup = Supervisor::open(cfg, Arc::new(SysMounter));
+    sup.watch();
+    let servers: Arc<dyn Servers> = sup.clone();
+    tracing::info!(socket = %socket.display(), servers = sup.status().map(|s| s.len()).unwrap_or(0), "mounter serving");
+    // Serves until the process ends. SIGTERM/SIGINT keep their default
+    // action (no handler, no blocked mask: the servers started from here
+    // inherit the signal mask, and must still stop on SIGTERM): the mounter
+    // ends, its servers keep serving until its container's PID namespace
+    // goes, and the next mounter adopts or replaces them.
+    keeper::wire::serve(listener, servers);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,111 @@
+//! An in-memory [`Servers`] for unit tests: records every call, keeps the
+//! targets per server, and can be told to fail the next call.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use super::{ServerSpec, ServerStatus, Servers};
+use crate::error::{DriverError, Result};
+
+/// A recorded call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerCall {
+    Publish {
+        spec: ServerSpec,
+        target: PathBuf,
+        read_only: bool,
+    },
+    Unpublish {
+        target: PathBuf,
+    },
+    Status,
+}
+
+#[derive(Default)]
+struct FakeState {
+    servers: BTreeMap<String, (ServerSpec, BTreeMap<PathBuf, bool>)>,
+    calls: Vec<ServerCall>,
+    fail_next: Option<DriverError>,
+}
+
+#[derive(Default)]
+pub struct FakeServers {
+    inner: Mutex<FakeState>,
+}
+
+impl FakeServers {
+    pub fn calls(&self) -> Vec<ServerCall> {
+        self.inner.lock().calls.clone()
+    }
+
+    /// Makes the next publish fail with `e`.
+    pub fn fail_next(&self, e: DriverError) {
+        self.inner.lock().fail_next = Some(e);
+    }
+
+    /// Ids of the servers that have users.
+    pub fn running(&self) -> Vec<String> {
+        self.inner.lock().servers.keys().cloned().collect()
+    }
+}
+
+impl Servers for FakeServers {
+    fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
+        spec.validate()?;
+        let mut s = self.inner.lock();
+        s.calls.push(ServerCall::Publish {
+            spec: spec.clone(),
+            target: target.into(),
+            read_only,
+        });
+        if let Some(e) = s.fail_next.take() {
+            return Err(e);
+        }
+        if s.servers
+            .iter()
+            .any(|(id, (_, t))| id != &spec.id && t.contains_key(target))
+        {
+            return Err(DriverError::AlreadyExists(format!(
+                "{} is already published from another server",
+                target.display()
+            )));
+        }
+        let entry = s
+            .servers
+            .entry(spec.id.clone())
+            .or_insert_with(|| (spec.clone(), BTreeMap::new()));
+        Ok(entry.1.insert(target.into(), read_only).is_none())
+    }
+
+    fn unpublish(&self, target: &Path) -> Result<bool> {
+        let mut s = self.inner.lock();
+        s.calls.push(ServerCall::Unpublish {
+            target: target.into(),
+        });
+        let mut was = false;
+        s.servers.retain(|_, (_, t)| {
+            was |= t.remove(target).is_some();
+            !t.is_empty()
+        });
+        Ok(was)
+    }
+
+    fn status(&self) -> Result<Vec<ServerStatus>> {
+        let mut s = self.inner.lock();
+        s.calls.push(ServerCall::Status);
+        Ok(s.servers
+            .iter()
+            .map(|(id, (spec, t))| ServerStatus {
+                id: id.clone(),
+                what: spec.what.clone(),
+                mountpoint: PathBuf::from("/fake").join(id),
+                pid: None,
+                healthy: true,
+                targets: t.keys().cloned().collect(),
+                restarts: 0,
+            })
+            .collect())
+    }
+}

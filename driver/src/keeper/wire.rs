@@ -1,0 +1,285 @@
+//! The mounter's socket: [`Servers`] calls as one JSON line each way.
+//!
+//! `hubfs mounter` serves a [`Supervisor`](super::Supervisor) on
+//! `<state>/mounter.sock` (mode 0600: root on the node only); the node
+//! plugin's [`MounterClient`] opens one connection per call, so either side
+//! can restart at any time and the next call simply connects again.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ServerSpec, ServerStatus, Servers};
+use crate::error::{DriverError, Result};
+
+/// A call to the mounter.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Publish {
+        spec: ServerSpec,
+        target: PathBuf,
+        read_only: bool,
+    },
+    Unpublish {
+        target: PathBuf,
+    },
+    Status,
+}
+
+/// How a call failed, as far as the CSI error code is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Invalid,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+}
+
+/// The mounter's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reply {
+    Published { mounted: bool },
+    Unpublished { was_user: bool },
+    Status { servers: Vec<ServerStatus> },
+    Failed { kind: FailureKind, message: String },
+}
+
+fn failure(e: DriverError) -> Reply {
+    let kind = match &e {
+        DriverError::Missing(_) | DriverError::Invalid(_) => FailureKind::Invalid,
+        DriverError::NotFound(_) => FailureKind::NotFound,
+        DriverError::AlreadyExists(_) => FailureKind::AlreadyExists,
+        DriverError::FailedPrecondition(_) => FailureKind::FailedPrecondition,
+        _ => FailureKind::Internal,
+    };
+    Reply::Failed {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+fn from_failure(kind: FailureKind, message: String) -> DriverError {
+    match kind {
+        FailureKind::Invalid => DriverError::Invalid(message),
+        FailureKind::NotFound => DriverError::NotFound(message),
+        FailureKind::AlreadyExists => DriverError::AlreadyExists(message),
+        FailureKind::FailedPrecondition => DriverError::FailedPrecondition(message),
+        FailureKind::Internal => DriverError::Unavailable(format!("mounter: {message}")),
+    }
+}
+
+/// Answers one request with `servers`.
+pub fn handle(servers: &dyn Servers, req: Request) -> Reply {
+    let r = match req {
+        Request::Publish {
+            spec,
+            target,
+            read_only,
+        } => servers
+            .publish(&spec, &target, read_only)
+            .map(|mounted| Reply::Published { mounted }),
+        Request::Unpublish { target } => servers
+            .unpublish(&target)
+            .map(|was_user| Reply::Unpublished { was_user }),
+        Request::Status => servers.status().map(|servers| Reply::Status { servers }),
+    };
+    r.unwrap_or_else(failure)
+}
+
+/// Binds the mounter's socket (replacing a stale one), root-only.
+pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if UnixStream::connect(socket).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another mounter serves {}", socket.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(socket);
+    let l = UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves `servers` on `listener` until the process ends: one thread per
+/// connection, one request per connection.
+pub fn serve(listener: UnixListener, servers: Arc<dyn Servers>) {
+    for conn in listener.incoming() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let servers = servers.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = answer(conn, &*servers) {
+                tracing::warn!(error = %e, "mounter connection failed");
+            }
+        });
+    }
+}
+
+fn answer(conn: UnixStream, servers: &dyn Servers) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = String::new();
+    read_line(&conn, &mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            tracing::debug!(?req, "mounter request");
+            handle(servers, req)
+        }
+        Err(e) => Reply::Failed {
+            kind: FailureKind::Invalid,
+            message: format!("malformed request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    (&conn).write_all(&out)
+}
+
+/// Reads one line of at most 1 MiB.
+fn read_line(conn: &UnixStream, buf: &mut String) -> std::io::Result<usize> {
+    use std::io::Read;
+    BufReader::new(conn.take(1 << 20)).read_line(buf)
+}
+
+/// [`Servers`] in a `hubfs mounter` process, reached through its socket.
+#[derive(Clone, Debug)]
+pub struct MounterClient {
+    socket: PathBuf,
+    /// Longest wait for an answer (starting a server may take a while).
+    pub timeout: Duration,
+}
+
+impl MounterClient {
+    pub fn new(socket: PathBuf) -> Self {
+        Self {
+            socket,
+            timeout: Duration::from_secs(90),
+        }
+    }
+
+    fn call(&self, req: &Request) -> Result<Reply> {
+        let unavailable = |e: std::io::Error| {
+            DriverError::Unavailable(format!(
+                "the hubfs mounter does not answer on {} ({e}); is `hubfs mounter` running with the same --state-dir?",
+                self.socket.display()
+            ))
+        };
+        let conn = UnixStream::connect(&self.socket).map_err(unavailable)?;
+        conn.set_read_timeout(Some(self.timeout))
+            .map_err(unavailable)?;
+        let mut out = serde_json::to_vec(req).map_err(|e| DriverError::Invalid(e.to_string()))?;
+        out.push(b'\n');
+        (&conn).write_all(&out).map_err(unavailable)?;
+        let mut line = String::new();
+        read_line(&conn, &mut line).map_err(unavailable)?;
+        let reply: Reply = serde_json::from_str(&line).map_err(|e| {
+            DriverError::Unavailable(format!("the hubfs mounter answered nonsense ({e})"))
+        })?;
+        match reply {
+            Reply::Failed { kind, message } => Err(from_failure(kind, message)),
+            r => Ok(r),
+        }
+    }
+}
+
+fn unexpected(r: Reply) -> DriverError {
+    DriverError::Unavailable(format!("the hubfs mounter answered {r:?}"))
+}
+
+impl Servers for MounterClient {
+    fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
+        match self.call(&Request::Publish {
+            spec: spec.clone(),
+            target: target.to_owned(),
+            read_only,
+        })? {
+            Reply::Published { mounted } => Ok(mounted),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    fn unpublish(&self, target: &Path) -> Result<bool> {
+        match self.call(&Request::Unpublish {
+            target: target.to_owned(),
+        })? {
+            Reply::Unpublished { was_user } => Ok(was_user),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    fn status(&self) -> Result<Vec<ServerStatus>> {
+        match self.call(&Request::Status)? {
+            Reply::Status { servers } => Ok(servers),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::FakeServers;
+    use super::super::Kind;
+    use super::*;
+
+    #[test]
+    fn calls_cross_the_socket_with_their_error_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("m.sock");
+        let fake = Arc::new(FakeServers::default());
+        let l = bind(&sock).unwrap();
+        let served: Arc<dyn Servers> = fake.clone();
+        std::thread::spawn(move || serve(l, served));
+        // A second mounter on the same directory is refused.
+        assert_eq!(
+            bind(&sock).unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse
+        );
+        let c = MounterClient::new(sock.clone());
+        let spec = ServerSpec {
+            id: "s3-ab".into(),
+            kind: Kind::S3,
+            args: vec!["mount".into(), "s3".into(), "--foreground".into()],
+            what: "w".into(),
+        };
+        assert!(c.publish(&spec, Path::new("/k/t1"), true).unwrap());
+        assert!(!c.publish(&spec, Path::new("/k/t1"), true).unwrap());
+        let st = c.status().unwrap();
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].targets, vec![PathBuf::from("/k/t1")]);
+        assert!(c.unpublish(Path::new("/k/t1")).unwrap());
+        assert!(!c.unpublish(Path::new("/k/t1")).unwrap());
+        fake.fail_next(DriverError::AlreadyExists("taken".into()));
+        let e = c.publish(&spec, Path::new("/k/t2"), true).unwrap_err();
+        assert!(matches!(e, DriverError::AlreadyExists(m) if m == "taken"));
+        // Garbage gets an answer, not a hang or a crash.
+        let mut raw = UnixStream::connect(&sock).unwrap();
+        raw.write_all(b"{\"op\":\"format_disk\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&raw).read_line(&mut line).unwrap();
+        assert!(line.contains("malformed request"), "{line}");
+        assert_eq!(fake.calls().len(), 6);
+    }
+
+    #[test]
+    fn a_missing_mounter_is_unavailable_and_says_where_it_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = MounterClient::new(dir.path().join("mounter.sock"));
+        let e = c.status().unwrap_err();
+        assert!(matches!(&e, DriverError::Unavailable(_)), "{e:?}");
+        assert!(e.to_string().contains("mounter.sock"), "{e}");
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
+    }
+}
