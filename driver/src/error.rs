@@ -32,6 +32,9 @@ pub enum DriverError {
     /// The requested capacity cannot be provided.
     #[error("{0}")]
     OutOfRange(String),
+    /// Something the call needs (the Kubernetes API) cannot answer now: retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// The call is valid CSI but hubfs does not provide it.
     #[error("{0}")]
     Unimplemented(String),
@@ -70,6 +73,7 @@ impl From<DriverError> for tonic::Status {
             DriverError::FailedPrecondition(_) => Code::FailedPrecondition,
             DriverError::OutOfRange(_) => Code::OutOfRange,
             DriverError::Unimplemented(_) => Code::Unimplemented,
+            DriverError::Unavailable(_) => Code::Unavailable,
             DriverError::Mount(m) if m.is_permission() => Code::PermissionDenied,
             DriverError::Mount(_) => Code::Internal,
             DriverError::Io { source, .. } => match source.kind() {

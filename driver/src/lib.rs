@@ -7,6 +7,7 @@
 //! and integration-tested as root with real bind mounts.
 
 pub mod authority;
+pub mod claims;
 pub mod controller;
 pub mod error;
 pub mod homes;

@@ -141,6 +141,8 @@ pub struct Controller {
     notifier: Arc<dyn Notifier>,
     events: Arc<dyn EventSink>,
     pub metrics: Metrics,
+    /// Hub users <-> legacy (slug) names of their homes and records.
+    pub identities: crate::identity::Identities,
 }
 
 impl Controller {
@@ -161,6 +163,7 @@ impl Controller {
             notifier,
             events: Arc::new(NoEvents),
             metrics: Metrics::new(),
+            identities: Default::default(),
         }
     }
 
@@ -374,13 +377,15 @@ impl Controller {
         node_id: &str,
         reports: &[Report],
     ) -> Result<(u32, u32, Vec<QuotaRecord>), ControllerError> {
-        let mut by_user: BTreeMap<&str, Vec<&Report>> = BTreeMap::new();
+        let mut by_user: BTreeMap<String, Vec<&Report>> = BTreeMap::new();
         for r in reports {
-            by_user.entry(r.user.as_str()).or_default().push(r);
+            let user = self.identities.canonical_in(&self.store, &r.user);
+            by_user.entry(user).or_default().push(r);
         }
         let (mut accepted, mut duplicates) = (0u32, 0u32);
         let mut out = Vec::new();
         for (user, rs) in by_user {
+            let user = user.as_str();
             let now = self.now();
             let provisioned = self.provisioned(user);
             let mut transition = None;
@@ -436,6 +441,7 @@ impl Controller {
 
     /// The record of a user, or what it would be without one.
     pub fn get(&self, user: &str) -> Result<(QuotaRecord, bool), ControllerError> {
+        let user = &self.identities.canonical_in(&self.store, user);
         match self.store.load(user)? {
             Some(r) => Ok((r, true)),
             None => {
@@ -624,6 +630,7 @@ impl Controller {
     /// The blocking half of the reaper: write activity into the records that
     /// changed, and list the users whose running servers must stop.
     fn record_activity(&self, users: &[HubUser]) -> Result<(usize, Vec<String>), ControllerError> {
+        self.identities.learn_hub_users(&self.store, users);
         let now = self.now();
         let mut records: HashMap<String, QuotaRecord> = HashMap::new();
         for s in self.store.scan()? {
@@ -707,7 +714,12 @@ impl Controller {
             }
         }
         let mut due = Vec::new();
-        let entries = std::fs::read_dir(users_dir).map_err(|e| {
+        let entries = match std::fs::read_dir(users_dir) {
+            // Appears with the first provisioned home; checked again next scan.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            r => r,
+        };
+        let entries = entries.map_err(|e| {
             ControllerError::Store(StoreError::Io {
                 path: users_dir.display().to_string(),
                 source: e,
@@ -724,7 +736,7 @@ impl Controller {
             let Ok(key) = UserKey::decode(name) else {
                 continue;
             };
-            let user = key.name().to_string();
+            let user = self.identities.canonical(key.name());
             let is_due = match records.get(&user) {
                 None => true,
                 Some(r) => match r.stopped.get() {
@@ -762,7 +774,7 @@ impl Controller {
         let Some(mut claim) = claim else {
             return Ok(None);
         };
-        let home = users_dir.join(key.encoded());
+        let home = crate::identity::home_dir(&users_dir, key.name());
         let timeout = Duration::from_secs(self.cfg.schedule.walk_timeout_seconds);
         let started = self.now();
         let walk = tokio::task::spawn_blocking(move || {
@@ -869,7 +881,12 @@ impl Controller {
         }
         users.sort_by(|a, b| a.user.cmp(&b.user));
         for mut rec in users {
-            if !opts.users.is_empty() && !opts.users.contains(&rec.user) {
+            if !opts.users.is_empty()
+                && !opts
+                    .users
+                    .iter()
+                    .any(|u| crate::identity::names_match(u, &rec.user))
+            {
                 continue;
             }
             // Plan on the record as it would be settled now (limits, state).

@@ -5,3 +5,4 @@
 pub mod csi;
 pub mod garage;
 pub mod hub;
+pub mod kube;

@@ -107,10 +107,10 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
             }));
         if matches!(args.mode, Mode::Controller | Mode::All) {
             let shares = Shares::new(mounter.clone(), state_dir.clone(), allowed_roots.clone());
-            router = router.add_service(ControllerServer::new(ControllerService::new(
-                shares,
-                events.clone(),
-            )));
+            let claims = hubfs::claims::KubeClaims::from_environment().await;
+            router = router.add_service(ControllerServer::new(
+                ControllerService::new(shares, events.clone()).with_claims(claims),
+            ));
         }
         if matches!(args.mode, Mode::Node | Mode::All) {
             let cfg = NodeConfig {

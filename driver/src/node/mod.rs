@@ -8,6 +8,7 @@
 
 mod child;
 mod home;
+mod mounted;
 mod s3;
 
 use std::path::PathBuf;
