@@ -892,6 +892,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn no_cluster_falls_back_to_the_claim_name_and_a_silent_cluster_is_retried() {
         let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("share")).unwrap();
         let (c, events) = service(d.path());
         // No API server: today's behaviour, said in the event.
         let v = c
@@ -943,6 +944,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_named_server_shares_its_users_home_and_never_deletes_it() {
         let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("share")).unwrap();
         let claims = Arc::new(
             FakeClaims::default()
                 .with(

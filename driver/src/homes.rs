@@ -343,11 +343,22 @@ mod adopt_tests {
         let v = vol(d.path(), "jmiller@stsci.edu");
         let old = d.path().join("home/jmiller-stsci-edu---77689c6d");
         std::fs::create_dir_all(&old).unwrap();
-        std::fs::create_dir_all(d.path().join("home/.hubfs")).unwrap();
-        std::fs::write(
-            d.path()
-                .join("home/.hubfs/jmiller-stsci-edu---77689c6d.json"),
-            b"{}",
+        // As an earlier hubfs wrote it: the slug as the user, no `user_from`.
+        let earlier = HomeMeta {
+            volume_name: "pvc-1".into(),
+            user: "jmiller-stsci-edu---77689c6d".into(),
+            capacity_bytes: 1,
+            inode_quota: None,
+            pvc_name: Some("claim-jmiller-stsci-edu---77689c6d".into()),
+            pvc_namespace: Some("jhub".into()),
+            user_from: None,
+            created: String::new(),
+            updated: String::new(),
+        };
+        write_meta(
+            &vol(d.path(), "jmiller-stsci-edu---77689c6d"),
+            d.path(),
+            &earlier,
         )
         .unwrap();
         assert!(matches!(

@@ -9,7 +9,17 @@ use std::process::Command;
 fn normal_deps(package: &str) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["tree", "--locked", "--offline", "-e", "normal", "--prefix", "none", "-p", package])
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "-p",
+            package,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo tree");
@@ -22,7 +32,9 @@ fn normal_deps(package: &str) -> String {
 }
 
 fn crate_names(tree: &str) -> Vec<&str> {
-    tree.lines().filter_map(|l| l.split_whitespace().next()).collect()
+    tree.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect()
 }
 
 #[test]
@@ -30,14 +42,32 @@ fn the_fuse_crate_does_not_pull_the_controllers_dependencies() {
     let tree = normal_deps("hubfs-fuse");
     let names = crate_names(&tree);
     assert!(names.contains(&"fuser"), "the tree was read: {tree}");
-    for banned in ["kube", "kube-runtime", "kube-client", "k8s-openapi", "reqwest", "hubfs-quota", "serde_yaml"] {
-        assert!(!names.contains(&banned), "hubfs-fuse depends on {banned}:\n{tree}");
+    for banned in [
+        "kube",
+        "kube-runtime",
+        "kube-client",
+        "k8s-openapi",
+        "reqwest",
+        "hubfs-quota",
+        "serde_yaml",
+    ] {
+        assert!(
+            !names.contains(&banned),
+            "hubfs-fuse depends on {banned}:\n{tree}"
+        );
     }
 }
 
 #[test]
 fn the_walker_is_a_leaf() {
     let tree = normal_deps("hubfs-walker");
-    let hubfs: Vec<_> = crate_names(&tree).into_iter().filter(|n| n.starts_with("hubfs-")).collect();
-    assert_eq!(hubfs, ["hubfs-walker"], "the walker depends on no other hubfs crate:\n{tree}");
+    let hubfs: Vec<_> = crate_names(&tree)
+        .into_iter()
+        .filter(|n| n.starts_with("hubfs-"))
+        .collect();
+    assert_eq!(
+        hubfs,
+        ["hubfs-walker"],
+        "the walker depends on no other hubfs crate:\n{tree}"
+    );
 }
