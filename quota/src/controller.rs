@@ -753,6 +753,7 @@ impl Controller {
             }
         }
         due.sort();
+        due.dedup(); // a home under its own and a legacy name is one user
         Ok(due)
     }
 
