@@ -2,7 +2,10 @@
 //!
 //! CreateVolume turns a PVC of a `type: home` StorageClass into
 //! `<share>/<basePath>/<encoded user>` owned by the notebook uid/gid, and
-//! records the PVC capacity as the user's quota. DeleteVolume never destroys
+//! records the PVC capacity as the user's quota. The user is the hub user
+//! named by the PVC's annotation (read through [`PvcReader`]); a home made
+//! before under KubeSpawner's slug of that name is adopted, not duplicated.
+//! Named servers' PVCs share their user's home and never delete it. DeleteVolume never destroys
 //! data unless the class says `onDelete: delete`. Everything a later call
 //! needs is in the volume id, so there is no controller-side state.
 
@@ -24,15 +27,19 @@ use hubfs_proto::csi::{
     ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
     VolumeCapability,
 };
-use tonic::{Request, Response, Status};
-use tracing::info_span;
+use std::collections::BTreeMap;
 
+use hubfs_quota::clock::{Clock, SystemClock};
+use tonic::{Request, Response, Status};
+use tracing::{info_span, Instrument};
+
+use crate::pvc::{PvcReader, PvcError, NoCluster};
 use crate::error::{DriverError, Result};
-use crate::homes::{self, HomeMeta};
+use crate::homes::{self, Adopted, HomeMeta};
 use crate::inflight::InFlight;
 use crate::server::blocking;
 use crate::share::Shares;
-use crate::volume::{keys, HomeParams, HomeVolume, IdError, OnDelete, VolumeType};
+use crate::volume::{keys, HomeParams, HomeVolume, IdError, OnDelete, UserSource, VolumeType};
 use hubfs_quota::events::{post_in_background, EventSink, Notice, Reason};
 
 /// Controller service state.
@@ -45,6 +52,8 @@ struct Inner {
     shares: Shares,
     inflight: InFlight,
     events: Arc<dyn EventSink>,
+    claims: Arc<dyn PvcReader>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Checks that every capability is a filesystem mount: homes are directories.
@@ -95,23 +104,97 @@ fn capacity_of(range: Option<&hubfs_proto::csi::CapacityRange>, default: u64) ->
     })
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 impl ControllerService {
+    /// A controller without an API server ([`NoCluster`]) on the wall clock.
     pub fn new(shares: Shares, events: Arc<dyn EventSink>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 shares,
                 inflight: InFlight::default(),
                 events,
+                claims: Arc::new(NoCluster),
+                clock: Arc::new(SystemClock),
             }),
         }
     }
 
-    /// CreateVolume's body.
-    pub fn create(&self, r: CreateVolumeRequest) -> Result<Volume> {
+    fn rebuild(self, f: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_* is called before the service is shared"));
+        f(&mut inner);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Reads PVC annotations through `claims` (the Kubernetes API).
+    pub fn with_pvc_reader(self, claims: Arc<dyn PvcReader>) -> Self {
+        self.rebuild(|i| i.claims = claims)
+    }
+
+    /// Takes "now" from `clock`.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        self.rebuild(|i| i.clock = clock)
+    }
+
+    fn now(&self) -> String {
+        self.inner
+            .clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+
+    /// The annotations of the PVC a CreateVolume is for, `None` when there
+    /// is nothing to read (no PVC metadata, no API server, the class says
+    /// `userAnnotation: ""`): then the home is keyed by the PVC name.
+    /// A cluster that cannot answer now is an error the provisioner retries,
+    /// never a reason to key a home by the wrong name.
+    pub async fn claim_annotations(
+        &self,
+        r: &CreateVolumeRequest,
+    ) -> Result<Option<BTreeMap<String, String>>> {
+        let Ok(params) = HomeParams::parse(&r.parameters) else {
+            return Ok(None); // create reports the parameter error
+        };
+        if params.user_annotation.is_empty()
+            || VolumeType::from_map(&r.parameters).ok() != Some(VolumeType::Home)
+        {
+            return Ok(None);
+        }
+        let get = |k: &str| r.parameters.get(k).filter(|v| !v.is_empty());
+        let (Some(namespace), Some(name)) = (get(keys::PVC_NAMESPACE), get(keys::PVC_NAME)) else {
+            tracing::warn!("no PVC name in the parameters (is csi-provisioner run with --extra-create-metadata?); the home is keyed by the volume name");
+            return Ok(None);
+        };
+        match self.inner.claims.annotations(namespace, name).await {
+            Ok(a) => Ok(Some(a)),
+            Err(PvcError::NoCluster) => {
+                tracing::warn!(pvc = %format!("{namespace}/{name}"),
+                    "no Kubernetes API server: the hub user is taken from the PVC name");
+                Ok(None)
+            }
+            Err(e @ PvcError::Forbidden { .. }) => {
+                Err(DriverError::FailedPrecondition(e.to_string()))
+            }
+            Err(e) => Err(DriverError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// CreateVolume: the PVC's annotations, then [`ControllerService::provision`].
+    pub async fn create(&self, r: CreateVolumeRequest) -> Result<Volume> {
+        let annotations = self.claim_annotations(&r).await?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.provision(r, annotations))
+            .await
+            .map_err(|e| DriverError::FailedPrecondition(format!("CreateVolume panicked: {e}")))?
+    }
+
+    /// CreateVolume's body, given the PVC's annotations (if any were read).
+    pub fn provision(
+        &self,
+        r: CreateVolumeRequest,
+        annotations: Option<BTreeMap<String, String>>,
+    ) -> Result<Volume> {
         if r.name.is_empty() {
             return Err(DriverError::Missing("name"));
         }
@@ -132,23 +215,54 @@ impl ControllerService {
             ));
         }
         let params = HomeParams::parse(&r.parameters)?;
-        let user = params.user_key(&r.name, &r.parameters)?;
+        let owner = params.owner(&r.name, &r.parameters, annotations.as_ref())?;
         let capacity = capacity_of(r.capacity_range.as_ref(), params.default_quota)?;
         let _guard = self
             .inner
             .inflight
-            .begin(&format!("user/{}", user.encoded()))?;
+            .begin(&format!("user/{}", owner.user.encoded()))?;
+        // A named server's PVC shares its user's home: deleting the server
+        // must never archive or delete the user's data.
+        let on_delete = match &owner.server {
+            Some(server) if params.on_delete != OnDelete::Retain => {
+                tracing::info!(user = %owner.user, %server, "named server's volume: the home is retained when it is deleted");
+                OnDelete::Retain
+            }
+            _ => params.on_delete,
+        };
         let vol = HomeVolume {
             volume_name: r.name.clone(),
             backend: params.backend.clone(),
             base_path: params.base_path.clone(),
-            user,
-            on_delete: params.on_delete,
+            user: owner.user.clone(),
+            on_delete,
         };
         let root = self
             .inner
             .shares
             .root(&vol.backend, &params.mount_options)?;
+        let pvc_slug = r
+            .parameters
+            .get(keys::PVC_NAME)
+            .and_then(|p| p.strip_prefix(params.user_prefix.as_str()))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let adopted = if owner.source == UserSource::Annotation {
+            let mut candidates: Vec<String> = Vec::new();
+            if owner.server.is_none() {
+                candidates.extend(pvc_slug.clone());
+            } else if let Some(s) = &pvc_slug {
+                let dir = vol.users_dir(&root).join(s);
+                if dir.is_dir() && !s.is_empty() {
+                    tracing::warn!(user = %owner.user, server = ?owner.server, legacy = %dir.display(),
+                        "a named server's home from before is not merged into the user's home; move its files by hand (docs/migration.md)");
+                }
+            }
+            candidates.extend(hubfs_quota::identity::legacy_names(owner.user.name()));
+            homes::adopt_legacy(&vol, &root, &candidates)?
+        } else {
+            Adopted::Nothing
+        };
         let old = homes::read_meta(&vol, &root)?;
         if let Some(m) = &old {
             if m.volume_name == r.name && m.capacity_bytes != capacity {
@@ -167,22 +281,34 @@ impl ControllerService {
             inode_quota: params.inode_quota,
             pvc_name: r.parameters.get(keys::PVC_NAME).cloned(),
             pvc_namespace: r.parameters.get(keys::PVC_NAMESPACE).cloned(),
-            created: old.as_ref().map(|m| m.created.clone()).unwrap_or_else(now),
-            updated: now(),
+            user_from: Some(owner.source.as_str().to_owned()),
+            created: old
+                .as_ref()
+                .map(|m| m.created.clone())
+                .unwrap_or_else(|| self.now()),
+            updated: self.now(),
         };
-        if old.as_ref().is_none_or(|m| {
-            m.volume_name != meta.volume_name
-                || m.capacity_bytes != meta.capacity_bytes
-                || m.inode_quota != meta.inode_quota
-                || m.pvc_name != meta.pvc_name
-                || m.pvc_namespace != meta.pvc_namespace
-        }) {
+        // A named server's volume records the quota only for a user without
+        // one: the default server's PVC stays the one quota Events go to.
+        let named_server_defers =
+            owner.server.is_some() && old.as_ref().is_some_and(|m| m.volume_name != r.name);
+        if !named_server_defers
+            && old.as_ref().is_none_or(|m| {
+                m.volume_name != meta.volume_name
+                    || m.capacity_bytes != meta.capacity_bytes
+                    || m.inode_quota != meta.inode_quota
+                    || m.pvc_name != meta.pvc_name
+                    || m.pvc_namespace != meta.pvc_namespace
+                    || m.user_from != meta.user_from
+            })
+        {
             homes::write_meta(&vol, &root, &meta)?;
         }
         if let Some(m) = old.filter(|m| m.volume_name != r.name) {
             tracing::info!(previous = %m.volume_name, "home taken over from an earlier volume");
         }
-        tracing::info!(user = %vol.user, home = %home.display(), created, capacity, "home provisioned");
+        tracing::info!(user = %vol.user, server = ?owner.server, user_from = owner.source.as_str(),
+            home = %home.display(), created, capacity, "home provisioned");
         let mut ctx = HashMap::from([
             (keys::TYPE.to_owned(), "home".to_owned()),
             (keys::USER.to_owned(), vol.user.name().to_owned()),
@@ -206,18 +332,40 @@ impl ControllerService {
             }
         }
         if let Some(pvc) = crate::volume::pvc_of(&r.parameters) {
-            let verb = if created { "created" } else { "reused" };
+            let verb = match (&adopted, created) {
+                (Adopted::Renamed { from }, _) => format!(
+                    "adopted from {}",
+                    from.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                (_, true) => "created".to_owned(),
+                (_, false) => "reused".to_owned(),
+            };
+            let server = owner
+                .server
+                .as_ref()
+                .map(|s| format!(" (server {s:?})"))
+                .unwrap_or_default();
+            let mut note = format!(
+                "home of {}{server} {verb} at {} with a quota of {}",
+                vol.user,
+                home.display(),
+                hubfs_quota::format_size(capacity)
+            );
+            if let Adopted::Both { legacy } = &adopted {
+                note.push_str(&format!(
+                    "; an older home exists at {} and was left alone",
+                    legacy.display()
+                ));
+            }
+            if owner.source != UserSource::Annotation {
+                note.push_str("; keyed by the claim name, not the hub user");
+            }
             post_in_background(
                 &self.inner.events,
                 Notice {
                     regarding: pvc,
                     reason: Reason::HomeProvisioned,
-                    note: format!(
-                        "home of {} {verb} at {} with a quota of {}",
-                        vol.user,
-                        home.display(),
-                        hubfs_quota::format_size(capacity)
-                    ),
+                    note,
                 },
             );
         }
@@ -265,7 +413,7 @@ impl ControllerService {
         let home = vol.home_dir(&root);
         match vol.on_delete {
             OnDelete::Archive => {
-                if let Some(dest) = homes::archive_home(&home, chrono::Utc::now())? {
+                if let Some(dest) = homes::archive_home(&home, self.inner.clock.now())? {
                     tracing::info!(user = %vol.user, archive = %dest.display(), "home archived");
                 }
             }
@@ -359,13 +507,14 @@ impl ControllerService {
             inode_quota: None,
             pvc_name: None,
             pvc_namespace: None,
-            created: now(),
-            updated: now(),
+            user_from: None,
+            created: self.now(),
+            updated: self.now(),
         });
         let before = meta.capacity_bytes;
         if before != capacity {
             meta.capacity_bytes = capacity;
-            meta.updated = now();
+            meta.updated = self.now();
             homes::write_meta(&vol, &root, &meta)?;
         }
         tracing::info!(user = %vol.user, before, after = capacity, "quota changed");
@@ -390,8 +539,16 @@ impl Controller for ControllerService {
     ) -> Result<Response<CreateVolumeResponse>, Status> {
         let r = req.into_inner();
         let span = info_span!("CreateVolume", volume_name = %r.name);
+        let annotations = self
+            .claim_annotations(&r)
+            .instrument(span.clone())
+            .await
+            .map_err(|e| {
+                span.in_scope(|| tracing::warn!(error = %e, "cannot read the PVC"));
+                Status::from(e)
+            })?;
         let this = self.clone();
-        let volume = blocking(span, move || this.create(r)).await?;
+        let volume = blocking(span, move || this.provision(r, annotations)).await?;
         Ok(Response::new(CreateVolumeResponse {
             volume: Some(volume),
         }))
@@ -502,6 +659,7 @@ impl Controller for ControllerService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pvc::FakePvcReader;
     use crate::mounter::FakeMounter;
     use hubfs_proto::csi::{volume_capability::AccessMode, CapacityRange};
     use hubfs_quota::events::FakeEventSink;
@@ -550,7 +708,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("share")).unwrap();
         let (c, _) = service(d.path());
-        let v = c.create(create(d.path(), "pvc-e", 1 << 20)).unwrap();
+        let v = c
+            .provision(create(d.path(), "pvc-e", 1 << 20), None)
+            .unwrap();
         let ok = c
             .validate(ValidateVolumeCapabilitiesRequest {
                 volume_id: v.volume_id.clone(),
@@ -602,7 +762,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("share")).unwrap();
         let (c, _) = service(d.path());
-        let v = c.create(create(d.path(), "pvc-e", 1 << 20)).unwrap();
+        let v = c
+            .provision(create(d.path(), "pvc-e", 1 << 20), None)
+            .unwrap();
         let r = |bytes: i64| ControllerExpandVolumeRequest {
             volume_id: v.volume_id.clone(),
             capacity_range: Some(CapacityRange {
@@ -628,6 +790,249 @@ mod tests {
         assert_eq!(code(c.expand(other).unwrap_err()), Code::NotFound);
     }
 
+    fn jhub_create(
+        root: &std::path::Path,
+        name: &str,
+        pvc: &str,
+        extra: &[(&str, &str)],
+    ) -> CreateVolumeRequest {
+        let mut r = create(root, name, 1 << 20);
+        r.parameters.insert(keys::PVC_NAME.into(), pvc.into());
+        for (k, v) in extra {
+            r.parameters.insert(k.to_string(), v.to_string());
+        }
+        r
+    }
+
+    async fn posted(events: &FakeEventSink, n: usize) -> Vec<hubfs_quota::events::Notice> {
+        for _ in 0..400 {
+            if events.posted().len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        events.posted()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_home_is_keyed_by_the_annotated_hub_user_and_adopts_a_legacy_one() {
+        let d = tempfile::tempdir().unwrap();
+        // carol's home from seed 004's `subPath: home/{username}` (escaped).
+        let legacy = d.path().join("share/users/carol-2esmith-40example-2eorg");
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join("thesis.tex"), b"\\begin").unwrap();
+        let claims = Arc::new(
+            FakePvcReader::default()
+                .with(
+                    "jhub",
+                    "claim-jmiller-stsci-edu---77689c6d",
+                    &[("hub.jupyter.org/username", "jmiller@stsci.edu")],
+                )
+                .with(
+                    "jhub",
+                    "claim-carol-2esmith-40example-2eorg",
+                    &[("hub.jupyter.org/username", "carol.smith@example.org")],
+                ),
+        );
+        let (c, events) = service(d.path());
+        let c = c.with_pvc_reader(claims.clone());
+        let v = c
+            .create(jhub_create(
+                d.path(),
+                "pvc-j",
+                "claim-jmiller-stsci-edu---77689c6d",
+                &[],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(v.volume_context["user"], "jmiller@stsci.edu");
+        let vol = HomeVolume::parse_id(&v.volume_id).unwrap();
+        assert_eq!(vol.user.name(), "jmiller@stsci.edu");
+        assert!(d.path().join("share/users/jmiller_40stsci_2eedu").is_dir());
+        let meta = homes::read_meta(&vol, &d.path().join("share"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (meta.user.as_str(), meta.user_from.as_deref()),
+            ("jmiller@stsci.edu", Some("annotation"))
+        );
+        let v = c
+            .create(jhub_create(
+                d.path(),
+                "pvc-c",
+                "claim-carol-2esmith-40example-2eorg",
+                &[],
+            ))
+            .await
+            .unwrap();
+        let own = d.path().join("share/users/carol_2esmith_40example_2eorg");
+        assert_eq!(std::fs::read(own.join("thesis.tex")).unwrap(), b"\\begin");
+        assert!(!legacy.exists(), "adopted, not duplicated");
+        assert_eq!(v.volume_context["user"], "carol.smith@example.org");
+        assert_eq!(claims.gets.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let notes: Vec<String> = posted(&events, 2)
+            .await
+            .into_iter()
+            .map(|n| n.note)
+            .collect();
+        assert!(
+            notes.iter().any(|n| n.starts_with(
+                "home of carol.smith@example.org adopted from carol-2esmith-40example-2eorg"
+            )),
+            "{notes:?}"
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("home of jmiller@stsci.edu created")),
+            "{notes:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_cluster_falls_back_to_the_claim_name_and_a_silent_cluster_is_retried() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("share")).unwrap();
+        let (c, events) = service(d.path());
+        // No API server: today's behaviour, said in the event.
+        let v = c
+            .create(jhub_create(
+                d.path(),
+                "pvc-a",
+                "claim-jmiller-stsci-edu---77689c6d",
+                &[],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(v.volume_context["user"], "jmiller-stsci-edu---77689c6d");
+        let notes = posted(&events, 1).await;
+        assert!(
+            notes[0].note.contains("keyed by the claim name"),
+            "{notes:?}"
+        );
+        // A cluster that does not answer, or a PVC it does not know: retry, no home.
+        let claims = Arc::new(FakePvcReader::default());
+        let (c2, _) = service(d.path());
+        let c2 = c2.with_pvc_reader(claims.clone());
+        let e = c2
+            .create(jhub_create(d.path(), "pvc-b", "claim-bob", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Unavailable);
+        claims.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = c2
+            .create(jhub_create(d.path(), "pvc-b", "claim-bob", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(code(e), Code::Unavailable);
+        assert!(!d.path().join("share/users/bob").exists());
+        // A class that says not to read the PVC never asks.
+        let gets = claims.gets.load(std::sync::atomic::Ordering::SeqCst);
+        let v = c2
+            .create(jhub_create(
+                d.path(),
+                "pvc-b",
+                "claim-bob",
+                &[("userAnnotation", "")],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(v.volume_context["user"], "bob");
+        assert_eq!(claims.gets.load(std::sync::atomic::Ordering::SeqCst), gets);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_named_server_shares_its_users_home_and_never_deletes_it() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("share")).unwrap();
+        let claims = Arc::new(
+            FakePvcReader::default()
+                .with(
+                    "jhub",
+                    "claim-alice",
+                    &[("hub.jupyter.org/username", "alice")],
+                )
+                .with(
+                    "jhub",
+                    "claim-alice--gpu",
+                    &[
+                        ("hub.jupyter.org/username", "alice"),
+                        ("hub.jupyter.org/servername", "gpu"),
+                    ],
+                ),
+        );
+        let (c, _) = service(d.path());
+        let c = c.with_pvc_reader(claims);
+        let main = c
+            .create(jhub_create(
+                d.path(),
+                "pvc-main",
+                "claim-alice",
+                &[("onDelete", "delete")],
+            ))
+            .await
+            .unwrap();
+        let gpu = c
+            .create(jhub_create(
+                d.path(),
+                "pvc-gpu",
+                "claim-alice--gpu",
+                &[("onDelete", "delete")],
+            ))
+            .await
+            .unwrap();
+        let (m, g) = (
+            HomeVolume::parse_id(&main.volume_id).unwrap(),
+            HomeVolume::parse_id(&gpu.volume_id).unwrap(),
+        );
+        assert_eq!((m.user.name(), g.user.name()), ("alice", "alice"));
+        assert_eq!(
+            (m.on_delete, g.on_delete),
+            (OnDelete::Delete, OnDelete::Retain)
+        );
+        let share = d.path().join("share");
+        let meta = homes::read_meta(&m, &share).unwrap().unwrap();
+        assert_eq!(
+            (meta.volume_name.as_str(), meta.pvc_name.as_deref()),
+            ("pvc-main", Some("claim-alice"))
+        );
+        std::fs::write(share.join("users/alice/keep"), b"x").unwrap();
+        c.delete(DeleteVolumeRequest {
+            volume_id: gpu.volume_id.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(share.join("users/alice/keep")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn archives_are_stamped_by_the_clock() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("share")).unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339("2031-05-06T07:08:09Z")
+            .unwrap()
+            .to_utc();
+        let (c, _) = service(d.path());
+        let c = c.with_clock(Arc::new(hubfs_quota::clock::FakeClock::new(at)));
+        let mut r = create(d.path(), "pvc-e", 1 << 20);
+        r.parameters.insert("onDelete".into(), "archive".into());
+        let v = c.provision(r, None).unwrap();
+        let vol = HomeVolume::parse_id(&v.volume_id).unwrap();
+        let meta = homes::read_meta(&vol, &d.path().join("share"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(meta.created, "2031-05-06T07:08:09Z");
+        c.delete(DeleteVolumeRequest {
+            volume_id: v.volume_id,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(d
+            .path()
+            .join("share/users/erin.archived-20310506T070809Z")
+            .is_dir());
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn create_is_idempotent_and_tells_the_pvc() {
         let d = tempfile::tempdir().unwrap();
@@ -635,11 +1040,15 @@ mod tests {
         let (c, events) = service(d.path());
         let (c2, root) = (c.clone(), d.path().to_owned());
         let (a, b, conflict, busy) = tokio::task::spawn_blocking(move || {
-            let a = c2.create(create(&root, "pvc-e", 1 << 20)).unwrap();
-            let b = c2.create(create(&root, "pvc-e", 1 << 20)).unwrap();
-            let conflict = c2.create(create(&root, "pvc-e", 2 << 20)).unwrap_err();
+            let a = c2.provision(create(&root, "pvc-e", 1 << 20), None).unwrap();
+            let b = c2.provision(create(&root, "pvc-e", 1 << 20), None).unwrap();
+            let conflict = c2
+                .provision(create(&root, "pvc-e", 2 << 20), None)
+                .unwrap_err();
             let _g = c2.inner.inflight.begin("user/erin").unwrap();
-            let busy = c2.create(create(&root, "pvc-e", 1 << 20)).unwrap_err();
+            let busy = c2
+                .provision(create(&root, "pvc-e", 1 << 20), None)
+                .unwrap_err();
             (a, b, conflict, busy)
         })
         .await

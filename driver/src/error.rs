@@ -35,7 +35,8 @@ pub enum DriverError {
     /// The call is valid CSI but hubfs does not provide it.
     #[error("{0}")]
     Unimplemented(String),
-    /// A process this call needs (the hubfs mounter) does not answer; retry later.
+    /// Something the call needs (the Kubernetes API, the hubfs mounter)
+    /// cannot answer now: the CO retries.
     #[error("{0}")]
     Unavailable(String),
     /// A mount syscall failed.

@@ -13,11 +13,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use hubfs_quota::UserKey;
+
 use crate::error::{DriverError, Result};
 use crate::volume::HomeVolume;
 
 /// Directory of per-user descriptions below a users dir.
-pub const META_DIR: &str = ".hubfs";
+pub use hubfs_quota::identity::META_DIR;
 
 /// What the controller recorded about a provisioned home.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,10 @@ pub struct HomeMeta {
     pub pvc_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc_namespace: Option<String>,
+    /// How `user` was learnt (`annotation`: the real hub name; `pvc-name`
+    /// or `volume-name`: a slug, as before hubfs read the annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_from: Option<String>,
     /// When the directory was first created (RFC 3339).
     pub created: String,
     /// When this description was last written (RFC 3339).
@@ -92,6 +98,73 @@ pub fn write_meta(vol: &HomeVolume, share_root: &Path, meta: &HomeMeta) -> Resul
         let _ = std::fs::remove_file(&tmp);
         DriverError::io("write", &p, e)
     })
+}
+
+/// What [`adopt_legacy`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Adopted {
+    /// No home under a legacy name.
+    Nothing,
+    /// The legacy home was renamed to the user's own name.
+    Renamed { from: PathBuf },
+    /// Homes exist under both names: nothing is moved, an admin decides.
+    Both { legacy: PathBuf },
+}
+
+/// Whether the description beside a directory says it is a hub user's own
+/// home (provisioned from an annotation), which is never taken for another's
+/// legacy name even if the names collide (hub user `a-2eb` vs `a.b`).
+fn is_own_home_of_someone(users_dir: &Path, encoded: &str, user: &str) -> bool {
+    let p = users_dir.join(META_DIR).join(format!("{encoded}.json"));
+    let Ok(bytes) = std::fs::read(&p) else {
+        return false;
+    };
+    match serde_json::from_slice::<HomeMeta>(&bytes) {
+        Ok(m) => m.user_from.as_deref() == Some("annotation") && m.user != user,
+        Err(_) => true, // unreadable: do not touch
+    }
+}
+
+/// Adopts a home made under a legacy name (KubeSpawner's slug of the user,
+/// as hubfs keyed homes before it read the annotation, or seed 004's
+/// `subPath: home/{username}`): when the user's own directory does not exist
+/// and exactly one candidate does, it is renamed to the user's own name (one
+/// `rename(2)` on the share: nothing copied, nothing lost) together with its
+/// description. `candidates` come first to last in order of preference.
+pub fn adopt_legacy(vol: &HomeVolume, share_root: &Path, candidates: &[String]) -> Result<Adopted> {
+    let users = vol.users_dir(share_root);
+    let own = vol.home_dir(share_root);
+    let found: Vec<(String, PathBuf)> = candidates
+        .iter()
+        .filter_map(|c| UserKey::new(c).ok())
+        .map(|k| k.encoded().to_owned())
+        .filter(|e| e != vol.user.encoded())
+        .filter(|e| !is_own_home_of_someone(&users, e, vol.user.name()))
+        .map(|e| {
+            let p = users.join(&e);
+            (e, p)
+        })
+        .filter(|(_, p)| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        .collect();
+    let Some((encoded, legacy)) = found.into_iter().next() else {
+        return Ok(Adopted::Nothing);
+    };
+    if std::fs::symlink_metadata(&own).is_ok() {
+        tracing::warn!(user = %vol.user, home = %own.display(), legacy = %legacy.display(),
+            "the user has a home under both names; the legacy one is left alone (see docs/migration.md)");
+        return Ok(Adopted::Both { legacy });
+    }
+    std::fs::rename(&legacy, &own).map_err(|e| DriverError::io("adopt", &legacy, e))?;
+    let meta_dir = users.join(META_DIR);
+    let old_meta = meta_dir.join(format!("{encoded}.json"));
+    if old_meta.exists() {
+        let aside = meta_dir.join(format!("{encoded}.json.adopted-by-{}", vol.user.encoded()));
+        if let Err(e) = std::fs::rename(&old_meta, &aside) {
+            tracing::warn!(file = %old_meta.display(), error = %e, "legacy description not moved aside");
+        }
+    }
+    tracing::info!(user = %vol.user, from = %legacy.display(), to = %own.display(), "legacy home adopted");
+    Ok(Adopted::Renamed { from: legacy })
 }
 
 /// Creates the user's home if missing, owned by `uid:gid` with `mode`.
@@ -152,7 +225,6 @@ pub fn delete_home(home: &Path) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::volume::{Backend, OnDelete};
-    use hubfs_quota::UserKey;
     use std::os::unix::fs::MetadataExt;
 
     fn vol(root: &Path) -> HomeVolume {
@@ -177,6 +249,7 @@ mod tests {
             inode_quota: None,
             pvc_name: Some("claim-alice".into()),
             pvc_namespace: Some("jhub".into()),
+            user_from: Some("annotation".into()),
             created: "2026-01-01T00:00:00Z".into(),
             updated: "2026-01-01T00:00:00Z".into(),
         };
@@ -220,5 +293,123 @@ mod tests {
         assert_eq!(archive_home(&home, now).unwrap(), None);
         assert!(delete_home(&dest).unwrap());
         assert!(!delete_home(&dest).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod adopt_tests {
+    use super::*;
+    use crate::volume::{Backend, OnDelete};
+
+    fn vol(root: &Path, user: &str) -> HomeVolume {
+        HomeVolume {
+            volume_name: "pvc-2".into(),
+            backend: Backend::Local { root: root.into() },
+            base_path: "home".into(),
+            user: UserKey::new(user).unwrap(),
+            on_delete: OnDelete::Retain,
+        }
+    }
+
+    fn legacy(user: &str) -> Vec<String> {
+        hubfs_quota::identity::legacy_names(user)
+    }
+
+    #[test]
+    fn an_escaped_subpath_home_is_renamed_with_its_files() {
+        let d = tempfile::tempdir().unwrap();
+        let v = vol(d.path(), "carol.smith@example.org");
+        let old = d.path().join("home/carol-2esmith-40example-2eorg");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("notebook.ipynb"), b"{}").unwrap();
+        assert_eq!(
+            adopt_legacy(&v, d.path(), &legacy("carol.smith@example.org")).unwrap(),
+            Adopted::Renamed { from: old.clone() }
+        );
+        let own = v.home_dir(d.path());
+        assert_eq!(own, d.path().join("home/carol_2esmith_40example_2eorg"));
+        assert_eq!(std::fs::read(own.join("notebook.ipynb")).unwrap(), b"{}");
+        assert!(!old.exists());
+        // Once adopted there is nothing left to adopt.
+        assert_eq!(
+            adopt_legacy(&v, d.path(), &legacy("carol.smith@example.org")).unwrap(),
+            Adopted::Nothing
+        );
+    }
+
+    #[test]
+    fn a_slug_home_and_its_description_move_together() {
+        let d = tempfile::tempdir().unwrap();
+        let v = vol(d.path(), "jmiller@stsci.edu");
+        let old = d.path().join("home/jmiller-stsci-edu---77689c6d");
+        std::fs::create_dir_all(&old).unwrap();
+        // As an earlier hubfs wrote it: the slug as the user, no `user_from`.
+        let earlier = HomeMeta {
+            volume_name: "pvc-1".into(),
+            user: "jmiller-stsci-edu---77689c6d".into(),
+            capacity_bytes: 1,
+            inode_quota: None,
+            pvc_name: Some("claim-jmiller-stsci-edu---77689c6d".into()),
+            pvc_namespace: Some("jhub".into()),
+            user_from: None,
+            created: String::new(),
+            updated: String::new(),
+        };
+        write_meta(
+            &vol(d.path(), "jmiller-stsci-edu---77689c6d"),
+            d.path(),
+            &earlier,
+        )
+        .unwrap();
+        assert!(matches!(
+            adopt_legacy(&v, d.path(), &legacy("jmiller@stsci.edu")).unwrap(),
+            Adopted::Renamed { .. }
+        ));
+        assert!(d
+            .path()
+            .join("home/.hubfs/jmiller-stsci-edu---77689c6d.json.adopted-by-jmiller_40stsci_2eedu")
+            .is_file());
+    }
+
+    #[test]
+    fn both_homes_or_someone_elses_home_are_never_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let v = vol(d.path(), "a.b");
+        // Hub user `a-2eb` provisioned from its annotation owns `a-2eb`,
+        // which is also the escaped name of `a.b`.
+        std::fs::create_dir_all(d.path().join("home/a-2eb")).unwrap();
+        let m = HomeMeta {
+            volume_name: "pvc-x".into(),
+            user: "a-2eb".into(),
+            capacity_bytes: 1,
+            inode_quota: None,
+            pvc_name: None,
+            pvc_namespace: None,
+            user_from: Some("annotation".into()),
+            created: String::new(),
+            updated: String::new(),
+        };
+        write_meta(&vol(d.path(), "a-2eb"), d.path(), &m).unwrap();
+        assert_eq!(
+            adopt_legacy(&v, d.path(), &legacy("a.b")).unwrap(),
+            Adopted::Nothing
+        );
+        assert!(d.path().join("home/a-2eb").is_dir());
+        // Both names present: left alone.
+        let w = vol(d.path(), "zoë");
+        std::fs::create_dir_all(d.path().join("home/zo-c3-ab")).unwrap();
+        std::fs::create_dir_all(w.home_dir(d.path())).unwrap();
+        assert!(matches!(
+            adopt_legacy(&w, d.path(), &legacy("zoë")).unwrap(),
+            Adopted::Both { .. }
+        ));
+        assert!(d.path().join("home/zo-c3-ab").is_dir());
+        // A symlink planted under a legacy name is not adopted.
+        let x = vol(d.path(), "x.y");
+        std::os::unix::fs::symlink("/etc", d.path().join("home/x-2ey")).unwrap();
+        assert_eq!(
+            adopt_legacy(&x, d.path(), &legacy("x.y")).unwrap(),
+            Adopted::Nothing
+        );
     }
 }

@@ -31,6 +31,7 @@ pub mod mounter;
 pub use hubfs_fuse::mountinfo;
 pub mod node;
 pub mod paths;
+pub mod pvc;
 pub mod server;
 pub mod share;
 pub mod stats;

@@ -32,6 +32,10 @@ pub mod keys {
     pub const USER_PREFIX: &str = "userPrefix";
     pub const ACCOUNTING: &str = "accounting";
     pub const USER: &str = "user";
+    /// The PVC annotation naming the hub user (empty: never read the PVC).
+    pub const USER_ANNOTATION: &str = "userAnnotation";
+    /// The PVC annotation naming a named server.
+    pub const SERVER_ANNOTATION: &str = "serverAnnotation";
     /// Set by external-provisioner with `--extra-create-metadata`.
     pub const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
     pub const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
@@ -49,6 +53,10 @@ pub mod keys {
 pub const DEFAULT_QUOTA: u64 = 200 << 30;
 /// KubeSpawner names user PVCs `claim-<escaped user>`.
 pub const DEFAULT_USER_PREFIX: &str = "claim-";
+/// Where KubeSpawner puts the unescaped hub user name on the PVC.
+pub const DEFAULT_USER_ANNOTATION: &str = "hub.jupyter.org/username";
+/// Where KubeSpawner puts the unescaped server name of a named server.
+pub const DEFAULT_SERVER_ANNOTATION: &str = "hub.jupyter.org/servername";
 /// `jovyan` in the Jupyter docker stacks.
 pub const DEFAULT_UID: u32 = 1000;
 /// The `users` group of the Jupyter docker stacks.
@@ -194,6 +202,38 @@ pub struct HomeParams {
     pub inode_quota: Option<u64>,
     pub user_prefix: String,
     pub accounting: Accounting,
+    /// PVC annotation with the hub user; empty means "use the PVC name".
+    pub user_annotation: String,
+    pub server_annotation: String,
+}
+
+/// How the user of a home was learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserSource {
+    /// The PVC's hub user annotation: the real hub name.
+    Annotation,
+    /// The PVC name minus the prefix (no API server, or no annotation).
+    PvcName,
+    /// The volume name (the provisioner passed no PVC metadata).
+    VolumeName,
+}
+
+impl UserSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Annotation => "annotation",
+            Self::PvcName => "pvc-name",
+            Self::VolumeName => "volume-name",
+        }
+    }
+}
+
+/// Whose a home is: the hub user (and the named server, if the PVC is one's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub user: UserKey,
+    pub server: Option<String>,
+    pub source: UserSource,
 }
 
 fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, DriverError> {
@@ -221,6 +261,8 @@ impl HomeParams {
             keys::INODE_QUOTA,
             keys::USER_PREFIX,
             keys::ACCOUNTING,
+            keys::USER_ANNOTATION,
+            keys::SERVER_ANNOTATION,
         ];
         for k in p.keys() {
             if !KNOWN.contains(&k.as_str()) && !k.starts_with("csi.storage.k8s.io/") {
@@ -313,6 +355,79 @@ impl HomeParams {
                 .map(Accounting::parse)
                 .transpose()?
                 .unwrap_or_default(),
+            user_annotation: p
+                .get(keys::USER_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_USER_ANNOTATION.to_owned()),
+            server_annotation: p
+                .get(keys::SERVER_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_SERVER_ANNOTATION.to_owned()),
+        })
+    }
+
+    /// Whose home a CreateVolume makes. With the PVC's annotations (read
+    /// through the API server), the hub user in `userAnnotation`, checked by
+    /// the same rules as any name (an annotation is input too); without them
+    /// or without that annotation, today's fallback [`HomeParams::user_key`],
+    /// logged so an admin sees which homes are keyed by a slug.
+    pub fn owner(
+        &self,
+        volume_name: &str,
+        p: &HashMap<String, String>,
+        annotations: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<Owner, DriverError> {
+        let pvc = || {
+            format!(
+                "{}/{}",
+                p.get(keys::PVC_NAMESPACE)
+                    .map(String::as_str)
+                    .unwrap_or("?"),
+                p.get(keys::PVC_NAME).map(String::as_str).unwrap_or("?")
+            )
+        };
+        if let Some(a) = annotations {
+            let get = |k: &str| a.get(k).filter(|v| !k.is_empty() && !v.is_empty());
+            if let Some(name) = get(&self.user_annotation) {
+                let user = UserKey::new(name).map_err(|e| {
+                    DriverError::Invalid(format!(
+                        "annotation {} of PVC {} ({:?}) cannot name a home: {e}",
+                        self.user_annotation,
+                        pvc(),
+                        name.escape_debug().to_string()
+                    ))
+                })?;
+                let server = get(&self.server_annotation).cloned();
+                if let Some(s) = &server {
+                    if s.chars().any(char::is_control) || s.len() > 255 {
+                        return Err(DriverError::Invalid(format!(
+                            "annotation {} of PVC {} is not a server name",
+                            self.server_annotation,
+                            pvc()
+                        )));
+                    }
+                }
+                return Ok(Owner {
+                    user,
+                    server,
+                    source: UserSource::Annotation,
+                });
+            }
+            tracing::warn!(pvc = %pvc(), annotation = %self.user_annotation,
+                "the PVC has no hub user annotation; the home is keyed by the PVC name minus the prefix");
+        }
+        let user = self.user_key(volume_name, p)?;
+        let source = if p.get(keys::PVC_NAME).is_some_and(|v| !v.is_empty()) {
+            UserSource::PvcName
+        } else {
+            UserSource::VolumeName
+        };
+        tracing::warn!(user = %user, from = source.as_str(),
+            "home keyed by a name derived from the claim, not by the hub user (see docs/migration.md)");
+        Ok(Owner {
+            user,
+            server: None,
+            source,
         })
     }
 
@@ -505,6 +620,95 @@ mod tests {
         assert_eq!(p.default_quota, 200 << 30);
         assert_eq!(p.user_prefix, "claim-");
         assert_eq!(p.accounting, Accounting::Fuse);
+        assert_eq!(p.user_annotation, "hub.jupyter.org/username");
+        assert_eq!(p.server_annotation, "hub.jupyter.org/servername");
+    }
+
+    #[test]
+    fn owner_is_the_annotated_hub_user_or_the_claim_name() {
+        let p = HomeParams::parse(&params(&[("root", "/s")])).unwrap();
+        let meta = params(&[
+            (keys::PVC_NAME, "claim-jmiller-stsci-edu---77689c6d"),
+            (keys::PVC_NAMESPACE, "jhub"),
+        ]);
+        let ann = |kv: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let o = p
+            .owner(
+                "pvc-1",
+                &meta,
+                Some(&ann(&[("hub.jupyter.org/username", "jmiller@stsci.edu")])),
+            )
+            .unwrap();
+        assert_eq!(
+            (o.user.name(), o.server, o.source),
+            ("jmiller@stsci.edu", None, UserSource::Annotation)
+        );
+        assert_eq!(o.user.encoded(), "jmiller_40stsci_2eedu");
+        let o = p
+            .owner(
+                "pvc-1",
+                &meta,
+                Some(&ann(&[
+                    ("hub.jupyter.org/username", "jmiller@stsci.edu"),
+                    ("hub.jupyter.org/servername", "gpu"),
+                ])),
+            )
+            .unwrap();
+        assert_eq!(o.server.as_deref(), Some("gpu"));
+        // No annotation, or no API server: today's behaviour.
+        for a in [Some(ann(&[("other", "x")])), None] {
+            let o = p.owner("pvc-1", &meta, a.as_ref()).unwrap();
+            assert_eq!(
+                (o.user.name(), o.source),
+                ("jmiller-stsci-edu---77689c6d", UserSource::PvcName)
+            );
+        }
+        // A hostile annotation is refused with its name, never used as a path.
+        for evil in ["a\0b".to_owned(), "a\nb".to_owned(), "x".repeat(300)] {
+            let e = p
+                .owner(
+                    "pvc-1",
+                    &meta,
+                    Some(&ann(&[("hub.jupyter.org/username", &evil)])),
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("hub.jupyter.org/username") && e.contains("jhub/claim-"),
+                "{e}"
+            );
+        }
+        let o = p
+            .owner(
+                "pvc-1",
+                &meta,
+                Some(&ann(&[("hub.jupyter.org/username", "../../etc")])),
+            )
+            .unwrap();
+        assert_eq!(o.user.encoded(), "_2e_2e_2f_2e_2e_2fetc");
+        // A class that names another annotation, or none.
+        let p2 = HomeParams::parse(&params(&[
+            ("root", "/s"),
+            ("userAnnotation", "example.org/owner"),
+        ]))
+        .unwrap();
+        let o = p2
+            .owner("pvc-1", &meta, Some(&ann(&[("example.org/owner", "zoë")])))
+            .unwrap();
+        assert_eq!(o.user.name(), "zoë");
+        let p3 = HomeParams::parse(&params(&[("root", "/s"), ("userAnnotation", "")])).unwrap();
+        let o = p3
+            .owner(
+                "pvc-1",
+                &meta,
+                Some(&ann(&[("hub.jupyter.org/username", "zoë")])),
+            )
+            .unwrap();
+        assert_eq!(o.source, UserSource::PvcName);
     }
 
     #[test]

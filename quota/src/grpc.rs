@@ -144,15 +144,24 @@ impl Quota for QuotaService {
             .map(|r| report_from_proto(r, now))
             .collect::<Result<Vec<_>, _>>()
             .map_err(to_status)?;
+        let asked: Vec<String> = req.reports.iter().map(|r| r.user.clone()).collect();
         let (accepted, duplicates, recs) = self
             .ctrl
             .report(req.node_id, reports)
             .await
             .map_err(to_status)?;
+        let mut quotas: Vec<pb::UserQuota> = recs.iter().map(|r| user_quota(&self.ctrl, r)).collect();
+        // A home provisioned under a legacy (slug) name reports under it:
+        // answer under that name too, so its home layer finds its enforcement.
+        for (legacy, user) in self.ctrl.identities.aliases(&asked) {
+            if let Some(q) = quotas.iter().find(|q| q.user == user).cloned() {
+                quotas.push(pb::UserQuota { user: legacy, ..q });
+            }
+        }
         Ok(Response::new(pb::ReportUsageResponse {
             accepted,
             duplicates,
-            quotas: recs.iter().map(|r| user_quota(&self.ctrl, r)).collect(),
+            quotas,
         }))
     }
 

@@ -113,6 +113,11 @@ impl Store {
         &self.owner
     }
 
+    /// The clock leases and record times are read from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// The directory holding a user's record.
     pub fn user_dir(&self, user: &str) -> Result<PathBuf, StoreError> {
         if let Some(d) = self.index.read().get(user) {
@@ -339,10 +344,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 /// The PVC the CSI controller recorded for `user` (name, namespace), so quota
 /// Events land where `kubectl describe pvc` shows them.
 pub fn provisioned_pvc(users_dir: &Path, user: &str) -> Option<(String, String)> {
-    let key = UserKey::new(user).ok()?;
-    let path = users_dir
-        .join(".hubfs")
-        .join(format!("{}.json", key.encoded()));
+    let path = crate::identity::meta_file(users_dir, user)?;
     let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(path).ok()?).ok()?;
     Some((
         v.get("pvc_name")?.as_str()?.to_owned(),
@@ -351,10 +353,7 @@ pub fn provisioned_pvc(users_dir: &Path, user: &str) -> Option<(String, String)>
 }
 
 pub fn provisioned_quota(users_dir: &Path, user: &str) -> Option<i64> {
-    let key = UserKey::new(user).ok()?;
-    let path = users_dir
-        .join(".hubfs")
-        .join(format!("{}.json", key.encoded()));
+    let path = crate::identity::meta_file(users_dir, user)?;
     let text = fs::read_to_string(&path).ok()?;
     let v: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,

@@ -6,6 +6,7 @@
 pub mod csi;
 pub mod garage;
 pub mod hub;
+pub mod kube;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

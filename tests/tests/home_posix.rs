@@ -68,8 +68,6 @@ fn the_mounted_home_behaves_like_the_native_directory() {
     );
 
     // and the accounting still matches a walk after all of that
-    let walk = hubfs_walker::Walker::default()
-        .walk(m.src())
-        .unwrap();
+    let walk = hubfs_walker::Walker::default().walk(m.src()).unwrap();
     assert_eq!(m.usage(), (walk.usage_bytes() as i64, walk.inodes() as i64));
 }

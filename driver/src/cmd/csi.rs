@@ -120,10 +120,10 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
             }));
         if matches!(args.mode, Mode::Controller | Mode::All) {
             let shares = Shares::new(mounter.clone(), state_dir.clone(), allowed_roots.clone());
-            router = router.add_service(ControllerServer::new(ControllerService::new(
-                shares,
-                events.clone(),
-            )));
+            let claims = hubfs::pvc::KubePvcReader::from_environment().await;
+            router = router.add_service(ControllerServer::new(
+                ControllerService::new(shares, events.clone()).with_pvc_reader(claims),
+            ));
         }
         if matches!(args.mode, Mode::Node | Mode::All) {
             let at = args.servers.unwrap_or(match args.mode {

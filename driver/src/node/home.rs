@@ -138,23 +138,11 @@ pub(super) fn publish(
     }
     tracing::info!(user = %vol.user, read_only, accounting = accounting.as_str(), "home published");
     let quota = ctx.get(keys::QUOTA).and_then(|q| q.parse::<u64>().ok());
-    let usage = node.inner.stats.last(id);
-    let mut note = format!(
-        "home of {} mounted{}",
-        vol.user,
-        if read_only { " read-only" } else { "" }
-    );
-    match (usage, quota) {
-        (Some(u), Some(q)) if q > 0 => note.push_str(&format!(
-            ": {} of {} used ({:.0}%)",
-            hubfs_quota::format_size(u.bytes),
-            hubfs_quota::format_size(q),
-            u.bytes as f64 * 100.0 / q as f64
-        )),
-        (None, Some(q)) => note.push_str(&format!(", quota {}", hubfs_quota::format_size(q))),
-        _ => {}
-    }
-    Ok(Some(note))
+    let used = node.inner.stats.last(id).map(|u| u.bytes);
+    let endpoint = node.inner.cfg.quota_endpoint.as_deref();
+    let answer = super::mounted::ask_controller(endpoint, vol.user.name());
+    let at = super::mounted::AtMount::new(vol.user.name(), answer, used, quota);
+    Ok(Some(at.note(read_only)))
 }
 
 /// The `hubfs mount home` server of a staged home: one FUSE session per

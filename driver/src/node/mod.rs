@@ -10,6 +10,7 @@
 //! children of this service, so they outlive its restarts.
 
 mod home;
+mod mounted;
 mod s3;
 
 use std::path::PathBuf;

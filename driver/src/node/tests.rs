@@ -58,6 +58,7 @@ fn env() -> Env {
             inode_quota: None,
             pvc_name: None,
             pvc_namespace: None,
+            user_from: None,
             created: "x".into(),
             updated: "x".into(),
         },

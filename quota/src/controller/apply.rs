@@ -140,13 +140,15 @@ impl Controller {
         node_id: &str,
         reports: &[Report],
     ) -> Result<(u32, u32, Vec<QuotaRecord>), ControllerError> {
-        let mut by_user: BTreeMap<&str, Vec<&Report>> = BTreeMap::new();
+        let mut by_user: BTreeMap<String, Vec<&Report>> = BTreeMap::new();
         for r in reports {
-            by_user.entry(r.user.as_str()).or_default().push(r);
+            let user = self.identities.canonical_in(&self.store, &r.user);
+            by_user.entry(user).or_default().push(r);
         }
         let (mut accepted, mut duplicates) = (0u32, 0u32);
         let mut out = Vec::new();
         for (user, rs) in by_user {
+            let user = user.as_str();
             let now = self.now();
             let provisioned = self.provisioned(user);
             let mut transition = None;

@@ -78,6 +78,8 @@ pub struct Controller {
     notifier: Arc<dyn Notifier>,
     events: Arc<dyn EventSink>,
     pub metrics: Metrics,
+    /// Hub users <-> legacy (slug) names of their homes and records.
+    pub identities: crate::identity::Identities,
     /// Background tasks (server stops started by reports, Event posts);
     /// awaited by [`Controller::join_spawned`].
     spawned: Mutex<Vec<JoinHandle<()>>>,
@@ -103,6 +105,7 @@ impl Controller {
             notifier,
             events: Arc::new(NoEvents),
             metrics: Metrics::new(),
+            identities: Default::default(),
             spawned: Mutex::new(Vec::new()),
             users_dir_missing: AtomicBool::new(false),
         }
@@ -135,6 +138,7 @@ impl Controller {
 
     /// The record of a user, or what it would be without one.
     pub fn get(&self, user: &str) -> Result<(QuotaRecord, bool), ControllerError> {
+        let user = &self.identities.canonical_in(&self.store, user);
         match self.store.load(user)? {
             Some(r) => Ok((r, true)),
             None => {

@@ -51,7 +51,12 @@ impl Controller {
         }
         users.sort_by(|a, b| a.user.cmp(&b.user));
         for mut rec in users {
-            if !opts.users.is_empty() && !opts.users.contains(&rec.user) {
+            if !opts.users.is_empty()
+                && !opts
+                    .users
+                    .iter()
+                    .any(|u| crate::identity::names_match(u, &rec.user))
+            {
                 continue;
             }
             // Plan on the record as it would be settled now (limits, state).

@@ -148,6 +148,7 @@ impl Controller {
     /// The blocking half of the reaper: write activity into the records that
     /// changed, and list the users whose running servers must stop.
     fn record_activity(&self, users: &[HubUser]) -> Result<(usize, Vec<String>), ControllerError> {
+        self.identities.learn_hub_users(&self.store, users);
         let now = self.now();
         let mut records: HashMap<String, QuotaRecord> = HashMap::new();
         for s in self.store.scan()? {

@@ -66,7 +66,7 @@ impl Controller {
             let Ok(key) = UserKey::decode(name) else {
                 continue;
             };
-            let user = key.name().to_string();
+            let user = self.identities.canonical(key.name());
             let is_due = match records.get(&user) {
                 None => true,
                 Some(r) => match r.stopped.get() {
@@ -83,6 +83,7 @@ impl Controller {
             }
         }
         due.sort();
+        due.dedup(); // a home under its own and a legacy name is one user
         Ok(due)
     }
 
@@ -104,7 +105,7 @@ impl Controller {
         let Some(mut claim) = claim else {
             return Ok(None);
         };
-        let home = users_dir.join(key.encoded());
+        let home = crate::identity::home_dir(&users_dir, key.name());
         let timeout = Duration::from_secs(self.cfg.schedule.walk_timeout_seconds);
         let started = self.now();
         let walk = tokio::task::spawn_blocking(move || {
