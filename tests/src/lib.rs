@@ -4,4 +4,5 @@
 
 pub mod csi;
 pub mod garage;
+pub mod home;
 pub mod hub;

@@ -3,8 +3,7 @@
 //! xattrs, fallocate, copy_file_range, error codes) runs as uid 1000 in a
 //! native directory and in a mounted home; every line must be identical.
 
-#[path = "home_support.rs"]
-mod support;
+use hubfs_e2e::home as support;
 
 use std::process::Command;
 
@@ -68,8 +67,6 @@ fn the_mounted_home_behaves_like_the_native_directory() {
     );
 
     // and the accounting still matches a walk after all of that
-    let walk = hubfs_walker::Walker::default()
-        .walk(m.src())
-        .unwrap();
+    let walk = hubfs_walker::Walker::default().walk(m.src()).unwrap();
     assert_eq!(m.usage(), (walk.usage_bytes() as i64, walk.inodes() as i64));
 }

@@ -2,8 +2,7 @@
 //! hard links, symlinks, other filesystems, entries vanishing mid-walk,
 //! unreadable directories (walked as uid 1000) and the timeout.
 
-#[path = "home_support.rs"]
-mod support;
+use hubfs_e2e::home as support;
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
