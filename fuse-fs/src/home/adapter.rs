@@ -273,7 +273,7 @@ impl Filesystem for HomeFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -297,7 +297,7 @@ impl Filesystem for HomeFuse {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), a) {
+        match self.fs.setattr(caller(req), ino.0, fh.map(|f| f.0), a) {
             Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
             Err(e) => reply.error(err(e)),
         }

@@ -315,7 +315,7 @@ impl HomeFs {
         Some(match self.handle(fh) {
             Ok(h) => answer(&h.file),
             Err(_) => self.inode(ino).and_then(|i| {
-                let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW;
+                let flags = libc::O_RDONLY | libc::O_NONBLOCK;
                 answer(&sys::reopen(i.fd(), flags)?)
             }),
         })

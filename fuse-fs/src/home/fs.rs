@@ -243,7 +243,11 @@ impl HomeFs {
         sys::stat_fd(self.inode(ino)?.fd())
     }
 
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, a: SetAttr) -> Result<Stat> {
+    /// Changes attributes for `c`. A size change clears the set-ID bits
+    /// the caller loses by the kernel's rule: the kernel's own FUSE
+    /// `setattr` keeps set-group-ID without group execute even for a caller
+    /// outside the file's group.
+    pub fn setattr(&self, c: Caller, ino: u64, fh: Option<u64>, a: SetAttr) -> Result<Stat> {
         let inode = self.inode(ino)?;
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let file = handle.as_ref().map(|h| &h.file);
@@ -257,12 +261,13 @@ impl HomeFs {
             sys::chown_inode(inode.fd(), a.uid, a.gid)?;
         }
         if let Some(size) = a.size {
+            let truncate = |f: &File| {
+                let grow = |before: u64| size.saturating_sub(before);
+                self.resize(&inode, f, Some(&c), grow, || sys::truncate(f, size))
+            };
             match file {
-                Some(f) => self.truncate_file(&inode, f, size)?,
-                None => {
-                    let f = sys::reopen(inode.fd(), libc::O_WRONLY)?;
-                    self.truncate_file(&inode, &f, size)?;
-                }
+                Some(f) => truncate(f)?,
+                None => truncate(&sys::reopen(inode.fd(), libc::O_WRONLY)?)?,
             }
         }
         if !matches!((a.atime, a.mtime), (SetTime::Omit, SetTime::Omit)) {
@@ -274,8 +279,8 @@ impl HomeFs {
         sys::stat_fd(inode.fd())
     }
 
-    /// Truncate (shrink always allowed, growth reserved first). The kernel
-    /// clears set-ID bits for a truncate itself (in the same `setattr`).
+    /// Truncate (shrink always allowed, growth reserved first) by the
+    /// daemon itself (`O_TRUNC`; the kernel clears set-ID bits for those).
     pub(super) fn truncate_file(&self, inode: &Inode, file: &File, size: u64) -> Result<()> {
         self.resize(
             inode,
@@ -579,7 +584,7 @@ mod tests {
             size: Some(100),
             ..SetAttr::NONE
         };
-        fs.setattr(e.ino, Some(fh), shrink).unwrap();
+        fs.setattr(Caller::ROOT, e.ino, Some(fh), shrink).unwrap();
         assert_eq!(fs.usage().snapshot().bytes, 100);
         fs.release(fh);
         assert_eq!(std::fs::metadata(t.path().join("f")).unwrap().len(), 100);

@@ -433,7 +433,7 @@ mod tests {
                                     atime: SetTime::Omit,
                                     mtime: SetTime::Omit,
                                 };
-                                fs.setattr(e.ino, None, a).map(drop)
+                                fs.setattr(Caller::ROOT, e.ino, None, a).map(drop)
                             }),
                             4 => fs.unlink(dir, name),
                             5 => fs.rename(dir, name, top.ino, OsStr::new("moved"), 0),
