@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
-
 use super::usage::{Snapshot, UsageCounters};
 
 /// Whether a report is a change or a whole figure.
@@ -73,6 +71,7 @@ pub use fake::FakeSink;
 #[cfg(any(test, feature = "test-util"))]
 mod fake {
     use super::*;
+    use parking_lot::Mutex;
 
     /// An in-memory sink for tests: keeps what it was sent, answers with a
     /// settable verdict and can be told to fail.
