@@ -5,6 +5,7 @@
 
 pub mod csi;
 pub mod garage;
+pub mod home;
 pub mod hub;
 pub mod kube;
 

@@ -3,8 +3,7 @@
 //! home; afterwards the accounted usage must equal a fresh walk of the
 //! backing directory (the figure the quota controller would otherwise use).
 
-#[path = "home_support.rs"]
-mod support;
+use hubfs_e2e::home as support;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};

@@ -3,8 +3,7 @@
 //! the quota, files belong to the caller, permissions hold, cleanup mode
 //! switches at runtime, and usage reaches the sink.
 
-#[path = "home_support.rs"]
-mod support;
+use hubfs_e2e::home as support;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -3,8 +3,7 @@
 //! xattrs, fallocate, copy_file_range, error codes) runs as uid 1000 in a
 //! native directory and in a mounted home; every line must be identical.
 
-#[path = "home_support.rs"]
-mod support;
+use hubfs_e2e::home as support;
 
 use std::process::Command;
 

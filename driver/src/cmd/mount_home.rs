@@ -63,6 +63,9 @@ pub struct HomeArgs {
     /// Stay in the foreground instead of daemonizing.
     #[arg(short, long)]
     pub foreground: bool,
+    /// Mount options for the kernel, comma-separated: ro, noatime, relatime, noexec, sync, dirsync, nosuid, nodev.
+    #[arg(short = 'o', long = "options", value_name = "OPTS", value_delimiter = ',', value_parser = |s: &str| home::session::mount_option(s).map(|_| s.to_string()))]
+    pub options: Vec<String>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -96,6 +99,7 @@ impl HomeArgs {
         o.walk_timeout = self.walk_timeout;
         o.fuse_threads = self.fuse_threads;
         o.passthrough = !self.no_passthrough;
+        o.mount_options = self.options.clone();
         Ok(o)
     }
 

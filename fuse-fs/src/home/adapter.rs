@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
-    FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use super::error::HomeError;
@@ -50,6 +51,20 @@ pub struct HomeFuse {
     /// the options, then cleared if the kernel does not offer it or refuses
     /// a backing file (it needs CAP_SYS_ADMIN).
     passthrough: AtomicBool,
+    /// Ioctl commands refused so far: each is logged once.
+    refused_ioctls: OncePerKind,
+}
+
+/// Remembers which kinds of a thing were seen, to log each kind once
+/// rather than thousands of times in a busy session.
+#[derive(Default)]
+pub struct OncePerKind(parking_lot::Mutex<std::collections::HashSet<u32>>);
+
+impl OncePerKind {
+    /// True the first time `kind` is seen.
+    pub fn first(&self, kind: u32) -> bool {
+        self.0.lock().insert(kind)
+    }
 }
 
 impl HomeFuse {
@@ -58,6 +73,7 @@ impl HomeFuse {
             fs,
             io: IoModes::default(),
             passthrough: AtomicBool::new(passthrough),
+            refused_ioctls: OncePerKind::default(),
         }
     }
 
@@ -171,6 +187,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -217,6 +234,15 @@ impl Filesystem for HomeFuse {
         // drops them itself when a getattr shows the file changed under us
         // (another node writing the same home).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
+        // POSIX ACLs as on the backing filesystem: the kernel checks
+        // permissions against them, and leaves the umask to us (we hand it
+        // to the backing filesystem, which skips it under a default ACL).
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL | fuser::InitFlags::FUSE_DONT_MASK)
+            .is_err()
+        {
+            tracing::info!("kernel has no FUSE POSIX ACLs; ACLs are plain extended attributes");
+        }
         // Depth 2: the backing may itself be stacked (an overlay root in a
         // container); this mount then cannot be stacked on, which nothing does.
         let offered = self.passthrough.load(Ordering::Relaxed)
@@ -247,7 +273,7 @@ impl Filesystem for HomeFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -271,7 +297,7 @@ impl Filesystem for HomeFuse {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), a) {
+        match self.fs.setattr(caller(req), ino.0, fh.map(|f| f.0), a) {
             Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
             Err(e) => reply.error(err(e)),
         }
@@ -396,7 +422,7 @@ impl Filesystem for HomeFuse {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -406,7 +432,7 @@ impl Filesystem for HomeFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        match self.fs.write(caller(req), fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),
         }
@@ -508,14 +534,14 @@ impl Filesystem for HomeFuse {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                s.f_namemax as u32,
-                s.f_frsize as u32,
+                s.blocks,
+                s.bfree,
+                s.bavail,
+                s.files,
+                s.ffree,
+                s.bsize as u32,
+                s.namemax as u32,
+                s.frsize as u32,
             ),
             Err(e) => reply.error(err(e)),
         }
@@ -580,7 +606,7 @@ impl Filesystem for HomeFuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -588,7 +614,10 @@ impl Filesystem for HomeFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs.fallocate(fh.0, offset, length, mode))
+        empty(
+            reply,
+            self.fs.fallocate(caller(req), fh.0, offset, length, mode),
+        )
     }
 
     fn lseek(
@@ -606,9 +635,37 @@ impl Filesystem for HomeFuse {
         }
     }
 
-    fn copy_file_range(
+    fn ioctl(
         &self,
         _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        match self.fs.flags_ioctl(ino.0, fh.0, cmd, out_size) {
+            Some(Ok(data)) => reply.ioctl(0, &data),
+            Some(Err(e)) => reply.error(err(e)),
+            None => {
+                if self.refused_ioctls.first(cmd) {
+                    tracing::info!(
+                        cmd = format!("{cmd:#x}"),
+                        "unsupported ioctl refused (ENOTTY); logged once per command"
+                    );
+                } else {
+                    tracing::debug!(cmd = format!("{cmd:#x}"), "unsupported ioctl refused");
+                }
+                reply.error(Errno::ENOTTY)
+            }
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -621,10 +678,23 @@ impl Filesystem for HomeFuse {
     ) {
         match self
             .fs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(caller(req), fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_first_once() {
+        let seen = OncePerKind::default();
+        assert!(seen.first(0x5401));
+        assert!(!seen.first(0x5401));
+        assert!(seen.first(0x5402));
     }
 }

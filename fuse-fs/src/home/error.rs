@@ -22,6 +22,24 @@ impl HomeError {
     }
 }
 
+impl From<nix::errno::Errno> for HomeError {
+    fn from(e: nix::errno::Errno) -> Self {
+        HomeError::Os(e as i32)
+    }
+}
+
+impl From<rustix::io::Errno> for HomeError {
+    fn from(e: rustix::io::Errno) -> Self {
+        HomeError::Os(e.raw_os_error())
+    }
+}
+
+impl From<std::io::Error> for HomeError {
+    fn from(e: std::io::Error) -> Self {
+        HomeError::Os(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +49,13 @@ mod tests {
         assert_eq!(HomeError::from(QuotaError::OverLimit).errno(), libc::EDQUOT);
         assert_eq!(HomeError::from(QuotaError::Cleanup).errno(), libc::EDQUOT);
         assert_eq!(HomeError::Os(libc::ENOENT).errno(), libc::ENOENT);
+        assert_eq!(
+            HomeError::from(nix::errno::Errno::EFBIG).errno(),
+            libc::EFBIG
+        );
+        assert_eq!(
+            HomeError::from(rustix::io::Errno::NOTSUP).errno(),
+            libc::EOPNOTSUPP
+        );
     }
 }

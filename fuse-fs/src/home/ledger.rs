@@ -58,6 +58,8 @@ pub struct Ledger {
     correction_bytes: AtomicI64,
     correction_inodes: AtomicI64,
     disturbed: AtomicBool,
+    #[cfg(test)]
+    hold: tests::Hold,
 }
 
 /// What an inode is charged, per the accounting rules: directories and
@@ -80,6 +82,8 @@ impl Ledger {
             correction_bytes: AtomicI64::new(0),
             correction_inodes: AtomicI64::new(0),
             disturbed: AtomicBool::new(false),
+            #[cfg(test)]
+            hold: Default::default(),
         }
     }
 
@@ -157,6 +161,8 @@ impl Ledger {
 
 impl Gate for Ledger {
     fn admit(&self, st: &libc::stat) -> bool {
+        #[cfg(test)]
+        self.hold.on_admit();
         if st.st_dev != self.dev {
             return true;
         }
@@ -174,10 +180,45 @@ impl Gate for Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    /// Stops the walk at its n-th admission until released, so a test can
+    /// make changes while the walk is certainly under way.
+    #[derive(Debug, Default)]
+    pub(super) struct Hold {
+        /// Admissions left before holding (0: never).
+        left: AtomicUsize,
+        held: AtomicBool,
+        released: AtomicBool,
+    }
+
+    impl Hold {
+        pub(super) fn on_admit(&self) {
+            let before = self
+                .left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            if before == Ok(1) {
+                self.held.store(true, Ordering::Release);
+                wait_for("the test to release the walk", || {
+                    self.released.load(Ordering::Acquire)
+                });
+            }
+        }
+    }
+
+    /// Polls `cond` (bounded: a minute) instead of sleeping a guessed time.
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     fn st(ino: u64, size: i64, dir: bool) -> libc::stat {
-        // SAFETY: libc::stat is plain old data; all zeroes is a valid value.
-        let mut s: libc::stat = unsafe { std::mem::zeroed() };
+        // Any real attributes, then the fields the ledger reads.
+        let mut s = nix::sys::stat::stat("/").unwrap();
         s.st_dev = 7;
         s.st_ino = ino;
         s.st_size = size;
@@ -315,14 +356,14 @@ mod tests {
     #[test]
     fn a_walk_racing_the_daemon_counts_every_inode_once() {
         use crate::home::fs::{Caller, HomeFs, SetAttr, SetTime, ROOT};
-        use crate::home::usage::{Limits, Usage};
+        use crate::home::usage::{Limits, UsageCounters};
         use hubfs_walker::{WalkOptions, Walker};
         use rand::{Rng, SeedableRng};
         use std::ffi::OsStr;
         use std::sync::atomic::AtomicU64;
         use std::sync::Arc;
 
-        for seed in 0..4u64 {
+        for round in 0..4u64 {
             let t = tempfile::tempdir().unwrap();
             let root = t.path();
             for d in 0..4 {
@@ -337,14 +378,18 @@ mod tests {
                     std::fs::write(root.join(format!("d{d}/f{f}")), vec![2u8; 1000 + f]).unwrap();
                 }
             }
-            let fs = Arc::new(HomeFs::new(root, Arc::new(Usage::new(Limits::default()))).unwrap());
-            fs.begin_walk();
+            let fs = Arc::new(
+                HomeFs::new(root, Arc::new(UsageCounters::new(Limits::default()))).unwrap(),
+            );
+            let ledger = fs.begin_walk();
+            // The walk stops half-way until the writer has made changes.
+            ledger.hold.left.store(30, Ordering::Release);
             let stop = Arc::new(AtomicBool::new(false));
             let ops = Arc::new(AtomicU64::new(0));
             let writer = {
                 let (fs, stop, ops) = (fs.clone(), stop.clone(), ops.clone());
                 std::thread::spawn(move || {
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(round);
                     // At most two directory moves: the walk makes three passes.
                     let mut dir_moves = 2;
                     while !stop.load(Ordering::Relaxed) {
@@ -369,7 +414,12 @@ mod tests {
                                 .create(Caller::ROOT, dir, name, 0o644, 0, libc::O_WRONLY)
                                 .and_then(|(_, fh)| {
                                     let at = rng.random_range(0..3000);
-                                    let r = fs.write(fh, at, &vec![3u8; rng.random_range(1..2000)]);
+                                    let r = fs.write(
+                                        Caller::ROOT,
+                                        fh,
+                                        at,
+                                        &vec![3u8; rng.random_range(1..2000)],
+                                    );
                                     fs.release(fh);
                                     r.map(drop)
                                 }),
@@ -383,7 +433,7 @@ mod tests {
                                     atime: SetTime::Omit,
                                     mtime: SetTime::Omit,
                                 };
-                                fs.setattr(e.ino, None, a).map(drop)
+                                fs.setattr(Caller::ROOT, e.ino, None, a).map(drop)
                             }),
                             4 => fs.unlink(dir, name),
                             5 => fs.rename(dir, name, top.ino, OsStr::new("moved"), 0),
@@ -409,30 +459,45 @@ mod tests {
                     }
                 })
             };
-            // Slow enough that the writer gets well inside the walk.
             let walker = Walker::new(WalkOptions {
                 threads: 3,
-                stats_per_second: Some(1000),
                 ..WalkOptions::default()
             });
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            let releaser = {
+                let (ledger, ops) = (ledger.clone(), ops.clone());
+                std::thread::spawn(move || {
+                    wait_for("the walk to reach its hold", || {
+                        ledger.hold.held.load(Ordering::Acquire)
+                    });
+                    let at = ops.load(Ordering::Relaxed);
+                    wait_for("changes during the walk", || {
+                        ops.load(Ordering::Relaxed) >= at + 50
+                    });
+                    ledger.hold.released.store(true, Ordering::Release);
+                    ops.load(Ordering::Relaxed) - at
+                })
+            };
             let (_, base) = fs
                 .walk_baseline(root, &walker, &AtomicBool::new(false))
                 .unwrap();
-            let during = ops.load(Ordering::Relaxed);
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            let during = releaser.join().unwrap();
+            // and changes after it, counted as deltas only
+            let after = ops.load(Ordering::Relaxed);
+            wait_for("changes after the walk", || {
+                ops.load(Ordering::Relaxed) >= after + 20
+            });
             stop.store(true, Ordering::Relaxed);
             writer.join().unwrap();
             assert!(
-                during > 0,
-                "seed {seed}: only {during} changes raced the walk"
+                during >= 50,
+                "round {round}: {during} changes raced the walk"
             );
             let truth = Walker::default().walk(root).unwrap();
             let now = fs.usage().snapshot();
             assert_eq!(
                 (now.bytes, now.inodes),
                 (truth.usage_bytes() as i64, truth.inodes() as i64),
-                "seed {seed}: baseline {base:?} after {during} racing changes"
+                "round {round}: baseline {base:?} after {during} racing changes"
             );
         }
     }

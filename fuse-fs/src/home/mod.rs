@@ -1,14 +1,19 @@
 //! The home layer: a passthrough FUSE filesystem over a user's directory on
 //! the share that accounts usage as it is written and enforces the quota.
 //!
-//! The seed learned usage from a `du` every four hours, so users overshot
-//! their quota by terabytes before anyone knew. Here every operation that
-//! changes what a home stores updates [`usage::Usage`] on the spot, growth
-//! past the hard limit fails with EDQUOT, and the changes are reported to the
+//! The EFS quota monitor hubfs replaces learned usage from a `du` every four
+//! hours, so users overshot their quota by terabytes before anyone knew.
+//! Here every operation that changes what a home stores updates
+//! [`usage::UsageCounters`] on the spot, growth past the hard limit fails
+//! with EDQUOT, and the changes are reported to the
 //! quota controller in batches ([`sink`]), whose answer can switch the home
 //! to cleanup (no-write) mode while it stays mounted.
 //!
-//! * [`fs`]: the passthrough core (testable without the kernel);
+//! * [`fs`]: the passthrough core (testable without the kernel): mount-wide
+//!   state, names and attributes; [`files`], [`dirs`], [`xattr`]: open
+//!   files, listings and extended attributes; [`inodes`]: the inode table;
+//!   [`caller`]: who asks and the set-ID rule applied for them;
+//!   [`syscalls`]: the safe layer every system call goes through;
 //! * [`iomode`]: which opens the kernel serves itself (passthrough reads);
 //! * [`usage`]: counters, reservations, limits, cleanup mode;
 //! * [`ledger`]: the mount-time walk and changes made while it runs, counted once;
@@ -17,16 +22,24 @@
 //! * [`adapter`]: the `fuser` glue; [`session`]: mounting it all together.
 
 pub mod adapter;
+pub mod caller;
+pub mod dirs;
 pub mod error;
+pub mod files;
 pub mod fs;
+pub mod inodes;
 pub mod iomode;
 pub mod ledger;
 pub mod session;
 pub mod sink;
+pub mod syscalls;
 pub mod usage;
+pub mod xattr;
 
 pub use error::HomeError;
 pub use fs::HomeFs;
 pub use session::{mount, HomeMount, HomeOptions, MountError};
-pub use sink::{Enforcement, FakeSink, GrpcSink, Reporter, UsageReport, UsageSink};
-pub use usage::{Limits, QuotaError, Usage};
+#[cfg(any(test, feature = "test-util"))]
+pub use sink::FakeSink;
+pub use sink::{ControllerVerdict, GrpcSink, Reporter, UsageReport, UsageSink};
+pub use usage::{Limits, QuotaError, UsageCounters};

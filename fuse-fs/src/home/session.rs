@@ -18,7 +18,7 @@ use super::adapter::HomeFuse;
 use super::error::HomeError;
 use super::fs::HomeFs;
 use super::sink::{ReportKind, Reporter, UsageReport, UsageSink};
-use super::usage::{Limits, Usage};
+use super::usage::{Limits, UsageCounters};
 
 /// How often growth by passthrough writers is charged.
 const SETTLE_EVERY: Duration = Duration::from_millis(500);
@@ -41,6 +41,32 @@ pub struct HomeOptions {
     /// Let the kernel serve read-only opens from the backing file (FUSE
     /// passthrough, Linux ≥ 6.9; falls back by itself where unavailable).
     pub passthrough: bool,
+    /// Mount options for the kernel (`ro`, `noatime`...; see
+    /// [`mount_option`]). The mount is always `nosuid,nodev`.
+    pub mount_options: Vec<String>,
+}
+
+/// The usual mount options a home takes (CSI read-only publishes, an
+/// admin's `mountOptions`), as the kernel flag they set; `relatime` and
+/// `rw`, `atime`, `exec`, `async` are the defaults and set nothing. `suid`
+/// and `dev` are refused: a home never honours set-ID programs or devices.
+pub fn mount_option(s: &str) -> Result<Option<MountOption>, String> {
+    Ok(Some(match s {
+        "ro" => MountOption::RO,
+        "noatime" => MountOption::NoAtime,
+        "noexec" => MountOption::NoExec,
+        "nosuid" => MountOption::NoSuid,
+        "nodev" => MountOption::NoDev,
+        "sync" => MountOption::Sync,
+        "dirsync" => MountOption::DirSync,
+        "rw" | "relatime" | "atime" | "exec" | "async" | "defaults" => return Ok(None),
+        "suid" | "dev" => return Err(format!("mount option {s:?}: a home is always nosuid,nodev")),
+        _ => {
+            return Err(format!(
+                "unknown mount option {s:?} (known: ro, rw, noatime, relatime, atime, noexec, exec, nosuid, nodev, sync, async, dirsync)"
+            ))
+        }
+    }))
 }
 
 impl HomeOptions {
@@ -54,6 +80,7 @@ impl HomeOptions {
             walk_timeout: Duration::from_secs(3600),
             fuse_threads: 4,
             passthrough: true,
+            mount_options: Vec::new(),
         }
     }
 }
@@ -62,6 +89,8 @@ impl HomeOptions {
 pub enum MountError {
     #[error("cannot open the home directory {path}: {source}")]
     Source { path: PathBuf, source: HomeError },
+    #[error("{0}")]
+    Option(String),
     #[error("cannot mount at {path}: {source}")]
     Mount {
         path: PathBuf,
@@ -86,7 +115,15 @@ pub fn mount(
     opts: &HomeOptions,
     sink: Option<Arc<dyn UsageSink>>,
 ) -> Result<HomeMount, MountError> {
-    let usage = Arc::new(Usage::new(opts.limits));
+    let mut extra = Vec::new();
+    for o in &opts.mount_options {
+        if let Some(o) = mount_option(o).map_err(MountError::Option)? {
+            if !extra.contains(&o) && o != MountOption::NoDev && o != MountOption::NoSuid {
+                extra.push(o);
+            }
+        }
+    }
+    let usage = Arc::new(UsageCounters::new(opts.limits));
     let fs = Arc::new(HomeFs::new(&opts.source, usage.clone()).map_err(|source| {
         MountError::Source {
             path: opts.source.clone(),
@@ -104,6 +141,7 @@ pub fn mount(
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
+    config.mount_options.extend(extra);
     // The daemon is root and the notebook is not: others must get in; the
     // kernel's permission checks (default_permissions) keep them honest.
     config.acl = SessionACL::All;
@@ -189,7 +227,7 @@ pub fn mount(
 }
 
 impl HomeMount {
-    pub fn usage(&self) -> &Arc<Usage> {
+    pub fn usage(&self) -> &Arc<UsageCounters> {
         self.fs.usage()
     }
 
@@ -252,5 +290,20 @@ impl HomeMount {
 impl Drop for HomeMount {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usual_mount_options_and_clear_refusals() {
+        assert_eq!(mount_option("ro"), Ok(Some(MountOption::RO)));
+        assert_eq!(mount_option("noatime"), Ok(Some(MountOption::NoAtime)));
+        assert_eq!(mount_option("relatime"), Ok(None), "the kernel default");
+        assert!(mount_option("suid").unwrap_err().contains("nosuid"));
+        assert!(mount_option("bogus").unwrap_err().contains("known: ro"));
+        assert!(mount_option("ro,noatime").is_err(), "one option at a time");
     }
 }

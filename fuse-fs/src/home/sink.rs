@@ -1,9 +1,9 @@
 //! Where usage goes: the quota controller, in batches.
 //!
 //! The home layer must never wait on the network inside a filesystem
-//! operation, so changes are accumulated in [`Usage`] and a [`Reporter`]
+//! operation, so changes are accumulated in [`UsageCounters`] and a [`Reporter`]
 //! thread ships them every few seconds (and once more at unmount) through a
-//! [`UsageSink`]. The controller's answer carries the user's enforcement, so
+//! [`UsageSink`]. The controller's answer carries the controller's verdict on the user, so
 //! cleanup (no-write) mode is switched on and off with no extra round trip.
 //! A batch that fails is retried with the same sequence number; the
 //! controller drops it if it had in fact arrived.
@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
-
-use super::usage::{Snapshot, Usage};
+use super::usage::{Snapshot, UsageCounters};
 
 /// Whether a report is a change or a whole figure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +38,11 @@ pub struct UsageReport {
     pub sequence: u64,
 }
 
-/// What the controller decided for the user.
+/// What the quota controller's answer tells the user's mounts to do (the
+/// wire's `hubfs.quota.v1.Enforcement`; the controller's own record of it is
+/// `hubfs_quota::record::Enforcement`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Enforcement {
+pub enum ControllerVerdict {
     None,
     /// Deletes and truncates only.
     Cleanup,
@@ -60,43 +60,58 @@ pub enum SinkError {
 
 /// The quota controller as seen by the home layer.
 pub trait UsageSink: Send + Sync {
-    /// Delivers a batch; returns the user's enforcement if the answer had one.
-    fn send(&self, reports: &[UsageReport]) -> Result<Option<Enforcement>, SinkError>;
+    /// Delivers a batch; returns the controller's verdict on the user if the
+    /// answer had one.
+    fn send(&self, reports: &[UsageReport]) -> Result<Option<ControllerVerdict>, SinkError>;
 }
 
-/// An in-memory sink for tests: keeps what it was sent, answers with a
-/// settable enforcement and can be told to fail.
-#[derive(Debug, Default)]
-pub struct FakeSink {
-    pub received: Mutex<Vec<UsageReport>>,
-    pub enforcement: Mutex<Option<Enforcement>>,
-    pub failing: std::sync::atomic::AtomicBool,
-}
+#[cfg(any(test, feature = "test-util"))]
+pub use fake::FakeSink;
 
-impl UsageSink for FakeSink {
-    fn send(&self, reports: &[UsageReport]) -> Result<Option<Enforcement>, SinkError> {
-        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(SinkError::Unavailable("fake outage".into()));
-        }
-        let mut got = self.received.lock();
-        for r in reports {
-            // Like the controller: a retried sequence is not applied twice.
-            if !got.iter().any(|g| g.sequence == r.sequence) {
-                got.push(r.clone());
-            }
-        }
-        Ok(*self.enforcement.lock())
+#[cfg(any(test, feature = "test-util"))]
+mod fake {
+    use super::*;
+    use parking_lot::Mutex;
+
+    /// An in-memory sink for tests: keeps what it was sent, answers with a
+    /// settable verdict and can be told to fail.
+    #[derive(Debug, Default)]
+    pub struct FakeSink {
+        pub received: Mutex<Vec<UsageReport>>,
+        pub verdict: Mutex<Option<ControllerVerdict>>,
+        pub failing: std::sync::atomic::AtomicBool,
+        /// The sequence numbers of every batch sent, delivered or not.
+        pub attempts: Mutex<Vec<Vec<u64>>>,
     }
-}
 
-impl FakeSink {
-    /// Sum of the deltas received, for comparing with the counters.
-    pub fn delta_total(&self) -> (i64, i64) {
-        self.received
-            .lock()
-            .iter()
-            .filter(|r| r.kind == ReportKind::Delta)
-            .fold((0, 0), |(b, i), r| (b + r.bytes, i + r.inodes))
+    impl UsageSink for FakeSink {
+        fn send(&self, reports: &[UsageReport]) -> Result<Option<ControllerVerdict>, SinkError> {
+            self.attempts
+                .lock()
+                .push(reports.iter().map(|r| r.sequence).collect());
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(SinkError::Unavailable("fake outage".into()));
+            }
+            let mut got = self.received.lock();
+            for r in reports {
+                // Like the controller: a retried sequence is not applied twice.
+                if !got.iter().any(|g| g.sequence == r.sequence) {
+                    got.push(r.clone());
+                }
+            }
+            Ok(*self.verdict.lock())
+        }
+    }
+
+    impl FakeSink {
+        /// Sum of the deltas received, for comparing with the counters.
+        pub fn delta_total(&self) -> (i64, i64) {
+            self.received
+                .lock()
+                .iter()
+                .filter(|r| r.kind == ReportKind::Delta)
+                .fold((0, 0), |(b, i), r| (b + r.bytes, i + r.inodes))
+        }
     }
 }
 
@@ -157,7 +172,7 @@ fn to_proto(r: &UsageReport) -> hubfs_proto::quota::UsageReport {
 }
 
 impl UsageSink for GrpcSink {
-    fn send(&self, reports: &[UsageReport]) -> Result<Option<Enforcement>, SinkError> {
+    fn send(&self, reports: &[UsageReport]) -> Result<Option<ControllerVerdict>, SinkError> {
         use hubfs_proto::quota::{quota_client::QuotaClient, Enforcement as E, ReportUsageRequest};
         let req = ReportUsageRequest {
             node_id: self.node_id.clone(),
@@ -185,15 +200,15 @@ impl UsageSink for GrpcSink {
             .into_iter()
             .find(|q| q.user == self.user);
         Ok(q.and_then(|q| match E::try_from(q.enforcement) {
-            Ok(E::None) => Some(Enforcement::None),
-            Ok(E::Cleanup) => Some(Enforcement::Cleanup),
-            Ok(E::Blocked) => Some(Enforcement::Blocked),
+            Ok(E::None) => Some(ControllerVerdict::None),
+            Ok(E::Cleanup) => Some(ControllerVerdict::Cleanup),
+            Ok(E::Blocked) => Some(ControllerVerdict::Blocked),
             _ => None,
         }))
     }
 }
 
-/// Ships usage from a [`Usage`] to a sink every `interval`, on a thread.
+/// Ships usage from a [`UsageCounters`] to a sink every `interval`, on a thread.
 pub struct Reporter {
     tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
@@ -205,7 +220,7 @@ enum Msg {
 }
 
 struct State {
-    usage: Arc<Usage>,
+    usage: Arc<UsageCounters>,
     sink: Arc<dyn UsageSink>,
     user: String,
     next_seq: u64,
@@ -218,7 +233,7 @@ struct State {
 
 impl Reporter {
     pub fn start(
-        usage: Arc<Usage>,
+        usage: Arc<UsageCounters>,
         sink: Arc<dyn UsageSink>,
         user: &str,
         interval: Duration,
@@ -335,10 +350,10 @@ impl State {
             return;
         }
         match self.sink.send(&self.unacked) {
-            Ok(enforcement) => {
+            Ok(verdict) => {
                 self.unacked.clear();
-                if let Some(e) = enforcement {
-                    let cleanup = e != Enforcement::None;
+                if let Some(e) = verdict {
+                    let cleanup = e != ControllerVerdict::None;
                     if cleanup != self.usage.cleanup() {
                         tracing::info!(user = %self.user, cleanup, "quota controller switched enforcement");
                     }
@@ -382,9 +397,9 @@ mod tests {
     use crate::home::usage::Limits;
     use std::sync::atomic::Ordering;
 
-    fn setup() -> (Arc<Usage>, Arc<FakeSink>) {
+    fn setup() -> (Arc<UsageCounters>, Arc<FakeSink>) {
         (
-            Arc::new(Usage::new(Limits::default())),
+            Arc::new(UsageCounters::new(Limits::default())),
             Arc::new(FakeSink::default()),
         )
     }
@@ -440,21 +455,37 @@ mod tests {
     #[test]
     fn a_failed_batch_is_retried_with_the_same_sequence() {
         let (u, sink) = setup();
+        let mut st = State {
+            usage: u.clone(),
+            sink: sink.clone(),
+            user: "bob".into(),
+            next_seq: 100,
+            unacked: Vec::new(),
+            taken: Snapshot::default(),
+        };
         sink.failing.store(true, Ordering::Relaxed);
-        let rep = Reporter::start(u.clone(), sink.clone(), "bob", Duration::from_millis(20));
         u.apply(5, 1);
-        std::thread::sleep(Duration::from_millis(100));
+        st.flush();
         assert!(sink.received.lock().is_empty());
+        assert_eq!(*sink.attempts.lock(), vec![vec![101]]);
+        // the next flush resends 101 as it was, with the new change as 102
         sink.failing.store(false, Ordering::Relaxed);
         u.apply(7, 0);
-        rep.stop();
-        assert_eq!(sink.delta_total(), (12, 1));
+        st.flush();
+        assert_eq!(*sink.attempts.lock(), vec![vec![101], vec![101, 102]]);
+        let got = sink.received.lock();
+        let seqs: Vec<_> = got
+            .iter()
+            .map(|r| (r.sequence, r.bytes, r.inodes))
+            .collect();
+        assert_eq!(seqs, vec![(101, 5, 1), (102, 7, 0)]);
+        assert!(st.unacked.is_empty());
     }
 
     #[test]
     fn the_answer_switches_cleanup_mode() {
         let (u, sink) = setup();
-        *sink.enforcement.lock() = Some(Enforcement::Cleanup);
+        *sink.verdict.lock() = Some(ControllerVerdict::Cleanup);
         let rep = Reporter::start(u.clone(), sink.clone(), "carol", Duration::from_secs(3600));
         u.add_baseline(40, 2);
         u.apply(2, 0);

@@ -54,7 +54,7 @@ pub struct Snapshot {
 
 /// The counters of one mounted home.
 #[derive(Debug)]
-pub struct Usage {
+pub struct UsageCounters {
     bytes: AtomicI64,
     inodes: AtomicI64,
     /// Write-time changes not yet taken by the reporter.
@@ -76,9 +76,9 @@ fn dec(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
 }
 
-impl Usage {
+impl UsageCounters {
     pub fn new(limits: Limits) -> Self {
-        Usage {
+        UsageCounters {
             bytes: AtomicI64::new(0),
             inodes: AtomicI64::new(0),
             delta_bytes: AtomicI64::new(0),
@@ -213,8 +213,8 @@ fn reserve_one(counter: &AtomicI64, amount: i64, limit: u64) -> Result<(), Quota
 mod tests {
     use super::*;
 
-    fn limited(bytes: u64, inodes: u64) -> Usage {
-        Usage::new(Limits {
+    fn limited(bytes: u64, inodes: u64) -> UsageCounters {
+        UsageCounters::new(Limits {
             bytes: Some(bytes),
             inodes: Some(inodes),
             ..Limits::default()
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn cleanup_mode_refuses_growth_only() {
-        let u = Usage::new(Limits::default());
+        let u = UsageCounters::new(Limits::default());
         u.apply(500, 5);
         u.set_cleanup(true);
         assert_eq!(u.reserve(1, 0), Err(QuotaError::Cleanup));
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn baseline_adds_to_changes_made_during_the_walk() {
-        let u = Usage::new(Limits::default());
+        let u = UsageCounters::new(Limits::default());
         u.apply(10, 1);
         assert!(!u.baseline_known());
         u.add_baseline(1000, 20);

@@ -1,7 +1,6 @@
-//! Shared by the home layer and walker tests (included with `#[path]`):
-//! mounting a home in-process on a real kernel FUSE mount, and running
-//! commands as an unprivileged user (uid 1000, as a notebook does).
-#![allow(dead_code)]
+//! Harness of the home layer and walker tests: mounting a home in-process
+//! on a real kernel FUSE mount, and running commands as an unprivileged
+//! user (uid 1000, as a notebook does).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -65,6 +64,17 @@ impl Mounted {
     pub fn src(&self) -> &Path {
         &self.dirs.source
     }
+    /// A native directory owned by the notebook user beside the mount, on
+    /// the same filesystem as the home's backing directory: what the home
+    /// must behave like.
+    pub fn native(&self) -> PathBuf {
+        let native = self.dirs.tmp.path().join("native");
+        if !native.exists() {
+            std::fs::create_dir(&native).unwrap();
+            std::os::unix::fs::chown(&native, Some(USER), Some(USER)).unwrap();
+        }
+        native
+    }
     pub fn usage(&self) -> (i64, i64) {
         let s = self.mount.as_ref().unwrap().usage().snapshot();
         (s.bytes, s.inodes)
@@ -81,11 +91,17 @@ impl Drop for Mounted {
 
 /// Mounts a fresh home with the given limits and waits for its baseline walk.
 pub fn mount_home(limits: Limits) -> Mounted {
+    mount_home_with(limits, |_| {})
+}
+
+/// As [`mount_home`], with options changed by `configure` first.
+pub fn mount_home_with(limits: Limits, configure: impl FnOnce(&mut HomeOptions)) -> Mounted {
     require_root_fuse();
     let dirs = dirs();
     let mut opts = HomeOptions::new(dirs.source.clone(), dirs.mnt.clone(), "alice");
     opts.limits = limits;
     opts.report_interval = std::time::Duration::from_millis(200);
+    configure(&mut opts);
     let sink = Arc::new(FakeSink::default());
     let mut m = home::mount(&opts, Some(sink.clone() as Arc<dyn UsageSink>)).expect("mount home");
     m.wait_baseline();

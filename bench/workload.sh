@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# A notebook user's day on three homes in one run, as uid 1000:
+#   native  - a directory on the backing filesystem,
+#   hubfs   - `hubfs mount home` over a directory on the same filesystem,
+#   bindfs  - Debian's bindfs, the peer FUSE passthrough.
+# Steps (each timed, median of ROUNDS rounds, ratios to native printed):
+#   install  - a package install: the Python standard library copied into
+#              ~/lib (~thousands of small files) and byte-compiled, as pip does;
+#   import   - a fresh interpreter importing modules from that copy;
+#   untar    - unpacking a many-small-files tarball;
+#   clone    - `git clone` of a small local repository;
+#   du       - `du -s` of the home;
+#   rm       - `rm -rf` of all of it.
+# Needs root, bindfs, python3 and git. Warm page cache on a fresh tmpfs (the
+# layer's own cost; on NFS the share's latency dwarfs it).
+#
+#   ROUNDS=3 bench/workload.sh [BASE_DIR]   (default: tmpfs at /var/tmp/hubfs-workload)
+#   HUBFS_BIN=path skips the release build; HUBFS_ARGS adds mount flags.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BASE=${1:-/var/tmp/hubfs-workload}
+TMPFS=$([ -z "${1:-}" ] && echo 1 || echo 0)
+ROUNDS=${ROUNDS:-3}
+PY=${PY:-/usr/bin/python3}
+USER_ID=1000
+
+for tool in bindfs git setpriv "$PY"; do
+    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "run as root (mounts)" >&2; exit 1; }
+
+HUBFS=${HUBFS_BIN:-$ROOT/target/release/hubfs}
+if [ -z "${HUBFS_BIN:-}" ]; then
+    echo "building hubfs (release)..." >&2
+    (cd "$ROOT" && cargo build --release -q -p hubfs --bin hubfs)
+fi
+
+cleanup() {
+    umount "$BASE/hubfs" 2>/dev/null || true
+    umount "$BASE/bindfs" 2>/dev/null || true
+    if [ "$TMPFS" = 1 ] && mountpoint -q "$BASE"; then
+        for _ in $(seq 50); do umount "$BASE" 2>/dev/null && break; sleep 0.1; done
+        if mountpoint -q "$BASE"; then umount -l "$BASE"; fi
+    fi
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$BASE"
+mkdir -p "$BASE"
+if [ "$TMPFS" = 1 ]; then mount -t tmpfs -o size=4g hubfs-workload "$BASE"; fi
+mkdir -p "$BASE"/{native,hsrc,bsrc,hubfs,bindfs,input}
+chown "$USER_ID:$USER_ID" "$BASE"/{native,hsrc,bsrc,input}
+
+# Inputs, made once outside the homes: the "package" (the standard library,
+# no compiled caches), a tarball of many small files, a small git repository.
+STDLIB=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+tar -C "$STDLIB" --exclude=__pycache__ --exclude=site-packages --exclude=test -cf "$BASE/input/pkg.tar" .
+"$PY" - "$BASE/input/small.tar" <<'PY'
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], "w") as t:
+    for i in range(5000):
+        data = (b"x" * (i % 4000)) + b"\n"
+        info = tarfile.TarInfo(f"d{i % 50}/f{i}.txt")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+PY
+git init -q "$BASE/input/repo"
+for i in $(seq 200); do echo "line $i" > "$BASE/input/repo/file$i.txt"; done
+git -C "$BASE/input/repo" add -A
+git -C "$BASE/input/repo" -c user.name=b -c user.email=b@b commit -qm init
+chown -R "$USER_ID:$USER_ID" "$BASE/input"
+
+"$HUBFS" mount home --user bench --quota 1TiB ${HUBFS_ARGS:-} "$BASE/hsrc" "$BASE/hubfs" 2>/dev/null
+bindfs "$BASE/bsrc" "$BASE/bindfs"
+
+as_user() { setpriv --reuid=$USER_ID --regid=$USER_ID --clear-groups -- env HOME="$1" LC_ALL=C sh -c "$2"; }
+
+# step NAME HOME: prints seconds
+step() {
+    local name=$1 home=$2 cmd
+    case $name in
+        install) cmd="mkdir -p lib && tar -C lib -xf $BASE/input/pkg.tar && $PY -m compileall -q lib >/dev/null" ;;
+        import) cmd="PYTHONPATH=lib $PY -S -c 'import json, email.parser, http.client, xml.dom.minidom, asyncio, decimal, argparse, logging.handlers'" ;;
+        untar) cmd="mkdir -p data && tar -C data -xf $BASE/input/small.tar" ;;
+        clone) cmd="git clone -q $BASE/input/repo repo" ;;
+        du) cmd="du -s . >/dev/null" ;;
+        rm) cmd="rm -rf lib data repo" ;;
+    esac
+    local t0 t1
+    t0=$(date +%s.%N)
+    as_user "$home" "cd $home && $cmd"
+    t1=$(date +%s.%N)
+    echo "$t1 - $t0" | bc -l
+}
+
+STEPS="install import untar clone du rm"
+declare -A T
+for round in $(seq "$ROUNDS"); do
+    for where in native hubfs bindfs; do
+        for s in $STEPS; do
+            T[$where.$s.$round]=$(step "$s" "$BASE/$where")
+        done
+        sync
+    done
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+printf '%-8s %10s %10s %10s %8s %8s\n' step native hubfs bindfs hubfs/n bindfs/n
+declare -A TOTAL=([native]=0 [hubfs]=0 [bindfs]=0)
+for s in $STEPS; do
+    declare -A M
+    for where in native hubfs bindfs; do
+        vals=()
+        for round in $(seq "$ROUNDS"); do vals+=("${T[$where.$s.$round]}"); done
+        M[$where]=$(median "${vals[@]}")
+        TOTAL[$where]=$(echo "${TOTAL[$where]} + ${M[$where]}" | bc -l)
+    done
+    printf '%-8s %10.3f %10.3f %10.3f %7.2fx %7.2fx\n' "$s" "${M[native]}" "${M[hubfs]}" "${M[bindfs]}" \
+        "$(echo "${M[hubfs]} / ${M[native]}" | bc -l)" "$(echo "${M[bindfs]} / ${M[native]}" | bc -l)"
+done
+printf '%-8s %10.3f %10.3f %10.3f %7.2fx %7.2fx\n' total "${TOTAL[native]}" "${TOTAL[hubfs]}" "${TOTAL[bindfs]}" \
+    "$(echo "${TOTAL[hubfs]} / ${TOTAL[native]}" | bc -l)" "$(echo "${TOTAL[bindfs]} / ${TOTAL[native]}" | bc -l)"

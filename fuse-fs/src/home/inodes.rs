@@ -1,0 +1,275 @@
+//! The inodes the kernel knows, and the numbers it knows them by.
+//!
+//! Every inode the kernel holds is kept as an `O_PATH` descriptor on the
+//! backing inode (as libfuse's `passthrough_ll` does), so renames and deep
+//! paths cost nothing and an inode stays valid however it is renamed.
+//!
+//! The FUSE number of an inode is the backing inode number itself, so that
+//! what `stat` shows (`st_ino`) and what `readdir` lists (`d_ino`) agree, as
+//! `find`, `rsync`, backup tools and `ls -i` expect. The descriptor held for
+//! it pins the backing inode, so the backing filesystem cannot give that
+//! number to another file while the kernel may still use it. Only what
+//! cannot keep its number gets one from a separate range, remembered for
+//! the life of the mount so `readdir` can give the same: the root (always
+//! FUSE number 1), a backing inode numbered 1 or from that range, and
+//! inodes of another filesystem mounted inside the home.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::syscalls::{self, Stat};
+use super::usage::UsageCounters;
+
+/// The FUSE inode number of the root.
+pub const ROOT: u64 = 1;
+
+/// Numbers given to inodes that cannot keep their own start here.
+const OWN_RANGE: u64 = 1 << 63;
+
+/// Identity of a backing inode: device and inode number.
+pub type Key = (u64, u64);
+
+pub fn key_of(st: &Stat) -> Key {
+    (st.st_dev, st.st_ino)
+}
+
+/// An inode known to the kernel.
+pub struct Inode {
+    fd: OwnedFd,
+    key: Key,
+    nlookup: AtomicU64,
+    /// Serialises size-changing operations so the before/after sizes
+    /// measured around each one belong to it alone.
+    pub size_lock: Mutex<Unmediated>,
+}
+
+impl Inode {
+    /// The `O_PATH` descriptor on the backing inode.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Size changes the daemon does not see: a writer the kernel serves itself
+/// (a passthrough file; see `iomode`). While such writers are open, the size
+/// last accounted is kept, and the drift is charged whenever the daemon
+/// looks: around its own size changes, by the periodic
+/// `HomeFs::settle_unmediated`, and when the writer closes.
+#[derive(Default)]
+pub struct Unmediated {
+    pub writers: u32,
+    pub baseline: i64,
+}
+
+impl Unmediated {
+    /// The file is `now` bytes: charges what changed unseen.
+    pub fn seen(&mut self, counters: &UsageCounters, now: i64) {
+        if self.writers > 0 {
+            counters.apply(now - self.baseline, 0);
+            self.baseline = now;
+        }
+    }
+
+    /// The daemon's own change to `now` bytes is already charged.
+    pub fn rebase(&mut self, now: i64) {
+        if self.writers > 0 {
+            self.baseline = now;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    by_ino: HashMap<u64, Arc<Inode>>,
+    by_key: HashMap<Key, u64>,
+    /// Numbers from `OWN_RANGE`, kept for the life of the mount.
+    own: HashMap<Key, u64>,
+    next_own: u64,
+}
+
+/// The inode table of one mount.
+pub struct InodeTable {
+    table: RwLock<Table>,
+    root_key: Key,
+}
+
+impl InodeTable {
+    /// A table holding the root, `fd` with attributes `st`.
+    pub fn new(fd: OwnedFd, st: &Stat) -> Self {
+        let key = key_of(st);
+        let mut t = Table {
+            next_own: OWN_RANGE,
+            ..Default::default()
+        };
+        t.by_key.insert(key, ROOT);
+        t.by_ino.insert(ROOT, new_inode(fd, key));
+        InodeTable {
+            table: RwLock::new(t),
+            root_key: key,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.table.read().by_ino.get(&ino).cloned()
+    }
+
+    /// The FUSE number an entry listed with backing number `d_ino` in a
+    /// directory of this home has (or will have once looked up).
+    pub fn listed_number(&self, d_ino: u64) -> u64 {
+        let key = (self.root_key.0, d_ino);
+        if key == self.root_key {
+            return ROOT;
+        }
+        if keeps_number(key, self.root_key.0) {
+            return d_ino;
+        }
+        if let Some(&n) = self.table.read().own.get(&key) {
+            return n;
+        }
+        own_number(&mut self.table.write(), key)
+    }
+
+    /// One more kernel reference to the inode `st` describes, if it is
+    /// known already: its number.
+    pub fn find(&self, st: &Stat) -> Option<u64> {
+        let t = self.table.read();
+        let ino = *t.by_key.get(&key_of(st))?;
+        t.by_ino.get(&ino)?.nlookup.fetch_add(1, Ordering::AcqRel);
+        Some(ino)
+    }
+
+    /// One more kernel reference to the inode open as `fd` with attributes
+    /// `st`: its number (`fd` is dropped if the inode was known meanwhile).
+    pub fn insert(&self, fd: OwnedFd, st: &Stat) -> u64 {
+        let key = key_of(st);
+        let mut t = self.table.write();
+        if let Some(&ino) = t.by_key.get(&key) {
+            if let Some(i) = t.by_ino.get(&ino) {
+                i.nlookup.fetch_add(1, Ordering::AcqRel);
+                return ino;
+            }
+        }
+        let ino = match t.own.get(&key) {
+            Some(&n) => n,
+            None if keeps_number(key, self.root_key.0) && !t.by_ino.contains_key(&key.1) => key.1,
+            None => own_number(&mut t, key),
+        };
+        t.by_key.insert(key, ino);
+        t.by_ino.insert(ino, new_inode(fd, key));
+        ino
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut t = self.table.write();
+        let gone = match t.by_ino.get(&ino) {
+            Some(i) => {
+                let left = i.nlookup.load(Ordering::Acquire).saturating_sub(n);
+                i.nlookup.store(left, Ordering::Release);
+                (left == 0).then_some(i.key)
+            }
+            None => None,
+        };
+        if let Some(key) = gone {
+            t.by_ino.remove(&ino);
+            if t.by_key.get(&key) == Some(&ino) {
+                t.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// Inodes held (the root included).
+    pub fn len(&self) -> usize {
+        self.table.read().by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn new_inode(fd: OwnedFd, key: Key) -> Arc<Inode> {
+    Arc::new(Inode {
+        fd,
+        key,
+        nlookup: AtomicU64::new(1),
+        size_lock: Mutex::new(Unmediated::default()),
+    })
+}
+
+/// Whether a backing inode is known to the kernel by its own number.
+fn keeps_number(key: Key, root_dev: u64) -> bool {
+    key.0 == root_dev && key.1 > ROOT && key.1 < OWN_RANGE
+}
+
+fn own_number(t: &mut Table, key: Key) -> u64 {
+    if let Some(&n) = t.own.get(&key) {
+        return n;
+    }
+    let n = t.next_own;
+    t.next_own += 1;
+    t.own.insert(key, n);
+    n
+}
+
+/// Opens `dir/name` (not following a final symlink) and its attributes.
+pub fn open_entry(dir: &Inode, name: &std::ffi::CStr) -> syscalls::Result<(OwnedFd, Stat)> {
+    let fd = syscalls::open_path_at(dir.fd(), name)?;
+    let st = syscalls::stat_fd(fd.as_fd())?;
+    Ok((fd, st))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(p: &std::path::Path) -> (OwnedFd, Stat) {
+        let fd = syscalls::open_dir(p).unwrap();
+        let st = syscalls::stat_fd(fd.as_fd()).unwrap();
+        (fd, st)
+    }
+
+    #[test]
+    fn inodes_keep_their_backing_number_and_the_root_is_one() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("a")).unwrap();
+        let (fd, st) = open(t.path());
+        let table = InodeTable::new(fd, &st);
+        assert_eq!(table.listed_number(st.st_ino), ROOT);
+        let (afd, ast) = open(&t.path().join("a"));
+        let n = table.insert(afd, &ast);
+        assert_eq!(n, ast.st_ino);
+        assert_eq!(table.listed_number(ast.st_ino), n);
+        assert_eq!(table.find(&ast), Some(n));
+        table.forget(n, 1);
+        assert!(table.get(n).is_some(), "one reference left");
+        table.forget(n, 1);
+        assert!(table.get(n).is_none());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn numbers_that_cannot_be_kept_come_from_the_own_range_and_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let (fd, st) = open(t.path());
+        let table = InodeTable::new(fd, &st);
+        // a backing inode numbered 1 (the root's FUSE number)
+        let listed = table.listed_number(1);
+        assert!(listed >= OWN_RANGE);
+        let (fd2, mut st2) = open(t.path());
+        st2.st_ino = 1;
+        assert_eq!(table.insert(fd2, &st2), listed, "readdir and stat agree");
+        // another filesystem inside the home
+        let (fd3, mut st3) = open(t.path());
+        st3.st_dev ^= 1;
+        let n = table.insert(fd3, &st3);
+        assert!(n >= OWN_RANGE && n != listed);
+    }
+}
