@@ -33,10 +33,10 @@ use hubfs_quota::clock::{Clock, SystemClock};
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Instrument};
 
-use crate::pvc::{PvcReader, PvcError, NoCluster};
 use crate::error::{DriverError, Result};
 use crate::homes::{self, Adopted, HomeMeta};
 use crate::inflight::InFlight;
+use crate::pvc::{NoCluster, PvcError, PvcReader};
 use crate::server::blocking;
 use crate::share::Shares;
 use crate::volume::{keys, HomeParams, HomeVolume, IdError, OnDelete, UserSource, VolumeType};
@@ -659,8 +659,8 @@ impl Controller for ControllerService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pvc::FakePvcReader;
     use crate::mounter::FakeMounter;
+    use crate::pvc::FakePvcReader;
     use hubfs_proto::csi::{volume_capability::AccessMode, CapacityRange};
     use hubfs_quota::events::FakeEventSink;
     use tonic::Code;

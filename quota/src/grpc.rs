@@ -150,7 +150,8 @@ impl Quota for QuotaService {
             .report(req.node_id, reports)
             .await
             .map_err(to_status)?;
-        let mut quotas: Vec<pb::UserQuota> = recs.iter().map(|r| user_quota(&self.ctrl, r)).collect();
+        let mut quotas: Vec<pb::UserQuota> =
+            recs.iter().map(|r| user_quota(&self.ctrl, r)).collect();
         // A home provisioned under a legacy (slug) name reports under it:
         // answer under that name too, so its home layer finds its enforcement.
         for (legacy, user) in self.ctrl.identities.aliases(&asked) {

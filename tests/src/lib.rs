@@ -74,16 +74,28 @@ fn locate_hubfs() -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary inside <target>/<profile>/deps");
     let bin = profile_dir.join("hubfs");
-    let how = "run `cargo test --workspace` (or `cargo build -p hubfs` before `cargo test -p hubfs-e2e`)";
+    let how =
+        "run `cargo test --workspace` (or `cargo build -p hubfs` before `cargo test -p hubfs-e2e`)";
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{} is missing ({e}): {how}", bin.display()));
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    for dir in ["driver/src", "fuse-fs/src", "quota/src", "quota/walker/src", "proto"] {
+    for dir in [
+        "driver/src",
+        "fuse-fs/src",
+        "quota/src",
+        "quota/walker/src",
+        "proto",
+    ] {
         newest_file(&workspace.join(dir), &mut newest);
     }
-    for file in ["Cargo.lock", "driver/Cargo.toml", "fuse-fs/Cargo.toml", "quota/Cargo.toml"] {
+    for file in [
+        "Cargo.lock",
+        "driver/Cargo.toml",
+        "fuse-fs/Cargo.toml",
+        "quota/Cargo.toml",
+    ] {
         consider(&workspace.join(file), &mut newest);
     }
     if let Some((t, path)) = newest {
