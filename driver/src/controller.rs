@@ -817,7 +817,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn the_home_is_keyed_by_the_annotated_hub_user_and_adopts_a_legacy_one() {
         let d = tempfile::tempdir().unwrap();
-        // carol's home from seed 004's `subPath: home/{username}` (escaped).
+        // carol's home from the static-PVC EFS setup's `subPath: home/{username}` (escaped).
         let legacy = d.path().join("share/users/carol-2esmith-40example-2eorg");
         std::fs::create_dir_all(&legacy).unwrap();
         std::fs::write(legacy.join("thesis.tex"), b"\\begin").unwrap();

@@ -126,7 +126,7 @@ fn is_own_home_of_someone(users_dir: &Path, encoded: &str, user: &str) -> bool {
 }
 
 /// Adopts a home made under a legacy name (KubeSpawner's slug of the user,
-/// as hubfs keyed homes before it read the annotation, or seed 004's
+/// as hubfs keyed homes before it read the annotation, or the static-PVC EFS setup's
 /// `subPath: home/{username}`): when the user's own directory does not exist
 /// and exactly one candidate does, it is renamed to the user's own name (one
 /// `rename(2)` on the share: nothing copied, nothing lost) together with its

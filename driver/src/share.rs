@@ -1,7 +1,7 @@
 //! The shared filesystem that holds every home, made reachable on this host.
 //!
 //! For `backend: nfs` the export is mounted once per host under the driver's
-//! state directory and shared by every volume on it (the seed mounted the
+//! state directory and shared by every volume on it (the static-PVC EFS setup mounted the
 //! whole EFS share once too); for `backend: local` the root is a directory
 //! already on the host and must lie inside one of the `--allowed-root`s, since
 //! volume ids naming it can be crafted. NFS shares are reference-counted by

@@ -49,7 +49,7 @@ pub mod keys {
     pub const CTX_PVC_NAMESPACE: &str = "pvcNamespace";
 }
 
-/// The seed's default quota: 200 GiB.
+/// The EFS quota monitor's default quota: 200 GiB.
 pub const DEFAULT_QUOTA: u64 = 200 << 30;
 /// KubeSpawner names user PVCs `claim-<escaped user>`.
 pub const DEFAULT_USER_PREFIX: &str = "claim-";

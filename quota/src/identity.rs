@@ -5,7 +5,7 @@
 //! encoded by [`UserKey`]). Installs made before that keyed them by the PVC
 //! name minus `claim-`, i.e. KubeSpawner's slug of the user
 //! (`jmiller-stsci-edu---77689c6d`, or `jmiller-40stsci-2eedu` under the
-//! legacy `escape` scheme), and seed 004's static volume made
+//! legacy `escape` scheme), and the static-PVC EFS setup's volume made
 //! `home/{username}` with the escaped name. This module knows those *legacy
 //! names*:
 //!

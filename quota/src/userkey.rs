@@ -1,7 +1,7 @@
 //! User keys and their on-disk encoding.
 //!
 //! A user's home is `<share>/<basePath>/<encoded user>` and their quota record
-//! lives at `<control-dir>/<encoded user>/quota.yaml` (the seed's
+//! lives at `<control-dir>/<encoded user>/quota.yaml` (the EFS quota monitor's
 //! `<encoded_username>`). The name comes from the outside world (a PVC name, a
 //! hub user name) and may be hostile, so the encoding is the single place that
 //! guarantees a safe path component:

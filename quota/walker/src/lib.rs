@@ -5,7 +5,7 @@
 //! use it without the FUSE crate pulling in the controller's dependencies
 //! (kube, reqwest). It must never depend on another hubfs crate.
 //!
-//! The seed measured homes with `du` every four hours; on NFS a serial walk is
+//! The EFS quota monitor hubfs replaces measured homes with `du` every four hours; on NFS a serial walk is
 //! latency-bound (one round trip per `stat`), so this walker keeps several
 //! `stat`s in flight by spreading directories over worker threads that share
 //! one queue. It is used at mount time (the home layer's baseline), by the
@@ -18,7 +18,7 @@
 //! * an entry that vanishes or cannot be read mid-walk is counted in
 //!   [`WalkErrors`], never fatal — a home is written to while it is walked;
 //! * a deadline turns the result into a partial one marked `timed_out` (the
-//!   seed's `timed-out` state), and a `stat` rate limit keeps a walk from
+//!   EFS quota monitor's `timed-out` state), and a `stat` rate limit keeps a walk from
 //!   starving a shared filesystem.
 //!
 //! A [`Gate`] lets the caller decide per inode whether the walk counts it:
