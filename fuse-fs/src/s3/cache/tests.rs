@@ -42,6 +42,20 @@ fn bytes(n: u64, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
 }
 
+/// Block writes happen off the reader's path. Waits until `n` bytes have been filled in (each fill counted once its
+/// block is stored and older ones evicted).
+fn wait_for_fills(f: &Fixture, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while f.metrics.cache_fill_bytes.get() != n {
+        assert!(
+            Instant::now() < deadline,
+            "fills stuck at {} bytes, want {n}",
+            f.metrics.cache_fill_bytes.get()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Block writes happen off the reader's path: wait until the cache holds `n` bytes.
 fn wait_for_bytes(cache: &DiskCache, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -131,7 +145,8 @@ async fn the_least_recently_used_blocks_are_evicted_at_the_limit() {
     let etag = etag_of(&f, "a");
     for i in 0..4 {
         get(&f, "a", i * MIB..(i + 1) * MIB, Some(&etag)).await;
-        wait_for_bytes(&f.cache, ((i + 1) * MIB).min(2 * MIB));
+        wait_for_fills(&f, (i + 1) * MIB);
+        assert_eq!(f.cache.bytes(), ((i + 1) * MIB).min(2 * MIB));
     }
     let files = std::fs::read_dir(f.cache.dir()).unwrap().count();
     assert_eq!(files, 2, "two blocks of 1 MiB fit in 2 MiB");
