@@ -280,6 +280,7 @@ pub struct HubfsMount {
 impl HubfsMount {
     /// Mounts `sources` (BUCKET[:PREFIX]...) from `endpoint` with extra flags.
     pub fn start(g: &Garage, endpoint: &str, flags: &[&str], sources: &[&str]) -> HubfsMount {
+        crate::require_root("an S3 mount is a kernel FUSE mount");
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");

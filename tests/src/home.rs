@@ -15,10 +15,7 @@ pub const USER: u32 = 1000;
 /// Fails clearly if this machine cannot run the test (CI runs as root with
 /// /dev/fuse and util-linux's setpriv).
 pub fn require_root_fuse() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "home tests need root (they mount FUSE and switch users)"
-    );
+    crate::require_root("home tests mount FUSE and switch users");
     assert!(
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: load the fuse module"
