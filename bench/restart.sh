@@ -52,33 +52,8 @@ trap cleanup EXIT
 mount --bind "$W" "$W" && mount --make-rshared "$W"
 mkdir -p "$W/state" "$W/kubelet" "$W/share"
 
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-S3P=$(port); RPCP=$(port); ADMP=$(port)
-AK=GK$(head -c12 /dev/urandom | od -An -tx1 | tr -d ' \n')
-SK=$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-MT=$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-cat > "$W/garage.toml" <<TOML
-metadata_dir = "$W/meta"
-data_dir = "$W/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$RPCP"
-rpc_public_addr = "127.0.0.1:$RPCP"
-rpc_secret = "$(head -c32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$S3P"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:$ADMP"
-admin_token = "$MT"
-metrics_token = "$MT"
-TOML
-GARAGE_DEFAULT_ACCESS_KEY=$AK GARAGE_DEFAULT_SECRET_KEY=$SK GARAGE_DEFAULT_BUCKET=bench \
-    RUST_LOG=warn "$GARAGE" -c "$W/garage.toml" server --single-node --default-bucket >"$W/garage.log" 2>&1 &
-PIDS+=($!)
-EP=http://127.0.0.1:$S3P
-for _ in $(seq 200); do curl -sf -H "Authorization: Bearer $MT" "http://127.0.0.1:$ADMP/health" >/dev/null && break; sleep 0.1; done
+. "$ROOT/bench/lib/garage.sh"
+start_garage 200
 head -c $((8 << 20)) /dev/urandom > "$W/big.bin"
 for _ in $(seq 50); do
     curl -sf -X PUT -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:garage:s3" \

@@ -30,20 +30,8 @@ for tool in bindfs git setpriv "$PY"; do
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (mounts)" >&2; exit 1; }
 
-HUBFS=${HUBFS_BIN:-$ROOT/target/release/hubfs}
-if [ -z "${HUBFS_BIN:-}" ]; then
-    echo "building hubfs (release)..." >&2
-    (cd "$ROOT" && cargo build --release -q -p hubfs --bin hubfs)
-fi
-
-cleanup() {
-    umount "$BASE/hubfs" 2>/dev/null || true
-    umount "$BASE/bindfs" 2>/dev/null || true
-    if [ "$TMPFS" = 1 ] && mountpoint -q "$BASE"; then
-        for _ in $(seq 50); do umount "$BASE" 2>/dev/null && break; sleep 0.1; done
-        if mountpoint -q "$BASE"; then umount -l "$BASE"; fi
-    fi
-}
+. "$ROOT/bench/lib/homes.sh"
+build_hubfs
 trap cleanup EXIT
 cleanup
 rm -rf "$BASE"

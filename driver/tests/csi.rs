@@ -61,14 +61,7 @@ impl Driver {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "driver did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        hubfs_e2e::wait_for_path(&socket, Duration::from_secs(20), "the driver's socket");
         Self { child, dir, socket }
     }
 

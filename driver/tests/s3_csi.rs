@@ -63,11 +63,13 @@ impl Driver {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() || !dir.path().join("state/mounter.sock").exists() {
-            assert!(Instant::now() < deadline, "driver or mounter did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let within = Duration::from_secs(20);
+        hubfs_e2e::wait_for_path(&socket, within, "the driver's socket");
+        hubfs_e2e::wait_for_path(
+            &dir.path().join("state/mounter.sock"),
+            within,
+            "the mounter's socket",
+        );
         Self {
             child,
             mounter,
@@ -87,6 +89,23 @@ impl Driver {
         self.dir.path().join(format!(
             "kubelet/pods/{pod}/volumes/kubernetes.io~csi/s3-data/mount"
         ))
+    }
+
+    /// Asserts that the volume stats of `pod`'s target report a normal
+    /// condition.
+    async fn assert_healthy(&self, node: &mut NodeClient<Channel>, pod: &str) {
+        let c = node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: "s3-data".into(),
+                volume_path: self.target(pod).display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .volume_condition
+            .unwrap();
+        assert!(!c.abnormal, "{}", c.message);
     }
 
     /// `hubfs mount s3` processes serving this driver's state dir.
@@ -233,19 +252,7 @@ async fn s3_volume_is_one_shared_mount_per_node() {
         "one FUSE process for the bucket on this node"
     );
 
-    let stats = |pod: &str| NodeGetVolumeStatsRequest {
-        volume_id: "s3-data".into(),
-        volume_path: d.target(pod).display().to_string(),
-        ..Default::default()
-    };
-    let c = node
-        .node_get_volume_stats(stats("p1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume_condition
-        .unwrap();
-    assert!(!c.abnormal, "{}", c.message);
+    d.assert_healthy(&mut node, "p1").await;
 
     // The FUSE process dies: the mounter replaces it and binds it onto every
     // pod's target again, with no CSI call.
@@ -266,14 +273,7 @@ async fn s3_volume_is_one_shared_mount_per_node() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let c = node
-        .node_get_volume_stats(stats("p2"))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume_condition
-        .unwrap();
-    assert!(!c.abnormal, "{}", c.message);
+    d.assert_healthy(&mut node, "p2").await;
     assert_eq!(d.fuse_children().len(), 1);
     assert_ne!(d.fuse_children()[0], pid, "a new server");
     node.node_publish_volume(publish_req(&d, &g, "p3"))

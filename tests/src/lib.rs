@@ -12,6 +12,19 @@ pub mod kube;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Waits until `path` exists, polling for at most `within`, and fails the
+/// test saying `what` did not appear: a started driver or mounter creates
+/// its socket once it serves.
+#[track_caller]
+pub fn wait_for_path(path: &Path, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{what} did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// Fails the calling test, with a message saying so, unless it runs as root.
 ///

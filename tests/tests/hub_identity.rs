@@ -85,30 +85,12 @@ fn start_csi(dir: &Path, kubeconfig: &Path, quota_endpoint: &str) -> Csi {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "driver did not create its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    hubfs_e2e::wait_for_path(&socket, Duration::from_secs(30), "the driver's socket");
     Csi { child, socket }
 }
 
 async fn channel(socket: &Path) -> tonic::transport::Channel {
-    let path = socket.to_owned();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
+    hubfs::server::connect_unix(socket).await.unwrap()
 }
 
 fn cap() -> VolumeCapability {

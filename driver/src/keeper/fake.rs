@@ -9,19 +9,8 @@ use parking_lot::Mutex;
 use super::{ServerSpec, ServerStatus, Servers};
 use crate::error::{DriverError, Result};
 
-/// A recorded call.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ServerCall {
-    Publish {
-        spec: ServerSpec,
-        target: PathBuf,
-        read_only: bool,
-    },
-    Unpublish {
-        target: PathBuf,
-    },
-    Status,
-}
+/// A recorded call: the same calls the mounter's socket carries.
+pub type ServerCall = super::wire::Request;
 
 #[derive(Default)]
 struct FakeState {

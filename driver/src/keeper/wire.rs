@@ -17,7 +17,7 @@ use super::{ServerSpec, ServerStatus, Servers};
 use crate::error::{DriverError, Result};
 
 /// A call to the mounter.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Publish {

@@ -13,7 +13,7 @@ use hubfs_proto::csi::{
     volume_usage::Unit, NodeGetVolumeStatsResponse, VolumeCondition, VolumeUsage,
 };
 
-use super::NodeService;
+use super::{publish_server, NodeService};
 use crate::error::{DriverError, Result};
 use crate::homes;
 use crate::keeper::{Kind, ServerSpec};
@@ -101,17 +101,8 @@ pub(super) fn publish(
     if fuse {
         // The keeper knows whether the target already shows this home.
         let spec = home_layer(node, id, &vol, ctx, staging)?;
-        let created = !target.exists();
-        std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
-        match node.inner.servers.publish(&spec, target, false) {
-            Ok(true) => {}
-            Ok(false) => return Ok(None),
-            Err(e) => {
-                if created {
-                    let _ = std::fs::remove_dir(target);
-                }
-                return Err(e);
-            }
+        if !publish_server(node, &spec, target, false)? {
+            return Ok(None);
         }
     } else {
         if let Some(existing) = m.mounted_at(target)? {

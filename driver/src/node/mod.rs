@@ -13,7 +13,7 @@ mod home;
 mod mounted;
 mod s3;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hubfs_proto::csi::{
@@ -31,7 +31,7 @@ use tracing::info_span;
 use crate::controller::check_capabilities;
 use crate::error::{DriverError, Result};
 use crate::inflight::InFlight;
-use crate::keeper::Servers;
+use crate::keeper::{ServerSpec, Servers};
 use crate::mounter::Mounter;
 use crate::paths;
 use crate::server::blocking;
@@ -92,6 +92,24 @@ fn read_only(readonly: bool, c: &VolumeCapability) -> bool {
             m.mode == Mode::SingleNodeReaderOnly as i32
                 || m.mode == Mode::MultiNodeReaderOnly as i32
         })
+}
+
+/// Asks the keeper to show `spec` at `target`, creating the directory; one
+/// created here is removed again if that fails. Returns false when `target`
+/// already showed it (nothing was mounted).
+fn publish_server(
+    node: &NodeService,
+    spec: &ServerSpec,
+    target: &Path,
+    read_only: bool,
+) -> Result<bool> {
+    let created = !target.exists();
+    std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
+    let res = node.inner.servers.publish(spec, target, read_only);
+    if res.is_err() && created {
+        let _ = std::fs::remove_dir(target);
+    }
+    res
 }
 
 impl NodeService {

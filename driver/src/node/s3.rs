@@ -16,7 +16,7 @@ use hubfs_proto::csi::{
     NodeGetVolumeStatsResponse, NodePublishVolumeRequest, NodeStageVolumeRequest, VolumeCondition,
 };
 
-use super::NodeService;
+use super::{publish_server, NodeService};
 use crate::error::{DriverError, Result};
 use crate::keeper::{Kind, ServerSpec};
 
@@ -139,18 +139,9 @@ pub(super) fn publish(
 ) -> Result<Option<String>> {
     let opts = options(&r.volume_context, PathBuf::new())?;
     let spec = server(&opts);
-    let created = !target.exists();
-    std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
     // Buckets are read-mostly data shared by every pod on the node: always read-only here.
-    match node.inner.servers.publish(&spec, target, true) {
-        Ok(true) => {}
-        Ok(false) => return Ok(None),
-        Err(e) => {
-            if created {
-                let _ = std::fs::remove_dir(target);
-            }
-            return Err(e);
-        }
+    if !publish_server(node, &spec, target, true)? {
+        return Ok(None);
     }
     let src = &opts.sources[0];
     tracing::info!(bucket = %src.bucket, target = %target.display(), "S3 bucket published");

@@ -96,25 +96,17 @@ impl HomeFs {
         } else {
             sys::stat_at(p.fd(), &n).ok()
         };
-        let r = self.usage.reserve(0, before.is_none() as u64)?;
-        let ledger = self.ledger();
         // The kernel has followed any symlink already; one here appeared
         // since, and following it would create an inode nobody charged.
         let oflags =
             (flags & !(libc::O_NOCTTY | libc::O_TRUNC | libc::O_DIRECT)) | libc::O_NOFOLLOW;
         // Unmasked: the backing filesystem applies the caller's umask, or
         // the directory's default ACL instead, as a native one does.
-        let res = sys::as_user(c.uid, c.gid, || {
-            sys::with_umask(umask, || sys::create_at(p.fd(), &n, oflags, mode))
-        });
-        let file = match res {
-            Ok(f) => f,
-            Err(e) => {
-                self.usage.release(r);
-                return Err(e);
-            }
-        };
-        self.usage.settle(r, 0, before.is_none() as i64);
+        let (file, ledger) = self.charged(0, before.is_none() as u64, || {
+            sys::as_user(c.uid, c.gid, || {
+                sys::with_umask(umask, || sys::create_at(p.fd(), &n, oflags, mode))
+            })
+        })?;
         let mut st = sys::stat_fd(file.as_fd())?;
         if let (Some(l), None) = (&ledger, before) {
             l.born(inodes::key_of(&st));

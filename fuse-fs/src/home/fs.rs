@@ -375,6 +375,30 @@ impl HomeFs {
         })
     }
 
+    /// Runs `make`, which adds `bytes` and `inodes` to the home: reserved
+    /// first, charged if it succeeds, released if it fails. Returns its
+    /// result with the walk's ledger, taken before `make` ran, so the caller
+    /// can tell the walk about what it made.
+    pub(super) fn charged<T>(
+        &self,
+        bytes: u64,
+        inodes: u64,
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<(T, Option<MappedRwLockReadGuard<'_, Ledger>>)> {
+        let r = self.usage.reserve(bytes, inodes)?;
+        let ledger = self.ledger();
+        match make() {
+            Ok(v) => {
+                self.usage.settle(r, bytes as i64, inodes as i64);
+                Ok((v, ledger))
+            }
+            Err(e) => {
+                self.usage.release(r);
+                Err(e)
+            }
+        }
+    }
+
     /// Runs `make`, which creates `parent/name` holding `bytes`, as one
     /// more inode: reserved first, charged after, told to the walk.
     fn create_node(
@@ -384,13 +408,7 @@ impl HomeFs {
         bytes: u64,
         make: impl FnOnce() -> Result<()>,
     ) -> Result<Entry> {
-        let r = self.usage.reserve(bytes, 1)?;
-        let ledger = self.ledger();
-        if let Err(e) = make() {
-            self.usage.release(r);
-            return Err(e);
-        }
-        self.usage.settle(r, bytes as i64, 1);
+        let ((), ledger) = self.charged(bytes, 1, make)?;
         let e = self.remember(parent, name)?;
         if let Some(l) = ledger {
             l.born(inodes::key_of(&e.st));

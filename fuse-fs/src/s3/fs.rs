@@ -449,20 +449,13 @@ impl<S: ObjectStore> S3Fs<S> {
                 self.inodes.upsert(
                     dir.ino,
                     &e.name,
-                    NewChild {
-                        kind: Kind::Dir,
-                        loc: Location::Dir {
-                            source: i,
-                            prefix: self.cfg.sources[i].prefix.clone(),
-                        },
-                        stat: Stat {
-                            size: 0,
-                            mtime: self.started,
-                            etag: None,
-                            expiry: e.expiry,
-                        },
-                        local: false,
-                    },
+                    NewChild::dir(
+                        i,
+                        self.cfg.sources[i].prefix.clone(),
+                        self.started,
+                        e.expiry,
+                        false,
+                    ),
                 )
             }
         };
@@ -712,20 +705,13 @@ impl<S: ObjectStore> S3Fs<S> {
         let n = self.inodes.upsert(
             parent,
             name,
-            NewChild {
-                kind: Kind::Dir,
-                loc: Location::Dir {
-                    source,
-                    prefix: format!("{prefix}{name}/"),
-                },
-                stat: Stat {
-                    size: 0,
-                    mtime: SystemTime::now(),
-                    etag: None,
-                    expiry: Instant::now(),
-                },
-                local: true,
-            },
+            NewChild::dir(
+                source,
+                format!("{prefix}{name}/"),
+                SystemTime::now(),
+                Instant::now(),
+                true,
+            ),
         );
         self.inodes.remember(n.ino);
         self.dirs.invalidate(parent);

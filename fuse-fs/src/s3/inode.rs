@@ -88,6 +88,29 @@ pub struct NewChild {
     pub local: bool,
 }
 
+impl NewChild {
+    /// A directory of `source` whose keys start with `prefix`.
+    pub fn dir(
+        source: usize,
+        prefix: String,
+        mtime: SystemTime,
+        expiry: Instant,
+        local: bool,
+    ) -> Self {
+        NewChild {
+            kind: Kind::Dir,
+            loc: Location::Dir { source, prefix },
+            stat: Stat {
+                size: 0,
+                mtime,
+                etag: None,
+                expiry,
+            },
+            local,
+        }
+    }
+}
+
 impl InodeTable {
     pub fn new(root_loc: Location, root_stat: Stat) -> Self {
         let root = Inode {

@@ -40,20 +40,13 @@ impl<S: ObjectStore> S3Fs<S> {
                 return Ok(self.inodes.upsert(
                     parent,
                     name,
-                    NewChild {
-                        kind: Kind::Dir,
-                        loc: Location::Dir {
-                            source: i,
-                            prefix: s.prefix.clone(),
-                        },
-                        stat: Stat {
-                            size: 0,
-                            mtime: self.started,
-                            etag: None,
-                            expiry: until(now, Duration::MAX),
-                        },
-                        local: false,
-                    },
+                    NewChild::dir(
+                        i,
+                        s.prefix.clone(),
+                        self.started,
+                        until(now, Duration::MAX),
+                        false,
+                    ),
                 ));
             }
             Location::Dir { source, prefix } => (*source, prefix.clone()),
@@ -89,20 +82,13 @@ impl<S: ObjectStore> S3Fs<S> {
             Some(Found::Dir) => Ok(self.inodes.upsert(
                 parent,
                 name,
-                NewChild {
-                    kind: Kind::Dir,
-                    loc: Location::Dir {
-                        source,
-                        prefix: format!("{key}/"),
-                    },
-                    stat: Stat {
-                        size: 0,
-                        mtime: SystemTime::UNIX_EPOCH,
-                        etag: None,
-                        expiry,
-                    },
-                    local: false,
-                },
+                NewChild::dir(
+                    source,
+                    format!("{key}/"),
+                    SystemTime::UNIX_EPOCH,
+                    expiry,
+                    false,
+                ),
             )),
             Some(Found::File(info)) => Ok(self.inodes.upsert(
                 parent,
