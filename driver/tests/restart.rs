@@ -209,10 +209,7 @@ struct Node {
 
 impl Node {
     async fn start(g: &Garage) -> Node {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests mount and make namespaces: run them as root"
-        );
+        hubfs_e2e::require_root("these tests mount and make namespaces");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         use nix::mount::{mount, MsFlags};

@@ -187,10 +187,7 @@ fn mounted(p: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_volume_is_one_shared_mount_per_node() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "needs root for FUSE and bind mounts"
-    );
+    hubfs_e2e::require_root("FUSE and bind mounts");
     let g = Garage::start("data");
     let s3 = client(&g, &g.endpoint).await;
     s3.put(

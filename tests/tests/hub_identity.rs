@@ -116,10 +116,7 @@ fn events_about<'a>(events: &'a [PostedEvent], name: &str) -> Vec<&'a PostedEven
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_users_over_quota_are_stopped_by_their_hub_names_whatever_their_claims_are_called() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test mounts: run it as root"
-    );
+    hubfs_e2e::require_root("this test mounts (bind mounts of published homes)");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for sub in ["share/users", "kubelet", "state", "control"] {
