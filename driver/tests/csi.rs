@@ -61,7 +61,7 @@ impl Driver {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        hubfs_e2e::wait_for_path(&socket, Duration::from_secs(20), "the driver's socket");
+        hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(20), "the driver's socket");
         Self { child, dir, socket }
     }
 

@@ -64,8 +64,8 @@ impl Driver {
             .spawn()
             .unwrap();
         let within = Duration::from_secs(20);
-        hubfs_e2e::wait_for_path(&socket, within, "the driver's socket");
-        hubfs_e2e::wait_for_path(
+        hubfs_e2e::wait_for_socket(&socket, within, "the driver's socket");
+        hubfs_e2e::wait_for_socket(
             &dir.path().join("state/mounter.sock"),
             within,
             "the mounter's socket",

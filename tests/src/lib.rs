@@ -14,14 +14,21 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Waits until `path` exists, polling for at most `within`, and fails the
-/// test saying `what` did not appear: a started driver or mounter creates
-/// its socket once it serves.
+/// Waits until a unix socket at `path` accepts a connection (not merely
+/// exists: a server binds before it listens, and a server that died leaves
+/// its socket file behind), failing the test with `what` after `within`.
 #[track_caller]
-pub fn wait_for_path(path: &Path, within: Duration, what: &str) {
+pub fn wait_for_socket(path: &Path, within: Duration, what: &str) {
     let deadline = Instant::now() + within;
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{what} did not appear");
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "{what} ({}) does not accept connections: {e}",
+                path.display()
+            ),
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

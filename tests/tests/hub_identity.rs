@@ -85,7 +85,7 @@ fn start_csi(dir: &Path, kubeconfig: &Path, quota_endpoint: &str) -> Csi {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    hubfs_e2e::wait_for_path(&socket, Duration::from_secs(30), "the driver's socket");
+    hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "the driver's socket");
     Csi { child, socket }
 }
 
