@@ -104,9 +104,6 @@ pub fn build(
         if d.exists() && !d.is_dir() {
             bail!("--users-dir {} is not a directory", d.display());
         }
-        if !d.exists() {
-            tracing::warn!(dir = %d.display(), "--users-dir does not exist yet (no home provisioned so far); walks start when it appears");
-        }
     }
     Ok(Arc::new(
         Controller::new(
