@@ -32,12 +32,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use parking_lot::Mutex;
 
 use super::error::ObjectError;
+use super::layer::{Call, Get, Layer, Layered};
 use super::metrics::S3Metrics;
-use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, UploadedPart};
+use super::store::{ByteStream, ObjectStore};
 
 /// Bytes per cache block: the unit kept, evicted and checked. A divisor of
 /// the prefetcher's part sizes, so sequential reads fill whole blocks.
@@ -241,20 +243,17 @@ impl DiskCache {
     }
 }
 
-/// A store whose versioned GETs go through a [`DiskCache`] (if there is one).
+/// The layer that serves versioned GETs from a [`DiskCache`] (if there is
+/// one); every other request passes untouched.
 #[derive(Debug)]
-pub struct CachedStore<S> {
-    inner: S,
-    cache: Option<Arc<DiskCache>>,
-}
+pub struct Cached(Option<Arc<DiskCache>>);
+
+/// A store whose versioned GETs go through a [`DiskCache`] (if there is one).
+pub type CachedStore<S> = Layered<S, Cached>;
 
 impl<S> CachedStore<S> {
     pub fn new(inner: S, cache: Option<Arc<DiskCache>>) -> Self {
-        Self { inner, cache }
-    }
-
-    pub fn inner(&self) -> &S {
-        &self.inner
+        Layered::with_layer(inner, Cached(cache))
     }
 }
 
@@ -325,40 +324,31 @@ fn tee(cache: Arc<DiskCache>, v: OwnedVersion, range: Range<u64>, body: ByteStre
 }
 
 #[async_trait]
-impl<S: ObjectStore> ObjectStore for CachedStore<S> {
-    async fn list_page(
+impl Layer for Cached {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        _call: Call<'a>,
+        request: BoxFuture<'a, Result<T, ObjectError>>,
+    ) -> BoxFuture<'a, Result<T, ObjectError>> {
+        request
+    }
+
+    async fn get_range<S: ObjectStore>(
         &self,
-        bucket: &str,
-        prefix: &str,
-        delimiter: Option<&str>,
-        token: Option<String>,
-        max_keys: i32,
-    ) -> Result<ListPage, ObjectError> {
-        self.inner
-            .list_page(bucket, prefix, delimiter, token, max_keys)
-            .await
-    }
-
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
-        self.inner.head(bucket, key).await
-    }
-
-    async fn head_once(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
-        self.inner.head_once(bucket, key).await
-    }
-
-    async fn get_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        range: Range<u64>,
-        etag: Option<&str>,
+        inner: &S,
+        get: Get<'_>,
     ) -> Result<ByteStream, ObjectError> {
-        let (Some(cache), Some(etag)) = (&self.cache, etag) else {
-            return self.inner.get_range(bucket, key, range, etag).await;
+        let Get {
+            bucket,
+            key,
+            range,
+            etag,
+        } = get;
+        let (Some(cache), Some(etag)) = (&self.0, etag) else {
+            return inner.get_range(bucket, key, range, etag).await;
         };
         if range.start >= range.end {
-            return self.inner.get_range(bucket, key, range, Some(etag)).await;
+            return inner.get_range(bucket, key, range, Some(etag)).await;
         }
         let v = OwnedVersion {
             bucket: bucket.to_string(),
@@ -381,57 +371,10 @@ impl<S: ObjectStore> ObjectStore for CachedStore<S> {
             return Ok(Box::pin(futures::stream::iter(pieces.into_iter().map(Ok))));
         }
         cache.metrics.cache_misses.inc();
-        let body = self
-            .inner
+        let body = inner
             .get_range(bucket, key, range.clone(), Some(etag))
             .await?;
         Ok(tee(cache.clone(), v, range, body))
-    }
-
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), ObjectError> {
-        self.inner.put(bucket, key, body).await
-    }
-
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, ObjectError> {
-        self.inner.create_multipart(bucket, key).await
-    }
-
-    async fn upload_part(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<UploadedPart, ObjectError> {
-        self.inner
-            .upload_part(bucket, key, upload_id, number, body)
-            .await
-    }
-
-    async fn complete_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<UploadedPart>,
-    ) -> Result<(), ObjectError> {
-        self.inner
-            .complete_multipart(bucket, key, upload_id, parts)
-            .await
-    }
-
-    async fn abort_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<(), ObjectError> {
-        self.inner.abort_multipart(bucket, key, upload_id).await
-    }
-
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
-        self.inner.delete(bucket, key).await
     }
 }
 

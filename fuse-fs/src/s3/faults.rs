@@ -5,16 +5,17 @@
 //! right errno, without a server that can be told to misbehave.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use parking_lot::Mutex;
 
 use super::error::ObjectError;
-use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, Op, UploadedPart};
+use super::layer::{Call, Get, Layer, Layered};
+use super::store::{ByteStream, ObjectStore, Op};
 
 /// What to do to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,29 +36,43 @@ struct Plan {
     every: HashMap<Op, (u64, Fault)>,
 }
 
-/// The fault-injecting wrapper.
-#[derive(Debug)]
-pub struct FaultyStore<S> {
-    inner: S,
+/// The fault-injecting layer: what to fail, and what it failed.
+#[derive(Debug, Default)]
+pub struct Faults {
     plan: Mutex<Plan>,
     seen: [AtomicU64; Op::ALL.len()],
     injected: AtomicU64,
 }
 
-impl<S: ObjectStore> FaultyStore<S> {
+/// The fault-injecting wrapper.
+pub type FaultyStore<S> = Layered<S, Faults>;
+
+impl<S> FaultyStore<S> {
     pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            plan: Mutex::new(Plan::default()),
-            seen: Default::default(),
-            injected: AtomicU64::new(0),
-        }
+        Layered::with_layer(inner, Faults::default())
     }
 
-    pub fn inner(&self) -> &S {
-        &self.inner
+    /// The next `n` requests of `op` get `fault`.
+    pub fn fail_next(&self, op: Op, n: usize, fault: Fault) {
+        self.layer().fail_next(op, n, fault)
     }
 
+    /// Every `n`-th request of `op` gets `fault` (n >= 1).
+    pub fn fail_every(&self, op: Op, n: u64, fault: Fault) {
+        self.layer().fail_every(op, n, fault)
+    }
+
+    pub fn clear(&self) {
+        self.layer().clear()
+    }
+
+    /// How many faults were injected so far.
+    pub fn injected(&self) -> u64 {
+        self.layer().injected()
+    }
+}
+
+impl Faults {
     /// The next `n` requests of `op` get `fault`.
     pub fn fail_next(&self, op: Op, n: usize, fault: Fault) {
         let mut plan = self.plan.lock();
@@ -105,43 +120,34 @@ impl<S: ObjectStore> FaultyStore<S> {
 }
 
 #[async_trait]
-impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
-    async fn list_page(
+impl Layer for Faults {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: Call<'a>,
+        request: BoxFuture<'a, Result<T, ObjectError>>,
+    ) -> BoxFuture<'a, Result<T, ObjectError>> {
+        Box::pin(async move {
+            self.check(call.op).await?;
+            request.await
+        })
+    }
+
+    async fn get_range<S: ObjectStore>(
         &self,
-        bucket: &str,
-        prefix: &str,
-        delimiter: Option<&str>,
-        token: Option<String>,
-        max_keys: i32,
-    ) -> Result<ListPage, ObjectError> {
-        self.check(Op::List).await?;
-        self.inner
-            .list_page(bucket, prefix, delimiter, token, max_keys)
-            .await
-    }
-
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
-        self.check(Op::Head).await?;
-        self.inner.head(bucket, key).await
-    }
-
-    async fn head_once(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
-        self.check(Op::Head).await?;
-        self.inner.head_once(bucket, key).await
-    }
-
-    async fn get_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        range: Range<u64>,
-        etag: Option<&str>,
+        inner: &S,
+        get: Get<'_>,
     ) -> Result<ByteStream, ObjectError> {
+        let Get {
+            bucket,
+            key,
+            range,
+            etag,
+        } = get;
         match self.fault_for(Op::Get) {
             Some(Fault::Error(e)) => Err(e),
             Some(Fault::Stall) => std::future::pending().await,
             Some(Fault::CutBodyAfter(limit)) => {
-                let stream = self.inner.get_range(bucket, key, range, etag).await?;
+                let stream = inner.get_range(bucket, key, range, etag).await?;
                 let mut sent = 0u64;
                 let cut = stream
                     .map(move |chunk| {
@@ -176,60 +182,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
                     futures::future::ready(Some(item))
                 })))
             }
-            None => self.inner.get_range(bucket, key, range, etag).await,
+            None => inner.get_range(bucket, key, range, etag).await,
         }
-    }
-
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), ObjectError> {
-        self.check(Op::Put).await?;
-        self.inner.put(bucket, key, body).await
-    }
-
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, ObjectError> {
-        self.check(Op::CreateMultipart).await?;
-        self.inner.create_multipart(bucket, key).await
-    }
-
-    async fn upload_part(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<UploadedPart, ObjectError> {
-        self.check(Op::UploadPart).await?;
-        self.inner
-            .upload_part(bucket, key, upload_id, number, body)
-            .await
-    }
-
-    async fn complete_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<UploadedPart>,
-    ) -> Result<(), ObjectError> {
-        self.check(Op::CompleteMultipart).await?;
-        self.inner
-            .complete_multipart(bucket, key, upload_id, parts)
-            .await
-    }
-
-    async fn abort_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<(), ObjectError> {
-        self.check(Op::AbortMultipart).await?;
-        self.inner.abort_multipart(bucket, key, upload_id).await
-    }
-
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
-        self.check(Op::Delete).await?;
-        self.inner.delete(bucket, key).await
     }
 }
 

@@ -1,15 +1,14 @@
 //! Request and byte counters per S3 operation, and a debug line per request.
 //!
-//! [`Instrumented`] wraps the real store, so every request the filesystem
+//! [`Instrumented`] wraps the real store (a [`Layered`] store), so every request the filesystem
 //! makes is counted once, whatever code path issued it. The counters are
 //! registered in a Prometheus registry the mount command serves over HTTP.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,7 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::error::ObjectError;
-use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, Op, UploadedPart};
+use super::layer::{Call, Get, Layer, Layered};
+use super::store::{ByteStream, ObjectStore, Op};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
@@ -124,41 +124,32 @@ impl S3Metrics {
     }
 }
 
-/// A store wrapper that counts and logs every request.
+/// The layer that counts and logs every request.
 #[derive(Debug)]
-pub struct Instrumented<S> {
-    inner: S,
-    metrics: Arc<S3Metrics>,
-}
+pub struct Metered(Arc<S3Metrics>);
+
+/// A store whose every request is counted and logged.
+pub type Instrumented<S> = Layered<S, Metered>;
 
 impl<S> Instrumented<S> {
     pub fn new(inner: S, metrics: Arc<S3Metrics>) -> Self {
-        Self { inner, metrics }
+        Layered::with_layer(inner, Metered(metrics))
     }
+}
 
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
+impl Metered {
     /// Counts a request as it is sent: one that is dropped before it
     /// answers (a HEAD a lookup no longer needs) reached S3 all the same.
     fn start(&self, op: Op) -> Instant {
-        self.metrics
+        self.0
             .requests
             .get_or_create(&OpLabel { op: op.name() })
             .inc();
         Instant::now()
     }
 
-    fn done<T>(
-        &self,
-        op: Op,
-        bucket: &str,
-        key: &str,
-        start: Instant,
-        result: &Result<T, ObjectError>,
-    ) {
-        let label = OpLabel { op: op.name() };
+    fn done<T>(&self, call: &Call<'_>, start: Instant, result: &Result<T, ObjectError>) {
+        let (op, bucket, key) = (call.op, call.bucket, call.key);
         match result {
             Ok(_) => tracing::debug!(
                 op = op.name(),
@@ -168,146 +159,68 @@ impl<S> Instrumented<S> {
                 "s3 request"
             ),
             Err(e) => {
-                self.metrics.errors.get_or_create(&label).inc();
+                let label = OpLabel { op: op.name() };
+                self.0.errors.get_or_create(&label).inc();
                 tracing::debug!(op = op.name(), bucket, key, error = %e, "s3 request failed");
             }
         }
+        if call.sent > 0 {
+            self.bytes(op).inc_by(call.sent);
+        }
     }
 
-    fn add_bytes(&self, op: Op, n: u64) {
-        self.metrics
+    fn bytes(&self, op: Op) -> Counter {
+        self.0
             .bytes
             .get_or_create(&OpLabel { op: op.name() })
-            .inc_by(n);
+            .clone()
     }
 }
 
 #[async_trait]
-impl<S: ObjectStore> ObjectStore for Instrumented<S> {
-    async fn list_page(
+impl Layer for Metered {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: Call<'a>,
+        request: BoxFuture<'a, Result<T, ObjectError>>,
+    ) -> BoxFuture<'a, Result<T, ObjectError>> {
+        Box::pin(async move {
+            let t = self.start(call.op);
+            let r = request.await;
+            self.done(&call, t, &r);
+            r
+        })
+    }
+
+    async fn get_range<S: ObjectStore>(
         &self,
-        bucket: &str,
-        prefix: &str,
-        delimiter: Option<&str>,
-        token: Option<String>,
-        max_keys: i32,
-    ) -> Result<ListPage, ObjectError> {
-        let t = self.start(Op::List);
-        let r = self
-            .inner
-            .list_page(bucket, prefix, delimiter, token, max_keys)
-            .await;
-        self.done(Op::List, bucket, prefix, t, &r);
-        r
-    }
-
-    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
-        let t = self.start(Op::Head);
-        let r = self.inner.head(bucket, key).await;
-        self.done(Op::Head, bucket, key, t, &r);
-        r
-    }
-
-    async fn head_once(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
-        let t = self.start(Op::Head);
-        let r = self.inner.head_once(bucket, key).await;
-        self.done(Op::Head, bucket, key, t, &r);
-        r
-    }
-
-    async fn get_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        range: Range<u64>,
-        etag: Option<&str>,
+        inner: &S,
+        get: Get<'_>,
     ) -> Result<ByteStream, ObjectError> {
+        let Get {
+            bucket,
+            key,
+            range,
+            etag,
+        } = get;
+        let call = Call {
+            op: Op::Get,
+            bucket,
+            key,
+            sent: 0,
+        };
         let t = self.start(Op::Get);
-        let r = self.inner.get_range(bucket, key, range.clone(), etag).await;
-        self.done(Op::Get, bucket, key, t, &r);
+        let r = inner.get_range(bucket, key, range.clone(), etag).await;
+        self.done(&call, t, &r);
         tracing::trace!(start = range.start, end = range.end, "get range");
-        let metrics = self.metrics.clone();
+        let counter = self.bytes(Op::Get);
         r.map(|s| {
-            let counter = metrics
-                .bytes
-                .get_or_create(&OpLabel { op: Op::Get.name() })
-                .clone();
             Box::pin(s.inspect(move |c| {
                 if let Ok(b) = c {
                     counter.inc_by(b.len() as u64);
                 }
             })) as ByteStream
         })
-    }
-
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<(), ObjectError> {
-        let t = self.start(Op::Put);
-        let n = body.len() as u64;
-        let r = self.inner.put(bucket, key, body).await;
-        self.done(Op::Put, bucket, key, t, &r);
-        self.add_bytes(Op::Put, n);
-        r
-    }
-
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, ObjectError> {
-        let t = self.start(Op::CreateMultipart);
-        let r = self.inner.create_multipart(bucket, key).await;
-        self.done(Op::CreateMultipart, bucket, key, t, &r);
-        r
-    }
-
-    async fn upload_part(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<UploadedPart, ObjectError> {
-        let t = self.start(Op::UploadPart);
-        let n = body.len() as u64;
-        let r = self
-            .inner
-            .upload_part(bucket, key, upload_id, number, body)
-            .await;
-        self.done(Op::UploadPart, bucket, key, t, &r);
-        self.add_bytes(Op::UploadPart, n);
-        r
-    }
-
-    async fn complete_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        parts: Vec<UploadedPart>,
-    ) -> Result<(), ObjectError> {
-        let t = self.start(Op::CompleteMultipart);
-        let r = self
-            .inner
-            .complete_multipart(bucket, key, upload_id, parts)
-            .await;
-        self.done(Op::CompleteMultipart, bucket, key, t, &r);
-        r
-    }
-
-    async fn abort_multipart(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<(), ObjectError> {
-        let t = self.start(Op::AbortMultipart);
-        let r = self.inner.abort_multipart(bucket, key, upload_id).await;
-        self.done(Op::AbortMultipart, bucket, key, t, &r);
-        r
-    }
-
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
-        let t = self.start(Op::Delete);
-        let r = self.inner.delete(bucket, key).await;
-        self.done(Op::Delete, bucket, key, t, &r);
-        r
     }
 }
 

@@ -17,6 +17,7 @@ pub mod faults;
 pub mod fs;
 pub mod fuse;
 pub mod inode;
+pub mod layer;
 pub mod listing;
 pub mod metrics;
 pub mod prefetch;

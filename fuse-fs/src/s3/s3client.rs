@@ -158,6 +158,29 @@ fn to_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+impl S3Store {
+    /// A HEAD, with the client's retry policy or `config`'s instead.
+    async fn head_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        config: Option<aws_sdk_s3::config::Builder>,
+    ) -> Result<ObjectInfo, ObjectError> {
+        let request = self.client.head_object().bucket(bucket).key(key);
+        let out = match config {
+            Some(config) => request.customize().config_override(config).send().await,
+            None => request.send().await,
+        }
+        .map_err(map_err)?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            mtime: to_time(out.last_modified()),
+            etag: out.e_tag().map(str::to_string),
+        })
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn list_page(
@@ -209,41 +232,13 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
-        let out = self
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(map_err)?;
-        Ok(ObjectInfo {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            mtime: to_time(out.last_modified()),
-            etag: out.e_tag().map(str::to_string),
-        })
+        self.head_with(bucket, key, None).await
     }
 
     async fn head_once(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
         let once = aws_sdk_s3::config::Builder::default()
             .retry_config(RetryConfig::standard().with_max_attempts(1));
-        let out = self
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .customize()
-            .config_override(once)
-            .send()
-            .await
-            .map_err(map_err)?;
-        Ok(ObjectInfo {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            mtime: to_time(out.last_modified()),
-            etag: out.e_tag().map(str::to_string),
-        })
+        self.head_with(bucket, key, Some(once)).await
     }
 
     async fn get_range(
