@@ -43,6 +43,10 @@ impl<S: ObjectStore> FuseAdapter<S> {
 }
 
 fn errno(e: &FsError) -> Errno {
+    // What S3 cannot do reaches the user as a bare EOPNOTSUPP: say which.
+    if let FsError::Unsupported(what) = e {
+        tracing::warn!(what, "answering EOPNOTSUPP");
+    }
     Errno::from_i32(e.errno())
 }
 
