@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hubfs_e2e::garage::{client, Garage};
@@ -365,13 +365,13 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // With its identity: A reads again, B stays denied.
-    assert_ne!(d.server_of("pa"), a_pid);
     for pod in ["pa", "pa2"] {
         assert_eq!(
             read_eventually(&d.target(pod).join("c.txt")).await,
             "third\n"
         );
     }
+    assert_ne!(d.server_of("pa"), a_pid);
     assert!(std::fs::read_to_string(d.target("pb").join("c.txt")).is_err());
 
     // The secrets are nowhere they must not be.
