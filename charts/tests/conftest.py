@@ -61,6 +61,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "stateDir": "/var/snap/microk8s/common/var/lib/hubfs",
     },
     "no-quota": {"quotaController": {"enabled": False}, "rbac": {"create": True}},
+    "s3cache": {"node": {"s3Cache": {"enabled": True, "size": "20Gi", "hostPath": "/mnt/nvme/hubfs-s3"}}},
 }
 
 

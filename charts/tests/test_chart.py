@@ -287,6 +287,33 @@ def test_mounter_owns_the_fuse_servers_and_is_never_rolled_by_an_upgrade(variant
     assert c["resources"]["requests"] and c["resources"]["limits"]
 
 
+def test_the_s3_cache_is_the_mounters_with_a_size_and_a_place():
+    """node.s3Cache reaches `hubfs mounter` (the S3 servers run there), on a
+    hostPath or an emptyDir without a size limit; off by default."""
+    for sc, want in [
+        ({"enabled": True, "size": "20Gi", "hostPath": "/mnt/nvme/hubfs-s3"},
+         {"hostPath": {"path": "/mnt/nvme/hubfs-s3", "type": "DirectoryOrCreate"}}),
+        ({"enabled": True, "size": "500M"}, {"emptyDir": {}}),
+    ]:
+        docs = render({"node": {"s3Cache": sc}})
+        m = container(one(docs, "DaemonSet", "-mounter"), "hubfs")
+        assert flag(m, "s3-cache-dir") == ["/var/cache/hubfs-s3"]
+        assert flag(m, "s3-cache-size") == [sc["size"]]
+        mounts = {mm["mountPath"]: mm["name"] for mm in m["volumeMounts"]}
+        vols = {v["name"]: v for v in one(docs, "DaemonSet", "-mounter")["spec"]["template"]["spec"]["volumes"]}
+        vol = dict(vols[mounts["/var/cache/hubfs-s3"]])
+        vol.pop("name")
+        assert vol == want
+        plugin = container(one(docs, "DaemonSet", "-node"), "hubfs")
+        assert not [a for a in plugin["args"] if "cache" in a], "the node plugin runs no server"
+    off = container(one(render({}), "DaemonSet", "-mounter"), "hubfs")
+    assert not [a for a in off["args"] if "cache" in a]
+    assert "/var/cache/hubfs-s3" not in {mm["mountPath"] for mm in off["volumeMounts"]}
+    for bad in ({"size": "lots"}, {"size": "0"}, {"hostPath": "relative/dir"}, {"hostPath": "/x/"}, {"sizeLimit": "1Gi"}):
+        with pytest.raises(Exception):
+            render({"node": {"s3Cache": {"enabled": True, **bad}}})
+
+
 def test_mounter_gets_the_s3_credentials():
     m = one(render({"node": {"s3CredentialsSecret": "s3-creds"}}), "DaemonSet", "-mounter")
     assert container(m, "hubfs")["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]

@@ -284,3 +284,35 @@ def test_extra_config_loads_the_repositorys_spawn_hook(monkeypatch):
         asyncio.run(c.Spawner.pre_spawn_hook(FakeSpawner("newcomer", [])))
     finally:
         ctl.close()
+
+
+S3_CREDENTIALS_EXAMPLE = REPO / "charts" / "hubfs" / "examples" / "s3-credentials-pv.yaml"
+
+
+@pytest.mark.parametrize("kube", ["1.29.0", "1.31.0"])
+def test_s3_credentials_example_validates_and_uses_the_documented_keys(kube):
+    """The per-volume identity example: valid manifests, each PV names a
+    Secret with exactly the keys the driver reads, two identities."""
+    docs = list(yaml.safe_load_all(S3_CREDENTIALS_EXAMPLE.read_text()))
+    for d in docs:
+        kubernetes_validate.validate(d, kube, strict=True)
+    secrets = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs if d["kind"] == "Secret"}
+    pvs = [d for d in docs if d["kind"] == "PersistentVolume"]
+    assert len(pvs) == 2 and len(secrets) == 2
+    driver = one(render({}), "CSIDriver")["metadata"]["name"]
+    for pv in pvs:
+        csi = pv["spec"]["csi"]
+        assert csi["driver"] == driver and csi["volumeAttributes"]["type"] == "s3"
+        assert "anonymous" not in csi["volumeAttributes"], "a secret and anonymous exclude each other"
+        ref = csi["nodePublishSecretRef"]
+        keys = set(secrets[(ref["namespace"], ref["name"])]["stringData"])
+        assert {"accessKeyID", "secretAccessKey"} <= keys <= {"accessKeyID", "secretAccessKey", "sessionToken"}
+    rust = (REPO / "fuse-fs" / "src" / "s3" / "credentials.rs").read_text()
+    for k in ("accessKeyID", "secretAccessKey", "sessionToken"):
+        assert f'"{k}"' in rust
+    lines = S3_CREDENTIALS_EXAMPLE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z]+):\s*\S", line)
+        if m and m.group(2) in {"bucket", "prefix", "region", "accessKeyID", "secretAccessKey", "volumeHandle", "driver"}:
+            prev = next(lines[j] for j in range(i - 1, -1, -1) if lines[j].strip())
+            assert prev.strip().startswith("#"), f"line {i + 1} undocumented: {line}"

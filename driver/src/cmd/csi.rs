@@ -70,6 +70,10 @@ pub struct CsiArgs {
     /// Where FUSE servers run [default: mounter with --mode node, in-process otherwise].
     #[arg(long, value_enum)]
     servers: Option<ServersAt>,
+    /// The S3 data cache of in-process servers (with `--servers mounter`,
+    /// give these to `hubfs mounter`).
+    #[command(flatten)]
+    s3_cache: super::mounter::S3CacheArgs,
     /// Do not post Kubernetes Events (they are also skipped when no API server is configured).
     #[arg(long)]
     no_events: bool,
@@ -131,14 +135,18 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
                 _ => ServersAt::InProcess,
             });
             let servers: Arc<dyn Servers> = match at {
-                ServersAt::Mounter => Arc::new(MounterClient::new(keeper::socket_path(&state_dir))),
+                ServersAt::Mounter => {
+                    if args.s3_cache.s3_cache_dir.is_some() {
+                        bail!("--s3-cache-dir belongs to `hubfs mounter` when the servers run there (--servers mounter)");
+                    }
+                    Arc::new(MounterClient::new(keeper::socket_path(&state_dir)))
+                }
                 ServersAt::InProcess => {
                     let exe = std::env::current_exe().context("locate the hubfs binary")?;
+                    let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
+                    cfg.s3_cache = args.s3_cache.config()?;
                     let sup = tokio::task::block_in_place(|| {
-                        Supervisor::open(
-                            SupervisorConfig::new(state_dir.clone(), exe),
-                            mounter.clone(),
-                        )
+                        Supervisor::open(cfg, mounter.clone())
                     });
                     sup.watch();
                     sup

@@ -143,7 +143,7 @@ fn parse_mode(s: &str) -> Result<u16, String> {
 
 /// A positive byte size in the crate-wide syntax (`8Mi` = 8 MiB, `8M` =
 /// 8,000,000 bytes; see [`hubfs_quota::parse_size`]).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     match hubfs_quota::parse_size(s) {
         Ok(0) => Err(format!("{s:?} is zero bytes; give a size like 8Mi")),
         Ok(n) => Ok(n),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use hubfs::keeper::{self, Servers, Supervisor, SupervisorConfig};
+use hubfs::keeper::{self, S3Cache, Servers, Supervisor, SupervisorConfig};
 use hubfs::mounter::SysMounter;
 
 #[derive(Args, Debug)]
@@ -27,6 +27,36 @@ pub struct MounterArgs {
     /// after at most this long plus its start time).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     watch_ms: u64,
+    #[command(flatten)]
+    s3_cache: S3CacheArgs,
+}
+
+/// The node's S3 data cache (`hubfs mounter`, and `hubfs csi` with in-process servers).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct S3CacheArgs {
+    /// Local-disk data cache of S3 mounts: every bucket server gets
+    /// `--cache-dir <this>/<server id>` (one per bucket, prefix and identity),
+    /// emptied when it starts and removed when its last pod goes.
+    #[arg(long, help_heading = "S3 cache")]
+    pub s3_cache_dir: Option<PathBuf>,
+    /// Most bytes each S3 server's cache holds (`10Gi`, `500M`, ...).
+    #[arg(long, default_value = "10Gi", value_parser = super::mount_s3::parse_size, help_heading = "S3 cache")]
+    pub s3_cache_size: u64,
+}
+
+impl S3CacheArgs {
+    /// The supervisor's setting; the directory must be absolute.
+    pub fn config(&self) -> anyhow::Result<Option<S3Cache>> {
+        let Some(dir) = &self.s3_cache_dir else {
+            return Ok(None);
+        };
+        let dir = hubfs::paths::absolute("--s3-cache-dir", &dir.to_string_lossy())?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(Some(S3Cache {
+            dir,
+            size: self.s3_cache_size,
+        }))
+    }
 }
 
 pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
@@ -53,6 +83,10 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locate the hubfs binary")?;
     let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
     cfg.watch_interval = Duration::from_millis(args.watch_ms);
+    cfg.s3_cache = args.s3_cache.config()?;
+    if let Some(c) = &cfg.s3_cache {
+        tracing::info!(dir = %c.dir.display(), bytes_per_server = c.size, "S3 data cache");
+    }
     let sup = Supervisor::open(cfg, Arc::new(SysMounter));
     sup.watch();
     let servers: Arc<dyn Servers> = sup.clone();

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use hubfs_fuse::s3::credentials::StaticCredentials;
 use parking_lot::Mutex;
 
 use super::{ServerSpec, ServerStatus, Servers};
@@ -40,14 +41,27 @@ impl FakeServers {
     }
 }
 
-impl Servers for FakeServers {
-    fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
+impl FakeServers {
+    fn record(
+        &self,
+        spec: &ServerSpec,
+        target: &Path,
+        read_only: bool,
+        credentials: Option<&StaticCredentials>,
+    ) -> Result<bool> {
         spec.validate()?;
+        if super::secrets::wants_credentials(spec) != credentials.is_some() {
+            return Err(DriverError::Invalid(format!(
+                "{}: credentials must come with --credentials-file /dev/fd/0, and only then",
+                spec.what
+            )));
+        }
         let mut s = self.inner.lock();
         s.calls.push(ServerCall::Publish {
             spec: spec.clone(),
             target: target.into(),
             read_only,
+            credentials: credentials.map(Into::into),
         });
         if let Some(e) = s.fail_next.take() {
             return Err(e);
@@ -66,6 +80,22 @@ impl Servers for FakeServers {
             .entry(spec.id.clone())
             .or_insert_with(|| (spec.clone(), BTreeMap::new()));
         Ok(entry.1.insert(target.into(), read_only).is_none())
+    }
+}
+
+impl Servers for FakeServers {
+    fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
+        self.record(spec, target, read_only, None)
+    }
+
+    fn publish_with_credentials(
+        &self,
+        spec: &ServerSpec,
+        target: &Path,
+        read_only: bool,
+        credentials: &StaticCredentials,
+    ) -> Result<bool> {
+        self.record(spec, target, read_only, Some(credentials))
     }
 
     fn unpublish(&self, target: &Path) -> Result<bool> {

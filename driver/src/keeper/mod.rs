@@ -28,18 +28,20 @@
 
 #[cfg(test)]
 pub mod fake;
+pub mod secrets;
 mod state;
 mod supervisor;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
 
+use hubfs_fuse::s3::credentials::StaticCredentials;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DriverError, Result};
 
 pub use state::{State, StateFile, STATE_VERSION};
-pub use supervisor::{Supervisor, SupervisorConfig};
+pub use supervisor::{S3Cache, Supervisor, SupervisorConfig};
 pub use wire::MounterClient;
 
 /// The socket a mounter serves on, inside its state directory.
@@ -153,6 +155,17 @@ pub trait Servers: Send + Sync + 'static {
     /// its mount, read-only if asked), recording `target` as a user. Returns
     /// whether anything was mounted at `target` (false: already published).
     fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool>;
+    /// [`Servers::publish`] for a server with its own S3 identity (its
+    /// arguments end in `--credentials-file /dev/fd/0`): the keeper hands
+    /// `credentials` to the server on a pipe and keeps them to start it
+    /// again, never in its state file or logs ([`secrets`]).
+    fn publish_with_credentials(
+        &self,
+        spec: &ServerSpec,
+        target: &Path,
+        read_only: bool,
+        credentials: &StaticCredentials,
+    ) -> Result<bool>;
     /// Unmounts `target` if it is a user of one of the servers, and stops a
     /// server that has no user left. Returns whether `target` was a user.
     fn unpublish(&self, target: &Path) -> Result<bool>;

@@ -18,12 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hubfs_fuse::mountinfo::{probe, MountState};
+use hubfs_fuse::s3::credentials::StaticCredentials;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use parking_lot::Mutex;
 
+use super::secrets::{wants_credentials, Secrets};
 use super::state::{ServerRecord, State, StateFile};
-use super::{ServerSpec, ServerStatus, Servers};
+use super::{Kind, ServerSpec, ServerStatus, Servers};
 use crate::error::{DriverError, Result};
 use crate::mounter::Mounter;
 
@@ -37,6 +39,23 @@ pub struct SupervisorConfig {
     pub start_timeout: Duration,
     /// How often children are checked for exit.
     pub watch_interval: Duration,
+    /// The node's S3 data cache, if any: every S3 server gets its own
+    /// subdirectory, named by its id (bucket, prefix and identity).
+    pub s3_cache: Option<S3Cache>,
+}
+
+/// `hubfs mounter --s3-cache-dir/--s3-cache-size`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Cache {
+    pub dir: PathBuf,
+    /// Most bytes each server's cache holds.
+    pub size: u64,
+}
+
+impl S3Cache {
+    fn dir_of(&self, spec: &ServerSpec) -> PathBuf {
+        self.dir.join(&spec.id)
+    }
 }
 
 impl SupervisorConfig {
@@ -46,6 +65,7 @@ impl SupervisorConfig {
             exe,
             start_timeout: Duration::from_secs(30),
             watch_interval: Duration::from_millis(100),
+            s3_cache: None,
         }
     }
 }
@@ -95,6 +115,8 @@ pub struct Supervisor {
     cfg: SupervisorConfig,
     mounter: Arc<dyn Mounter>,
     file: StateFile,
+    /// The S3 identities of servers, never in the state file.
+    secrets: Secrets,
     inner: Mutex<Inner>,
 }
 
@@ -116,6 +138,7 @@ impl Supervisor {
             });
         }
         let sup = Arc::new(Self {
+            secrets: Secrets::new(&cfg.state_dir),
             cfg,
             mounter,
             file,
@@ -284,10 +307,27 @@ impl Supervisor {
         let out = file
             .try_clone()
             .map_err(|e| DriverError::io("dup", &log, e))?;
+        // A server with its own S3 identity reads it from its stdin, a pipe.
+        let stdin = match wants_credentials(spec) {
+            true => Stdio::from(self.secrets.pipe(spec)?),
+            false => Stdio::null(),
+        };
+        let mut args: Vec<std::ffi::OsString> = spec.args.iter().map(Into::into).collect();
+        if let (Some(c), Kind::S3) = (&self.cfg.s3_cache, spec.kind) {
+            // After `mount s3 --foreground`, before the buckets.
+            let at = 3.min(args.len());
+            let cache = [
+                "--cache-dir".into(),
+                c.dir_of(spec).into_os_string(),
+                "--cache-size".into(),
+                c.size.to_string().into(),
+            ];
+            args.splice(at..at, cache);
+        }
         let child = Command::new(&self.cfg.exe)
-            .args(&spec.args)
+            .args(&args)
             .arg(&mp)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(out)
             .stderr(file)
             .spawn()
@@ -439,6 +479,7 @@ impl Supervisor {
             .expect("owner has a record");
         rec.targets.remove(target);
         if rec.targets.is_empty() {
+            let rec = rec.clone();
             let mp = rec.spec.mountpoint(&self.cfg.state_dir);
             let what = rec.spec.what.clone();
             inner.state.servers.remove(&id);
@@ -447,20 +488,64 @@ impl Supervisor {
                 stop(&mut p, &mp);
             }
             detach_all(&mp);
+            self.forget(&rec.spec);
             tracing::info!(server = %id, "last user gone; stopped {what}");
         }
         Ok(true)
     }
 }
 
-impl Servers for Supervisor {
-    fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
+impl Supervisor {
+    /// Drops what a server that stopped for good leaves: its credentials
+    /// and its data cache.
+    fn forget(&self, spec: &ServerSpec) {
+        self.secrets.forget(spec);
+        if let (Some(c), Kind::S3) = (&self.cfg.s3_cache, spec.kind) {
+            let _ = std::fs::remove_dir_all(c.dir_of(spec));
+        }
+    }
+
+    fn publish_checked(
+        &self,
+        spec: &ServerSpec,
+        target: &Path,
+        read_only: bool,
+        credentials: Option<&StaticCredentials>,
+    ) -> Result<bool> {
         spec.validate()?;
+        if wants_credentials(spec) != credentials.is_some() {
+            return Err(DriverError::Invalid(format!(
+                "{}: credentials must come with `--credentials-file /dev/fd/0`, and only then",
+                spec.what
+            )));
+        }
         let target = crate::paths::absolute("target", &target.to_string_lossy())?;
         let mut inner = self.inner.lock();
+        if let Some(c) = credentials {
+            self.secrets.put(spec, c)?;
+        }
         let r = self.publish_locked(&mut inner, spec, &target, read_only);
+        if r.is_err() && !inner.state.servers.contains_key(&spec.id) {
+            self.forget(spec);
+        }
         self.save(&inner);
         r
+    }
+}
+
+impl Servers for Supervisor {
+    fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
+        self.publish_checked(spec, target, read_only, None)
+    }
+
+    fn publish_with_credentials(
+        &self,
+        spec: &ServerSpec,
+        target: &Path,
+        read_only: bool,
+        credentials: &StaticCredentials,
+    ) -> Result<bool> {
+        self.publish_checked(spec, target, read_only, Some(credentials))
     }
 
     fn unpublish(&self, target: &Path) -> Result<bool> {

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hubfs_fuse::s3::credentials::StaticCredentials;
 use serde::{Deserialize, Serialize};
 
+use super::secrets::WireCredentials;
 use super::{ServerSpec, ServerStatus, Servers};
 use crate::error::{DriverError, Result};
 
@@ -24,6 +26,9 @@ pub enum Request {
         spec: ServerSpec,
         target: PathBuf,
         read_only: bool,
+        /// The server's own S3 identity, if it has one (redacted in `Debug`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credentials: Option<WireCredentials>,
     },
     Unpublish {
         target: PathBuf,
@@ -83,9 +88,12 @@ pub fn handle(servers: &dyn Servers, req: Request) -> Reply {
             spec,
             target,
             read_only,
-        } => servers
-            .publish(&spec, &target, read_only)
-            .map(|mounted| Reply::Published { mounted }),
+            credentials,
+        } => match credentials {
+            None => servers.publish(&spec, &target, read_only),
+            Some(c) => servers.publish_with_credentials(&spec, &target, read_only, &c.into()),
+        }
+        .map(|mounted| Reply::Published { mounted }),
         Request::Unpublish { target } => servers
             .unpublish(&target)
             .map(|was_user| Reply::Unpublished { was_user }),
@@ -205,6 +213,25 @@ impl Servers for MounterClient {
             spec: spec.clone(),
             target: target.to_owned(),
             read_only,
+            credentials: None,
+        })? {
+            Reply::Published { mounted } => Ok(mounted),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    fn publish_with_credentials(
+        &self,
+        spec: &ServerSpec,
+        target: &Path,
+        read_only: bool,
+        credentials: &StaticCredentials,
+    ) -> Result<bool> {
+        match self.call(&Request::Publish {
+            spec: spec.clone(),
+            target: target.to_owned(),
+            read_only,
+            credentials: Some(credentials.into()),
         })? {
             Reply::Published { mounted } => Ok(mounted),
             r => Err(unexpected(r)),
@@ -261,6 +288,35 @@ mod tests {
         assert_eq!(st[0].targets, vec![PathBuf::from("/k/t1")]);
         assert!(c.unpublish(Path::new("/k/t1")).unwrap());
         assert!(!c.unpublish(Path::new("/k/t1")).unwrap());
+        // A server with its own identity: the credentials cross the socket
+        // and reach the keeper whole, and the request's Debug hides them.
+        let mut with_id = spec.clone();
+        with_id.id = "s3-cd".into();
+        with_id
+            .args
+            .extend(super::super::secrets::CREDENTIALS_ARGS.map(String::from));
+        let creds = StaticCredentials {
+            access_key_id: "GKexample".into(),
+            secret_access_key: "s3cr3t-value".into(),
+            session_token: None,
+        };
+        assert!(c
+            .publish_with_credentials(&with_id, Path::new("/k/t3"), true, &creds)
+            .unwrap());
+        let Some(Request::Publish {
+            credentials: Some(got),
+            ..
+        }) = fake.calls().last().cloned()
+        else {
+            panic!("no publish with credentials recorded")
+        };
+        let shown = format!("{:?}", fake.calls());
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("GKexample"),
+            "{shown}"
+        );
+        assert_eq!(StaticCredentials::from(got), creds);
+        assert!(c.unpublish(Path::new("/k/t3")).unwrap());
         fake.fail_next(DriverError::AlreadyExists("taken".into()));
         let e = c.publish(&spec, Path::new("/k/t2"), true).unwrap_err();
         assert!(matches!(e, DriverError::AlreadyExists(m) if m == "taken"));
@@ -270,7 +326,7 @@ mod tests {
         let mut line = String::new();
         BufReader::new(&raw).read_line(&mut line).unwrap();
         assert!(line.contains("malformed request"), "{line}");
-        assert_eq!(fake.calls().len(), 6);
+        assert_eq!(fake.calls().len(), 8);
     }
 
     #[test]

@@ -6,10 +6,21 @@
 //! it. The keeper records the pods' targets, so the last unpublish stops the
 //! server even after any restart, and a server that dies is replaced and
 //! bound onto every target again without a CSI call.
+//!
+//! Who the bucket is read as: the volume's own identity when its PV has a
+//! `nodePublishSecretRef` (keys `accessKeyID`, `secretAccessKey`, optional
+//! `sessionToken`), unsigned requests with `anonymous: "true"`, else the
+//! node's default chain (IRSA, instance role, the mounter's environment).
+//! Mounts are shared only between volumes with the same bucket, prefix,
+//! settings **and** identity: an identity's server id carries an HMAC of
+//! the credentials under a node-local key (`<state>/s3-identity.key`), so
+//! the id names no key and a pod asking with another identity never lands
+//! on its server.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use hubfs_fuse::s3::credentials::StaticCredentials;
 use hubfs_fuse::s3::fs::BucketSource;
 use hubfs_fuse::s3::session::MountOptions;
 use hubfs_proto::csi::{
@@ -18,6 +29,7 @@ use hubfs_proto::csi::{
 
 use super::{publish_server, NodeService};
 use crate::error::{DriverError, Result};
+use crate::keeper::secrets::CREDENTIALS_ARGS;
 use crate::keeper::{Kind, ServerSpec};
 
 fn flag(ctx: &HashMap<String, String>, key: &str) -> Result<bool> {
@@ -92,8 +104,81 @@ pub fn options(ctx: &HashMap<String, String>, mountpoint: PathBuf) -> Result<Mou
     Ok(o)
 }
 
-/// A stable name for one bucket/prefix/endpoint combination.
-fn mount_key(o: &MountOptions) -> String {
+/// Who a volume's bucket is read as.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The node's default chain: IRSA, the instance role, the mounter's env.
+    Node,
+    /// Unsigned requests (`anonymous: "true"`): public buckets.
+    Anonymous,
+    /// The volume's own credentials (its `nodePublishSecretRef`).
+    Own(StaticCredentials),
+}
+
+/// The identity a publish asks for. Errors name the secret's key, never a value.
+pub fn identity(
+    ctx: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+) -> Result<Identity> {
+    let anonymous = flag(ctx, "anonymous")?;
+    let own = StaticCredentials::from_secret(secrets)
+        .map_err(|e| DriverError::Invalid(format!("the volume's nodePublishSecretRef: {e}")))?;
+    match (anonymous, own) {
+        (true, Some(_)) => Err(DriverError::Invalid(
+            "an anonymous S3 volume must not have a nodePublishSecretRef (drop one of them)".into(),
+        )),
+        (true, None) => Ok(Identity::Anonymous),
+        (false, Some(c)) => Ok(Identity::Own(c)),
+        (false, None) => Ok(Identity::Node),
+    }
+}
+
+/// The node-local key of identity digests: 32 random bytes made once, root
+/// only. Losing it only makes later publications start new servers.
+fn node_key(state_dir: &Path) -> Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join("s3-identity.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() == 32 => return Ok(k),
+        Ok(_) => {
+            tracing::warn!(file = %path.display(), "the identity key is damaged; making a new one")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DriverError::io("read", &path, e)),
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| DriverError::io("create", state_dir, e))?;
+    let tmp = state_dir.join(format!(".s3-identity.key.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let key: [u8; 32] = rand::random();
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&key).and_then(|()| f.sync_all()))
+        // Atomic and never replacing: two publishes racing agree on one key.
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    made.map_err(|e| DriverError::io("write", &path, e))?;
+    std::fs::read(&path).map_err(|e| DriverError::io("read", &path, e))
+}
+
+/// A keyed digest of an identity: equal for equal credentials on a node,
+/// unrelated to the key id or the secret for anyone without the node key.
+fn identity_digest(key: &[u8], c: &StaticCredentials) -> String {
+    let text = format!(
+        "hubfs-s3-identity\0{}\0{}\0{}",
+        c.access_key_id,
+        c.secret_access_key,
+        c.session_token.as_deref().unwrap_or("")
+    );
+    crate::digest::keyed_hex(key, text.as_bytes(), 8)
+}
+
+/// A stable name for one bucket/prefix/endpoint combination, followed by
+/// the identity's digest when the volume has its own.
+fn mount_key(o: &MountOptions, identity: Option<&str>) -> String {
     let args: Vec<String> = o
         .args()
         .iter()
@@ -101,7 +186,11 @@ fn mount_key(o: &MountOptions) -> String {
         .collect();
     // The last argument is the mountpoint, which derives from the key itself.
     let text = args[..args.len() - 1].join("\0");
-    crate::digest::short_hex(text.as_bytes(), 10)
+    let base = crate::digest::short_hex(text.as_bytes(), 10);
+    match identity {
+        Some(d) => format!("{base}-{d}"),
+        None => base,
+    }
 }
 
 pub(super) fn stage(
@@ -114,8 +203,9 @@ pub(super) fn stage(
     options(&r.volume_context, PathBuf::from("/")).map(|_| ())
 }
 
-/// The keeper's description of the shared mount for `opts`.
-fn server(opts: &MountOptions) -> ServerSpec {
+/// The keeper's description of the shared mount for `opts`, read with the
+/// identity whose digest is `identity` (the default chain or anonymous: none).
+fn server(opts: &MountOptions, identity: Option<&str>) -> ServerSpec {
     let mut args: Vec<String> = opts
         .args()
         .into_iter()
@@ -123,8 +213,12 @@ fn server(opts: &MountOptions) -> ServerSpec {
         .collect();
     // The keeper appends the mountpoint, which it chooses.
     args.pop();
+    if identity.is_some() {
+        // After `mount s3 --foreground`: the keeper pipes the credentials in.
+        args.splice(3..3, CREDENTIALS_ARGS.map(String::from));
+    }
     ServerSpec {
-        id: mount_key(opts),
+        id: mount_key(opts, identity),
         kind: Kind::S3,
         args,
         what: format!("the S3 mount of {}", opts.sources[0].bucket),
@@ -138,9 +232,28 @@ pub(super) fn publish(
     _ro: bool,
 ) -> Result<Option<String>> {
     let opts = options(&r.volume_context, PathBuf::new())?;
-    let spec = server(&opts);
+    let who = identity(&r.volume_context, &r.secrets)?;
     // Buckets are read-mostly data shared by every pod on the node: always read-only here.
-    if !publish_server(node, &spec, target, true)? {
+    let mounted = match &who {
+        Identity::Own(c) => {
+            let digest = identity_digest(&node_key(&node.inner.cfg.state_dir)?, c);
+            let spec = server(&opts, Some(&digest));
+            let created = !target.exists();
+            std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
+            let res = node
+                .inner
+                .servers
+                .publish_with_credentials(&spec, target, true, c);
+            if res.is_err() && created {
+                let _ = std::fs::remove_dir(target);
+            }
+            res?
+        }
+        Identity::Node | Identity::Anonymous => {
+            publish_server(node, &server(&opts, None), target, true)?
+        }
+    };
+    if !mounted {
         return Ok(None);
     }
     let src = &opts.sources[0];
@@ -241,7 +354,7 @@ mod tests {
 
     #[test]
     fn one_key_per_bucket_prefix_and_endpoint() {
-        let k = |kv: &[(&str, &str)]| mount_key(&options(&ctx(kv), "/x".into()).unwrap());
+        let k = |kv: &[(&str, &str)]| mount_key(&options(&ctx(kv), "/x".into()).unwrap(), None);
         assert_eq!(k(&[("bucket", "bkt")]), k(&[("bucket", "bkt")]));
         assert_ne!(
             k(&[("bucket", "bkt")]),
@@ -250,6 +363,140 @@ mod tests {
         assert_ne!(
             k(&[("bucket", "bkt")]),
             k(&[("bucket", "bkt"), ("endpoint", "http://h:1")])
+        );
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    const SECRET_A: &str = "secret-of-course-key-aaaaaaaaaaaa";
+    const SECRET_B: &str = "secret-of-research-key-bbbbbbbbbb";
+
+    fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn own(id: &str, secret: &str) -> StaticCredentials {
+        let Identity::Own(c) = identity(
+            &map(&[("bucket", "bkt1")]),
+            &map(&[("accessKeyID", id), ("secretAccessKey", secret)]),
+        )
+        .unwrap() else {
+            panic!("not an own identity")
+        };
+        c
+    }
+
+    #[test]
+    fn identities_come_from_the_secret_or_the_anonymous_attribute() {
+        let b = map(&[("bucket", "bkt1")]);
+        assert_eq!(identity(&b, &HashMap::new()).unwrap(), Identity::Node);
+        let anon = map(&[("bucket", "bkt1"), ("anonymous", "true")]);
+        assert_eq!(
+            identity(&anon, &HashMap::new()).unwrap(),
+            Identity::Anonymous
+        );
+        let c = own("GK1", SECRET_A);
+        assert_eq!((c.access_key_id.as_str(), c.session_token), ("GK1", None));
+        let e = identity(
+            &anon,
+            &map(&[("accessKeyID", "GK1"), ("secretAccessKey", SECRET_A)]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("anonymous"), "{e}");
+    }
+
+    #[test]
+    fn malformed_secrets_are_invalid_and_name_the_key_not_the_value() {
+        let b = map(&[("bucket", "bkt1")]);
+        for (secret, key) in [
+            (map(&[("accessKeyID", "GK1")]), "secretAccessKey"),
+            (map(&[("secretAccessKey", SECRET_A)]), "accessKeyID"),
+            (
+                map(&[("accessKeyID", ""), ("secretAccessKey", SECRET_A)]),
+                "accessKeyID",
+            ),
+            (
+                map(&[
+                    ("accessKeyID", "GK1"),
+                    ("secretAccessKey", "secret-of\0course"),
+                ]),
+                "secretAccessKey",
+            ),
+            (
+                map(&[
+                    ("accessKeyID", "GK1"),
+                    ("secretAccessKey", SECRET_A),
+                    ("sessionToken", "tok\nen-secret"),
+                ]),
+                "sessionToken",
+            ),
+        ] {
+            let e = identity(&b, &secret).unwrap_err();
+            let text = e.to_string();
+            assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+            assert!(text.contains(key), "{text}");
+            assert!(
+                !text.contains("secret-of") && !text.contains("en-secret"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_sharing_key_separates_identities_and_names_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = node_key(dir.path()).unwrap();
+        assert_eq!(node_key(dir.path()).unwrap(), key, "made once, then read");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("s3-identity.key"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let opts = options(&map(&[("bucket", "bkt1")]), "/x".into()).unwrap();
+        let spec = |c: Option<&StaticCredentials>| {
+            server(&opts, c.map(|c| identity_digest(&key, c)).as_deref())
+        };
+        let (a, a2, b) = (
+            own("GKA", SECRET_A),
+            own("GKA", SECRET_A),
+            own("GKB", SECRET_B),
+        );
+        // Same bucket, same identity: one server. Another identity, the
+        // node's, or the same key id with another secret: another server.
+        assert_eq!(spec(Some(&a)).id, spec(Some(&a2)).id);
+        let ids = [
+            spec(Some(&a)).id,
+            spec(Some(&b)).id,
+            spec(None).id,
+            spec(Some(&own("GKA", SECRET_B))).id,
+        ];
+        for (i, x) in ids.iter().enumerate() {
+            for y in &ids[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        let with = spec(Some(&a));
+        with.validate().unwrap();
+        assert!(crate::keeper::secrets::wants_credentials(&with));
+        assert!(!crate::keeper::secrets::wants_credentials(&spec(None)));
+        // The default chain keeps the id it had before identities existed.
+        assert_eq!(spec(None).id, mount_key(&opts, None));
+        // Nothing of the credentials shows in what is logged and saved.
+        let shown = format!("{with:?} {}", serde_json::to_string(&with).unwrap());
+        for s in [SECRET_A, "GKA"] {
+            assert!(!shown.contains(s), "{shown}");
+        }
+        // Another node (another key) names the same identity differently.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(
+            identity_digest(&node_key(other.path()).unwrap(), &a),
+            identity_digest(&key, &a)
         );
     }
 }

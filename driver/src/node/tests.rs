@@ -542,6 +542,7 @@ fn a_fuse_home_is_handed_to_the_keeper_with_everything_to_restart_it() {
         spec,
         target,
         read_only,
+        credentials: None,
     } = &calls[0]
     else {
         panic!("{calls:?}")
@@ -646,5 +647,87 @@ fn stats_of_a_missing_path_are_not_found_whatever_the_id() {
             Code::NotFound,
             "{id}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_servers_are_shared_per_identity_and_secrets_stay_out_of_specs_and_events() {
+    const SECRET_A: &str = "course-secret-aaaaaaaaaaaaaaaaaaaa";
+    const SECRET_B: &str = "research-secret-bbbbbbbbbbbbbbbbbb";
+    let e = env();
+    let req = |pod: &str, secret: &[(&str, &str)]| {
+        let mut r = e.publish_req(pod);
+        r.volume_id = "s3-data".into();
+        r.volume_context = HashMap::from([
+            ("type".to_string(), "s3".to_string()),
+            ("bucket".to_string(), "data".to_string()),
+            ("endpoint".to_string(), "http://127.0.0.1:3900".to_string()),
+            ("csi.storage.k8s.io/pod.name".into(), pod.to_string()),
+            ("csi.storage.k8s.io/pod.namespace".into(), "jhub".into()),
+        ]);
+        r.secrets = secret
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        r
+    };
+    let a = [("accessKeyID", "GKcourse"), ("secretAccessKey", SECRET_A)];
+    let b = [("accessKeyID", "GKresearch"), ("secretAccessKey", SECRET_B)];
+    let node = e.node.clone();
+    let reqs = [
+        req("p1", &a),
+        req("p2", &a),
+        req("p3", &b),
+        req("p4", &[]),
+        req(
+            "bad",
+            &[("accessKeyID", "GKcourse"), ("secretAccessKey", "")],
+        ),
+    ];
+    let bad = tokio::task::spawn_blocking(move || {
+        let mut it = reqs.into_iter();
+        for r in it.by_ref().take(4) {
+            node.publish(r).unwrap();
+        }
+        node.publish(it.next().unwrap()).unwrap_err()
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(bad), Code::InvalidArgument);
+    // Identity A (twice), identity B, the node's: three servers.
+    assert_eq!(e.servers.running().len(), 3);
+    let mut with_creds = 0;
+    for c in e.servers.calls() {
+        let ServerCall::Publish {
+            spec,
+            target,
+            credentials,
+            ..
+        } = c
+        else {
+            panic!()
+        };
+        let pod_has_secret = !target.to_string_lossy().contains("/p4/");
+        assert_eq!(credentials.is_some(), pod_has_secret, "{target:?}");
+        with_creds += usize::from(credentials.is_some());
+        let saved = serde_json::to_string(&spec).unwrap();
+        for s in [SECRET_A, SECRET_B, "GKcourse", "GKresearch"] {
+            assert!(!saved.contains(s), "{saved}");
+        }
+    }
+    assert_eq!(with_creds, 3);
+    let mut posted = Vec::new();
+    for _ in 0..200 {
+        posted = e.events.posted();
+        if posted.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(posted.len(), 5, "{posted:#?}");
+    let shown = format!("{posted:?}");
+    assert!(shown.contains("secretAccessKey is empty"), "{shown}");
+    for s in [SECRET_A, SECRET_B, "GKcourse", "GKresearch"] {
+        assert!(!shown.contains(s), "{shown}");
     }
 }

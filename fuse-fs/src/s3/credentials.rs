@@ -55,26 +55,40 @@ pub enum CredentialsError {
     UnknownKey(usize),
     #[error("credentials lack {0}")]
     Missing(&'static str),
+    #[error("credentials value of {0} is empty")]
+    Empty(&'static str),
+    #[error("credentials value of {0} contains a NUL, a line break or another control character")]
+    Malformed(&'static str),
 }
 
 impl StaticCredentials {
     /// From a volume's secret as the CSI node service receives it. `None`
     /// for an empty secret (the default chain, or anonymous if asked).
+    /// Values are trimmed (a secret made from a file often ends in a line
+    /// break); other keys of the secret are ignored. Errors name the key,
+    /// never the value.
     pub fn from_secret(secret: &HashMap<String, String>) -> Result<Option<Self>, CredentialsError> {
         if secret.is_empty() {
             return Ok(None);
         }
-        let get = |k: &'static str| {
-            secret
-                .get(k)
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .ok_or(CredentialsError::Missing(k))
+        let get = |k: &'static str| -> Result<Option<String>, CredentialsError> {
+            let Some(v) = secret.get(k) else {
+                return Ok(None);
+            };
+            let v = v.trim();
+            if v.is_empty() {
+                return Err(CredentialsError::Empty(k));
+            }
+            if v.chars().any(char::is_control) {
+                return Err(CredentialsError::Malformed(k));
+            }
+            Ok(Some(v.to_owned()))
         };
+        let need = |k: &'static str| get(k)?.ok_or(CredentialsError::Missing(k));
         Ok(Some(Self {
-            access_key_id: get(ACCESS_KEY_ID)?,
-            secret_access_key: get(SECRET_ACCESS_KEY)?,
-            session_token: get(SESSION_TOKEN).ok(),
+            access_key_id: need(ACCESS_KEY_ID)?,
+            secret_access_key: need(SECRET_ACCESS_KEY)?,
+            session_token: get(SESSION_TOKEN)?,
         }))
     }
 
@@ -164,6 +178,31 @@ mod tests {
         m.insert(SECRET_ACCESS_KEY.to_string(), SECRET.to_string());
         let c = StaticCredentials::from_secret(&m).unwrap().unwrap();
         assert_eq!(c.session_token, None);
+        // Made from files: trailing line breaks are not part of the key.
+        m.insert(SECRET_ACCESS_KEY.to_string(), format!("{SECRET}\n"));
+        m.insert("region".to_string(), "ignored".to_string());
+        let c = StaticCredentials::from_secret(&m).unwrap().unwrap();
+        assert_eq!(c.secret_access_key, SECRET);
+        for (key, bad, want) in [
+            (SECRET_ACCESS_KEY, "", "secretAccessKey is empty"),
+            (ACCESS_KEY_ID, " \n", "accessKeyID is empty"),
+            (
+                SECRET_ACCESS_KEY,
+                "wJal\0rXU",
+                "secretAccessKey contains a NUL",
+            ),
+            (
+                SESSION_TOKEN,
+                "Fwo\nsecretAccessKey=x",
+                "sessionToken contains a NUL",
+            ),
+        ] {
+            let mut m = m.clone();
+            m.insert(key.to_string(), bad.to_string());
+            let e = StaticCredentials::from_secret(&m).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains("wJal") && !e.contains("Fwo"), "{e}");
+        }
     }
 
     #[test]
