@@ -513,3 +513,125 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
     .unwrap();
     assert!(wait_exit(&mut new, Duration::from_secs(30)).success());
 }
+
+/// `hubfs mounter` as PID 1 of its own PID namespace (a container).
+fn mounter_container(state: &Path, extra: &[&str]) -> Child {
+    Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(hubfs_e2e::hubfs_binary())
+        .args(["mounter", "--state-dir"])
+        .arg(state)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start a mounter")
+}
+
+/// Mount ids at `p` (a stacked recovery would show two).
+fn mount_ids_at(p: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let at = p.display().to_string();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(at.as_str()))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
+    use hubfs::keeper::{Kind, MounterClient, ServerSpec, Servers};
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    hubfs_e2e::require_root("mounts, PID namespaces");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    mount(Some(d), d, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+    mount(
+        None::<&str>,
+        d,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    let (state, share, target) = (d.join("state"), d.join("share/u1"), d.join("pods/p1/home"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&share).unwrap();
+    let data = content(4, 8 * MIB);
+    std::fs::write(share.join("data"), &data).unwrap();
+    let socket = state.join("mounter.sock");
+
+    let mut old = mounter_container(&state, &[]);
+    hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "old mounter");
+    let spec = ServerSpec {
+        id: "home-u1".into(),
+        kind: Kind::Home,
+        args: [
+            "mount",
+            "home",
+            "--foreground",
+            "--user",
+            "u1",
+            "--quota",
+            "1000000000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([share.display().to_string()])
+        .collect(),
+        what: "home u1".into(),
+    };
+    let client = MounterClient::new(socket.clone());
+    assert!(client.publish(&spec, &target, false).unwrap());
+    let ids = mount_ids_at(&target);
+    assert_eq!(ids.len(), 1);
+    let ctl = state.join("homes/home-u1/ctl.sock");
+    wait_until("the home's walk ends", || {
+        hubfs_e2e::home::usage_xattr(&target).contains("baseline=1")
+    });
+    assert!(
+        ctl.exists(),
+        "the mounter gives home servers a control socket"
+    );
+
+    let load = Load::start(&target, &[("data", &data, true)], Some("log"));
+    load.advance(2);
+    let mut new = mounter_container(&state, &["--take-over"]);
+    let status = wait_exit(&mut old, Duration::from_secs(60));
+    assert!(status.success(), "the old mounter exits cleanly: {status}");
+    hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "new mounter");
+    load.advance(3);
+    let appended = load.finish();
+    assert_eq!(
+        sha(&std::fs::read(share.join("log")).unwrap()),
+        sha(&appended)
+    );
+    assert_eq!(
+        mount_ids_at(&target),
+        ids,
+        "the same mount, nothing stacked"
+    );
+    let s = client.status().unwrap();
+    assert_eq!(s.len(), 1);
+    assert!(s[0].healthy && s[0].pid.is_some(), "{s:?}");
+    assert_eq!(s[0].restarts, 0, "taken over, not replaced: {s:?}");
+    // The new mounter supervises it: unpublish stops the server.
+    assert!(client.unpublish(&target).unwrap());
+    assert!(mount_ids_at(&target).is_empty());
+
+    // SIGTERM to the mounter (PID 1 of its container): it exits 0 at once.
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", new.id())).unwrap();
+    let inner: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inner),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_exit(&mut new, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "SIGTERM ends the mounter cleanly: {status}"
+    );
+    hubfs_e2e::csi::detach_mounts_below(d);
+    let _ = umount2(d, MntFlags::MNT_DETACH);
+}

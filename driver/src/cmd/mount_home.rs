@@ -140,7 +140,11 @@ pub fn run(args: HomeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if args.foreground {
-        serve(&args, opts, || {})?;
+        // The line a mounter taking servers over waits for (keeper::takeover).
+        serve(&args, opts, || {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "serving");
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     super::daemon::daemonize(|ready| serve(&args, opts, ready))
