@@ -10,7 +10,12 @@
 #   - time from SIGKILL of the mounter's namespace (every server dies) to all
 #     targets working again after it is started again;
 #   - RSS of the home servers with 1, 10 and 100 homes (each total and per
-#     home) and of one bucket server after reading a file.
+#     home) and of one bucket server after reading a file;
+#   - a live takeover of a home server (`hubfs mount home --take-over`, the
+#     upgrade path) while a reader streams a file through a descriptor held
+#     open: time from the new process's start to the old one's exit, and the
+#     longest read and `getxattr` seen during it against the median of plain
+#     ones measured in the same run (ratios).
 # Volumes are published through the mounter's socket (the request the node
 # plugin sends on NodePublish), so no kubelet is needed.
 #
@@ -202,3 +207,73 @@ for N in $COUNTS; do
     TOTAL=$(rss_kib $HPIDS); PSS=$(pss_kib $HPIDS); ANON=$(anon_kib $HPIDS)
     echo "$N homes: RSS ${TOTAL} KiB ($((TOTAL / N)) per home); PSS ${PSS} KiB ($((PSS / N)) per home); anon ${ANON} KiB ($((ANON / N)) per home)"
 done
+
+echo "== home server takeover (upgrade in place) while a reader streams =="
+mkdir -p "$W/tk/src" "$W/tk/mnt"
+head -c $((32 << 20)) /dev/urandom > "$W/tk/src/stream.bin"
+TKARGS=(mount home --foreground --user tk --quota 10G --control "$W/tk/ctl.sock" "$W/tk/src" "$W/tk/mnt")
+"$HUBFS" --log-level warn "${TKARGS[@]}" >>"$W/tk.log" 2>&1 &
+TKOLD=$!
+for _ in $(seq 300); do [ -S "$W/tk/ctl.sock" ] && mountpoint -q "$W/tk/mnt" && break; sleep 0.05; done
+python3 - "$W" "$HUBFS" "$TKOLD" "${TKARGS[@]}" <<'PY'
+import os, statistics, subprocess, sys, threading, time
+W, HUBFS, OLD, *ARGS = sys.argv[1:]
+OLD = int(OLD)
+mnt = f"{W}/tk/mnt"
+reads, probes, errors, stop = [], [], [], threading.Event()
+def reader():
+    # Read-write: served by the daemon (no passthrough), cache dropped per pass.
+    fd = os.open(f"{mnt}/stream.bin", os.O_RDWR)
+    off = 0
+    while not stop.is_set():
+        t = time.monotonic()
+        try:
+            n = len(os.pread(fd, 128 << 10, off))
+        except OSError as e:
+            errors.append(e); n = 0
+        reads.append((t, time.monotonic() - t))
+        off += n
+        if n == 0:
+            off = 0
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+def prober():
+    while not stop.is_set():
+        t = time.monotonic()
+        try:
+            os.getxattr(mnt, "user.hubfs.usage")
+        except OSError as e:
+            errors.append(e)
+        probes.append((t, time.monotonic() - t))
+        time.sleep(0.001)
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+ts = [threading.Thread(target=f) for f in (reader, prober)]
+for t in ts: t.start()
+rounds, new = [], None
+for r in range(5):
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    new = subprocess.Popen([HUBFS, "--log-level", "warn", *ARGS, "--take-over", f"{W}/tk/ctl.sock"],
+                           stderr=open(f"{W}/tk.log", "a"))
+    while alive(OLD):
+        time.sleep(0.0005)
+    t1 = time.monotonic()
+    time.sleep(0.5)
+    win = lambda xs: [d for (t, d) in xs if t0 - 0.01 <= t <= t1]
+    plain = lambda xs: [d for (t, d) in xs if t < t0 - 0.05]
+    rounds.append((t1 - t0, max(win(reads) or [0]), statistics.median(plain(reads)),
+                   max(win(probes) or [0]), statistics.median(plain(probes))))
+    OLD = new.pid
+stop.set()
+for t in ts: t.join()
+med = lambda i: statistics.median(x[i] for x in rounds)
+print(f"takeover (new process start -> old server gone), median of {len(rounds)}: {med(0)*1000:.0f} ms")
+print(f"longest 128 KiB read during it: {med(1)*1000:.1f} ms vs plain read median {med(2)*1000:.2f} ms (x{med(1)/med(2):.0f})")
+print(f"longest getxattr during it: {med(3)*1000:.1f} ms vs plain getxattr median {med(4)*1000:.2f} ms (x{med(3)/med(4):.0f})")
+print(f"reads through the held descriptor: {len(reads)}, getxattrs: {len(probes)}, errors: {len(errors)} {errors[:3]}")
+new.terminate(); new.wait()
+PY

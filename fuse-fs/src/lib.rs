@@ -5,6 +5,7 @@
 //! under `/s3/<bucket>`) and the home layer (a passthrough over a user's
 //! directory that accounts usage at write time and enforces the quota).
 
+pub mod handoff;
 pub mod home;
 pub mod mountinfo;
 pub mod s3;

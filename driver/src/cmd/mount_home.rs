@@ -66,6 +66,15 @@ pub struct HomeArgs {
     /// Mount options for the kernel, comma-separated: ro, noatime, relatime, noexec, sync, dirsync, nosuid, nodev.
     #[arg(short = 'o', long = "options", value_name = "OPTS", value_delimiter = ',', value_parser = |s: &str| home::session::mount_option(s).map(|_| s.to_string()))]
     pub options: Vec<String>,
+    /// Listen on this unix socket for a new server that takes the mount over
+    /// (an upgrade with `--take-over`); root only.
+    #[arg(long, value_name = "SOCKET")]
+    pub control: Option<PathBuf>,
+    /// Take over the live mount of the server listening on SOCKET (its
+    /// `--control`) instead of mounting: same FUSE connection, open files
+    /// and usage; that server exits without unmounting.
+    #[arg(long, value_name = "SOCKET")]
+    pub take_over: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -100,6 +109,7 @@ impl HomeArgs {
         o.fuse_threads = self.fuse_threads;
         o.passthrough = !self.no_passthrough;
         o.mount_options = self.options.clone();
+        o.control = self.control.clone();
         Ok(o)
     }
 
@@ -130,7 +140,11 @@ pub fn run(args: HomeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if args.foreground {
-        serve(&args, opts, || {})?;
+        // The line a mounter taking servers over waits for (keeper::takeover).
+        serve(&args, opts, || {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "serving");
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     super::daemon::daemonize(|ready| serve(&args, opts, ready))
@@ -150,15 +164,29 @@ fn serve(args: &HomeArgs, opts: HomeOptions, ready: impl FnOnce()) -> anyhow::Re
     }
     stop.thread_block().context("blocking signals")?;
     let sink = args.sink()?;
-    let mount = home::mount(&opts, sink)
-        .with_context(|| format!("mounting {}", opts.mountpoint.display()))?;
-    tracing::info!(user = %opts.user, source = %opts.source.display(), mountpoint = %opts.mountpoint.display(), quota = ?opts.limits.bytes, "home mounted");
+    let mount = match &args.take_over {
+        Some(from) => home::take_over(&opts, sink, from).with_context(|| {
+            format!(
+                "taking over {} from {}",
+                opts.mountpoint.display(),
+                from.display()
+            )
+        })?,
+        None => home::mount(&opts, sink)
+            .with_context(|| format!("mounting {}", opts.mountpoint.display()))?,
+    };
+    tracing::info!(user = %opts.user, source = %opts.source.display(), mountpoint = %opts.mountpoint.display(), quota = ?opts.limits.bytes, taken_over = args.take_over.is_some(), "home mounted");
     ready();
     let timeout = libc::timespec {
-        tv_sec: 1,
-        tv_nsec: 0,
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
     };
     loop {
+        if mount.handed_over() {
+            tracing::info!("handed over to a new server; exiting without unmounting");
+            mount.leave();
+            return Ok(());
+        }
         // SAFETY: sigtimedwait with a valid signal set and timeout.
         let sig = unsafe { libc::sigtimedwait(stop.as_ref(), std::ptr::null_mut(), &timeout) };
         if sig > 0 {

@@ -6,7 +6,18 @@
 //! replaces any that dies (stacked onto the pod targets), and answers the
 //! plugin on `<state-dir>/mounter.sock`. Restarted, it rebuilds everything
 //! from `<state-dir>/servers.json`.
+//!
+//! Upgraded, with `--take-over` beside a running mounter (the chart's
+//! `maxSurge: 1` rolling update starts the new pod before the old one
+//! goes), it takes every home server over with its live FUSE connection
+//! (`keeper::takeover`) and the old mounter exits 0.
+//!
+//! SIGTERM/SIGINT: a mounter that is handing over finishes that first (at
+//! most a minute); otherwise it exits at once, and its servers go with its
+//! container (the next mounter replaces them as after a crash), or — after
+//! a takeover — were already someone else's.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,6 +38,11 @@ pub struct MounterArgs {
     /// after at most this long plus its start time).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     watch_ms: u64,
+    /// If a mounter already serves --state-dir, take its servers over (an
+    /// upgrade: homes keep their live FUSE connections) instead of waiting
+    /// for it to go.
+    #[arg(long)]
+    take_over: bool,
     #[command(flatten)]
     s3_cache: S3CacheArgs,
 }
@@ -60,10 +76,42 @@ impl S3CacheArgs {
 }
 
 pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
+    use nix::sys::signal::{SigSet, Signal};
     let state_dir = hubfs::paths::absolute("--state-dir", &args.state_dir.to_string_lossy())?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
     let socket = keeper::socket_path(&state_dir);
+    // Stop signals are taken by the wait at the end; every thread inherits
+    // the mask (servers do not: a spawned process starts with none blocked).
+    let mut stop = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT] {
+        stop.add(s);
+    }
+    stop.thread_block().context("blocking signals")?;
+    let exe = std::env::current_exe().context("locate the hubfs binary")?;
+    let mut release = None;
+    let mut taken = HashMap::new();
+    if args.take_over && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        match keeper::takeover::take_over(&state_dir, &exe, Duration::from_secs(60)) {
+            Ok((r, t)) => {
+                tracing::info!(
+                    homes = t.len(),
+                    "took the running mounter's home servers over"
+                );
+                release = Some(r);
+                taken = t;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the running mounter over; waiting for it to go")
+            }
+        }
+    }
+    // After a takeover the old mounter may exit now (freeing the socket).
+    if let Some(r) = release.take() {
+        if let Err(e) = r.done() {
+            tracing::warn!(error = %e, "the old mounter went away before the end of the takeover");
+        }
+    }
     // Bind first: a second mounter on the same directory must not touch the
     // servers. One that is still going away (its container being killed) is
     // waited for, a minute at most.
@@ -80,22 +128,41 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
             r => break r.with_context(|| format!("listen on {}", socket.display()))?,
         }
     };
-    let exe = std::env::current_exe().context("locate the hubfs binary")?;
     let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
     cfg.watch_interval = Duration::from_millis(args.watch_ms);
     cfg.s3_cache = args.s3_cache.config()?;
     if let Some(c) = &cfg.s3_cache {
         tracing::info!(dir = %c.dir.display(), bytes_per_server = c.size, "S3 data cache");
     }
-    let sup = Supervisor::open(cfg, Arc::new(SysMounter));
+    let sup = Supervisor::open_with(cfg, Arc::new(SysMounter), taken);
     sup.watch();
     let servers: Arc<dyn Servers> = sup.clone();
     tracing::info!(socket = %socket.display(), servers = sup.status().map(|s| s.len()).unwrap_or(0), "mounter serving");
-    // Serves until the process ends. SIGTERM/SIGINT keep their default
-    // action (no handler, no blocked mask: the servers started from here
-    // inherit the signal mask, and must still stop on SIGTERM): the mounter
-    // ends, its servers keep serving until its container's PID namespace
-    // goes, and the next mounter adopts or replaces them.
-    keeper::wire::serve(listener, servers);
-    Ok(ExitCode::SUCCESS)
+    std::thread::Builder::new()
+        .name("hubfs-mounter-sock".into())
+        .spawn(move || keeper::wire::serve(listener, servers))
+        .context("start serving the socket")?;
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
+    let mut stopping: Option<std::time::Instant> = None;
+    loop {
+        if sup.handed_over() {
+            tracing::info!("every server handed over to a new mounter; exiting");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(t) = stopping {
+            if !sup.releasing() || t.elapsed() > Duration::from_secs(60) {
+                tracing::info!("stopping; servers go with this container");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        // SAFETY: sigtimedwait with a valid signal set and timeout.
+        let sig = unsafe { libc::sigtimedwait(stop.as_ref(), std::ptr::null_mut(), &timeout) };
+        if sig > 0 && stopping.is_none() {
+            tracing::info!(signal = sig, handing_over = sup.releasing(), "stop signal");
+            stopping = Some(std::time::Instant::now());
+        }
+    }
 }

@@ -25,12 +25,16 @@
 //!   can run the Supervisor in-process.
 //! - A fake (unit tests only) records calls, so publish paths are testable
 //!   without root.
+//! - `hubfs mounter --take-over` upgrades a running mounter in place
+//!   ([`takeover`]): every home server is handed to a new server process
+//!   over its control socket with its live FUSE connection.
 
 #[cfg(test)]
 pub mod fake;
 pub mod secrets;
 mod state;
 mod supervisor;
+pub mod takeover;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +47,12 @@ use crate::error::{DriverError, Result};
 pub use state::{State, StateFile, STATE_VERSION};
 pub use supervisor::{S3Cache, Supervisor, SupervisorConfig};
 pub use wire::MounterClient;
+
+/// The control socket of a server (`hubfs mount home --control`), beside its
+/// mountpoint: a new server takes the mount over through it.
+pub fn control_path(state_dir: &Path, spec: &ServerSpec) -> PathBuf {
+    spec.dir(state_dir).join("ctl.sock")
+}
 
 /// The socket a mounter serves on, inside its state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -171,6 +181,17 @@ pub trait Servers: Send + Sync + 'static {
     fn unpublish(&self, target: &Path) -> Result<bool>;
     /// Every server, for health reporting and tests.
     fn status(&self) -> Result<Vec<ServerStatus>>;
+    /// A new mounter takes the servers over (see [`takeover`]): stop
+    /// watching, publishing and writing the state file until
+    /// [`Servers::release_end`].
+    fn release(&self) -> Result<()> {
+        Err(DriverError::FailedPrecondition(
+            "this server keeper cannot hand its servers over".into(),
+        ))
+    }
+    /// The takeover ended: `handed_over` (the new mounter owns everything
+    /// now: stay frozen, and the process may exit), or failed (carry on).
+    fn release_end(&self, _handed_over: bool) {}
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,8 @@ struct Inner {
     restarts: HashMap<String, u32>,
     /// Servers whose restart failed, and when to try again.
     retry_at: HashMap<String, Instant>,
+    /// A new mounter is taking over: change nothing, write nothing.
+    released: bool,
 }
 
 /// FUSE servers as supervised children.
@@ -118,6 +121,8 @@ pub struct Supervisor {
     /// The S3 identities of servers, never in the state file.
     secrets: Secrets,
     inner: Mutex<Inner>,
+    /// A new mounter took every server over: this one only waits to exit.
+    handed_over: AtomicBool,
 }
 
 impl Supervisor {
@@ -125,6 +130,16 @@ impl Supervisor {
     /// ones (a restart without their death) are adopted, dead ones started
     /// again and stacked onto their targets.
     pub fn open(cfg: SupervisorConfig, mounter: Arc<dyn Mounter>) -> Arc<Self> {
+        Self::open_with(cfg, mounter, HashMap::new())
+    }
+
+    /// As [`Supervisor::open`], with servers a mounter takeover started
+    /// already (`taken`: our children, serving the recorded mounts).
+    pub fn open_with(
+        cfg: SupervisorConfig,
+        mounter: Arc<dyn Mounter>,
+        mut taken: HashMap<String, Child>,
+    ) -> Arc<Self> {
         let file = StateFile::new(&cfg.state_dir);
         let mut state = file.load();
         // Targets whose directory is gone were unpublished while nobody listened.
@@ -147,12 +162,19 @@ impl Supervisor {
                 procs: HashMap::new(),
                 restarts: HashMap::new(),
                 retry_at: HashMap::new(),
+                released: false,
             }),
+            handed_over: AtomicBool::new(false),
         });
         let mut inner = sup.inner.lock();
         let mut dead = Vec::new();
         let ids: Vec<String> = inner.state.servers.keys().cloned().collect();
         for id in ids {
+            if let Some(child) = taken.remove(&id) {
+                tracing::info!(server = %id, pid = child.id(), "took a server over");
+                inner.procs.insert(id, Proc::Child(child));
+                continue;
+            }
             let rec = &inner.state.servers[&id];
             let mp = rec.spec.mountpoint(&sup.cfg.state_dir);
             match rec.pid.filter(|p| serves(*p, &mp)) {
@@ -194,6 +216,9 @@ impl Supervisor {
     /// Recovers every server whose process ended. Returns how many.
     pub fn check(&self) -> usize {
         let mut inner = self.inner.lock();
+        if inner.released {
+            return 0;
+        }
         let now = Instant::now();
         let mut dead = Vec::new();
         for id in inner.state.servers.keys() {
@@ -222,6 +247,9 @@ impl Supervisor {
     }
 
     fn save(&self, inner: &Inner) {
+        if inner.released {
+            return;
+        }
         let mut state = inner.state.clone();
         for (id, rec) in state.servers.iter_mut() {
             rec.pid = inner.procs.get(id).map(Proc::pid);
@@ -324,8 +352,14 @@ impl Supervisor {
             ];
             args.splice(at..at, cache);
         }
-        let child = Command::new(&self.cfg.exe)
-            .args(&args)
+        let mut cmd = Command::new(&self.cfg.exe);
+        cmd.args(&args);
+        if spec.kind == Kind::Home && !spec.args.iter().any(|a| a == "--control") {
+            // A new server can take the mount over (an upgrade).
+            cmd.arg("--control")
+                .arg(super::control_path(&self.cfg.state_dir, spec));
+        }
+        let child = cmd
             .arg(&mp)
             .stdin(stdin)
             .stdout(out)
@@ -495,6 +529,22 @@ impl Supervisor {
     }
 }
 
+fn handing_over() -> DriverError {
+    DriverError::Unavailable("the mounter is handing its servers to a new one; retry".into())
+}
+
+impl Supervisor {
+    /// True once a new mounter took every server over (the process exits).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
+    }
+
+    /// A takeover is under way (until [`Servers::release_end`]).
+    pub fn releasing(&self) -> bool {
+        self.inner.lock().released
+    }
+}
+
 impl Supervisor {
     /// Drops what a server that stopped for good leaves: its credentials
     /// and its data cache.
@@ -521,6 +571,9 @@ impl Supervisor {
         }
         let target = crate::paths::absolute("target", &target.to_string_lossy())?;
         let mut inner = self.inner.lock();
+        if inner.released {
+            return Err(handing_over());
+        }
         if let Some(c) = credentials {
             self.secrets.put(spec, c)?;
         }
@@ -534,6 +587,29 @@ impl Supervisor {
 }
 
 impl Servers for Supervisor {
+    fn release(&self) -> Result<()> {
+        let mut inner = self.inner.lock();
+        if inner.released {
+            return Err(DriverError::FailedPrecondition(
+                "another mounter is taking over already".into(),
+            ));
+        }
+        // The last word: pids as they are, for the new mounter to read.
+        self.save(&inner);
+        inner.released = true;
+        tracing::info!("handing the servers to a new mounter");
+        Ok(())
+    }
+
+    fn release_end(&self, handed_over: bool) {
+        if handed_over {
+            self.handed_over.store(true, Ordering::Release);
+        } else {
+            tracing::warn!("the new mounter went away before it was done; supervising again");
+            self.inner.lock().released = false;
+        }
+    }
+
     fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
         self.publish_checked(spec, target, read_only, None)
     }
@@ -551,6 +627,9 @@ impl Servers for Supervisor {
     fn unpublish(&self, target: &Path) -> Result<bool> {
         let target = crate::paths::absolute("target", &target.to_string_lossy())?;
         let mut inner = self.inner.lock();
+        if inner.released {
+            return Err(handing_over());
+        }
         let r = self.unpublish_locked(&mut inner, &target);
         self.save(&inner);
         r

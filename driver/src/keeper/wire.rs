@@ -34,6 +34,10 @@ pub enum Request {
         target: PathBuf,
     },
     Status,
+    /// A new mounter takes over (see `keeper::takeover`): the old one stops
+    /// changing anything, answers `released`, and waits on this connection
+    /// for a `done` line (exit) or its end (carry on).
+    Release,
 }
 
 /// How a call failed, as far as the CSI error code is concerned.
@@ -54,6 +58,7 @@ pub enum Reply {
     Published { mounted: bool },
     Unpublished { was_user: bool },
     Status { servers: Vec<ServerStatus> },
+    Released,
     Failed { kind: FailureKind, message: String },
 }
 
@@ -98,6 +103,7 @@ pub fn handle(servers: &dyn Servers, req: Request) -> Reply {
             .unpublish(&target)
             .map(|was_user| Reply::Unpublished { was_user }),
         Request::Status => servers.status().map(|servers| Reply::Status { servers }),
+        Request::Release => servers.release().map(|()| Reply::Released),
     };
     r.unwrap_or_else(failure)
 }
@@ -141,7 +147,9 @@ fn answer(conn: UnixStream, servers: &dyn Servers) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = String::new();
     read_line(&conn, &mut line)?;
-    let reply = match serde_json::from_str::<Request>(&line) {
+    let req = serde_json::from_str::<Request>(&line);
+    let release = matches!(req, Ok(Request::Release));
+    let reply = match req {
         Ok(req) => {
             tracing::debug!(?req, "mounter request");
             handle(servers, req)
@@ -151,9 +159,58 @@ fn answer(conn: UnixStream, servers: &dyn Servers) -> std::io::Result<()> {
             message: format!("malformed request: {e}"),
         },
     };
+    let released = matches!(reply, Reply::Released);
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     out.push(b'\n');
-    (&conn).write_all(&out)
+    (&conn).write_all(&out)?;
+    if release && released {
+        // Frozen until the new mounter says it is done, or goes away.
+        conn.set_read_timeout(None)?;
+        let mut done = String::new();
+        let r = read_line(&conn, &mut done);
+        let handed_over = matches!(r, Ok(_)) && done.trim_end() == "done";
+        tracing::info!(handed_over, "takeover by a new mounter ended");
+        servers.release_end(handed_over);
+    }
+    Ok(())
+}
+
+/// The new mounter's side of a [`Request::Release`]: the old mounter is
+/// frozen while this lives; [`Release::done`] lets it exit, dropping this
+/// lets it carry on.
+#[derive(Debug)]
+pub struct Release(UnixStream);
+
+impl Release {
+    /// Asks the mounter serving `socket` to release its servers.
+    pub fn ask(socket: &Path) -> Result<Release> {
+        let conn = UnixStream::connect(socket).map_err(|e| {
+            DriverError::Unavailable(format!("no mounter on {} ({e})", socket.display()))
+        })?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| DriverError::io("configure", socket, e))?;
+        let mut out = serde_json::to_vec(&Request::Release).expect("serialise");
+        out.push(b'\n');
+        (&conn)
+            .write_all(&out)
+            .map_err(|e| DriverError::io("write", socket, e))?;
+        let mut line = String::new();
+        read_line(&conn, &mut line).map_err(|e| DriverError::io("read", socket, e))?;
+        match serde_json::from_str::<Reply>(&line) {
+            Ok(Reply::Released) => Ok(Release(conn)),
+            Ok(Reply::Failed { kind, message }) => Err(from_failure(kind, message)),
+            r => Err(DriverError::Unavailable(format!(
+                "the old mounter answered {r:?} to a release"
+            ))),
+        }
+    }
+
+    /// Everything is taken over: the old mounter may exit.
+    pub fn done(mut self) -> Result<()> {
+        self.0
+            .write_all(b"done\n")
+            .map_err(|e| DriverError::Unavailable(format!("the old mounter went away ({e})")))
+    }
 }
 
 /// Reads one line of at most 1 MiB.

@@ -46,11 +46,12 @@ fn cached_flags(read_only: bool) -> FopenFlags {
 
 pub struct HomeFuse {
     fs: Arc<HomeFs>,
-    io: IoModes<BackingId>,
+    /// Shared with the mount, which hands it over in a takeover.
+    io: Arc<IoModes<BackingId>>,
     /// Hand read-only opens to the kernel as passthrough files: asked for by
     /// the options, then cleared if the kernel does not offer it or refuses
     /// a backing file (it needs CAP_SYS_ADMIN).
-    passthrough: AtomicBool,
+    passthrough: Arc<AtomicBool>,
     /// Ioctl commands refused so far: each is logged once.
     refused_ioctls: OncePerKind,
 }
@@ -71,10 +72,16 @@ impl HomeFuse {
     pub fn new(fs: Arc<HomeFs>, passthrough: bool) -> Self {
         HomeFuse {
             fs,
-            io: IoModes::default(),
-            passthrough: AtomicBool::new(passthrough),
+            io: Arc::default(),
+            passthrough: Arc::new(AtomicBool::new(passthrough)),
             refused_ioctls: OncePerKind::default(),
         }
+    }
+
+    /// The I/O modes and the passthrough switch, which a takeover hands
+    /// over (see `home::handoff`).
+    pub fn shared(&self) -> (Arc<IoModes<BackingId>>, Arc<AtomicBool>) {
+        (self.io.clone(), self.passthrough.clone())
     }
 
     /// Registers the backing file of `fh` for passthrough; `None` (and

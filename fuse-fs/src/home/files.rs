@@ -18,12 +18,12 @@ use super::syscalls as sys;
 pub(super) struct Handle {
     pub(super) file: File,
     pub(super) inode: Arc<Inode>,
-    append: bool,
+    pub(super) append: bool,
     /// Written through this handle since the last flush: only then has a
     /// close anything to report.
-    dirty: AtomicBool,
+    pub(super) dirty: AtomicBool,
     /// The kernel writes through this handle without us (passthrough).
-    unmediated: AtomicBool,
+    pub(super) unmediated: AtomicBool,
 }
 
 thread_local! {

@@ -37,6 +37,10 @@ pub fn key_of(st: &Stat) -> Key {
     (st.st_dev, st.st_ino)
 }
 
+/// Every inode but the root by number, the own-range numbers given, and the
+/// next one to give (see [`InodeTable::export`]).
+pub type TableExport = (Vec<(u64, Arc<Inode>)>, Vec<(Key, u64)>, u64);
+
 /// An inode known to the kernel.
 pub struct Inode {
     fd: OwnedFd,
@@ -51,6 +55,15 @@ impl Inode {
     /// The `O_PATH` descriptor on the backing inode.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
+    /// References the kernel holds.
+    pub fn lookups(&self) -> u64 {
+        self.nlookup.load(Ordering::Acquire)
     }
 }
 
@@ -183,6 +196,52 @@ impl InodeTable {
                 t.by_key.remove(&key);
             }
         }
+    }
+
+    /// Every inode the kernel holds but the root, with its descriptor, and
+    /// the numbers given from the own range (for a takeover; see
+    /// `home::handoff`).
+    pub fn export(&self) -> TableExport {
+        let t = self.table.read();
+        let inodes = t
+            .by_ino
+            .iter()
+            .filter(|(&ino, _)| ino != ROOT)
+            .map(|(&ino, i)| (ino, i.clone()))
+            .collect();
+        let own = t.own.iter().map(|(&k, &n)| (k, n)).collect();
+        (inodes, own, t.next_own)
+    }
+
+    /// Adopts an inode the previous server of this connection gave the
+    /// kernel as `ino`, `nlookup` times.
+    pub fn adopt(
+        &self,
+        ino: u64,
+        fd: OwnedFd,
+        key: Key,
+        nlookup: u64,
+        writers: u32,
+        baseline: i64,
+    ) {
+        let mut t = self.table.write();
+        let i = new_inode(fd, key);
+        i.nlookup.store(nlookup, Ordering::Release);
+        *i.size_lock.lock() = Unmediated { writers, baseline };
+        t.by_key.insert(key, ino);
+        t.by_ino.insert(ino, i);
+    }
+
+    /// Adopts the numbers the previous server gave from the own range.
+    pub fn adopt_own(&self, own: &[(Key, u64)], next_own: u64) {
+        let mut t = self.table.write();
+        t.own.extend(own.iter().copied());
+        t.next_own = t.next_own.max(next_own);
+    }
+
+    /// The root's identity.
+    pub fn root_key(&self) -> Key {
+        self.root_key
     }
 
     /// Inodes held (the root included).

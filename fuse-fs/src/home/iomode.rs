@@ -60,6 +60,10 @@ impl<B> Default for InodeIo<B> {
     }
 }
 
+/// (handle, inode, passthrough?) of every open handle and (inode, backing
+/// id) of every passthrough period (see [`IoModes::export`]).
+pub type IoExport = (Vec<(u64, u64, bool)>, Vec<(u64, u32)>);
+
 /// Per-inode I/O modes of one mount.
 pub struct IoModes<B> {
     inodes: Mutex<HashMap<u64, InodeIo<B>>>,
@@ -146,6 +150,61 @@ impl<B> IoModes<B> {
         if io.cached == 0 && io.passthrough == 0 {
             inodes.remove(&ino);
         }
+    }
+
+    /// For a takeover (see `home::handoff`): every open handle as (handle,
+    /// inode, passthrough?), and the backing of every inode in a
+    /// passthrough period, as `id` names it.
+    pub fn export(&self, id: impl Fn(&B) -> u32) -> IoExport {
+        let handles = self
+            .handles
+            .lock()
+            .iter()
+            .map(|(&fh, &(ino, k))| (fh, ino, k == Kind::Passthrough))
+            .collect();
+        let backings = self
+            .inodes
+            .lock()
+            .iter()
+            .filter_map(|(&ino, io)| Some((ino, id(io.backing.as_deref()?))))
+            .collect();
+        (handles, backings)
+    }
+
+    /// Takes over what [`Self::export`] gave; `adopt` turns a backing id
+    /// into the token (each id is adopted once).
+    pub fn import(
+        &self,
+        handles: &[(u64, u64, bool)],
+        backings: &[(u64, u32)],
+        mut adopt: impl FnMut(u32) -> B,
+    ) {
+        let mut inodes = self.inodes.lock();
+        for &(ino, id) in backings {
+            inodes.entry(ino).or_default().backing = Some(Arc::new(adopt(id)));
+        }
+        let mut hs = self.handles.lock();
+        for &(fh, ino, pt) in handles {
+            let io = inodes.entry(ino).or_default();
+            let kind = match pt {
+                true => {
+                    io.passthrough += 1;
+                    Kind::Passthrough
+                }
+                false => {
+                    io.cached += 1;
+                    Kind::Cached
+                }
+            };
+            hs.insert(fh, (ino, kind));
+        }
+        // A backing without a passthrough handle is closed, as at release.
+        inodes.retain(|_, io| {
+            if io.passthrough == 0 {
+                io.backing = None;
+            }
+            io.cached > 0 || io.passthrough > 0
+        });
     }
 
     /// Open handles of every mode (for tests and metrics).

@@ -19,7 +19,8 @@
 //! * [`ledger`]: the mount-time walk and changes made while it runs, counted once;
 //! * [`sink`]: the `UsageSink` trait, its gRPC and fake implementations and
 //!   the batching reporter;
-//! * [`adapter`]: the `fuser` glue; [`session`]: mounting it all together.
+//! * [`adapter`]: the `fuser` glue; [`session`]: mounting it all together;
+//!   [`handoff`]: the state a server hands to the next in a takeover.
 
 pub mod adapter;
 pub mod caller;
@@ -27,6 +28,7 @@ pub mod dirs;
 pub mod error;
 pub mod files;
 pub mod fs;
+pub mod handoff;
 pub mod inodes;
 pub mod iomode;
 pub mod ledger;
@@ -38,7 +40,7 @@ pub mod xattr;
 
 pub use error::HomeError;
 pub use fs::HomeFs;
-pub use session::{mount, HomeMount, HomeOptions, MountError};
+pub use session::{mount, take_over, HomeMount, HomeOptions, MountError};
 #[cfg(any(test, feature = "test-util"))]
 pub use sink::FakeSink;
 pub use sink::{ControllerVerdict, GrpcSink, Reporter, UsageReport, UsageSink};

@@ -4,21 +4,32 @@
 //! The mount answers at once; the walk that gives the accounting its
 //! starting figure runs beside it (bounded by a timeout) and is added in
 //! when it ends, so a large home on a slow share never delays a notebook.
+//!
+//! A mount with a control socket can be taken over by a new server process
+//! (an upgrade): see [`take_over`] and `home::handoff`.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+use fuser::{
+    BackgroundSession, BackingId, Config, MountOption, Session, SessionACL, SessionPauser, Version,
+};
 use hubfs_walker::{WalkOptions, Walker};
+use parking_lot::Mutex;
 
 use super::adapter::HomeFuse;
 use super::error::HomeError;
 use super::fs::HomeFs;
+use super::handoff::HomeState;
+use super::iomode::IoModes;
 use super::sink::{ReportKind, Reporter, UsageReport, UsageSink};
 use super::usage::{Limits, UsageCounters};
+use crate::handoff::{self as wire, HandoffError};
 
 /// How often growth by passthrough writers is charged.
 const SETTLE_EVERY: Duration = Duration::from_millis(500);
@@ -44,6 +55,8 @@ pub struct HomeOptions {
     /// Mount options for the kernel (`ro`, `noatime`...; see
     /// [`mount_option`]). The mount is always `nosuid,nodev`.
     pub mount_options: Vec<String>,
+    /// Listen here for a server that takes this mount over (an upgrade).
+    pub control: Option<PathBuf>,
 }
 
 /// The usual mount options a home takes (CSI read-only publishes, an
@@ -81,6 +94,7 @@ impl HomeOptions {
             fuse_threads: 4,
             passthrough: true,
             mount_options: Vec::new(),
+            control: None,
         }
     }
 }
@@ -96,6 +110,13 @@ pub enum MountError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot take over: {0}")]
+    Takeover(#[from] HandoffError),
 }
 
 /// A mounted home; unmount with [`HomeMount::unmount`] (dropping it unmounts too).
@@ -107,14 +128,34 @@ pub struct HomeMount {
     settle: Option<JoinHandle<()>>,
     cancel: Arc<AtomicBool>,
     mountpoint: PathBuf,
+    /// Mounted by the server this one took over from: fuser holds no mount
+    /// to drop, so unmounting is ours.
+    resumed: bool,
+    handover: Arc<Handover>,
 }
 
-/// Mounts a home. `sink` receives usage reports (None: account and enforce
-/// locally only).
-pub fn mount(
-    opts: &HomeOptions,
-    sink: Option<Arc<dyn UsageSink>>,
-) -> Result<HomeMount, MountError> {
+/// What a takeover of this mount needs, shared with the control thread.
+struct Handover {
+    fs: Arc<HomeFs>,
+    io: Arc<IoModes<BackingId>>,
+    passthrough: Arc<AtomicBool>,
+    pauser: SessionPauser,
+    proto: (u32, u32),
+    /// A duplicate of the session's `/dev/fuse` descriptor.
+    dev: OwnedFd,
+    /// Set while the loops are parked for a handover (the settle thread
+    /// charges nothing then) and for good once handed over.
+    paused: AtomicBool,
+    /// Held by the settle thread while it charges.
+    settling: Mutex<()>,
+    done: AtomicBool,
+}
+
+/// How long a takeover may keep requests waiting for the new server.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The kernel-side configuration of a home mount.
+fn fuse_config(opts: &HomeOptions) -> Result<Config, MountError> {
     let mut extra = Vec::new();
     for o in &opts.mount_options {
         if let Some(o) = mount_option(o).map_err(MountError::Option)? {
@@ -123,13 +164,6 @@ pub fn mount(
             }
         }
     }
-    let usage = Arc::new(UsageCounters::new(opts.limits));
-    let fs = Arc::new(HomeFs::new(&opts.source, usage.clone()).map_err(|source| {
-        MountError::Source {
-            path: opts.source.clone(),
-            source,
-        }
-    })?);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!(
@@ -147,21 +181,152 @@ pub fn mount(
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.fuse_threads.max(1));
     config.clone_fd = true;
-    // Changes made from the first request on must be known to the walk.
-    fs.begin_walk();
-    let session = fuser::spawn_mount(
-        HomeFuse::new(fs.clone(), opts.passthrough),
-        &opts.mountpoint,
-        &config,
-    )
-    .map_err(|source| MountError::Mount {
-        path: opts.mountpoint.clone(),
+    Ok(config)
+}
+
+fn open_fs(opts: &HomeOptions) -> Result<Arc<HomeFs>, MountError> {
+    let usage = Arc::new(UsageCounters::new(opts.limits));
+    let fs = HomeFs::new(&opts.source, usage).map_err(|source| MountError::Source {
+        path: opts.source.clone(),
         source,
     })?;
+    Ok(Arc::new(fs))
+}
+
+fn bind_control(path: &Path) -> Result<UnixListener, MountError> {
+    let err = |source| MountError::Control {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A socket left by a server that died; a live one is never replaced
+    // (a taking-over server receives its listener instead of binding).
+    if UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(l)
+}
+
+/// Mounts a home. `sink` receives usage reports (None: account and enforce
+/// locally only).
+pub fn mount(
+    opts: &HomeOptions,
+    sink: Option<Arc<dyn UsageSink>>,
+) -> Result<HomeMount, MountError> {
+    let config = fuse_config(opts)?;
+    let fs = open_fs(opts)?;
+    let control = opts.control.as_deref().map(bind_control).transpose()?;
+    // Changes made from the first request on must be known to the walk.
+    fs.begin_walk();
+    let fuse = HomeFuse::new(fs.clone(), opts.passthrough);
+    let (io, passthrough) = fuse.shared();
+    let mount_err = |source| MountError::Mount {
+        path: opts.mountpoint.clone(),
+        source,
+    };
+    let session = Session::new(fuse, &opts.mountpoint, &config).map_err(mount_err)?;
+    let proto = session.proto_version().map_or((7, 31), |v| (v.0, v.1));
+    let handover = Arc::new(Handover {
+        fs: fs.clone(),
+        io,
+        passthrough,
+        pauser: session.pauser(),
+        proto,
+        dev: session.as_fd().try_clone_to_owned().map_err(mount_err)?,
+        paused: AtomicBool::new(false),
+        settling: Mutex::new(()),
+        done: AtomicBool::new(false),
+    });
+    let session = session.spawn().map_err(mount_err)?;
+    Ok(start(opts, sink, fs, session, handover, control, true))
+}
+
+/// Takes over the mount a running server serves (it listens on `from`,
+/// its `--control` socket) with the same FUSE connection: the kernel, and
+/// every process using the mount, sees no change but a pause. `opts` must
+/// name the same source and mountpoint; limits and reporting come from them.
+/// The old server exits without unmounting once this one serves.
+pub fn take_over(
+    opts: &HomeOptions,
+    sink: Option<Arc<dyn UsageSink>>,
+    from: &Path,
+) -> Result<HomeMount, MountError> {
+    let config = fuse_config(opts)?;
+    let fs = open_fs(opts)?;
+    let mut s = UnixStream::connect(from).map_err(|source| MountError::Control {
+        path: from.to_path_buf(),
+        source,
+    })?;
+    wire::request(&mut s, "home")?;
+    let (bytes, fds) = wire::receive_package(&mut s)?;
+    let state = HomeState::decode(&bytes)?;
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let dev = fds
+        .first_mut()
+        .and_then(Option::take)
+        .ok_or_else(|| HandoffError::State("no /dev/fuse descriptor".into()))?;
+    let control = match state.control.and_then(|i| fds.get_mut(i)?.take()) {
+        Some(fd) => Some(UnixListener::from(fd)),
+        None => opts.control.as_deref().map(bind_control).transpose()?,
+    };
+    fs.adopt(&state, &mut fds)?;
+    let fuse = HomeFuse::new(fs.clone(), state.passthrough);
+    let (io, passthrough) = fuse.shared();
+    let mount_err = |source| MountError::Mount {
+        path: opts.mountpoint.clone(),
+        source,
+    };
+    let dup = dev.try_clone().map_err(mount_err)?;
+    let version = Version(state.proto.0, state.proto.1);
+    let session =
+        Session::resume(fuse, dev, config.acl, config.clone(), version).map_err(mount_err)?;
+    io.import(&state.io_handles, &state.io_backings, |id| {
+        session.adopt_backing(id)
+    });
+    let ready = wire::send_ready(&mut s).and_then(|()| wire::wait_go(&mut s));
+    if let Err(e) = ready {
+        // The old server serves on: the backing ids are its, not ours to
+        // close (dropping them would).
+        std::mem::forget(session);
+        std::mem::forget(io);
+        return Err(e.into());
+    }
+    let handover = Arc::new(Handover {
+        fs: fs.clone(),
+        io,
+        passthrough,
+        pauser: session.pauser(),
+        proto: state.proto,
+        dev: dup,
+        paused: AtomicBool::new(false),
+        settling: Mutex::new(()),
+        done: AtomicBool::new(false),
+    });
+    let session = session.spawn().map_err(mount_err)?;
+    tracing::info!(user = %opts.user, inodes = state.nodes.len(), open_files = state.files.len(), bytes = state.bytes, "took the mount over");
+    let mut m = start(opts, sink, fs, session, handover, control, false);
+    m.resumed = true;
+    Ok(m)
+}
+
+/// Starts what runs beside a serving session: the reporter, the mount-time
+/// walk (`walk`), the settle thread and the control socket.
+fn start(
+    opts: &HomeOptions,
+    sink: Option<Arc<dyn UsageSink>>,
+    fs: Arc<HomeFs>,
+    session: BackgroundSession,
+    handover: Arc<Handover>,
+    control: Option<UnixListener>,
+    walk: bool,
+) -> HomeMount {
+    let usage = fs.usage().clone();
     let reporter =
         sink.map(|s| Reporter::start(usage.clone(), s, &opts.user, opts.report_interval));
     let cancel = Arc::new(AtomicBool::new(false));
-    let walk = {
+    let walk = walk.then(|| {
         let (fs, cancel) = (fs.clone(), cancel.clone());
         let (source, user, timeout) = (opts.source.clone(), opts.user.clone(), opts.walk_timeout);
         let report = reporter.as_ref().map(|r| r.absolute_sender());
@@ -193,29 +358,45 @@ pub fn mount(
                 }
             })
             .ok()
+    });
+    let walk = match walk {
+        Some(None) => {
+            tracing::warn!(user = %opts.user, "cannot start the mount-time walk; usage counts changes only");
+            fs.end_walk(None);
+            None
+        }
+        w => w.flatten(),
     };
-    if walk.is_none() {
-        tracing::warn!(user = %opts.user, "cannot start the mount-time walk; usage counts changes only");
-        fs.end_walk(None);
-    }
     // Passthrough writers grow files without us; charge them as they go.
     // Without passthrough there are none, and no thread to wake.
     let settle = opts
         .passthrough
         .then(|| {
-            let (fs, cancel) = (fs.clone(), cancel.clone());
+            let (h, cancel) = (handover.clone(), cancel.clone());
             std::thread::Builder::new()
                 .name("hubfs-settle".into())
                 .spawn(move || {
-                    while !cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !cancel.load(Ordering::Relaxed) {
                         std::thread::sleep(SETTLE_EVERY);
-                        fs.settle_unmediated();
+                        let _g = h.settling.lock();
+                        if !h.paused.load(Ordering::Acquire) {
+                            h.fs.settle_unmediated();
+                        }
                     }
                 })
                 .ok()
         })
         .flatten();
-    Ok(HomeMount {
+    if let Some(l) = control {
+        let h = handover.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hubfs-control".into())
+            .spawn(move || h.listen(l));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot serve the control socket; no takeover possible");
+        }
+    }
+    HomeMount {
         session: Some(session),
         fs,
         reporter,
@@ -223,7 +404,77 @@ pub fn mount(
         settle,
         cancel,
         mountpoint: opts.mountpoint.clone(),
-    })
+        resumed: false,
+        handover,
+    }
+}
+
+impl Handover {
+    /// Serves takeover requests until one succeeds.
+    fn listen(&self, l: UnixListener) {
+        for conn in l.incoming() {
+            let s = match conn {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            match self.hand_over(s, l.as_fd()) {
+                Ok(()) => {
+                    tracing::info!("handed the mount over to a new server");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "takeover failed; serving on"),
+            }
+        }
+    }
+
+    /// One takeover: park the loops, send everything, wait for the new
+    /// server; on any failure before it is ready, serve on.
+    fn hand_over(&self, mut s: UnixStream, control: BorrowedFd<'_>) -> Result<(), HandoffError> {
+        s.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
+        wire::read_request(&mut s, "home")?;
+        if self.fs.walk_running() {
+            let why = "the mount-time walk is still running; try again when it ends";
+            wire::refuse(&mut s, why)?;
+            return Err(HandoffError::Refused(why.into()));
+        }
+        if let Err(e) = self.pauser.pause(HANDOVER_TIMEOUT) {
+            let _ = wire::refuse(&mut s, &e.to_string());
+            return Err(e.into());
+        }
+        self.paused.store(true, Ordering::Release);
+        // A settle under way finishes before the figures are taken.
+        drop(self.settling.lock());
+        let r = (|| {
+            let e = self.fs.export(
+                &self.io,
+                BackingId::raw_id,
+                self.proto,
+                self.passthrough.load(Ordering::Relaxed),
+                Some(1),
+                2,
+            );
+            let mut fds = vec![self.dev.as_fd(), control];
+            fds.extend(e.fds());
+            wire::send_package(&mut s, &e.state.encode(), &fds)?;
+            wire::wait_ready(&mut s)?;
+            wire::send_go(&mut s)
+        })();
+        match r {
+            Ok(()) => {
+                self.done.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                self.paused.store(false, Ordering::Release);
+                self.pauser.resume();
+                Err(e)
+            }
+        }
+    }
 }
 
 impl HomeMount {
@@ -239,6 +490,26 @@ impl HomeMount {
     /// Files the daemon holds open; see [`HomeFs::open_files`].
     pub fn open_files(&self) -> usize {
         self.fs.open_files()
+    }
+
+    /// True once a new server took this mount over: end the process with
+    /// [`HomeMount::leave`], never by unmounting.
+    pub fn handed_over(&self) -> bool {
+        self.handover.done.load(Ordering::Acquire)
+    }
+
+    /// After a takeover: sends the last usage report and lets go of the
+    /// connection without unmounting (the new server serves it).
+    pub fn leave(mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        if let Some(t) = self.settle.take() {
+            let _ = t.join();
+        }
+        if let Some(rep) = self.reporter.take() {
+            rep.stop();
+        }
+        // Dropping the session would unmount and close the backing ids.
+        std::mem::forget(self.session.take());
     }
 
     /// True once the kernel has dropped the mount (e.g. `umount` from outside).
@@ -259,13 +530,24 @@ impl HomeMount {
     }
 
     fn shutdown(&mut self) -> std::io::Result<()> {
-        self.cancel
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cancel.store(true, Ordering::Relaxed);
         let r = match self.session.take() {
             // Unmounted from outside: the path may hold another mount now.
             Some(s) if s.guard.is_finished() => {
                 crate::unmounted::forget_session(s, Duration::from_secs(5));
                 Ok(())
+            }
+            // Taken over: the mount is ours to end.
+            Some(s) if self.resumed => {
+                let r = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty())
+                    .map_err(std::io::Error::from);
+                if r.is_ok() {
+                    let _ = s.join();
+                } else {
+                    let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                    crate::unmounted::forget_session(s, Duration::from_secs(5));
+                }
+                r
             }
             Some(s) => s.umount_and_join().inspect_err(|_| {
                 // Busy or already gone: detach so the session can end.
@@ -279,7 +561,9 @@ impl HomeMount {
         if let Some(t) = self.settle.take() {
             let _ = t.join();
         }
-        self.fs.settle_unmediated();
+        if !self.handed_over() {
+            self.fs.settle_unmediated();
+        }
         if let Some(rep) = self.reporter.take() {
             rep.stop();
         }

@@ -119,6 +119,15 @@ impl UsageCounters {
         self.baseline_known.store(true, Ordering::Release);
     }
 
+    /// Takes over the figures of the server this one replaces (a takeover):
+    /// usage as it stood, nothing left to report.
+    pub fn adopt(&self, s: Snapshot, baseline_known: bool, cleanup: bool) {
+        self.bytes.store(s.bytes, Ordering::Release);
+        self.inodes.store(s.inodes, Ordering::Release);
+        self.baseline_known.store(baseline_known, Ordering::Release);
+        self.cleanup.store(cleanup, Ordering::Release);
+    }
+
     /// Cleanup (no-write) mode, switched by the quota controller.
     pub fn set_cleanup(&self, on: bool) {
         self.cleanup.store(on, Ordering::Release);

@@ -1,0 +1,115 @@
+//! Upgrading a mounter in place: `hubfs mounter --take-over`.
+//!
+//! The new mounter asks the old one (on `DIR/mounter.sock`) to release its
+//! servers: the old one stops watching, publishing and writing
+//! `servers.json`, writes it a last time and waits. The new one then starts,
+//! for every home server in the state file, `hubfs mount home ...
+//! --take-over DIR/homes/<id>/ctl.sock`: a new server process that adopts the
+//! live FUSE connection of the old server (see `hubfs_fuse::handoff`), which
+//! exits without unmounting. Nothing a notebook holds notices but a pause of
+//! a few milliseconds. When every home is handed over, the new mounter tells
+//! the old one it is done (the old one exits 0) and owns `servers.json`.
+//!
+//! Bucket servers have no takeover yet: they stay with the old mounter and
+//! die with its container; the new mounter replaces them as after any crash
+//! (a new server stacked onto each target). A home whose takeover fails is
+//! replaced the same way. If the new mounter dies before it is done, the
+//! old one supervises again.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::state::StateFile;
+use super::wire::Release;
+use super::{control_path, socket_path, Kind};
+use crate::error::Result;
+
+/// Hands every home server of the mounter serving `state_dir` to a new
+/// server started from `exe`. Returns the old mounter's release (call
+/// [`Release::done`] once this mounter serves) and the new servers by id.
+pub fn take_over(
+    state_dir: &Path,
+    exe: &Path,
+    timeout: Duration,
+) -> Result<(Release, HashMap<String, Child>)> {
+    let release = Release::ask(&socket_path(state_dir))?;
+    let state = StateFile::new(state_dir).load();
+    let mut started = Vec::new();
+    for (id, rec) in &state.servers {
+        let ctl = control_path(state_dir, &rec.spec);
+        if rec.spec.kind != Kind::Home || !ctl.exists() {
+            continue;
+        }
+        let mp = rec.spec.mountpoint(state_dir);
+        let log = mp.with_file_name("server.log");
+        let err = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
+            Ok(f) => Stdio::from(f),
+            Err(_) => Stdio::null(),
+        };
+        let mut cmd = Command::new(exe);
+        cmd.args(&rec.spec.args);
+        if !rec.spec.args.iter().any(|a| a == "--control") {
+            cmd.arg("--control").arg(&ctl);
+        }
+        let spawned = cmd
+            .arg("--take-over")
+            .arg(&ctl)
+            .arg(&mp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn();
+        match spawned {
+            Ok(child) => started.push((id.clone(), child)),
+            Err(e) => {
+                tracing::error!(server = %id, error = %e, "cannot start a server to take over")
+            }
+        }
+    }
+    // All at once (each takes a pause of its own mount only), then wait.
+    let (tx, rx) = mpsc::channel();
+    let mut waiting = HashMap::new();
+    for (id, mut child) in started {
+        let out = child.stdout.take().expect("piped");
+        let (tx, id2) = (tx.clone(), id.clone());
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send((id2, line.trim_end() == "serving"));
+        });
+        waiting.insert(id, child);
+    }
+    drop(tx);
+    let deadline = Instant::now() + timeout;
+    let mut taken = HashMap::new();
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((id, serving)) = rx.recv_timeout(left) else {
+            break;
+        };
+        let Some(mut child) = waiting.remove(&id) else {
+            continue;
+        };
+        if serving {
+            tracing::info!(server = %id, pid = child.id(), "home server taken over");
+            taken.insert(id, child);
+        } else {
+            let status = child.wait().ok();
+            tracing::error!(server = %id, ?status, "takeover failed; the old server serves on until the old mounter goes, then it is replaced");
+        }
+    }
+    for (id, mut child) in waiting {
+        tracing::error!(server = %id, "takeover did not finish in time; stopping the new server");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok((release, taken))
+}

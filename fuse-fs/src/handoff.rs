@@ -1,0 +1,336 @@
+//! Handing a live FUSE connection from one server process to the next over a
+//! unix socket: the wire of a takeover, shared by homes and buckets.
+//!
+//! The old server listens on a control socket. The new one connects and
+//! sends a [`request`] naming the kind of filesystem it serves; the old one
+//! parks its event loops between requests, then sends a package: its state
+//! (opaque bytes here, versioned JSON of the filesystem's own module) and
+//! every descriptor the state refers to, `/dev/fuse` first, as `SCM_RIGHTS`
+//! in messages of at most [`MAX_FDS_PER_MESSAGE`]. The new server rebuilds
+//! and says it is [ready](send_ready); the old one answers [go](send_go)
+//! and exits without unmounting, and the new one serves from then on. The
+//! old server decides: until it has sent *go* it may still resume serving
+//! (the new server failed, or took too long), and a new server that never
+//! gets *go* exits without serving a request, so the two never both serve.
+//!
+//! ```text
+//! new → old  "HUBFSTKO" u32 protocol  u16 len  kind
+//! old → new  u8 0  u64 state_len  u32 n_fds  state  ⌈n_fds/250⌉ × (1 byte + fds)
+//!        or  u8 1  u32 len  reason (refused: walk running, uploads open, ...)
+//! new → old  "RDY!"          old → new  "GO!!"
+//! ```
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// Version of this wire format (not of the state it carries).
+pub const PROTOCOL: u32 = 1;
+/// Descriptors sent in one message (the kernel's limit is 253).
+pub const MAX_FDS_PER_MESSAGE: usize = 250;
+const MAGIC: &[u8; 8] = b"HUBFSTKO";
+const READY: &[u8; 4] = b"RDY!";
+const GO: &[u8; 4] = b"GO!!";
+/// Largest state accepted (a home with millions of known inodes stays below).
+const MAX_STATE: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("takeover socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("the peer is not a hubfs takeover endpoint")]
+    NotHubfs,
+    #[error(
+        "takeover protocol {got} is not {want} (mixed hubfs versions without takeover support)"
+    )]
+    Protocol { got: u32, want: u32 },
+    #[error("the running server serves a {have} mount, not {want}")]
+    Kind { have: String, want: String },
+    #[error("the running server refused the takeover: {0}")]
+    Refused(String),
+    #[error("the takeover ended early: {0}")]
+    Truncated(&'static str),
+    #[error("takeover state: {0}")]
+    State(String),
+}
+
+pub type Result<T> = std::result::Result<T, HandoffError>;
+
+fn truncated(what: &'static str) -> impl FnOnce(io::Error) -> HandoffError {
+    move |e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => HandoffError::Truncated(what),
+        _ => HandoffError::Io(e),
+    }
+}
+
+fn read_u32(s: &mut impl Read, what: &'static str) -> Result<u32> {
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).map_err(truncated(what))?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// New server: asks for the connection of a `kind` mount ("home", "s3").
+pub fn request(s: &mut UnixStream, kind: &str) -> Result<()> {
+    let mut m = MAGIC.to_vec();
+    m.extend_from_slice(&PROTOCOL.to_le_bytes());
+    m.extend_from_slice(&(kind.len() as u16).to_le_bytes());
+    m.extend_from_slice(kind.as_bytes());
+    s.write_all(&m)?;
+    Ok(())
+}
+
+/// Old server: reads a request and checks it asks for a `kind` mount.
+pub fn read_request(s: &mut UnixStream, kind: &str) -> Result<()> {
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic).map_err(truncated("request"))?;
+    if &magic != MAGIC {
+        return Err(HandoffError::NotHubfs);
+    }
+    let got = read_u32(s, "request")?;
+    if got != PROTOCOL {
+        return Err(HandoffError::Protocol {
+            got,
+            want: PROTOCOL,
+        });
+    }
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).map_err(truncated("request"))?;
+    let mut want = vec![0u8; u16::from_le_bytes(len) as usize];
+    s.read_exact(&mut want).map_err(truncated("request"))?;
+    let want = String::from_utf8_lossy(&want).into_owned();
+    if want != kind {
+        return Err(HandoffError::Kind {
+            have: kind.into(),
+            want,
+        });
+    }
+    Ok(())
+}
+
+/// Old server: says no (the new server reports `reason`).
+pub fn refuse(s: &mut UnixStream, reason: &str) -> Result<()> {
+    let mut m = vec![1u8];
+    m.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+    m.extend_from_slice(reason.as_bytes());
+    s.write_all(&m)?;
+    Ok(())
+}
+
+/// Old server: sends the state and the descriptors it refers to.
+pub fn send_package(s: &mut UnixStream, state: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+    let mut head = vec![0u8];
+    head.extend_from_slice(&(state.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(fds.len() as u32).to_le_bytes());
+    s.write_all(&head)?;
+    s.write_all(state)?;
+    for chunk in fds.chunks(MAX_FDS_PER_MESSAGE) {
+        let mut space =
+            [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(chunk)) {
+            return Err(HandoffError::State("descriptor message too large".into()));
+        }
+        let sent = rustix::net::sendmsg(
+            s.as_fd(),
+            &[IoSlice::new(b"F")],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(io::Error::from)?;
+        if sent != 1 {
+            return Err(HandoffError::Truncated("descriptors"));
+        }
+    }
+    Ok(())
+}
+
+/// New server: receives the state and the descriptors, in the order sent.
+pub fn receive_package(s: &mut UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut status = [0u8; 1];
+    s.read_exact(&mut status).map_err(truncated("answer"))?;
+    match status[0] {
+        0 => {}
+        1 => {
+            let len = read_u32(s, "refusal")? as usize;
+            let mut why = vec![0u8; len.min(64 << 10)];
+            s.read_exact(&mut why).map_err(truncated("refusal"))?;
+            return Err(HandoffError::Refused(
+                String::from_utf8_lossy(&why).into_owned(),
+            ));
+        }
+        _ => return Err(HandoffError::NotHubfs),
+    }
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len).map_err(truncated("state header"))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_STATE {
+        return Err(HandoffError::State(format!("{len} bytes of state")));
+    }
+    let n_fds = read_u32(s, "state header")? as usize;
+    let mut state = vec![0u8; len as usize];
+    s.read_exact(&mut state).map_err(truncated("state"))?;
+    let mut fds = Vec::with_capacity(n_fds);
+    while fds.len() < n_fds {
+        let mut space =
+            [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut byte = [0u8; 1];
+        let got = rustix::net::recvmsg(
+            s.as_fd(),
+            &mut [IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        if got.bytes == 0 {
+            return Err(HandoffError::Truncated("descriptors"));
+        }
+        let before = fds.len();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = m {
+                fds.extend(received);
+            }
+        }
+        if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) || fds.len() == before {
+            return Err(HandoffError::State(
+                "descriptors were lost in transit (the process's descriptor limit?)".into(),
+            ));
+        }
+    }
+    if fds.len() != n_fds {
+        return Err(HandoffError::State(format!(
+            "{} descriptors received, {n_fds} announced",
+            fds.len()
+        )));
+    }
+    Ok((state, fds))
+}
+
+fn expect(s: &mut UnixStream, word: &[u8; 4], what: &'static str) -> Result<()> {
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).map_err(truncated(what))?;
+    if &b != word {
+        return Err(HandoffError::NotHubfs);
+    }
+    Ok(())
+}
+
+/// New server: it has rebuilt everything and waits for [`wait_go`].
+pub fn send_ready(s: &mut UnixStream) -> Result<()> {
+    s.write_all(READY)?;
+    Ok(())
+}
+
+/// Old server: waits for the new one to be ready.
+pub fn wait_ready(s: &mut UnixStream) -> Result<()> {
+    expect(s, READY, "ready")
+}
+
+/// Old server: the new one serves from now on.
+pub fn send_go(s: &mut UnixStream) -> Result<()> {
+    s.write_all(GO)?;
+    Ok(())
+}
+
+/// New server: may it serve? Any other end: the old one serves on.
+pub fn wait_go(s: &mut UnixStream) -> Result<()> {
+    expect(s, GO, "go")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn state_and_many_descriptors_arrive_in_order() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        // More than two messages' worth, each a distinct file.
+        let files: Vec<std::fs::File> = (0..600)
+            .map(|i| {
+                let p = t.path().join(i.to_string());
+                std::fs::write(&p, i.to_string()).unwrap();
+                std::fs::File::open(p).unwrap()
+            })
+            .collect();
+        let sender = std::thread::spawn(move || {
+            read_request(&mut a, "home").unwrap();
+            let fds: Vec<BorrowedFd> = files.iter().map(|f| f.as_fd()).collect();
+            send_package(&mut a, b"{\"v\":1}", &fds).unwrap();
+            wait_ready(&mut a).unwrap();
+            send_go(&mut a).unwrap();
+        });
+        request(&mut b, "home").unwrap();
+        let (state, fds) = receive_package(&mut b).unwrap();
+        assert_eq!(state, b"{\"v\":1}");
+        assert_eq!(fds.len(), 600);
+        for (i, fd) in fds.into_iter().enumerate() {
+            assert!(fd.as_raw_fd() >= 0);
+            let mut s = String::new();
+            std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+            assert_eq!(s, i.to_string(), "descriptor {i} is the file sent at {i}");
+        }
+        send_ready(&mut b).unwrap();
+        wait_go(&mut b).unwrap();
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn a_wrong_kind_or_protocol_is_a_clear_error() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        request(&mut b, "s3").unwrap();
+        let e = read_request(&mut a, "home").unwrap_err();
+        assert!(e.to_string().contains("serves a home mount, not s3"), "{e}");
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let mut m = MAGIC.to_vec();
+        m.extend_from_slice(&7u32.to_le_bytes());
+        b.write_all(&m).unwrap();
+        let e = read_request(&mut a, "home").unwrap_err();
+        assert!(
+            matches!(e, HandoffError::Protocol { got: 7, want: 1 }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_reaches_the_new_server_with_its_reason() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        refuse(&mut a, "the mount-time walk is still running").unwrap();
+        let e = receive_package(&mut b).unwrap_err();
+        assert!(e.to_string().contains("walk is still running"), "{e}");
+    }
+
+    #[test]
+    fn an_old_server_that_dies_midway_is_a_truncation_and_a_missing_answer_too() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let mut head = vec![0u8];
+        head.extend_from_slice(&100u64.to_le_bytes());
+        head.extend_from_slice(&1u32.to_le_bytes());
+        a.write_all(&head).unwrap();
+        a.write_all(b"{\"half\":").unwrap();
+        drop(a);
+        let e = receive_package(&mut b).unwrap_err();
+        assert!(matches!(e, HandoffError::Truncated("state")), "{e}");
+        let (mut a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        assert!(matches!(
+            wait_ready(&mut a).unwrap_err(),
+            HandoffError::Truncated("ready")
+        ));
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        send_ready(&mut b).unwrap();
+        wait_ready(&mut a).unwrap();
+        drop(a);
+        assert!(matches!(
+            wait_go(&mut b).unwrap_err(),
+            HandoffError::Truncated("go")
+        ));
+    }
+}

@@ -1,0 +1,433 @@
+//! A home's side of a takeover: what a server hands to the next one with its
+//! FUSE connection (see [`crate::handoff`] for the wire), and the rebuilding
+//! of a [`HomeFs`] from it.
+//!
+//! The state is versioned JSON: the negotiated protocol version, the
+//! passthrough switch, the usage counters (bytes, inodes, whether the walk's
+//! baseline is in, cleanup mode), every inode the kernel holds with its
+//! lookup count and unseen-writer baseline, the numbers given from the own
+//! range, every open file (flags that matter to us) and directory listing,
+//! and the I/O mode of every open handle with the passthrough backing id of
+//! every inode in a passthrough period. Descriptors travel beside it; the
+//! state names each by its index: `/dev/fuse` is 0, then the control socket
+//! (if any), the inodes' `O_PATH` descriptors and the open files'.
+//!
+//! A takeover is refused while the mount-time walk runs (its ledger is not
+//! handed over); the caller retries when it ends.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::dirs::DirEntry;
+use super::files::Handle;
+use super::fs::HomeFs;
+use super::inodes::Key;
+use super::iomode::IoModes;
+use super::usage::Snapshot;
+use crate::handoff::HandoffError;
+
+/// Version of [`HomeState`]; a server refuses state of another version.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InodeState {
+    pub ino: u64,
+    pub key: Key,
+    pub nlookup: u64,
+    /// Passthrough writers open and the size last charged (see `inodes`).
+    pub writers: u32,
+    pub baseline: i64,
+    pub fd: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileState {
+    pub fh: u64,
+    pub ino: u64,
+    pub append: bool,
+    pub dirty: bool,
+    pub unmediated: bool,
+    pub fd: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirState {
+    pub fh: u64,
+    /// (number, kind, name) of each entry.
+    pub entries: Vec<(u64, u8, Vec<u8>)>,
+}
+
+/// Everything a home server hands over besides its descriptors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HomeState {
+    pub version: u32,
+    /// FUSE protocol version negotiated at INIT.
+    pub proto: (u32, u32),
+    pub passthrough: bool,
+    pub root_key: Key,
+    pub bytes: i64,
+    pub inodes: i64,
+    pub baseline_known: bool,
+    pub cleanup: bool,
+    pub nodes: Vec<InodeState>,
+    pub own: Vec<(Key, u64)>,
+    pub next_own: u64,
+    pub files: Vec<FileState>,
+    pub dirs: Vec<DirState>,
+    pub next_fh: u64,
+    /// (handle, inode, passthrough?) of every open file.
+    pub io_handles: Vec<(u64, u64, bool)>,
+    /// (inode, backing id) of every inode in a passthrough period.
+    pub io_backings: Vec<(u64, u32)>,
+    /// Index of the control socket's descriptor, if the server had one.
+    pub control: Option<usize>,
+}
+
+impl HomeState {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("home state serialises")
+    }
+
+    /// Parses state sent by another server: a version other than
+    /// [`STATE_VERSION`] or a truncated or malformed text is a clear error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, HandoffError> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        match serde_json::from_slice::<Versioned>(bytes) {
+            Ok(v) if v.version != STATE_VERSION => {
+                return Err(HandoffError::State(format!(
+                    "home state version {} is not {STATE_VERSION}: take over with a server of a compatible version",
+                    v.version
+                )))
+            }
+            _ => {}
+        }
+        serde_json::from_slice(bytes)
+            .map_err(|e| HandoffError::State(format!("home state unreadable: {e}")))
+    }
+}
+
+/// What a server hands over: the state and the descriptors it names, kept
+/// open by the table entries this holds.
+pub struct Export {
+    pub state: HomeState,
+    inodes: Vec<Arc<super::inodes::Inode>>,
+    files: Vec<Arc<Handle>>,
+}
+
+impl Export {
+    /// The state's descriptors in index order after `/dev/fuse` and the
+    /// control socket (the caller puts those first).
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let inodes = self.inodes.iter().map(|i| i.fd());
+        inodes
+            .chain(self.files.iter().map(|h| h.file.as_fd()))
+            .collect()
+    }
+}
+
+impl HomeFs {
+    /// True while the mount-time walk runs (no takeover then).
+    pub fn walk_running(&self) -> bool {
+        self.ledger().is_some()
+    }
+
+    /// The state to hand over, its descriptors numbered from `first_fd`.
+    /// Call it with the session paused: nothing changes meanwhile.
+    pub fn export<B>(
+        &self,
+        io: &IoModes<B>,
+        id: impl Fn(&B) -> u32,
+        proto: (u32, u32),
+        passthrough: bool,
+        control: Option<usize>,
+        first_fd: usize,
+    ) -> Export {
+        let (inodes, own, next_own) = self.inodes.export();
+        let mut next = first_fd;
+        let mut index = || {
+            next += 1;
+            next - 1
+        };
+        let nodes = inodes
+            .iter()
+            .map(|(ino, i)| {
+                let g = i.size_lock.lock();
+                InodeState {
+                    ino: *ino,
+                    key: i.key(),
+                    nlookup: i.lookups(),
+                    writers: g.writers,
+                    baseline: g.baseline,
+                    fd: index(),
+                }
+            })
+            .collect();
+        let handles: Vec<(u64, Arc<Handle>)> = self
+            .files
+            .read()
+            .iter()
+            .map(|(&fh, h)| (fh, h.clone()))
+            .collect();
+        let files = handles
+            .iter()
+            .map(|(fh, h)| FileState {
+                fh: *fh,
+                ino: find_number(&inodes, &h.inode).unwrap_or(super::inodes::ROOT),
+                append: h.append,
+                dirty: h.dirty.load(Ordering::Relaxed),
+                unmediated: h.unmediated.load(Ordering::Relaxed),
+                fd: index(),
+            })
+            .collect();
+        let dirs = self
+            .dirs
+            .lock()
+            .iter()
+            .map(|(&fh, es)| DirState {
+                fh,
+                entries: es
+                    .iter()
+                    .map(|e| (e.ino, e.kind, e.name.as_bytes().to_vec()))
+                    .collect(),
+            })
+            .collect();
+        let (io_handles, io_backings) = io.export(id);
+        let usage = self.usage.snapshot();
+        Export {
+            state: HomeState {
+                version: STATE_VERSION,
+                proto,
+                passthrough,
+                root_key: self.inodes.root_key(),
+                bytes: usage.bytes,
+                inodes: usage.inodes,
+                baseline_known: self.usage.baseline_known(),
+                cleanup: self.usage.cleanup(),
+                nodes,
+                own,
+                next_own,
+                files,
+                dirs,
+                next_fh: self.next_fh.load(Ordering::Relaxed),
+                io_handles,
+                io_backings,
+                control,
+            },
+            inodes: inodes.into_iter().map(|(_, i)| i).collect(),
+            files: handles.into_iter().map(|(_, h)| h).collect(),
+        }
+    }
+
+    /// Takes over what the previous server of this connection held:
+    /// `fds[i]` is the descriptor the state numbers `i` (taken from it).
+    /// The filesystem must be new, opened on the same directory.
+    pub fn adopt(&self, s: &HomeState, fds: &mut [Option<OwnedFd>]) -> Result<(), HandoffError> {
+        if self.inodes.root_key() != s.root_key {
+            return Err(HandoffError::State(
+                "the running server serves another directory (source differs)".into(),
+            ));
+        }
+        let mut take = |i: usize| {
+            fds.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                HandoffError::State(format!("descriptor {i} missing or named twice"))
+            })
+        };
+        self.usage.adopt(
+            Snapshot {
+                bytes: s.bytes,
+                inodes: s.inodes,
+            },
+            s.baseline_known,
+            s.cleanup,
+        );
+        for n in &s.nodes {
+            let fd = take(n.fd)?;
+            self.inodes
+                .adopt(n.ino, fd, n.key, n.nlookup, n.writers, n.baseline);
+        }
+        self.inodes.adopt_own(&s.own, s.next_own);
+        let mut files = HashMap::new();
+        for f in &s.files {
+            let file = File::from(take(f.fd)?);
+            let inode = self.inode(f.ino).map_err(|_| {
+                HandoffError::State(format!("open file {} of unknown inode {}", f.fh, f.ino))
+            })?;
+            files.insert(
+                f.fh,
+                Arc::new(Handle {
+                    file,
+                    inode,
+                    append: f.append,
+                    dirty: f.dirty.into(),
+                    unmediated: f.unmediated.into(),
+                }),
+            );
+        }
+        *self.files.write() = files;
+        *self.dirs.lock() = s
+            .dirs
+            .iter()
+            .map(|d| {
+                let entries = d
+                    .entries
+                    .iter()
+                    .map(|(ino, kind, name)| DirEntry {
+                        ino: *ino,
+                        kind: *kind,
+                        name: OsString::from_vec(name.clone()),
+                    })
+                    .collect();
+                (d.fh, entries)
+            })
+            .collect();
+        self.next_fh.store(s.next_fh, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn find_number(
+    inodes: &[(u64, Arc<super::inodes::Inode>)],
+    i: &Arc<super::inodes::Inode>,
+) -> Option<u64> {
+    inodes
+        .iter()
+        .find(|(_, x)| Arc::ptr_eq(x, i))
+        .map(|(n, _)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::fs::{Caller, ROOT};
+    use crate::home::usage::{Limits, UsageCounters};
+    use std::ffi::OsStr;
+
+    fn fs_on(dir: &std::path::Path) -> HomeFs {
+        let u = Arc::new(UsageCounters::new(Limits {
+            bytes: Some(1 << 20),
+            ..Limits::default()
+        }));
+        HomeFs::new(dir, u).unwrap()
+    }
+
+    /// Descriptors as the wire delivers them: duplicates, by index.
+    fn carry(e: &Export) -> Vec<Option<OwnedFd>> {
+        e.fds()
+            .iter()
+            .map(|fd| Some(fd.try_clone_to_owned().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_new_server_continues_with_the_inodes_handles_and_usage_of_the_old() {
+        let t = tempfile::tempdir().unwrap();
+        let old = fs_on(t.path());
+        old.usage().add_baseline(0, 0);
+        let d = old
+            .mkdir(Caller::ROOT, ROOT, OsStr::new("d"), 0o755, 0)
+            .unwrap();
+        let (f, fh) = old
+            .create(
+                Caller::ROOT,
+                d.ino,
+                OsStr::new("f"),
+                0o644,
+                0,
+                libc::O_RDWR | libc::O_APPEND,
+            )
+            .unwrap();
+        old.write(Caller::ROOT, fh, 0, b"hello ").unwrap();
+        old.lookup(d.ino, OsStr::new("f")).unwrap(); // two lookups of f now
+        let dh = old.opendir(d.ino).unwrap();
+        let io = IoModes::<u32>::default();
+        let e = old.export(&io, |b| *b, (7, 41), true, None, 0);
+        let state = HomeState::decode(&e.state.encode()).unwrap();
+        assert_eq!(state, e.state, "the JSON round trip is exact");
+        assert_eq!(state.nodes.len(), 2);
+
+        let new = fs_on(t.path());
+        new.adopt(&state, &mut carry(&e)).unwrap();
+        drop(e);
+        drop(old);
+        assert_eq!(new.usage().snapshot().bytes, 6);
+        assert_eq!(new.usage().snapshot().inodes, 2);
+        assert!(new.usage().baseline_known());
+        // The open handle writes on (append) and is accounted by the new server.
+        new.write(Caller::ROOT, fh, 0, b"world").unwrap();
+        assert_eq!(std::fs::read(t.path().join("d/f")).unwrap(), b"hello world");
+        assert_eq!(new.usage().snapshot().bytes, 11);
+        // Node numbers and lookup counts carried over: two forgets drop f.
+        assert_eq!(new.getattr(f.ino).unwrap().st_size, 11);
+        new.forget(f.ino, 1);
+        assert!(new.getattr(f.ino).is_ok());
+        new.forget(f.ino, 1);
+        assert!(
+            new.getattr(f.ino).is_err(),
+            "forgotten after its last lookup"
+        );
+        // The listing handed over (".", ".." and f), from offset 1 on.
+        assert_eq!(new.readdir(d.ino, dh, 1).unwrap().len(), 2);
+        // New handles do not reuse old numbers.
+        let fh2 = new.opendir(d.ino).unwrap();
+        assert!(fh2 > dh && fh2 > fh);
+        // The quota still holds.
+        let err = new
+            .write(Caller::ROOT, fh, 0, &vec![0u8; 1 << 20])
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EDQUOT);
+    }
+
+    #[test]
+    fn passthrough_modes_and_backing_ids_carry_over() {
+        let io = IoModes::<u32>::default();
+        let _ = io.open(5, 1, true, true, || Some(42));
+        let _ = io.open(6, 2, false, true, || None);
+        let (handles, backings) = io.export(|b| *b);
+        assert_eq!(backings, vec![(5, 42)]);
+        let new = IoModes::<u32>::default();
+        let mut adopted = vec![];
+        new.import(&handles, &backings, |id| {
+            adopted.push(id);
+            id
+        });
+        assert_eq!(adopted, vec![42]);
+        // A writer of inode 5 must join the passthrough period, as before.
+        match new.open(5, 3, false, true, || None) {
+            crate::home::iomode::Grant::Passthrough(b) => assert_eq!(*b, 42),
+            _ => panic!("inode 5 is in a passthrough period"),
+        }
+        assert_eq!(new.open_handles(), 3);
+    }
+
+    #[test]
+    fn another_version_or_truncated_state_is_a_clear_error() {
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_on(t.path());
+        let e = fs.export(&IoModes::<u32>::default(), |b| *b, (7, 41), false, None, 1);
+        let mut s = e.state.clone();
+        s.version = STATE_VERSION + 1;
+        let err = HomeState::decode(&s.encode()).unwrap_err().to_string();
+        assert!(err.contains("version 2 is not 1"), "{err}");
+        let bytes = e.state.encode();
+        let err = HomeState::decode(&bytes[..bytes.len() / 2])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unreadable") && err.contains("EOF"), "{err}");
+        let other = tempfile::tempdir().unwrap();
+        let err = fs_on(other.path())
+            .adopt(&e.state, &mut [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another directory"), "{err}");
+    }
+}
