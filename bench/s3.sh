@@ -11,7 +11,9 @@
 # aws-sdk-s3, configured as hubfs configures it (fuse-fs/benches/sdk_get.rs),
 # is the ceiling (curl's GET is printed beside it). Then hubfs with its
 # local-disk data cache: the 1 GiB read by one reader, the page cache
-# dropped, and read again by another. Prints hubfs/peer ratios.
+# dropped, and read again by another. Then hubfs and Mountpoint mounted
+# together, taking turns at the 1 GiB read (fairer on a loaded machine), with
+# the CPU seconds per GiB of each FUSE process. Prints hubfs/peer ratios.
 #
 # Mountpoint runs through bench/mountpoint-peer (its published crates with
 # Mountpoint's defaults; see its doc comment), built here when missing
@@ -119,7 +121,9 @@ mount_fs() { # name -> mountpoint, sets FSPID
 }
 
 now() { date +%s.%N; }
-declare -A LS1 LS1R LS10 LS10R READ TTFB RSS CAT CATR
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a process, in ticks
+TICK=$(getconf CLK_TCK)
+declare -A LS1 LS1R LS10 LS10R READ TTFB RSS CAT CATR CPU
 for fs in hubfs $PEERS; do
     echo "== $fs"
     mount_fs "$fs"; m=$W/mnt-$fs
@@ -138,21 +142,25 @@ for fs in hubfs $PEERS; do
     [ "$(cat "$W/catbytes")" -eq $((1000 * 65536)) ] || echo "  warning: cat read $(cat "$W/catbytes") bytes"
     t0=$(now); head -c1 "$m/big.bin" >/dev/null; t1=$(now)
     TTFB[$fs]=$(echo "$t1 - $t0" | bc -l)
-    runs=""
+    runs=""; cpus=""
     for _ in $(seq "$READS"); do
         sync; echo 3 >/proc/sys/vm/drop_caches
-        t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now)
+        c0=$(cpu "$FSPID"); t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now); c1=$(cpu "$FSPID")
         runs+="$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l) "
+        # CPU seconds the FUSE process spent per GiB read: robust where MiB/s
+        # is not (two shared cores, Garage itself CPU-bound).
+        cpus+="$(echo "($c1 - $c0) / $TICK * 1024 / $SIZE_MIB" | bc -l) "
     done
     READ[$fs]=$(echo "$runs" | median)
+    CPU[$fs]=$(echo "$cpus" | median)
     RSS[$fs]=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$FSPID/status")
     if [ "$fs" = hubfs ]; then # correctness, untimed (the tests check it too)
         sync; echo 3 >/proc/sys/vm/drop_caches
         [ "$(sha256sum "$m/big.bin" | cut -d' ' -f1)" = "$BIGSHA" ] || echo "  ERROR: hubfs returned different bytes"
     fi
-    printf '  ls -l 1k: %.3fs %d req | ls -l 10k: %.3fs %d req | cat 1k x 64K: %.3fs %d req | ttfb %.3fs | read %.0f MiB/s (runs: %s) | peak RSS %d MiB\n' \
+    printf '  ls -l 1k: %.3fs %d req | ls -l 10k: %.3fs %d req | cat 1k x 64K: %.3fs %d req | ttfb %.3fs | read %.0f MiB/s (runs: %s), %.2f CPU-s/GiB | peak RSS %d MiB\n' \
         "${LS1[$fs]}" "${LS1R[$fs]}" "${LS10[$fs]}" "${LS10R[$fs]}" "${CAT[$fs]}" "${CATR[$fs]}" \
-        "${TTFB[$fs]}" "${READ[$fs]}" "$runs" "${RSS[$fs]}"
+        "${TTFB[$fs]}" "${READ[$fs]}" "$runs" "${CPU[$fs]}" "${RSS[$fs]}"
     umount "$m" 2>/dev/null || umount -l "$m"
     kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
 done
@@ -173,6 +181,28 @@ printf '  first reader %.0f MiB/s (%d requests); another reader, page cache drop
     "$C1" "$C1R" "$C2" "$C2R" "$(echo "$C2 / $C1" | bc -l)"
 umount "$m" 2>/dev/null || umount -l "$m"
 kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
+
+if [[ " $PEERS " == *" mountpoint "* ]]; then
+    # Reads of one filesystem after another drift with the machine's load
+    # (two shared cores): here both are mounted and take turns, round by round.
+    echo "== sequential read, hubfs and Mountpoint taking turns ($READS rounds)"
+    mount_fs hubfs; HPID=$FSPID; mount_fs mountpoint; MPID=$FSPID
+    declare -A TURNS TCPU
+    for _ in $(seq "$READS"); do
+        for fs in hubfs mountpoint; do
+            p=$HPID; [ "$fs" = mountpoint ] && p=$MPID
+            sync; echo 3 >/proc/sys/vm/drop_caches
+            c0=$(cpu "$p"); t0=$(now); dd if="$W/mnt-$fs/big.bin" of=/dev/null bs=1M status=none; t1=$(now); c1=$(cpu "$p")
+            TURNS[$fs]+="$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l) "
+            TCPU[$fs]+="$(echo "($c1 - $c0) / $TICK * 1024 / $SIZE_MIB" | bc -l) "
+        done
+    done
+    for fs in hubfs mountpoint; do umount "$W/mnt-$fs" 2>/dev/null || umount -l "$W/mnt-$fs"; done
+    kill "$HPID" "$MPID" 2>/dev/null || true; wait "$HPID" "$MPID" 2>/dev/null || true
+    TH=$(echo "${TURNS[hubfs]}" | median); TM=$(echo "${TURNS[mountpoint]}" | median)
+    printf '  hubfs %.0f MiB/s (%.2f CPU-s/GiB), Mountpoint %.0f MiB/s (%.2f CPU-s/GiB): %.2fx\n' \
+        "$TH" "$(echo "${TCPU[hubfs]}" | median)" "$TM" "$(echo "${TCPU[mountpoint]}" | median)" "$(echo "$TH / $TM" | bc -l)"
+fi
 
 echo "== direct single-stream GET (aws-sdk-s3, as hubfs configures it; $READS runs)"
 DIRECT=$(AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK cargo bench -q -p hubfs-fuse --bench sdk_get -- \
@@ -196,9 +226,9 @@ if [[ " $PEERS " == *" mountpoint "* ]]; then
     printf '  ls -l 1,000: %.2fx (hubfs %d requests, Mountpoint %d) | ls -l 10,000: %.2fx (%d, %d)\n' \
         "$(echo "${LS1[mountpoint]} / ${LS1[hubfs]}" | bc -l)" "${LS1R[hubfs]}" "${LS1R[mountpoint]}" \
         "$(echo "${LS10[mountpoint]} / ${LS10[hubfs]}" | bc -l)" "${LS10R[hubfs]}" "${LS10R[mountpoint]}"
-    printf '  cat 1,000 x 64 KiB: %.2fx (%d, %d requests) | sequential read: %.2fx | ttfb: %.2fx | peak RSS %d vs %d MiB\n' \
+    printf '  cat 1,000 x 64 KiB: %.2fx (%d, %d requests) | sequential read: %.2fx (CPU per GiB %.2fx) | ttfb: %.2fx | peak RSS %d vs %d MiB\n' \
         "$(echo "${CAT[mountpoint]} / ${CAT[hubfs]}" | bc -l)" "${CATR[hubfs]}" "${CATR[mountpoint]}" \
-        "$(echo "${READ[hubfs]} / ${READ[mountpoint]}" | bc -l)" \
+        "$(echo "${READ[hubfs]} / ${READ[mountpoint]}" | bc -l)" "$(echo "${CPU[mountpoint]} / ${CPU[hubfs]}" | bc -l)" \
         "$(echo "${TTFB[mountpoint]} / ${TTFB[hubfs]}" | bc -l)" "${RSS[hubfs]}" "${RSS[mountpoint]}"
 fi
 if [[ " $PEERS " == *" s3fs "* && " $PEERS " == *" rclone "* ]]; then

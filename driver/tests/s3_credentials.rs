@@ -60,24 +60,7 @@ impl Driver {
         std::fs::create_dir_all(&state).unwrap();
         let log = |name: &str| std::fs::File::create(state.join(name)).unwrap();
         let socket = dir.path().join("csi.sock");
-        let mounter = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-            .arg("mounter")
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--s3-cache-dir")
-            .arg(dir.path().join("cache"))
-            .args(["--s3-cache-size", "64Mi"])
-            // The node's own identity (the default chain) is Garage's default
-            // key: volumes with a secret must not read with it.
-            .env("AWS_ACCESS_KEY_ID", &g.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
-            .env("HUBFS_LOG", "hubfs=debug,hubfs_fuse=debug,info")
-            .env_remove("RUST_LOG")
-            .env_remove("AWS_PROFILE")
-            .stdout(log("mounter.log"))
-            .stderr(log("mounter.err.log"))
-            .spawn()
-            .unwrap();
+        let mounter = start_mounter(g, dir.path());
         let child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
             .args([
                 "csi",
@@ -203,6 +186,43 @@ impl Drop for Driver {
     }
 }
 
+/// A `hubfs mounter` on `dir/state` with the S3 data cache in `dir/cache`,
+/// logging at debug level into the state dir.
+fn start_mounter(g: &Garage, dir: &Path) -> Child {
+    let state = dir.join("state");
+    let log = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.join(name))
+            .unwrap()
+    };
+    let m = Command::new(env!("CARGO_BIN_EXE_hubfs"))
+        .arg("mounter")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--s3-cache-dir")
+        .arg(dir.join("cache"))
+        .args(["--s3-cache-size", "64Mi"])
+        // The node's own identity (the default chain) is Garage's default
+        // key: volumes with a secret must not read with it.
+        .env("AWS_ACCESS_KEY_ID", &g.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
+        .env("HUBFS_LOG", "hubfs=debug,hubfs_fuse=debug,info")
+        .env_remove("RUST_LOG")
+        .env_remove("AWS_PROFILE")
+        .stdout(log("mounter.log"))
+        .stderr(log("mounter.err.log"))
+        .spawn()
+        .unwrap();
+    hubfs_e2e::wait_for_socket(
+        &state.join("mounter.sock"),
+        Duration::from_secs(20),
+        "the mounter's socket",
+    );
+    m
+}
+
 /// Every process whose command line mentions hubfs, with that command line.
 fn hubfs_processes() -> Vec<(i32, String)> {
     let mut out = Vec::new();
@@ -259,6 +279,9 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
             .unwrap();
     }
     g.create_bucket("research");
+    // The node's identity (the mounter's environment) may not read the course
+    // bucket: whatever reads it below reads with a volume's own key.
+    g.cli(&["bucket", "deny", "--read", "course", "--key", &g.access_key]);
     // Key A and key B may read the course bucket; key C only the research one.
     let (a, b, c) = (
         Key::import(&g, "a", 0xa1),
@@ -268,7 +291,7 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     for (bucket, key) in [("course", &a), ("course", &b), ("research", &c)] {
         g.cli(&["bucket", "allow", "--read", bucket, "--key", &key.id]);
     }
-    let d = Driver::start(&g);
+    let mut d = Driver::start(&g);
     let mut node = d.node().await;
     let mut answers = Vec::new();
 
@@ -373,6 +396,27 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     }
     assert_ne!(d.server_of("pa"), a_pid);
     assert!(std::fs::read_to_string(d.target("pb").join("c.txt")).is_err());
+
+    // The mounter itself goes, and A's server dies while it is away: the
+    // next mounter, which was never told A's secret, starts A's server
+    // again from its root-only file, with A's identity.
+    let _ = d.mounter.kill();
+    let _ = d.mounter.wait();
+    let a_pid = d.server_of("pa");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.mounter = start_mounter(&g, d.dir.path());
+    for pod in ["pa", "pa2"] {
+        assert_eq!(
+            read_eventually(&d.target(pod).join("b.txt")).await,
+            "second file\n"
+        );
+    }
+    assert_ne!(d.server_of("pa"), a_pid);
+    assert_eq!(d.servers().len(), 2, "B's server adopted, A's replaced");
 
     // The secrets are nowhere they must not be.
     let mut places: Vec<(String, String)> = hubfs_processes()

@@ -166,3 +166,47 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cache: S3CacheArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<S3CacheArgs, clap::Error> {
+        let mut all = vec!["hubfs"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(|c| c.cache)
+    }
+
+    #[test]
+    fn the_s3_cache_flags_use_the_one_size_syntax_and_an_absolute_dir() {
+        assert_eq!(parse(&[]).unwrap().config().unwrap(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("cache");
+        let c = parse(&[
+            "--s3-cache-dir",
+            d.to_str().unwrap(),
+            "--s3-cache-size",
+            "500M",
+        ])
+        .unwrap()
+        .config()
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.size, hubfs_quota::parse_size("500M").unwrap());
+        assert_eq!(c.size, 500_000_000);
+        assert!(d.is_dir(), "made at start");
+        let default = parse(&["--s3-cache-dir", d.to_str().unwrap()]).unwrap();
+        assert_eq!(default.s3_cache_size, 10 << 30);
+        assert!(parse(&["--s3-cache-size", "lots"]).is_err());
+        assert!(parse(&["--s3-cache-size", "0"]).is_err());
+        let relative = parse(&["--s3-cache-dir", "cache"]).unwrap().config();
+        assert!(relative.unwrap_err().to_string().contains("--s3-cache-dir"));
+    }
+}

@@ -166,7 +166,7 @@ pub trait Servers: Send + Sync + 'static {
     /// whether anything was mounted at `target` (false: already published).
     fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool>;
     /// [`Servers::publish`] for a server with its own S3 identity (its
-    /// arguments end in `--credentials-file /dev/fd/0`): the keeper hands
+    /// arguments hold `--credentials-file /dev/fd/0`): the keeper hands
     /// `credentials` to the server on a pipe and keeps them to start it
     /// again, never in its state file or logs ([`secrets`]).
     fn publish_with_credentials(

@@ -142,23 +142,27 @@ fn node_key(state_dir: &Path) -> Result<Vec<u8>> {
     match std::fs::read(&path) {
         Ok(k) if k.len() == 32 => return Ok(k),
         Ok(_) => {
-            tracing::warn!(file = %path.display(), "the identity key is damaged; making a new one")
+            tracing::warn!(file = %path.display(), "the identity key is damaged; making a new one");
+            let _ = std::fs::remove_file(&path);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(DriverError::io("read", &path, e)),
     }
     std::fs::create_dir_all(state_dir).map_err(|e| DriverError::io("create", state_dir, e))?;
-    let tmp = state_dir.join(format!(".s3-identity.key.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
     let key: [u8; 32] = rand::random();
+    let tmp = state_dir.join(format!(".s3-identity.key.{}", hex::encode(&key[..8])));
     let made = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| f.write_all(&key).and_then(|()| f.sync_all()))
-        // Atomic and never replacing: two publishes racing agree on one key.
-        .and_then(|()| std::fs::rename(&tmp, &path));
+        // Never replacing: of publishes racing to make it, the first wins
+        // and the others read its key.
+        .and_then(|()| match std::fs::hard_link(&tmp, &path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            r => r,
+        });
     let _ = std::fs::remove_file(&tmp);
     made.map_err(|e| DriverError::io("write", &path, e))?;
     std::fs::read(&path).map_err(|e| DriverError::io("read", &path, e))
@@ -450,8 +454,21 @@ mod identity_tests {
     #[test]
     fn the_sharing_key_separates_identities_and_names_no_key() {
         let dir = tempfile::tempdir().unwrap();
-        let key = node_key(dir.path()).unwrap();
+        // Publishes racing to make the key agree on one.
+        let keys: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| node_key(dir.path()).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let key = keys[0].clone();
+        assert!(keys.iter().all(|k| *k == key && k.len() == 32));
         assert_eq!(node_key(dir.path()).unwrap(), key, "made once, then read");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join("s3-identity.key"))
                 .unwrap()
