@@ -197,10 +197,16 @@ fn start_mounter(g: &Garage, dir: &Path) -> Child {
             .open(state.join(name))
             .unwrap()
     };
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    std::fs::write(dir.join("metrics-addr"), &metrics_addr).unwrap();
     let m = Command::new(env!("CARGO_BIN_EXE_hubfs"))
         .arg("mounter")
         .arg("--state-dir")
         .arg(&state)
+        .args(["--metrics-addr", &metrics_addr])
         .arg("--s3-cache-dir")
         .arg(dir.join("cache"))
         .args(["--s3-cache-size", "64Mi"])
@@ -221,6 +227,18 @@ fn start_mounter(g: &Garage, dir: &Path) -> Child {
         "the mounter's socket",
     );
     m
+}
+
+/// The mounter's `/metrics` (the mounter started last in `dir`).
+fn mounter_metrics(dir: &Path) -> String {
+    use std::io::{Read, Write};
+    let addr = std::fs::read_to_string(dir.join("metrics-addr")).unwrap();
+    let mut conn = std::net::TcpStream::connect(addr.trim()).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Every process whose command line mentions hubfs, with that command line.
@@ -321,6 +339,37 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
         assert!(cmd.contains("--credentials-file /dev/fd/0"), "{cmd}");
     }
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    // Both servers' S3 and cache counters reach the mounter's one /metrics,
+    // each sample labelled with its server (servers rewrite them every 5 s).
+    let ids: Vec<String> = std::fs::read_dir(d.state().join("s3"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let text = mounter_metrics(d.dir.path());
+        let each = ids.iter().all(|id| {
+            text.contains(&format!(
+                "hubfs_s3_requests_total{{server=\"{id}\",op=\"GetObject\"}}"
+            )) && text.contains(&format!("hubfs_s3_cache_misses_total{{server=\"{id}\"}}"))
+        });
+        if each {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "servers' metrics missing:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(metrics.contains("hubfs_mounter_servers 2\n"), "{metrics}");
+    assert_eq!(
+        metrics.matches("# TYPE hubfs_s3_requests counter").count(),
+        1
+    );
+    answers.push(metrics);
 
     // B loses its access: B's pods fail to read what A's pods still read.
     g.cli(&["bucket", "deny", "--read", "course", "--key", &b.id]);

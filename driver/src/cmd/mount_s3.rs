@@ -113,6 +113,10 @@ pub struct S3Args {
     /// Serve Prometheus metrics (requests and bytes per S3 operation) here.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Rewrite the same metrics to this file every 5 s (the mounter serves
+    /// its servers' files together).
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
     /// Threads reading FUSE requests from the kernel.
     #[arg(long, default_value_t = 4)]
     pub fuse_threads: usize,
@@ -186,6 +190,7 @@ impl S3Args {
         o.allow_writes = self.allow_writes;
         o.allow_delete = self.allow_delete;
         o.metrics_addr = self.metrics_addr;
+        o.metrics_file = self.metrics_file.clone();
         o.fuse_threads = self.fuse_threads;
         o.read_ahead_kb = self.read_ahead_kb;
         o.cache = self.cache_dir.clone().map(|dir| CacheOptions {

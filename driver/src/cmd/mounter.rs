@@ -45,6 +45,11 @@ pub struct MounterArgs {
     take_over: bool,
     #[command(flatten)]
     s3_cache: S3CacheArgs,
+    /// Serve Prometheus metrics here: the mounter's servers and restarts,
+    /// and every bucket server's S3 and data-cache counters with a `server`
+    /// label (e.g. 0.0.0.0:9810).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The node's S3 data cache (`hubfs mounter`, and `hubfs csi` with in-process servers).
@@ -137,6 +142,10 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     let sup = Supervisor::open_with(cfg, Arc::new(SysMounter), taken);
     sup.watch();
     let servers: Arc<dyn Servers> = sup.clone();
+    if let Some(addr) = args.metrics_addr {
+        keeper::metrics::serve(addr, servers.clone())
+            .with_context(|| format!("serve metrics on {addr}"))?;
+    }
     tracing::info!(socket = %socket.display(), servers = sup.status().map(|s| s.len()).unwrap_or(0), "mounter serving");
     std::thread::Builder::new()
         .name("hubfs-mounter-sock".into())

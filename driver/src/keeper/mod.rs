@@ -31,6 +31,7 @@
 
 #[cfg(test)]
 pub mod fake;
+pub mod metrics;
 pub mod secrets;
 mod state;
 mod supervisor;

@@ -352,6 +352,12 @@ impl Supervisor {
             ];
             args.splice(at..at, cache);
         }
+        if spec.kind == Kind::S3 && !spec.args.iter().any(|a| a == "--metrics-file") {
+            // Served by the mounter with every other server's (`metrics`).
+            let at = 3.min(args.len());
+            let file = super::metrics::metrics_file(&mp).into_os_string();
+            args.splice(at..at, ["--metrics-file".into(), file]);
+        }
         let mut cmd = Command::new(&self.cfg.exe);
         cmd.args(&args);
         if spec.kind == Kind::Home && !spec.args.iter().any(|a| a == "--control") {

@@ -42,6 +42,9 @@ pub struct MountOptions {
     pub allow_writes: bool,
     pub allow_delete: bool,
     pub metrics_addr: Option<SocketAddr>,
+    /// Also write the metrics text to this file every few seconds (for the
+    /// mounter, which serves the metrics of all its servers on one port).
+    pub metrics_file: Option<PathBuf>,
     /// FUSE worker threads reading kernel requests.
     pub fuse_threads: usize,
     /// Kernel readahead of the mount in KiB (0: the kernel's 128 KiB default).
@@ -67,6 +70,7 @@ impl MountOptions {
             allow_writes: false,
             allow_delete: false,
             metrics_addr: None,
+            metrics_file: None,
             fuse_threads: 4,
             read_ahead_kb: 4096,
             cache: None,
@@ -118,6 +122,9 @@ impl MountOptions {
         flag("read-ahead-kb", self.read_ahead_kb.to_string());
         if let Some(addr) = self.metrics_addr {
             flag("metrics-addr", addr.to_string());
+        }
+        if let Some(f) = &self.metrics_file {
+            flag("metrics-file", f.display().to_string());
         }
         if let Some(c) = &self.cache {
             flag("cache-dir", c.dir.display().to_string());
@@ -284,6 +291,9 @@ pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError>
     if let Some(addr) = opts.metrics_addr {
         rt.spawn(serve_metrics(addr, metrics.clone()));
     }
+    if let Some(path) = opts.metrics_file.clone() {
+        rt.spawn(write_metrics(path, metrics.clone()));
+    }
     ready();
 
     let signalled = rt.block_on(async {
@@ -338,6 +348,26 @@ fn set_read_ahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
     std::fs::write(&path, kb.to_string())?;
     tracing::debug!(path, kb, "kernel readahead raised");
     Ok(())
+}
+
+/// How often `--metrics-file` is rewritten.
+const METRICS_FILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Writes the metrics text to `path` now and every few seconds, whole
+/// (written aside and renamed), so a reader never sees half of it.
+async fn write_metrics(path: PathBuf, metrics: Arc<S3Metrics>) {
+    let tmp = path.with_extension("tmp");
+    let mut tick = tokio::time::interval(METRICS_FILE_EVERY);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let written = tokio::fs::write(&tmp, metrics.encode()).await;
+        if let Err(e) = written.and(tokio::fs::rename(&tmp, &path).await) {
+            if !std::mem::replace(&mut warned, true) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write metrics file");
+            }
+        }
+    }
 }
 
 /// A minimal `/metrics` endpoint: every request gets the registry text.
