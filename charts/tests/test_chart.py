@@ -260,14 +260,23 @@ def test_s3_credentials_come_from_a_secret():
     assert container(ds, "hubfs")["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
 
 
-def test_mounter_owns_the_fuse_servers_and_is_never_rolled_by_an_upgrade(variant):
-    """The FUSE servers live in the mounter DaemonSet (OnDelete), which the
-    node plugin finds through the same state dir; both run on the same nodes."""
+def test_mounter_owns_the_fuse_servers_and_is_upgraded_by_a_takeover(variant):
+    """The FUSE servers live in the mounter DaemonSet, which the node plugin
+    finds through the same state dir; both run on the same nodes. An upgrade
+    starts the new mounter beside the old one (maxSurge), which takes the
+    servers over, and the old pod goes only once the new one is ready."""
     _, v, docs = variant
     node = one(docs, "DaemonSet", "-node")
     m = one(docs, "DaemonSet", "-mounter")
-    assert m["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert m["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     c = container(m, "hubfs")
+    assert "--take-over" in c["args"]
+    ready = flag(c, "ready-file")
+    assert len(ready) == 1 and not ready[0].startswith(v["stateDir"].rstrip("/") + "/")
+    assert c["readinessProbe"]["exec"]["command"] == ["test", "-e", ready[0]]
     plugin = container(node, "hubfs")
     kubelet = v["kubeletDir"].rstrip("/")
     state = v["stateDir"].rstrip("/")

@@ -142,14 +142,16 @@ impl Home {
         }
     }
 
-    fn server(&self, extra: &[&str]) -> Child {
-        Command::new(hubfs_e2e::hubfs_binary())
-            .args(&self.args)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start hubfs mount home")
+    fn server(&self, extra: &[&str]) -> Killed {
+        Killed(
+            Command::new(hubfs_e2e::hubfs_binary())
+                .args(&self.args)
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start hubfs mount home"),
+        )
     }
 
     /// The mount id of the one mount at the mountpoint.
@@ -514,18 +516,55 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
     assert!(wait_exit(&mut new, Duration::from_secs(30)).success());
 }
 
+/// A child process killed (with everything in its PID namespace) when the
+/// test ends, passed or not.
+struct Killed(Child);
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `hubfs mounter` as PID 1 of its own PID namespace (a container).
-fn mounter_container(state: &Path, extra: &[&str]) -> Child {
-    Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", "--"])
-        .arg(hubfs_e2e::hubfs_binary())
-        .args(["mounter", "--state-dir"])
-        .arg(state)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start a mounter")
+fn mounter_container(state: &Path, extra: &[&str]) -> Killed {
+    Killed(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--"])
+            .arg(hubfs_e2e::hubfs_binary())
+            .args(["mounter", "--state-dir"])
+            .arg(state)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a mounter"),
+    )
+}
+
+/// SIGTERM to the mounter in a [`mounter_container`] (its PID 1).
+fn sigterm_mounter(c: &Killed) {
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.id())).unwrap();
+    let inner: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inner),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
 }
 
 /// Mount ids at `p` (a stacked recovery would show two).
@@ -596,10 +635,18 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
 
     let load = Load::start(&target, &[("data", &data, true)], Some("log"));
     load.advance(2);
-    let mut new = mounter_container(&state, &["--take-over"]);
-    let status = wait_exit(&mut old, Duration::from_secs(60));
-    assert!(status.success(), "the old mounter exits cleanly: {status}");
+    let ready = d.join("new.ready");
+    let mut new = mounter_container(
+        &state,
+        &["--take-over", "--ready-file", ready.to_str().unwrap()],
+    );
+    wait_until("the new mounter is ready", || ready.exists());
     hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "new mounter");
+    // The old one owns nothing now and waits for its pod's deletion.
+    assert!(old.try_wait().unwrap().is_none(), "the old mounter idles");
+    sigterm_mounter(&old);
+    let status = wait_exit(&mut old, Duration::from_secs(10));
+    assert!(status.success(), "the old mounter exits cleanly: {status}");
     load.advance(3);
     let appended = load.finish();
     assert_eq!(
@@ -619,14 +666,8 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
     assert!(client.unpublish(&target).unwrap());
     assert!(mount_ids_at(&target).is_empty());
 
-    // SIGTERM to the mounter (PID 1 of its container): it exits 0 at once.
-    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", new.id())).unwrap();
-    let inner: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(inner),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    // SIGTERM to the mounter: it exits 0 at once.
+    sigterm_mounter(&new);
     let status = wait_exit(&mut new, Duration::from_secs(10));
     assert!(
         status.success(),

@@ -160,7 +160,7 @@ fn answer(conn: UnixStream, servers: &dyn Servers) -> std::io::Result<()> {
         conn.set_read_timeout(None)?;
         let mut done = String::new();
         let r = read_line(&conn, &mut done);
-        let handed_over = matches!(r, Ok(_)) && done.trim_end() == "done";
+        let handed_over = r.is_ok() && done.trim_end() == "done";
         tracing::info!(handed_over, "takeover by a new mounter ended");
         servers.release_end(handed_over);
     }
