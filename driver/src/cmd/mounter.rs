@@ -80,7 +80,13 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
                 taken = t;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot take the running mounter over; waiting for it to go")
+                tracing::warn!(error = %e, "cannot take the running mounter over; waiting for it to go");
+                // Ready now, or a rolling update would wait for this pod
+                // forever and never delete the old one (an old version
+                // without takeover): its servers are replaced instead.
+                if let Some(f) = &args.ready_file {
+                    let _ = std::fs::write(f, b"waiting\n");
+                }
             }
         }
     }
