@@ -28,7 +28,7 @@ use hubfs_proto::quota::{
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1 << 20;
-const QUOTA: u64 = 100 * MIB as u64;
+const QUOTA: u64 = 200 * MIB as u64;
 
 /// The quota controller stand-in: keeps every report.
 #[derive(Default, Clone)]
@@ -262,8 +262,8 @@ fn reader(path: PathBuf, want: Vec<u8>, daemon: bool, stop: Arc<AtomicBool>, c: 
     }
 }
 
-/// Appends 64 KiB chunks through one descriptor until stopped; returns
-/// what it wrote.
+/// Appends 16 KiB chunks through one descriptor until stopped (well below
+/// the quota however slow the machine); returns what it wrote.
 fn writer(path: PathBuf, stop: Arc<AtomicBool>, c: Arc<Counts>) -> Vec<u8> {
     let mut f = OpenOptions::new()
         .append(true)
@@ -274,7 +274,7 @@ fn writer(path: PathBuf, stop: Arc<AtomicBool>, c: Arc<Counts>) -> Vec<u8> {
     let mut all = Vec::new();
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
-        let chunk = content(1000 + i, 64 << 10);
+        let chunk = content(1000 + i, 16 << 10);
         match f.write_all(&chunk) {
             Ok(()) => {
                 all.extend_from_slice(&chunk);
@@ -307,7 +307,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 }
 
 fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -429,7 +429,7 @@ fn a_new_server_takes_the_live_connection_over_with_no_error() {
     let names = std::fs::read_dir(&home.mnt).unwrap().count();
     assert_eq!(names, 3);
     let appended = load.finish();
-    assert!(appended.len() >= 5 * (64 << 10));
+    assert!(appended.len() >= 5 * (16 << 10));
     assert_eq!(
         sha(&std::fs::read(home.src.join("log")).unwrap()),
         sha(&appended),

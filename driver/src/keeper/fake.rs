@@ -17,6 +17,8 @@ struct FakeState {
     servers: BTreeMap<String, (ServerSpec, BTreeMap<PathBuf, bool>)>,
     calls: Vec<ServerCall>,
     fail_next: Option<DriverError>,
+    /// How the last release ended (None: none ended yet).
+    release_end: Option<bool>,
 }
 
 #[derive(Default)]
@@ -34,6 +36,11 @@ impl FakeServers {
         self.inner.lock().fail_next = Some(e);
     }
 
+    /// How the last release ended: handed over or not (None: not yet).
+    pub fn release_ended(&self) -> Option<bool> {
+        self.inner.lock().release_end
+    }
+
     /// Ids of the servers that have users.
     pub fn running(&self) -> Vec<String> {
         self.inner.lock().servers.keys().cloned().collect()
@@ -41,6 +48,15 @@ impl FakeServers {
 }
 
 impl Servers for FakeServers {
+    fn release(&self) -> Result<()> {
+        self.inner.lock().calls.push(ServerCall::Release);
+        Ok(())
+    }
+
+    fn release_end(&self, handed_over: bool) {
+        self.inner.lock().release_end = Some(handed_over);
+    }
+
     fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
         spec.validate()?;
         let mut s = self.inner.lock();

@@ -292,6 +292,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_release_holds_until_the_new_mounter_is_done_or_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("m.sock");
+        let fake = Arc::new(FakeServers::default());
+        let l = bind(&sock).unwrap();
+        let served: Arc<dyn Servers> = fake.clone();
+        std::thread::spawn(move || serve(l, served));
+        let wait = |want: Option<bool>| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while fake.release_ended() != want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "release never ended {want:?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let r = Release::ask(&sock).unwrap();
+        assert_eq!(fake.calls(), vec![Request::Release]);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            fake.release_ended(),
+            None,
+            "held while the new mounter works"
+        );
+        // The new mounter died: the old one carries on.
+        drop(r);
+        wait(Some(false));
+        Release::ask(&sock).unwrap().done().unwrap();
+        wait(Some(true));
+        // A server keeper that cannot hand over says so.
+        let e = MounterClient::new(sock.clone()).release().unwrap_err();
+        assert!(e.to_string().contains("cannot hand"), "{e}");
+    }
+
+    #[test]
     fn calls_cross_the_socket_with_their_error_kinds() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("m.sock");
