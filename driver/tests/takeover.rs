@@ -28,6 +28,17 @@ use hubfs_proto::quota::{
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1 << 20;
+
+/// The tests of this file run one at a time: a test that forks (to start a
+/// server) while another holds descriptors of a mount whose server is
+/// paused for a handover would have its child wait, in `exec`, on the
+/// FLUSH of each inherited descriptor until the pause ends — and, for the
+/// rollback test, keep its socket to the old server open meanwhile.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const QUOTA: u64 = 200 * MIB as u64;
 
 /// The quota controller stand-in: keeps every report.
@@ -394,6 +405,7 @@ impl Load {
 
 #[test]
 fn a_new_server_takes_the_live_connection_over_with_no_error() {
+    let _serial = serial();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (endpoint, quota) = quota_endpoint(&rt);
     let home = Home::new(Some(&endpoint));
@@ -473,6 +485,7 @@ fn a_new_server_takes_the_live_connection_over_with_no_error() {
 
 #[test]
 fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
+    let _serial = serial();
     let home = Home::new(None);
     let b = content(3, 8 * MIB);
     std::fs::write(home.src.join("b"), &b).unwrap();
@@ -579,6 +592,7 @@ fn mount_ids_at(p: &Path) -> Vec<String> {
 
 #[test]
 fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
+    let _serial = serial();
     use hubfs::keeper::{Kind, MounterClient, ServerSpec, Servers};
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     hubfs_e2e::require_root("mounts, PID namespaces");
