@@ -25,6 +25,9 @@
 #   mounter killed with all servers -> all targets back 724 ms after the kill
 #   home servers 1/10/100: PSS 6.4/5.5/3.4 MiB per home, private 2.8/4.4/3.3 MiB
 #   bucket server after an 8 MiB read: RSS 37.7 MiB, 15.3 MiB private
+#   home takeover (median of 5): 328 ms from the new process's start to the
+#   old one's exit; longest read during it 5.5 ms vs 0.09 ms plain (x62),
+#   longest getxattr 3.5 ms vs 0.03 ms (x105); 0 errors in 82683 reads
 #
 # Needs root, garage (~/.cargo/bin/garage), curl, python3.
 #   bench/restart.sh            HUBFS_BIN=target/debug/hubfs bench/restart.sh

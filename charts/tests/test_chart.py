@@ -53,6 +53,27 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+POD_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "spec": {
+            "type": "object",
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "selector": {"type": "object", "required": ["matchLabels"]},
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "object", "required": ["port"], "properties": {"port": {"type": "string"}}},
+                },
+            },
+        },
+    },
+}
+
+
 def workloads(docs):
     return [d for d in docs if d["kind"] in ("DaemonSet", "Deployment")]
 
@@ -92,7 +113,8 @@ def test_every_manifest_validates_against_kubernetes_schemas(variant):
     for doc in docs:
         kinds.add(doc["kind"])
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            jsonschema.validate(strip(doc), SERVICE_MONITOR_SCHEMA)
+            schema = POD_MONITOR_SCHEMA if doc["kind"] == "PodMonitor" else SERVICE_MONITOR_SCHEMA
+            jsonschema.validate(strip(doc), schema)
             continue
         for kube in KUBE_VERSIONS:
             try:
@@ -260,14 +282,23 @@ def test_s3_credentials_come_from_a_secret():
     assert container(ds, "hubfs")["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
 
 
-def test_mounter_owns_the_fuse_servers_and_is_never_rolled_by_an_upgrade(variant):
-    """The FUSE servers live in the mounter DaemonSet (OnDelete), which the
-    node plugin finds through the same state dir; both run on the same nodes."""
+def test_mounter_owns_the_fuse_servers_and_is_upgraded_by_a_takeover(variant):
+    """The FUSE servers live in the mounter DaemonSet, which the node plugin
+    finds through the same state dir; both run on the same nodes. An upgrade
+    starts the new mounter beside the old one (maxSurge), which takes the
+    servers over, and the old pod goes only once the new one is ready."""
     _, v, docs = variant
     node = one(docs, "DaemonSet", "-node")
     m = one(docs, "DaemonSet", "-mounter")
-    assert m["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert m["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     c = container(m, "hubfs")
+    assert "--take-over" in c["args"]
+    ready = flag(c, "ready-file")
+    assert len(ready) == 1 and not ready[0].startswith(v["stateDir"].rstrip("/") + "/")
+    assert c["readinessProbe"]["exec"]["command"] == ["test", "-e", ready[0]]
     plugin = container(node, "hubfs")
     kubelet = v["kubeletDir"].rstrip("/")
     state = v["stateDir"].rstrip("/")
@@ -425,8 +456,27 @@ def test_quota_controller_wiring(variant):
         assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
         assert all(svc["metadata"]["labels"].get(k) == val for k, val in sm["spec"]["selector"]["matchLabels"].items())
         assert sm["metadata"]["labels"]["release"] == "prometheus"
+        # Each node's mounter is scraped through a PodMonitor on its metrics port.
+        pm = one(docs, "PodMonitor")
+        m = one(docs, "DaemonSet", "-mounter")
+        pod_labels = m["spec"]["template"]["metadata"]["labels"]
+        assert all(pod_labels.get(k) == val for k, val in pm["spec"]["selector"]["matchLabels"].items())
+        assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+        assert pm["metadata"]["labels"]["release"] == "prometheus"
     else:
-        assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
+        assert not [d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")]
+
+
+def test_the_mounter_serves_metrics_on_its_port_unless_turned_off():
+    """`hubfs mounter --metrics-addr` on mounter.metricsPort, declared as the
+    container's `metrics` port (what the PodMonitor scrapes); 0 turns both off."""
+    c = container(one(render({}), "DaemonSet", "-mounter"), "hubfs")
+    assert flag(c, "metrics-addr") == ["0.0.0.0:9811"]
+    assert {"name": "metrics", "containerPort": 9811} in c["ports"]
+    off = render({"mounter": {"metricsPort": 0}, "serviceMonitor": {"enabled": True}})
+    c = container(one(off, "DaemonSet", "-mounter"), "hubfs")
+    assert not flag(c, "metrics-addr") and "ports" not in c
+    assert not [d for d in off if d["kind"] == "PodMonitor"]
 
 
 def test_hub_token_is_never_in_values_or_env():

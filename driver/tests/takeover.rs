@@ -28,7 +28,18 @@ use hubfs_proto::quota::{
 use sha2::{Digest, Sha256};
 
 const MIB: usize = 1 << 20;
-const QUOTA: u64 = 100 * MIB as u64;
+
+/// The tests of this file run one at a time: a test that forks (to start a
+/// server) while another holds descriptors of a mount whose server is
+/// paused for a handover would have its child wait, in `exec`, on the
+/// FLUSH of each inherited descriptor until the pause ends — and, for the
+/// rollback test, keep its socket to the old server open meanwhile.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+const QUOTA: u64 = 200 * MIB as u64;
 
 /// The quota controller stand-in: keeps every report.
 #[derive(Default, Clone)]
@@ -142,14 +153,16 @@ impl Home {
         }
     }
 
-    fn server(&self, extra: &[&str]) -> Child {
-        Command::new(hubfs_e2e::hubfs_binary())
-            .args(&self.args)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start hubfs mount home")
+    fn server(&self, extra: &[&str]) -> Killed {
+        Killed(
+            Command::new(hubfs_e2e::hubfs_binary())
+                .args(&self.args)
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start hubfs mount home"),
+        )
     }
 
     /// The mount id of the one mount at the mountpoint.
@@ -260,8 +273,8 @@ fn reader(path: PathBuf, want: Vec<u8>, daemon: bool, stop: Arc<AtomicBool>, c: 
     }
 }
 
-/// Appends 64 KiB chunks through one descriptor until stopped; returns
-/// what it wrote.
+/// Appends 16 KiB chunks through one descriptor until stopped (well below
+/// the quota however slow the machine); returns what it wrote.
 fn writer(path: PathBuf, stop: Arc<AtomicBool>, c: Arc<Counts>) -> Vec<u8> {
     let mut f = OpenOptions::new()
         .append(true)
@@ -272,7 +285,7 @@ fn writer(path: PathBuf, stop: Arc<AtomicBool>, c: Arc<Counts>) -> Vec<u8> {
     let mut all = Vec::new();
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
-        let chunk = content(1000 + i, 64 << 10);
+        let chunk = content(1000 + i, 16 << 10);
         match f.write_all(&chunk) {
             Ok(()) => {
                 all.extend_from_slice(&chunk);
@@ -305,7 +318,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 }
 
 fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -392,6 +405,7 @@ impl Load {
 
 #[test]
 fn a_new_server_takes_the_live_connection_over_with_no_error() {
+    let _serial = serial();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (endpoint, quota) = quota_endpoint(&rt);
     let home = Home::new(Some(&endpoint));
@@ -427,7 +441,7 @@ fn a_new_server_takes_the_live_connection_over_with_no_error() {
     let names = std::fs::read_dir(&home.mnt).unwrap().count();
     assert_eq!(names, 3);
     let appended = load.finish();
-    assert!(appended.len() >= 5 * (64 << 10));
+    assert!(appended.len() >= 5 * (16 << 10));
     assert_eq!(
         sha(&std::fs::read(home.src.join("log")).unwrap()),
         sha(&appended),
@@ -471,6 +485,7 @@ fn a_new_server_takes_the_live_connection_over_with_no_error() {
 
 #[test]
 fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
+    let _serial = serial();
     let home = Home::new(None);
     let b = content(3, 8 * MIB);
     std::fs::write(home.src.join("b"), &b).unwrap();
@@ -514,18 +529,55 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
     assert!(wait_exit(&mut new, Duration::from_secs(30)).success());
 }
 
+/// A child process killed (with everything in its PID namespace) when the
+/// test ends, passed or not.
+struct Killed(Child);
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `hubfs mounter` as PID 1 of its own PID namespace (a container).
-fn mounter_container(state: &Path, extra: &[&str]) -> Child {
-    Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", "--"])
-        .arg(hubfs_e2e::hubfs_binary())
-        .args(["mounter", "--state-dir"])
-        .arg(state)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start a mounter")
+fn mounter_container(state: &Path, extra: &[&str]) -> Killed {
+    Killed(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--"])
+            .arg(hubfs_e2e::hubfs_binary())
+            .args(["mounter", "--state-dir"])
+            .arg(state)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a mounter"),
+    )
+}
+
+/// SIGTERM to the mounter in a [`mounter_container`] (its PID 1).
+fn sigterm_mounter(c: &Killed) {
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.id())).unwrap();
+    let inner: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inner),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
 }
 
 /// Mount ids at `p` (a stacked recovery would show two).
@@ -540,6 +592,7 @@ fn mount_ids_at(p: &Path) -> Vec<String> {
 
 #[test]
 fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
+    let _serial = serial();
     use hubfs::keeper::{Kind, MounterClient, ServerSpec, Servers};
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     hubfs_e2e::require_root("mounts, PID namespaces");
@@ -596,10 +649,18 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
 
     let load = Load::start(&target, &[("data", &data, true)], Some("log"));
     load.advance(2);
-    let mut new = mounter_container(&state, &["--take-over"]);
-    let status = wait_exit(&mut old, Duration::from_secs(60));
-    assert!(status.success(), "the old mounter exits cleanly: {status}");
+    let ready = d.join("new.ready");
+    let mut new = mounter_container(
+        &state,
+        &["--take-over", "--ready-file", ready.to_str().unwrap()],
+    );
+    wait_until("the new mounter is ready", || ready.exists());
     hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "new mounter");
+    // The old one owns nothing now and waits for its pod's deletion.
+    assert!(old.try_wait().unwrap().is_none(), "the old mounter idles");
+    sigterm_mounter(&old);
+    let status = wait_exit(&mut old, Duration::from_secs(10));
+    assert!(status.success(), "the old mounter exits cleanly: {status}");
     load.advance(3);
     let appended = load.finish();
     assert_eq!(
@@ -619,14 +680,8 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
     assert!(client.unpublish(&target).unwrap());
     assert!(mount_ids_at(&target).is_empty());
 
-    // SIGTERM to the mounter (PID 1 of its container): it exits 0 at once.
-    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", new.id())).unwrap();
-    let inner: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(inner),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    // SIGTERM to the mounter: it exits 0 at once.
+    sigterm_mounter(&new);
     let status = wait_exit(&mut new, Duration::from_secs(10));
     assert!(
         status.success(),

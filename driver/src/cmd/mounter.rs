@@ -10,10 +10,14 @@
 //! Upgraded, with `--take-over` beside a running mounter (the chart's
 //! `maxSurge: 1` rolling update starts the new pod before the old one
 //! goes), it takes every home server over with its live FUSE connection
-//! (`keeper::takeover`) and the old mounter exits 0.
+//! (`keeper::takeover`). The old mounter then idles, owning nothing and
+//! writing nothing, until its pod is deleted (SIGTERM): exiting by itself
+//! would make kubelet restart its container (restartPolicy: Always) beside
+//! the new one. `--ready-file` is created once this mounter serves: the
+//! chart's readiness probe, so that the old pod is deleted only then.
 //!
 //! SIGTERM/SIGINT: a mounter that is handing over finishes that first (at
-//! most a minute); otherwise it exits at once, and its servers go with its
+//! most a minute); otherwise it exits 0 at once, and its servers go with its
 //! container (the next mounter replaces them as after a crash), or — after
 //! a takeover — were already someone else's.
 
@@ -50,6 +54,10 @@ pub struct MounterArgs {
     /// label (e.g. 0.0.0.0:9810).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Create this file once serving (a readiness probe's; use a path
+    /// inside the container, not under --state-dir).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 /// The node's S3 data cache (`hubfs mounter`, and `hubfs csi` with in-process servers).
@@ -107,15 +115,23 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
                 taken = t;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot take the running mounter over; waiting for it to go")
+                tracing::warn!(error = %e, "cannot take the running mounter over; waiting for it to go");
+                // Ready now, or a rolling update would wait for this pod
+                // forever and never delete the old one (an old version
+                // without takeover): its servers are replaced instead.
+                if let Some(f) = &args.ready_file {
+                    let _ = std::fs::write(f, b"waiting\n");
+                }
             }
         }
     }
-    // After a takeover the old mounter may exit now (freeing the socket).
+    // After a takeover the old mounter idles; its socket is replaced (it
+    // keeps listening on the unlinked one, which nobody reaches).
     if let Some(r) = release.take() {
         if let Err(e) = r.done() {
             tracing::warn!(error = %e, "the old mounter went away before the end of the takeover");
         }
+        let _ = std::fs::remove_file(&socket);
     }
     // Bind first: a second mounter on the same directory must not touch the
     // servers. One that is still going away (its container being killed) is
@@ -151,18 +167,25 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
         .name("hubfs-mounter-sock".into())
         .spawn(move || keeper::wire::serve(listener, servers))
         .context("start serving the socket")?;
+    if let Some(f) = &args.ready_file {
+        std::fs::write(f, b"serving\n").with_context(|| format!("write {}", f.display()))?;
+    }
     let timeout = libc::timespec {
         tv_sec: 0,
         tv_nsec: 200_000_000,
     };
     let mut stopping: Option<std::time::Instant> = None;
+    let mut idle = false;
     loop {
-        if sup.handed_over() {
-            tracing::info!("every server handed over to a new mounter; exiting");
-            return Ok(ExitCode::SUCCESS);
+        if sup.handed_over() && !idle {
+            idle = true;
+            if let Some(f) = &args.ready_file {
+                let _ = std::fs::remove_file(f);
+            }
+            tracing::info!("every server handed over to a new mounter; idle until stopped");
         }
         if let Some(t) = stopping {
-            if !sup.releasing() || t.elapsed() > Duration::from_secs(60) {
+            if idle || !sup.releasing() || t.elapsed() > Duration::from_secs(60) {
                 tracing::info!("stopping; servers go with this container");
                 return Ok(ExitCode::SUCCESS);
             }

@@ -18,6 +18,8 @@ struct FakeState {
     servers: BTreeMap<String, (ServerSpec, BTreeMap<PathBuf, bool>)>,
     calls: Vec<ServerCall>,
     fail_next: Option<DriverError>,
+    /// How the last release ended (None: none ended yet).
+    release_end: Option<bool>,
 }
 
 #[derive(Default)]
@@ -33,6 +35,11 @@ impl FakeServers {
     /// Makes the next publish fail with `e`.
     pub fn fail_next(&self, e: DriverError) {
         self.inner.lock().fail_next = Some(e);
+    }
+
+    /// How the last release ended: handed over or not (None: not yet).
+    pub fn release_ended(&self) -> Option<bool> {
+        self.inner.lock().release_end
     }
 
     /// Ids of the servers that have users.
@@ -84,6 +91,15 @@ impl FakeServers {
 }
 
 impl Servers for FakeServers {
+    fn release(&self) -> Result<()> {
+        self.inner.lock().calls.push(ServerCall::Release);
+        Ok(())
+    }
+
+    fn release_end(&self, handed_over: bool) {
+        self.inner.lock().release_end = Some(handed_over);
+    }
+
     fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
         self.record(spec, target, read_only, None)
     }

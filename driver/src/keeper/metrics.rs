@@ -139,13 +139,26 @@ pub fn render(status: &[ServerStatus]) -> String {
     format!("{own}{merged}")
 }
 
-/// Serves [`render`] to every HTTP request on `addr`, on a thread of its own.
+/// Serves [`render`] to every HTTP request on `addr`, on a thread of its
+/// own. A port still held (by the mounter this one is taking over from,
+/// on the host network) is tried again every few seconds: metrics never
+/// keep a mounter from starting.
 pub fn serve(addr: SocketAddr, servers: Arc<dyn Servers>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr)?;
-    tracing::info!(%addr, "serving /metrics");
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
+            let mut warned = false;
+            let listener = loop {
+                match TcpListener::bind(addr) {
+                    Ok(l) => break l,
+                    Err(e) if !std::mem::replace(&mut warned, true) => {
+                        tracing::warn!(%addr, error = %e, "cannot serve /metrics yet; trying again every 5 s");
+                    }
+                    Err(_) => {}
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            };
+            tracing::info!(%addr, "serving /metrics");
             for conn in listener.incoming().flatten() {
                 if let Err(e) = answer(conn, servers.as_ref()) {
                     tracing::debug!(error = %e, "metrics request failed");

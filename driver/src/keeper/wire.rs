@@ -168,7 +168,7 @@ fn answer(conn: UnixStream, servers: &dyn Servers) -> std::io::Result<()> {
         conn.set_read_timeout(None)?;
         let mut done = String::new();
         let r = read_line(&conn, &mut done);
-        let handed_over = matches!(r, Ok(_)) && done.trim_end() == "done";
+        let handed_over = r.is_ok() && done.trim_end() == "done";
         tracing::info!(handed_over, "takeover by a new mounter ended");
         servers.release_end(handed_over);
     }
@@ -317,6 +317,42 @@ mod tests {
     use super::super::fake::FakeServers;
     use super::super::Kind;
     use super::*;
+
+    #[test]
+    fn a_release_holds_until_the_new_mounter_is_done_or_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("m.sock");
+        let fake = Arc::new(FakeServers::default());
+        let l = bind(&sock).unwrap();
+        let served: Arc<dyn Servers> = fake.clone();
+        std::thread::spawn(move || serve(l, served));
+        let wait = |want: Option<bool>| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while fake.release_ended() != want {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "release never ended {want:?}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let r = Release::ask(&sock).unwrap();
+        assert_eq!(fake.calls(), vec![Request::Release]);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            fake.release_ended(),
+            None,
+            "held while the new mounter works"
+        );
+        // The new mounter died: the old one carries on.
+        drop(r);
+        wait(Some(false));
+        Release::ask(&sock).unwrap().done().unwrap();
+        wait(Some(true));
+        // A server keeper that cannot hand over says so.
+        let e = MounterClient::new(sock.clone()).release().unwrap_err();
+        assert!(e.to_string().contains("cannot hand"), "{e}");
+    }
 
     #[test]
     fn calls_cross_the_socket_with_their_error_kinds() {

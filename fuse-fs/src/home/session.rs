@@ -209,6 +209,14 @@ fn bind_control(path: &Path) -> Result<UnixListener, MountError> {
     Ok(l)
 }
 
+/// The control socket, or none (the home is served all the same, only
+/// not taken over: an upgrade replaces its server instead).
+fn listen_or_warn(path: &Path) -> Option<UnixListener> {
+    bind_control(path)
+        .inspect_err(|e| tracing::warn!(error = %e, "no takeover of this mount possible"))
+        .ok()
+}
+
 /// Mounts a home. `sink` receives usage reports (None: account and enforce
 /// locally only).
 pub fn mount(
@@ -217,7 +225,7 @@ pub fn mount(
 ) -> Result<HomeMount, MountError> {
     let config = fuse_config(opts)?;
     let fs = open_fs(opts)?;
-    let control = opts.control.as_deref().map(bind_control).transpose()?;
+    let control = opts.control.as_deref().and_then(listen_or_warn);
     // Changes made from the first request on must be known to the walk.
     fs.begin_walk();
     let fuse = HomeFuse::new(fs.clone(), opts.passthrough);
@@ -269,7 +277,7 @@ pub fn take_over(
         .ok_or_else(|| HandoffError::State("no /dev/fuse descriptor".into()))?;
     let control = match state.control.and_then(|i| fds.get_mut(i)?.take()) {
         Some(fd) => Some(UnixListener::from(fd)),
-        None => opts.control.as_deref().map(bind_control).transpose()?,
+        None => opts.control.as_deref().and_then(listen_or_warn),
     };
     fs.adopt(&state, &mut fds)?;
     let fuse = HomeFuse::new(fs.clone(), state.passthrough);
