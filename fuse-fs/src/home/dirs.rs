@@ -1,11 +1,15 @@
-//! Directory listings of the home layer: `opendir` reads the whole
-//! directory once, `readdir` hands it out from the kernel's offset on.
+//! Directory listings of the home layer: the first `readdir` (offset 0)
+//! reads the whole directory once, later ones hand it out from the
+//! kernel's offset on. `readdirplus` also looks every entry up, so the
+//! kernel learns names and attributes of a whole batch in one request
+//! (`ls -l`, `du`, `rm -rf`, `find` then send no LOOKUP per entry).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::error::HomeError;
-use super::fs::{HomeFs, Result};
+use super::fs::{Entry, HomeFs, Result};
 use super::syscalls as sys;
 
 /// One directory entry as listed.
@@ -16,11 +20,23 @@ pub struct DirEntry {
     pub name: OsString,
 }
 
+impl DirEntry {
+    /// `.` or `..`: listed, but never looked up (the kernel ignores their
+    /// attributes in a READDIRPLUS reply and takes no reference to them).
+    pub fn is_dot(&self) -> bool {
+        self.name == "." || self.name == ".."
+    }
+}
+
+/// A listing read at offset 0, shared by the batches that follow.
+pub(super) type Listing = Arc<Vec<DirEntry>>;
+
 impl HomeFs {
+    /// Opens a directory handle; the listing is read by the first readdir.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let entries = self.list(ino)?;
+        self.inode(ino)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().insert(fh, entries);
+        self.dirs.lock().insert(fh, None);
         Ok(fh)
     }
 
@@ -37,15 +53,76 @@ impl HomeFs {
             .collect())
     }
 
-    /// Entries from `offset` on; offset 0 re-reads the directory (rewinddir).
-    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
-        if offset == 0 {
-            let fresh = self.list(ino)?;
-            self.dirs.lock().insert(fh, fresh);
+    /// The listing of handle `fh`; offset 0 (or a handle not read yet)
+    /// reads the directory afresh (rewinddir).
+    fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<Listing> {
+        {
+            let dirs = self.dirs.lock();
+            match dirs.get(&fh) {
+                None => return Err(HomeError::Os(libc::EBADF)),
+                Some(Some(l)) if offset != 0 => return Ok(l.clone()),
+                Some(_) => {}
+            }
         }
-        let dirs = self.dirs.lock();
-        let entries = dirs.get(&fh).ok_or(HomeError::Os(libc::EBADF))?;
-        Ok(entries.iter().skip(offset as usize).cloned().collect())
+        let fresh: Listing = Arc::new(self.list(ino)?);
+        if let Some(slot) = self.dirs.lock().get_mut(&fh) {
+            *slot = Some(fresh.clone());
+        }
+        Ok(fresh)
+    }
+
+    /// Entries from `offset` on, each with the offset that follows it;
+    /// `add` returns true when the reply is full.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, u64) -> bool,
+    ) -> Result<()> {
+        let l = self.listing(ino, fh, offset)?;
+        for (i, e) in l.iter().enumerate().skip(offset as usize) {
+            if add(e, i as u64 + 1) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`Self::readdir`], each entry but `.` and `..` looked up (one
+    /// more kernel reference, as a LOOKUP takes). An entry gone since the
+    /// listing is left out. An entry that does not fit (`add` true) gives
+    /// its reference back.
+    pub fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&OsStr, u64, &Entry) -> bool,
+    ) -> Result<()> {
+        let l = self.listing(ino, fh, offset)?;
+        let dir = self.inode(ino)?;
+        for (i, e) in l.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if e.is_dot() {
+                // Its number and type are all the kernel uses of it.
+                let mut st = sys::stat_fd(dir.fd())?;
+                st.st_ino = e.ino;
+                if add(&e.name, next, &Entry { ino: e.ino, st }) {
+                    break;
+                }
+                continue;
+            }
+            let Ok(n) = sys::name(&e.name) else { continue };
+            let Ok(found) = self.remember(&dir, &n) else {
+                continue;
+            };
+            if add(&e.name, next, &found) {
+                self.inodes.forget(found.ino, 1);
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {
