@@ -129,3 +129,61 @@ impl HomeFs {
         self.dirs.lock().remove(&fh);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::usage::{Limits, UsageCounters};
+
+    #[test]
+    fn readdirplus_takes_one_reference_per_entry_it_hands_out() {
+        let t = tempfile::tempdir().unwrap();
+        for n in ["a", "b", "c"] {
+            std::fs::write(t.path().join(n), n).unwrap();
+        }
+        let fs = HomeFs::new(t.path(), Arc::new(UsageCounters::new(Limits::default()))).unwrap();
+        let root = super::super::fs::ROOT;
+        let fh = fs.opendir(root).unwrap();
+        let mut given = Vec::new();
+        // The reply is "full" at the second real entry: it is given back.
+        fs.readdirplus(root, fh, 0, |name, next, e| {
+            if !(name == "." || name == "..") && given.len() == 1 {
+                return true;
+            }
+            if !(name == "." || name == "..") {
+                given.push((name.to_owned(), next, e.ino));
+            }
+            false
+        })
+        .unwrap();
+        assert_eq!(given.len(), 1);
+        assert_eq!(fs.inodes.len(), 2, "the root and the one entry handed out");
+        // The next batch starts after it and hands out the other two.
+        let (_, after, _) = given[0].clone();
+        let mut rest = Vec::new();
+        fs.readdirplus(root, fh, after, |name, _, e| {
+            if !(name == "." || name == "..") {
+                rest.push(e.ino);
+            }
+            false
+        })
+        .unwrap();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(fs.inodes.len(), 4);
+        // A file removed since the listing is left out, not an error.
+        fs.readdir(root, fh, 0, |_, _| false).unwrap();
+        std::fs::remove_file(t.path().join("b")).unwrap();
+        let mut names = Vec::new();
+        fs.readdirplus(root, fh, 1, |name, _, _| {
+            names.push(name.to_owned());
+            false
+        })
+        .unwrap();
+        assert!(!names.iter().any(|n| n == "b"), "{names:?}");
+        fs.releasedir(fh);
+        assert_eq!(
+            fs.readdir(root, fh, 0, |_, _| false).unwrap_err().errno(),
+            libc::EBADF
+        );
+    }
+}
