@@ -91,8 +91,9 @@ impl HomeFs {
 
     /// As [`Self::readdir`], each entry but `.` and `..` looked up (one
     /// more kernel reference, as a LOOKUP takes). An entry gone since the
-    /// listing is left out. An entry that does not fit (`add` true) gives
-    /// its reference back.
+    /// listing is left out; one that cannot be looked up for another
+    /// reason ends the batch (or fails it, if it is the first). An entry
+    /// that does not fit (`add` true) gives its reference back.
     pub fn readdirplus(
         &self,
         ino: u64,
@@ -102,6 +103,7 @@ impl HomeFs {
     ) -> Result<()> {
         let l = self.listing(ino, fh, offset)?;
         let dir = self.inode(ino)?;
+        let mut added = 0;
         for (i, e) in l.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if e.is_dot() {
@@ -114,9 +116,17 @@ impl HomeFs {
                 continue;
             }
             let Ok(n) = sys::name(&e.name) else { continue };
-            let Ok(found) = self.remember(&dir, &n) else {
-                continue;
+            let found = match self.remember(&dir, &n) {
+                Ok(found) => found,
+                // Gone since the listing: as if listed a moment later.
+                Err(HomeError::Os(libc::ENOENT)) => continue,
+                // Anything else (EMFILE...) must not hide the entry: the
+                // batch ends before it, and a batch that would be empty
+                // reports the error.
+                Err(e) if added == 0 => return Err(e),
+                Err(_) => break,
             };
+            added += 1;
             if add(&e.name, next, &found) {
                 self.inodes.forget(found.ino, 1);
                 break;

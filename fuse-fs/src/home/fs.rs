@@ -107,7 +107,12 @@ const MAX_WALK_PASSES: usize = 3;
 
 impl HomeFs {
     /// Opens `root` (the user's directory on the share) for serving.
+    ///
+    /// The inode table holds a descriptor for every inode the kernel knows
+    /// (every entry listed or looked up, until the kernel forgets it), so
+    /// the process's soft limit of open files is raised to its hard one.
     pub fn new(root: &Path, usage: Arc<UsageCounters>) -> Result<Self> {
+        raise_open_files_limit();
         let fd = sys::open_dir(root)?;
         let st = sys::stat_fd(std::os::fd::AsFd::as_fd(&fd))?;
         Ok(HomeFs {
@@ -585,6 +590,19 @@ impl HomeFs {
                 "normal"
             },
         )
+    }
+}
+
+/// Raises the soft limit of open files to the hard one (once is enough;
+/// failing leaves the limit as it was).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::info!(error = %e, soft, hard, "cannot raise the open files limit");
+            }
+        }
     }
 }
 
