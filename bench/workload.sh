@@ -11,6 +11,9 @@
 #   clone    - `git clone` of a small local repository;
 #   du       - `du -s` of the home;
 #   rm       - `rm -rf` of all of it.
+# After the times, the FUSE requests each step sent to the hubfs daemon
+# (last round; read from the root's user.hubfs.requests attribute): counts
+# are what the kernel's caches save, and do not vary with the machine.
 # Needs root, bindfs, python3 and git. Warm page cache on a fresh tmpfs (the
 # layer's own cost; on NFS the share's latency dwarfs it).
 #
@@ -82,12 +85,25 @@ step() {
     echo "$t1 - $t0" | bc -l
 }
 
+# requests: the hubfs daemon's request counts so far ("kind=n ... total=n").
+requests() { "$PY" -c 'import os, sys; print(os.getxattr(sys.argv[1], "user.hubfs.requests").decode())' "$BASE/hubfs" 2>/dev/null || echo "total=0"; }
+# count KIND TEXT
+count() { printf '%s\n' "$2" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2; f=1} END {if (!f) print 0}'; }
+REQ_KINDS="total lookup negative getattr readdirplus open create write unlink"
+
 STEPS="install import untar clone du rm"
-declare -A T
+declare -A T R
 for round in $(seq "$ROUNDS"); do
     for where in native hubfs bindfs; do
         for s in $STEPS; do
+            [ "$where" = hubfs ] && before=$(requests)
             T[$where.$s.$round]=$(step "$s" "$BASE/$where")
+            if [ "$where" = hubfs ]; then
+                after=$(requests)
+                for k in $REQ_KINDS; do
+                    R[$s.$k]=$(( $(count "$k" "$after") - $(count "$k" "$before") ))
+                done
+            fi
         done
         sync
     done
@@ -110,3 +126,10 @@ for s in $STEPS; do
 done
 printf '%-8s %10.3f %10.3f %10.3f %7.2fx %7.2fx\n' total "${TOTAL[native]}" "${TOTAL[hubfs]}" "${TOTAL[bindfs]}" \
     "$(echo "${TOTAL[hubfs]} / ${TOTAL[native]}" | bc -l)" "$(echo "${TOTAL[bindfs]} / ${TOTAL[native]}" | bc -l)"
+
+echo
+printf 'hubfs requests per step (last round; total includes the GETXATTR that reads them):\n'
+printf '%-8s' step; for k in $REQ_KINDS; do printf ' %11s' "$k"; done; echo
+for s in $STEPS; do
+    printf '%-8s' "$s"; for k in $REQ_KINDS; do printf ' %11s' "${R[$s.$k]}"; done; echo
+done

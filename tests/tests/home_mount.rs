@@ -293,6 +293,15 @@ fn past_the_soft_limit_reads_go_through_the_daemon_and_writes_stay_enforced() {
     let mount = m.mount.as_ref().unwrap();
     let before = mount.daemon_reads();
     let mut reader = fs::File::open(&f).unwrap();
+    // What was just written is still in the page cache (rightly): drop it,
+    // so the reads show who serves them.
+    nix::fcntl::posix_fadvise(
+        &reader,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
     let mut got = Vec::new();
     reader.read_to_end(&mut got).unwrap();
     assert_eq!(got.len(), 9 * MIB as usize);

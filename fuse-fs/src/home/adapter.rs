@@ -13,18 +13,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
     FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use super::error::HomeError;
 use super::fs::{Caller, Entry, HomeFs, SetAttr, SetTime};
 use super::iomode::{Grant, IoModes};
+use super::requests::Op;
 
-/// How long the kernel may trust attributes and names. Short, because other
-/// nodes may change the same home on the share.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust attributes and names, and that a name
+/// does not exist (negative entries). Short, because other nodes may change
+/// the same home on the share: what they do is seen here within this time,
+/// as NFS's own attribute cache promises. What this mount changes itself
+/// the kernel knows at once.
+pub const TTL: Duration = Duration::from_secs(1);
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -213,6 +217,27 @@ fn entry(reply: ReplyEntry, r: Result<Entry, HomeError>) {
     }
 }
 
+/// The attributes of a negative entry: node 0 is what tells the kernel.
+fn negative() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn empty(reply: ReplyEmpty, r: Result<(), HomeError>) {
     match r {
         Ok(()) => reply.ok(),
@@ -237,6 +262,22 @@ impl Filesystem for HomeFuse {
         // Lookups and creates in one directory may run in parallel: the
         // backing filesystem serialises what it must.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings come with every entry's attributes (READDIRPLUS), so
+        // `ls -l`, `du`, `find` and `rm -rf` send no LOOKUP per entry.
+        // Always, not the kernel's AUTO heuristic: that one lists all but
+        // the first batch of a large directory plainly when the program
+        // reads the whole listing before it stats (fts: du, rm, find).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        // A symlink's target never changes in place (a new one is a new
+        // inode, and the one the kernel knows stays pinned by our
+        // descriptor), so the kernel may keep what readlink said.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
+        // Set-ID bits are cleared here, by the kernel's rule, on every
+        // size or content change (see `caller`), and the backing
+        // filesystem drops file capabilities on our writes: so the kernel
+        // may remember that an inode has none to lose (S_NOSEC) instead of
+        // asking for `security.capability` before every write.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Pages stay cached across opens (FOPEN_KEEP_CACHE); the kernel
         // drops them itself when a getattr shows the file changed under us
         // (another node writing the same home).
@@ -264,7 +305,18 @@ impl Filesystem for HomeFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.fs.lookup(parent.0, name))
+        self.fs.requests.count(Op::Lookup);
+        match self.fs.lookup(parent.0, name) {
+            // A negative entry (node 0): the kernel remembers the name is
+            // missing for TTL, so probing it again (an import path, a
+            // config file) costs no request. A create through this mount
+            // replaces it at once.
+            Err(HomeError::Os(libc::ENOENT)) => {
+                self.fs.requests.count(Op::Negative);
+                reply.entry(&TTL, &negative(), Generation(0))
+            }
+            r => entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -272,6 +324,7 @@ impl Filesystem for HomeFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.fs.requests.count(Op::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
             Err(e) => reply.error(err(e)),
@@ -296,6 +349,7 @@ impl Filesystem for HomeFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.fs.requests.count(Op::Setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -311,6 +365,7 @@ impl Filesystem for HomeFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.fs.requests.count(Op::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(err(e)),
@@ -327,6 +382,7 @@ impl Filesystem for HomeFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.fs.requests.count(Op::Mknod);
         entry(
             reply,
             self.fs
@@ -343,6 +399,7 @@ impl Filesystem for HomeFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.fs.requests.count(Op::Mkdir);
         entry(
             reply,
             self.fs.mkdir(caller(req), parent.0, name, mode, umask),
@@ -350,10 +407,12 @@ impl Filesystem for HomeFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.requests.count(Op::Unlink);
         empty(reply, self.fs.unlink(parent.0, name))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.requests.count(Op::Rmdir);
         empty(reply, self.fs.rmdir(parent.0, name))
     }
 
@@ -365,6 +424,7 @@ impl Filesystem for HomeFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.fs.requests.count(Op::Symlink);
         entry(
             reply,
             self.fs.symlink(caller(req), parent.0, link_name, target),
@@ -381,6 +441,7 @@ impl Filesystem for HomeFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.fs.requests.count(Op::Rename);
         empty(
             reply,
             self.fs
@@ -396,10 +457,12 @@ impl Filesystem for HomeFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.fs.requests.count(Op::Link);
         entry(reply, self.fs.link(ino.0, newparent.0, newname))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.requests.count(Op::Open);
         let fh = match self.fs.open(ino.0, flags.0) {
             Ok(fh) => fh,
             Err(e) => return reply.error(err(e)),
@@ -421,6 +484,7 @@ impl Filesystem for HomeFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.fs.requests.count(Op::Read);
         self.fs.read(fh.0, offset, size, |r| match r {
             Ok(data) => reply.data(data),
             Err(e) => reply.error(err(e)),
@@ -439,6 +503,7 @@ impl Filesystem for HomeFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.fs.requests.count(Op::Write);
         match self.fs.write(caller(req), fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),
@@ -453,6 +518,7 @@ impl Filesystem for HomeFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.fs.requests.count(Op::Flush);
         empty(reply, self.fs.flush(fh.0))
     }
 
@@ -466,6 +532,7 @@ impl Filesystem for HomeFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.requests.count(Op::Release);
         self.fs.release(fh.0);
         self.io.release(fh.0);
         reply.ok()
@@ -479,10 +546,12 @@ impl Filesystem for HomeFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.requests.count(Op::Fsync);
         empty(reply, self.fs.fsync(fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.fs.requests.count(Op::Opendir);
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
@@ -497,20 +566,37 @@ impl Filesystem for HomeFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate() {
-                    if reply.add(
-                        INodeNo(e.ino),
-                        offset + i as u64 + 1,
-                        dkind(e.kind),
-                        &e.name,
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok()
-            }
+        self.fs.requests.count(Op::Readdir);
+        let r = self.fs.readdir(ino.0, fh.0, offset, |e, next| {
+            reply.add(INodeNo(e.ino), next, dkind(e.kind), &e.name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.fs.requests.count(Op::Readdirplus);
+        let r = self.fs.readdirplus(ino.0, fh.0, offset, |name, next, e| {
+            reply.add(
+                INodeNo(e.ino),
+                next,
+                name,
+                &TTL,
+                &attr(e.ino, &e.st),
+                Generation(0),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -523,6 +609,7 @@ impl Filesystem for HomeFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.fs.requests.count(Op::Releasedir);
         self.fs.releasedir(fh.0);
         reply.ok()
     }
@@ -535,10 +622,12 @@ impl Filesystem for HomeFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.requests.count(Op::Fsync);
         reply.ok()
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.fs.requests.count(Op::Statfs);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -564,6 +653,7 @@ impl Filesystem for HomeFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.fs.requests.count(Op::Xattr);
         empty(
             reply,
             self.fs.setxattr(caller(req), ino.0, name, value, flags),
@@ -571,18 +661,22 @@ impl Filesystem for HomeFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.fs.requests.count(Op::Xattr);
         xattr(reply, size, self.fs.getxattr(ino.0, name))
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.fs.requests.count(Op::Xattr);
         xattr(reply, size, self.fs.listxattr(ino.0))
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.requests.count(Op::Xattr);
         empty(reply, self.fs.removexattr(ino.0, name))
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.fs.requests.count(Op::Other);
         // The kernel checks permissions itself (default_permissions).
         reply.ok()
     }
@@ -597,6 +691,7 @@ impl Filesystem for HomeFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.fs.requests.count(Op::Create);
         let (e, fh) = match self
             .fs
             .create(caller(req), parent.0, name, mode, umask, flags)
@@ -621,6 +716,7 @@ impl Filesystem for HomeFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.fs.requests.count(Op::Other);
         empty(
             reply,
             self.fs.fallocate(caller(req), fh.0, offset, length, mode),
@@ -636,6 +732,7 @@ impl Filesystem for HomeFuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.fs.requests.count(Op::Other);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -653,6 +750,7 @@ impl Filesystem for HomeFuse {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
+        self.fs.requests.count(Op::Other);
         match self.fs.flags_ioctl(ino.0, fh.0, cmd, out_size) {
             Some(Ok(data)) => reply.ioctl(0, &data),
             Some(Err(e)) => reply.error(err(e)),
@@ -683,6 +781,7 @@ impl Filesystem for HomeFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.fs.requests.count(Op::Other);
         match self
             .fs
             .copy_file_range(caller(req), fh_in.0, offset_in, fh_out.0, offset_out, len)

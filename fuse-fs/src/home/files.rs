@@ -90,23 +90,34 @@ impl HomeFs {
     ) -> Result<(Entry, u64)> {
         let p = self.inode(parent)?;
         let n = sys::name(name)?;
-        // With O_EXCL success means new, so the stat is only for the others.
-        let before = if flags & libc::O_EXCL != 0 {
-            None
-        } else {
-            sys::stat_at(p.fd(), &n).ok()
-        };
         // The kernel has followed any symlink already; one here appeared
         // since, and following it would create an inode nobody charged.
         let oflags =
             (flags & !(libc::O_NOCTTY | libc::O_TRUNC | libc::O_DIRECT)) | libc::O_NOFOLLOW;
         // Unmasked: the backing filesystem applies the caller's umask, or
         // the directory's default ACL instead, as a native one does.
-        let (file, ledger) = self.charged(0, before.is_none() as u64, || {
-            sys::as_user(c.uid, c.gid, || {
-                sys::with_umask(umask, || sys::create_at(p.fd(), &n, oflags, mode))
+        let make = |oflags: i32, new: bool| {
+            self.charged(0, new as u64, || {
+                sys::as_user(c.uid, c.gid, || {
+                    sys::with_umask(umask, || sys::create_at(p.fd(), &n, oflags, mode))
+                })
             })
-        })?;
+        };
+        // Mostly the name is new: try that first (success means new). If
+        // it exists after all (or the inode quota is full), open it as it
+        // is, knowing what was there before.
+        let (file, ledger, before) = match make(oflags | libc::O_EXCL, true) {
+            Ok((f, l)) => (f, l, None),
+            Err(e)
+                if flags & libc::O_EXCL == 0
+                    && matches!(e, HomeError::Os(libc::EEXIST) | HomeError::Quota(_)) =>
+            {
+                let before = sys::stat_at(p.fd(), &n).ok();
+                let (f, l) = make(oflags, before.is_none())?;
+                (f, l, before)
+            }
+            Err(e) => return Err(e),
+        };
         let mut st = sys::stat_fd(file.as_fd())?;
         if let (Some(l), None) = (&ledger, before) {
             l.born(inodes::key_of(&st));
@@ -149,15 +160,16 @@ impl HomeFs {
 
     pub fn write(&self, c: Caller, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let h = self.handle(fh)?;
-        let n = self.resize(
+        let end = |before: u64, n: u64| if h.append { before } else { offset } + n;
+        let n = self.resize_to(
             &h.inode,
             &h.file,
             Some(&c),
+            |before| end(before, data.len() as u64).saturating_sub(before),
             |before| {
-                let end = if h.append { before } else { offset } + data.len() as u64;
-                end.saturating_sub(before)
+                let n = sys::pwrite(&h.file, data, offset)?;
+                Ok((n, Some(end(before, n as u64).max(before))))
             },
-            || sys::pwrite(&h.file, data, offset),
         )?;
         h.dirty.store(true, Ordering::Relaxed);
         Ok(n)

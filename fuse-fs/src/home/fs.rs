@@ -31,11 +31,12 @@ use hubfs_walker::{WalkError, WalkStats, Walker};
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use super::caller;
-use super::dirs::DirEntry;
+use super::dirs::Listing;
 use super::error::HomeError;
 use super::files::Handle;
 use super::inodes::{self, Inode, InodeTable, Key};
 use super::ledger::{charge_of, Ledger};
+use super::requests::RequestCounts;
 use super::syscalls::{self as sys, FsFigures, Stat};
 use super::usage::UsageCounters;
 
@@ -48,6 +49,9 @@ pub const XATTR_USAGE: &str = "user.hubfs.usage";
 /// Extended attribute (on the root) that root may set to `cleanup` or
 /// `normal` to switch no-write mode by hand.
 pub const XATTR_MODE: &str = "user.hubfs.mode";
+/// Extended attribute (on the root) that reads the FUSE requests served so
+/// far, by kind (see [`super::requests`]).
+pub const XATTR_REQUESTS: &str = "user.hubfs.requests";
 
 /// Attribute changes of one `setattr`.
 #[derive(Debug, Clone, Copy)]
@@ -83,12 +87,15 @@ pub struct Entry {
 pub struct HomeFs {
     pub(super) inodes: InodeTable,
     pub(super) files: RwLock<HashMap<u64, Arc<Handle>>>,
-    pub(super) dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    /// Directory handles and their listing, read at the first readdir.
+    pub(super) dirs: Mutex<HashMap<u64, Option<Listing>>>,
     pub(super) next_fh: AtomicU64,
     pub(super) usage: Arc<UsageCounters>,
     root_dev: u64,
     /// Reads the daemon served (passthrough reads never get here).
     pub(super) daemon_reads: AtomicU64,
+    /// FUSE requests served, by kind (counted by the adapter).
+    pub requests: RequestCounts,
     /// The mount-time walk while it runs (see `ledger`); `walking` lets
     /// every operation after it skip the lock.
     walk: RwLock<Option<Arc<Ledger>>>,
@@ -100,7 +107,12 @@ const MAX_WALK_PASSES: usize = 3;
 
 impl HomeFs {
     /// Opens `root` (the user's directory on the share) for serving.
+    ///
+    /// The inode table holds a descriptor for every inode the kernel knows
+    /// (every entry listed or looked up, until the kernel forgets it), so
+    /// the process's soft limit of open files is raised to its hard one.
     pub fn new(root: &Path, usage: Arc<UsageCounters>) -> Result<Self> {
+        raise_open_files_limit();
         let fd = sys::open_dir(root)?;
         let st = sys::stat_fd(std::os::fd::AsFd::as_fd(&fd))?;
         Ok(HomeFs {
@@ -111,6 +123,7 @@ impl HomeFs {
             usage,
             root_dev: st.st_dev,
             daemon_reads: AtomicU64::new(0),
+            requests: RequestCounts::default(),
             walk: RwLock::new(None),
             walking: AtomicBool::new(false),
         })
@@ -263,7 +276,8 @@ impl HomeFs {
         if let Some(size) = a.size {
             let truncate = |f: &File| {
                 let grow = |before: u64| size.saturating_sub(before);
-                self.resize(&inode, f, Some(&c), grow, || sys::truncate(f, size))
+                let op = |_| sys::truncate(f, size).map(|()| ((), Some(size)));
+                self.resize_to(&inode, f, Some(&c), grow, op)
             };
             match file {
                 Some(f) => truncate(f)?,
@@ -282,12 +296,12 @@ impl HomeFs {
     /// Truncate (shrink always allowed, growth reserved first) by the
     /// daemon itself (`O_TRUNC`; the kernel clears set-ID bits for those).
     pub(super) fn truncate_file(&self, inode: &Inode, file: &File, size: u64) -> Result<()> {
-        self.resize(
+        self.resize_to(
             inode,
             file,
             None,
             |before| size.saturating_sub(before),
-            || sys::truncate(file, size),
+            |_| sys::truncate(file, size).map(|()| ((), Some(size))),
         )
     }
 
@@ -304,6 +318,21 @@ impl HomeFs {
         caller: Option<&Caller>,
         grow: impl FnOnce(u64) -> u64,
         op: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.resize_to(inode, file, caller, grow, |_| op().map(|v| (v, None)))
+    }
+
+    /// As [`Self::resize`], for an `op` that knows the size it leaves
+    /// (given the size before): a write or truncate. That saves asking the
+    /// backing filesystem again, unless the kernel writes the file without
+    /// us meanwhile (passthrough writers), when only a look is exact.
+    pub(super) fn resize_to<T>(
+        &self,
+        inode: &Inode,
+        file: &File,
+        caller: Option<&Caller>,
+        grow: impl FnOnce(u64) -> u64,
+        op: impl FnOnce(u64) -> Result<(T, Option<u64>)>,
     ) -> Result<T> {
         let mut g = inode.size_lock.lock();
         let st = sys::stat_fd(std::os::fd::AsFd::as_fd(file))?;
@@ -329,16 +358,19 @@ impl HomeFs {
                 }
             }
         }
-        let out = match op() {
+        let (out, known) = match op(before) {
             Ok(v) => v,
             Err(e) => {
                 self.usage.release(r);
                 return Err(e);
             }
         };
-        let after = sys::stat_fd(std::os::fd::AsFd::as_fd(file))
-            .map(|s| s.st_size)
-            .unwrap_or((before + want) as i64);
+        let after = match known {
+            Some(size) if g.writers == 0 => size as i64,
+            _ => sys::stat_fd(std::os::fd::AsFd::as_fd(file))
+                .map(|s| s.st_size)
+                .unwrap_or((before + want) as i64),
+        };
         self.usage.settle(r, after - before as i64, 0);
         g.rebase(after);
         Ok(out)
@@ -558,6 +590,19 @@ impl HomeFs {
                 "normal"
             },
         )
+    }
+}
+
+/// Raises the soft limit of open files to the hard one (once is enough;
+/// failing leaves the limit as it was).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::info!(error = %e, soft, hard, "cannot raise the open files limit");
+            }
+        }
     }
 }
 

@@ -60,8 +60,9 @@ pub struct FileState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DirState {
     pub fh: u64,
-    /// (number, kind, name) of each entry.
-    pub entries: Vec<(u64, u8, Vec<u8>)>,
+    /// (number, kind, name) of each entry; `None` for a handle whose
+    /// listing is not read yet (the next readdir reads it).
+    pub entries: Option<Vec<(u64, u8, Vec<u8>)>>,
 }
 
 /// Everything a home server hands over besides its descriptors.
@@ -195,10 +196,11 @@ impl HomeFs {
             .iter()
             .map(|(&fh, es)| DirState {
                 fh,
-                entries: es
-                    .iter()
-                    .map(|e| (e.ino, e.kind, e.name.as_bytes().to_vec()))
-                    .collect(),
+                entries: es.as_ref().map(|es| {
+                    es.iter()
+                        .map(|e| (e.ino, e.kind, e.name.as_bytes().to_vec()))
+                        .collect()
+                }),
             })
             .collect();
         let (io_handles, io_backings) = io.export(id);
@@ -278,15 +280,17 @@ impl HomeFs {
             .dirs
             .iter()
             .map(|d| {
-                let entries = d
-                    .entries
-                    .iter()
-                    .map(|(ino, kind, name)| DirEntry {
-                        ino: *ino,
-                        kind: *kind,
-                        name: OsString::from_vec(name.clone()),
-                    })
-                    .collect();
+                let entries = d.entries.as_ref().map(|es| {
+                    let es = es
+                        .iter()
+                        .map(|(ino, kind, name)| DirEntry {
+                            ino: *ino,
+                            kind: *kind,
+                            name: OsString::from_vec(name.clone()),
+                        })
+                        .collect();
+                    Arc::new(es)
+                });
                 (d.fh, entries)
             })
             .collect();
@@ -349,12 +353,15 @@ mod tests {
         old.write(Caller::ROOT, fh, 0, b"hello ").unwrap();
         old.lookup(d.ino, OsStr::new("f")).unwrap(); // two lookups of f now
         let dh = old.opendir(d.ino).unwrap();
+        old.readdir(d.ino, dh, 0, |_, _| true).unwrap(); // the listing is read
         let io = IoModes::<u32>::default();
         let e = old.export(&io, |b| *b, (7, 41), true, None, 0);
         let state = HomeState::decode(&e.state.encode()).unwrap();
         assert_eq!(state, e.state, "the JSON round trip is exact");
         assert_eq!(state.nodes.len(), 2);
 
+        // Listed after the handle read its listing: not in it, before or after.
+        std::fs::write(t.path().join("d/g"), b"").unwrap();
         let new = fs_on(t.path());
         new.adopt(&state, &mut carry(&e)).unwrap();
         drop(e);
@@ -375,8 +382,14 @@ mod tests {
             new.getattr(f.ino).is_err(),
             "forgotten after its last lookup"
         );
-        // The listing handed over (".", ".." and f), from offset 1 on.
-        assert_eq!(new.readdir(d.ino, dh, 1).unwrap().len(), 2);
+        // The listing handed over (".", ".." and f, not g), from offset 1 on.
+        let mut after_first = 0;
+        new.readdir(d.ino, dh, 1, |_, _| {
+            after_first += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(after_first, 2);
         // New handles do not reuse old numbers.
         let fh2 = new.opendir(d.ino).unwrap();
         assert!(fh2 > dh && fh2 > fh);

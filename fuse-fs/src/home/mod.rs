@@ -16,6 +16,7 @@
 //!   [`syscalls`]: the safe layer every system call goes through;
 //! * [`iomode`]: which opens the kernel serves itself (passthrough reads);
 //! * [`usage`]: counters, reservations, limits, cleanup mode;
+//! * [`requests`]: counts of the FUSE requests served, by kind;
 //! * [`ledger`]: the mount-time walk and changes made while it runs, counted once;
 //! * [`sink`]: the `UsageSink` trait, its gRPC and fake implementations and
 //!   the batching reporter;
@@ -32,6 +33,7 @@ pub mod handoff;
 pub mod inodes;
 pub mod iomode;
 pub mod ledger;
+pub mod requests;
 pub mod session;
 pub mod sink;
 pub mod syscalls;

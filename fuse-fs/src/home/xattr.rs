@@ -1,6 +1,6 @@
 //! Extended attributes of the home layer: passed through to the backing
 //! inode, but for the two on the root that read the accounted usage
-//! ([`XATTR_USAGE`]) and switch cleanup mode by hand ([`XATTR_MODE`]).
+//! ([`XATTR_USAGE`]), the requests served ([`super::fs::XATTR_REQUESTS`]) and switch cleanup mode by hand ([`XATTR_MODE`]).
 //! POSIX ACLs are extended attributes too (`system.posix_acl_*`); the
 //! kernel checks permissions against them itself (`FUSE_POSIX_ACL`).
 
@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::caller;
 use super::error::HomeError;
-use super::fs::{Caller, HomeFs, Result, ROOT, XATTR_MODE, XATTR_USAGE};
+use super::fs::{Caller, HomeFs, Result, ROOT, XATTR_MODE, XATTR_REQUESTS, XATTR_USAGE};
 use super::syscalls as sys;
 
 /// The POSIX access ACL, which also sets the mode.
@@ -19,6 +19,9 @@ impl HomeFs {
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         if ino == ROOT && name == XATTR_USAGE {
             return Ok(self.usage_text().into_bytes());
+        }
+        if ino == ROOT && name == XATTR_REQUESTS {
+            return Ok(self.requests.text().into_bytes());
         }
         let i = self.inode(ino)?;
         sys::get_xattr(i.fd(), &sys::cstring(name.as_bytes())?)
@@ -43,7 +46,7 @@ impl HomeFs {
             }
             return Ok(());
         }
-        if ino == ROOT && name == XATTR_USAGE {
+        if ino == ROOT && (name == XATTR_USAGE || name == XATTR_REQUESTS) {
             return Err(HomeError::Os(libc::EPERM));
         }
         let i = self.inode(ino)?;
