@@ -692,6 +692,14 @@ mod tests {
             volume_capabilities: vec![mount_cap()],
             parameters: HashMap::from([
                 ("root".into(), root.join("share").display().to_string()),
+                (
+                    keys::UID.into(),
+                    crate::homes::tests::test_owner().0.to_string(),
+                ),
+                (
+                    keys::GID.into(),
+                    crate::homes::tests::test_owner().1.to_string(),
+                ),
                 (keys::PVC_NAME.into(), "claim-erin".into()),
                 (keys::PVC_NAMESPACE.into(), "jhub".into()),
             ]),

@@ -222,10 +222,20 @@ pub fn delete_home(home: &Path) -> Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::volume::{Backend, OnDelete};
     use std::os::unix::fs::MetadataExt;
+
+    /// Owner of homes made by tests: another user as root; without root
+    /// (`cargo test --lib` needs none) the caller, the only owner it may give.
+    pub(crate) fn test_owner() -> (u32, u32) {
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        match uid.is_root() {
+            true => (1234, 4321),
+            false => (uid.as_raw(), gid.as_raw()),
+        }
+    }
 
     fn vol(root: &Path) -> HomeVolume {
         HomeVolume {
@@ -266,10 +276,11 @@ mod tests {
     fn homes_get_owner_and_mode_and_symlinks_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let home = d.path().join("users/alice");
-        assert!(ensure_home(&home, 1234, 4321, 0o750).unwrap());
-        assert!(!ensure_home(&home, 1234, 4321, 0o750).unwrap());
+        let (uid, gid) = test_owner();
+        assert!(ensure_home(&home, uid, gid, 0o750).unwrap());
+        assert!(!ensure_home(&home, uid, gid, 0o750).unwrap());
         let m = std::fs::metadata(&home).unwrap();
-        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 4321, 0o750));
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (uid, gid, 0o750));
         let evil = d.path().join("users/mallory");
         std::os::unix::fs::symlink("/etc", &evil).unwrap();
         assert!(matches!(
