@@ -61,25 +61,9 @@ impl Driver {
         let log = |name: &str| std::fs::File::create(state.join(name)).unwrap();
         let socket = dir.path().join("csi.sock");
         let mounter = start_mounter(g, dir.path());
-        let child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-            .args([
-                "csi",
-                "--mode",
-                "node",
-                "--node-id",
-                "n1",
-                "--no-events",
-                "--endpoint",
-            ])
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--kubelet-dir")
-            .arg(dir.path().join("kubelet"))
-            .arg("--state-dir")
-            .arg(&state)
+        let child = hubfs_e2e::csi::node_plugin(dir.path(), &state)
             .env("HUBFS_LOG", "hubfs=debug,info")
             .env_remove("RUST_LOG")
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
             .stdout(log("csi.log"))
             .stderr(log("csi.err.log"))
             .spawn()

@@ -43,23 +43,7 @@ impl Driver {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-            .args([
-                "csi",
-                "--mode",
-                "node",
-                "--node-id",
-                "n1",
-                "--no-events",
-                "--endpoint",
-            ])
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--kubelet-dir")
-            .arg(dir.path().join("kubelet"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
+        let child = hubfs_e2e::csi::node_plugin(dir.path(), &dir.path().join("state"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap();

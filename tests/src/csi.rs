@@ -1,7 +1,28 @@
-//! Mount-table helpers for tests that mount: whether a path is a mount point,
-//! and cleaning up the mounts a failed test leaves below its temp dir.
+//! The CSI node plugin as tests start it, and mount-table helpers for tests
+//! that mount: whether a path is a mount point, and cleaning up the mounts a
+//! failed test leaves below its temp dir.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `hubfs csi --mode node` as the node plugin container runs it beside a
+/// `hubfs mounter` on `state`: node `n1`, kubelet's directory `dir/kubelet`,
+/// the CSI socket `dir/csi.sock`, no Events (no API server), and no S3
+/// identity of its own (the servers run in the mounter). Add output and
+/// logging, then spawn it.
+pub fn node_plugin(dir: &Path, state: &Path) -> Command {
+    let mut c = Command::new(crate::hubfs_binary());
+    c.args(["csi", "--mode", "node", "--node-id", "n1", "--no-events"])
+        .arg("--endpoint")
+        .arg(format!("unix://{}", dir.join("csi.sock").display()))
+        .arg("--kubelet-dir")
+        .arg(dir.join("kubelet"))
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    c
+}
 
 /// Mount points strictly below `dir`, from /proc/self/mountinfo.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
