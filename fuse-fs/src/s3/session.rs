@@ -9,10 +9,10 @@
 use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -315,7 +315,12 @@ pub fn run(
                 std::mem::forget(session);
                 return Err(e.into());
             }
-            tracing::info!(inodes = state.nodes.len(), reads = state.reads.len(), dirs = state.dirs.len(), "took the mount over");
+            tracing::info!(
+                inodes = state.nodes.len(),
+                reads = state.reads.len(),
+                dirs = state.dirs.len(),
+                "took the mount over"
+            );
             let control = control.or_else(|| opts.control.as_deref().and_then(listen_or_warn));
             (session, state.proto, control)
         }

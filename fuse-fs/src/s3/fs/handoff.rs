@@ -323,7 +323,10 @@ impl<S: ObjectStore> S3Fs<S> {
                 n.linked,
             ));
         }
-        if !nodes.iter().any(|(n, _, _)| n.ino == super::super::inode::ROOT) {
+        if !nodes
+            .iter()
+            .any(|(n, _, _)| n.ino == super::super::inode::ROOT)
+        {
             return Err(bad("no root inode in the state".into()));
         }
         self.inodes.import(nodes, state.next_ino);
@@ -374,5 +377,126 @@ impl<S: ObjectStore> S3Fs<S> {
             std::sync::atomic::Ordering::Relaxed,
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s3::fake::MemStore;
+    use crate::s3::fs::{BucketSource, FsConfig};
+    use crate::s3::inode::ROOT;
+    use crate::s3::prefetch::MemoryLimiter;
+    use crate::s3::store::Op;
+
+    fn fs(store: Arc<MemStore>, writes: bool) -> S3Fs<MemStore> {
+        let mut cfg = FsConfig::new(vec![BucketSource::parse("bkt").unwrap()]);
+        cfg.allow_writes = writes;
+        let limiter = MemoryLimiter::new(cfg.prefetch.max_memory);
+        S3Fs::new(store, cfg, limiter).unwrap()
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// Half a listing and half a read on one server, the rest on the next
+    /// through the same handles: every name once, every byte right, the
+    /// same inode numbers, no new number reused.
+    #[tokio::test]
+    async fn handles_and_inodes_survive_the_handover() {
+        let s = Arc::new(MemStore::new());
+        s.create_bucket("bkt");
+        for i in 0..2500 {
+            s.insert("bkt", &format!("dir/f{i:05}"), vec![1u8; i % 5]);
+        }
+        let body = data(3 << 20);
+        s.insert("bkt", "big", body.clone());
+        let old = fs(s.clone(), true);
+        let dir = old.lookup(ROOT, "dir").await.unwrap();
+        let big = old.lookup(ROOT, "big").await.unwrap();
+        let f = old.lookup(dir.ino, "f00007").await.unwrap();
+        let dh = old.opendir(dir.ino).await.unwrap();
+        // Two batches: "." and "..", then 300 of the first page's 1000.
+        let mut first = old.readdir(dir.ino, dh, 0, 300).await.unwrap();
+        let more = old.readdir(dir.ino, dh, first.last().unwrap().0, 300);
+        first.extend(more.await.unwrap());
+        assert_eq!(first.len(), 302);
+        let off = first.last().unwrap().0;
+        let rh = old.open(big.ino, false, false).await.unwrap();
+        let head = old.read(rh, 0, 1 << 20).await.unwrap();
+        let state = old.export((7, 40), Some(1)).unwrap();
+        assert_eq!(state.reads.len(), 1);
+        assert_eq!(state.dirs.len(), 1);
+        assert!(!state.dirs[0].done, "a listing read halfway");
+        assert_eq!(state.dirs[0].entries.len(), 1000, "one page listed");
+
+        let state = S3State::decode(&state.encode()).unwrap();
+        let mut new = fs(s.clone(), true);
+        new.adopt(&state).unwrap();
+        s.reset_counts();
+        let mut names: Vec<String> = first.iter().map(|e| e.1.clone()).collect();
+        let mut off = off;
+        loop {
+            let batch = new.readdir(dir.ino, dh, off, 500).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            off = batch.last().unwrap().0;
+            names.extend(batch.into_iter().map(|e| e.1));
+        }
+        names.retain(|n| n != "." && n != "..");
+        let mut want: Vec<String> = (0..2500).map(|i| format!("f{i:05}")).collect();
+        want.sort();
+        let mut got = names.clone();
+        got.sort();
+        assert_eq!(got, want, "every name once across the handover");
+        assert_eq!(
+            s.count(Op::List),
+            2,
+            "the pages not read yet, from the token"
+        );
+        let mut all = head.to_vec();
+        while all.len() < body.len() {
+            let b = new.read(rh, all.len() as u64, 1 << 20).await.unwrap();
+            assert!(!b.is_empty());
+            all.extend_from_slice(&b);
+        }
+        assert!(all == body, "the read goes on from the same handle");
+        assert_eq!(new.lookup(dir.ino, "f00007").await.unwrap().ino, f.ino);
+        assert_eq!(new.getattr(big.ino).await.unwrap().size, body.len() as u64);
+        let fresh = new.lookup(dir.ino, "f02000").await.unwrap();
+        assert!(fresh.ino >= state.next_ino, "numbers are never reused");
+        let fh = new.opendir(ROOT).await.unwrap();
+        assert!(fh >= state.next_fh);
+    }
+
+    #[tokio::test]
+    async fn an_open_upload_refuses_and_a_foreign_state_is_rejected() {
+        let s = Arc::new(MemStore::new());
+        s.create_bucket("bkt");
+        s.create_bucket("other");
+        let old = fs(s.clone(), true);
+        let (_, wh) = old.create(ROOT, "new").await.unwrap();
+        assert_eq!(old.open_uploads(), 1);
+        let e = old.export((7, 40), None).unwrap_err();
+        assert!(e.contains("1 upload(s) in progress"), "{e}");
+        old.write(wh, 0, b"abc").await.unwrap();
+        old.release(wh).await.unwrap();
+        assert_eq!(s.object("bkt", "new").as_deref(), Some(&b"abc"[..]));
+        let state = old.export((7, 40), None).unwrap();
+        let mut cfg = FsConfig::new(vec![BucketSource::parse("other").unwrap()]);
+        cfg.allow_writes = true;
+        let mut foreign = S3Fs::new(s.clone(), cfg, MemoryLimiter::new(1 << 20)).unwrap();
+        let e = foreign.adopt(&state).unwrap_err();
+        assert!(e.to_string().contains("the running server serves"), "{e}");
+        let mut bytes = state.encode();
+        let v =
+            String::from_utf8(bytes.clone())
+                .unwrap()
+                .replacen("\"version\":1", "\"version\":9", 1);
+        bytes = v.into_bytes();
+        let e = S3State::decode(&bytes).unwrap_err();
+        assert!(e.to_string().contains("version 9 is not 1"), "{e}");
     }
 }
