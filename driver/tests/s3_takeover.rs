@@ -499,3 +499,160 @@ fn an_open_upload_refuses_the_takeover_and_completes() {
     assert_eq!(std::fs::read(b.mnt.join("up.bin")).unwrap(), data);
     assert!(new.0.try_wait().unwrap().is_none(), "the new server serves");
 }
+
+/// `hubfs mounter` as PID 1 of its own PID namespace (a container).
+fn mounter_container(state: &std::path::Path, extra: &[&str]) -> Server {
+    Server(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--"])
+            .arg(hubfs_e2e::hubfs_binary())
+            .args(["mounter", "--state-dir"])
+            .arg(state)
+            .args(extra)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a mounter"),
+    )
+}
+
+/// SIGTERM to the mounter in a [`mounter_container`] (its PID 1).
+fn sigterm_mounter(c: &Server) {
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.0.id())).unwrap();
+    let inner: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inner),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+/// Mount ids at `p` (a stacked recovery would show two).
+fn mount_ids_at(p: &std::path::Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let at = p.display().to_string();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(at.as_str()))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
+    let _one = serial();
+    use hubfs::keeper::{control_path, Kind, MounterClient, ServerSpec, Servers};
+    use hubfs_fuse::s3::s3client::StaticCredentials;
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    hubfs_e2e::require_root("mounts, PID namespaces");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let g = Garage::start("data");
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    let object = content(5, 16 * MIB);
+    put(&rt, &s3, &g.bucket, "big.bin", &object);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    mount(Some(d), d, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+    mount(
+        None::<&str>,
+        d,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .unwrap();
+    let (state, target) = (d.join("state"), d.join("pods/p1/data"));
+    std::fs::create_dir_all(&state).unwrap();
+    let socket = state.join("mounter.sock");
+    let mut old = mounter_container(&state, &[]);
+    hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "old mounter");
+    let spec = ServerSpec {
+        id: "s3-data".into(),
+        kind: Kind::S3,
+        args: [
+            "mount",
+            "s3",
+            "--foreground",
+            "--force-path-style",
+            "--endpoint-url",
+            &g.endpoint,
+            "--region",
+            &g.region,
+            "--credentials-file",
+            "/dev/fd/0",
+            &g.bucket,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        what: "bucket data".into(),
+    };
+    let creds = StaticCredentials {
+        access_key_id: g.access_key.clone(),
+        secret_access_key: g.secret_key.clone(),
+        session_token: None,
+    };
+    let client = MounterClient::new(socket.clone());
+    assert!(client
+        .publish_with_credentials(&spec, &target, true, &creds)
+        .unwrap());
+    let ids = mount_ids_at(&target);
+    assert_eq!(ids.len(), 1);
+    let ctl = control_path(&state, &spec);
+    wait_until("the bucket server's control socket", || ctl.exists());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rc = Arc::new(Counts::default());
+    let r = {
+        let (p, w, s, c) = (
+            target.join("big.bin"),
+            sha(&object),
+            stop.clone(),
+            rc.clone(),
+        );
+        std::thread::spawn(move || reader(p, w, s, c))
+    };
+    wait_until("a first pass", || rc.passes.load(Ordering::Relaxed) >= 1);
+    let ready = d.join("new.ready");
+    let mut new = mounter_container(
+        &state,
+        &["--take-over", "--ready-file", ready.to_str().unwrap()],
+    );
+    wait_until("the new mounter is ready", || ready.exists());
+    hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "new mounter");
+    assert!(old.0.try_wait().unwrap().is_none(), "the old mounter idles");
+    sigterm_mounter(&old);
+    let status = wait_exit(&mut old.0, Duration::from_secs(10));
+    assert!(status.success(), "the old mounter exits cleanly: {status}");
+    let passes = rc.passes.load(Ordering::Relaxed);
+    wait_until("two more passes", || {
+        rc.passes.load(Ordering::Relaxed) >= passes + 2
+    });
+    stop.store(true, Ordering::Relaxed);
+    r.join().unwrap();
+    assert_eq!(rc.errors.load(Ordering::Relaxed), 0, "reader errors");
+    assert_eq!(rc.bad.load(Ordering::Relaxed), 0, "wrong bytes read");
+    assert_eq!(
+        mount_ids_at(&target),
+        ids,
+        "the same mount, nothing stacked"
+    );
+    let s = client.status().unwrap();
+    assert_eq!(s.len(), 1);
+    assert!(s[0].healthy && s[0].pid.is_some(), "{s:?}");
+    assert_eq!(s[0].restarts, 0, "taken over, not replaced: {s:?}");
+    // The new server has the volume's identity (the mounter has none).
+    put(&rt, &s3, &g.bucket, "later.txt", b"after the new mounter");
+    assert_eq!(
+        std::fs::read(target.join("later.txt")).unwrap(),
+        b"after the new mounter"
+    );
+    assert!(client.unpublish(&target).unwrap());
+    assert!(mount_ids_at(&target).is_empty());
+    sigterm_mounter(&new);
+    let status = wait_exit(&mut new.0, Duration::from_secs(10));
+    assert!(status.success(), "SIGTERM ends the mounter: {status}");
+    hubfs_e2e::csi::detach_mounts_below(d);
+    let _ = umount2(d, MntFlags::MNT_DETACH);
+}

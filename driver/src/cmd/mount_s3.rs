@@ -225,7 +225,11 @@ pub fn run(args: S3Args) -> anyhow::Result<ExitCode> {
     }
     let from = args.take_over.as_deref();
     if args.foreground {
-        session::run(opts, from, || {})?;
+        // The line a mounter taking servers over waits for (keeper::takeover).
+        session::run(opts, from, || {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "serving");
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     super::daemon::daemonize(|ready| Ok(session::run(opts, from, ready)?))

@@ -239,6 +239,16 @@ pub fn run(
     take_over: Option<&Path>,
     ready: impl FnOnce(),
 ) -> Result<(), SessionError> {
+    // A mask inherited from the parent (a mounter blocks its stop signals
+    // in every thread) would keep them from the runtime's handlers.
+    let mut stop = nix::sys::signal::SigSet::empty();
+    for s in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        stop.add(s);
+    }
+    stop.thread_unblock().map_err(io::Error::from)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("hubfs-s3")
