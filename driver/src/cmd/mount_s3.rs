@@ -294,6 +294,8 @@ mod tests {
             "4Mi",
             "--max-memory",
             "1Gi",
+            "--control",
+            "/run/ctl.sock",
             "bk1",
             "bk2:p",
             "/mnt/x",
@@ -313,6 +315,10 @@ mod tests {
         assert_eq!(o.dir_mode, 0o750);
         assert_eq!(o.metadata_ttl, None);
         assert_eq!(o.prefetch.max_memory, 1 << 30);
+        assert_eq!(o.control, Some(PathBuf::from("/run/ctl.sock")));
+        let t = parse(&["mount", "s3", "--take-over", "/run/ctl.sock", "b12", "/s3"]).unwrap();
+        assert_eq!(t.take_over, Some(PathBuf::from("/run/ctl.sock")));
+        assert_eq!(t.options().unwrap().control, None);
     }
 
     #[test]

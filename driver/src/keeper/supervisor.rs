@@ -744,3 +744,68 @@ fn log_tail(path: &Path) -> String {
     let lines: Vec<&str> = s.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_server_command_has_its_socket_cache_metrics_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SupervisorConfig::new(dir.path().into(), "/bin/hubfs".into());
+        cfg.s3_cache = Some(S3Cache {
+            dir: dir.path().join("cache"),
+            size: 1 << 30,
+        });
+        let spec = ServerSpec {
+            id: "s3-b".into(),
+            kind: Kind::S3,
+            args: [
+                "mount",
+                "s3",
+                "--foreground",
+                "--credentials-file",
+                "/dev/fd/0",
+                "bkt",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            what: "bucket b".into(),
+        };
+        let secrets = Secrets::new(dir.path());
+        let creds = StaticCredentials {
+            access_key_id: "AK".into(),
+            secret_access_key: "SK".into(),
+            session_token: None,
+        };
+        secrets.put(&spec, &creds).unwrap();
+        let extra = ["--take-over".into(), "/x/ctl.sock".into()];
+        let cmd = cfg.server_command(&secrets, &spec, &extra).unwrap();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mp = spec.mountpoint(dir.path()).display().to_string();
+        assert_eq!(&args[..3], ["mount", "s3", "--foreground"]);
+        assert_eq!(args[args.len() - 2..], ["bkt".to_string(), mp]);
+        let pair = |k: &str| {
+            let i = args
+                .iter()
+                .position(|a| a == k)
+                .unwrap_or_else(|| panic!("{k} in {args:?}"));
+            args[i + 1].clone()
+        };
+        assert_eq!(
+            pair("--control"),
+            super::super::control_path(dir.path(), &spec)
+                .display()
+                .to_string()
+        );
+        assert_eq!(pair("--take-over"), "/x/ctl.sock");
+        assert_eq!(pair("--cache-size"), (1u64 << 30).to_string());
+        assert!(pair("--metrics-file").ends_with("metrics.prom"), "{args:?}");
+        // The identity arrives on stdin, never on the command line.
+        assert!(!args.iter().any(|a| a.contains("SK")));
+    }
+}
