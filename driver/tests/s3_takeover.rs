@@ -8,7 +8,10 @@
 //! the object's sha256, the old server exits, the mount is the very same
 //! kernel mount (mount id), and afterwards new opens, listings and a write
 //! (uploaded to the bucket) work. An open upload refuses the takeover: the
-//! old server serves on and the upload completes.
+//! old server serves on and the upload completes. A new server that dies
+//! with the package in hand leaves the old one serving, with no error seen
+//! by the reader. A new mounter takes a bucket server with its own identity
+//! over.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -672,4 +675,61 @@ fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
     assert!(status.success(), "SIGTERM ends the mounter: {status}");
     hubfs_e2e::csi::detach_mounts_below(d);
     let _ = umount2(d, MntFlags::MNT_DETACH);
+}
+
+#[test]
+fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
+    let _one = serial();
+    use hubfs_fuse::handoff as wire;
+    use hubfs_fuse::s3::fs::handoff::S3State;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let g = Garage::start("data");
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    let object = content(9, 8 * MIB);
+    put(&rt, &s3, &g.bucket, "big.bin", &object);
+    let b = Bucket::new(&g);
+    let mut old = b.serve();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rc = Arc::new(Counts::default());
+    let r = {
+        let (p, w, s, c) = (
+            b.mnt.join("big.bin"),
+            sha(&object),
+            stop.clone(),
+            rc.clone(),
+        );
+        std::thread::spawn(move || reader(p, w, s, c))
+    };
+    wait_until("a first pass", || rc.passes.load(Ordering::Relaxed) >= 1);
+
+    // A "new server" that takes the whole package and dies before ready.
+    let mut s = std::os::unix::net::UnixStream::connect(&b.ctl).unwrap();
+    wire::request(&mut s, "s3").unwrap();
+    let (bytes, fds) = wire::receive_package(&mut s).unwrap();
+    let state = S3State::decode(&bytes).unwrap();
+    assert_eq!(state.reads.len(), 1, "the reader's handle is in the state");
+    assert_eq!(fds.len(), 2, "/dev/fuse and the control socket");
+    drop(fds);
+    drop(s);
+
+    let passes = rc.passes.load(Ordering::Relaxed);
+    wait_until("two more passes on the old server", || {
+        rc.passes.load(Ordering::Relaxed) >= passes + 2
+    });
+    assert!(
+        old.0.try_wait().unwrap().is_none(),
+        "the old server serves on"
+    );
+    // It can still be taken over, for real this time.
+    let new = b.take_over(false);
+    assert!(wait_exit(&mut old.0, Duration::from_secs(60)).success());
+    let passes = rc.passes.load(Ordering::Relaxed);
+    wait_until("two more passes on the new server", || {
+        rc.passes.load(Ordering::Relaxed) >= passes + 2
+    });
+    stop.store(true, Ordering::Relaxed);
+    r.join().unwrap();
+    assert_eq!(rc.errors.load(Ordering::Relaxed), 0, "reader errors");
+    assert_eq!(rc.bad.load(Ordering::Relaxed), 0, "wrong bytes read");
+    drop(new);
 }
