@@ -120,6 +120,16 @@ pub struct S3Args {
     /// Threads reading FUSE requests from the kernel.
     #[arg(long, default_value_t = 4)]
     pub fuse_threads: usize,
+    /// Listen on this unix socket for a new server that takes the mount over
+    /// (an upgrade with `--take-over`); root only.
+    #[arg(long, value_name = "SOCKET")]
+    pub control: Option<PathBuf>,
+    /// Take over the live mount of the server listening on SOCKET (its
+    /// `--control`) instead of mounting: same FUSE connection, inodes and
+    /// open files; that server exits without unmounting. Refused while a
+    /// file is open for writing there (retry when it is closed).
+    #[arg(long, value_name = "SOCKET")]
+    pub take_over: Option<PathBuf>,
 }
 
 /// A TTL: `None` is indefinite.
@@ -193,6 +203,7 @@ impl S3Args {
         o.metrics_file = self.metrics_file.clone();
         o.fuse_threads = self.fuse_threads;
         o.read_ahead_kb = self.read_ahead_kb;
+        o.control = self.control.clone();
         o.cache = self.cache_dir.clone().map(|dir| CacheOptions {
             dir,
             max_bytes: self.cache_size,
@@ -212,11 +223,16 @@ pub fn run(args: S3Args) -> anyhow::Result<ExitCode> {
             opts.mountpoint.display()
         );
     }
+    let from = args.take_over.as_deref();
     if args.foreground {
-        session::run(opts, || {})?;
+        // The line a mounter taking servers over waits for (keeper::takeover).
+        session::run(opts, from, || {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "serving");
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
-    super::daemon::daemonize(|ready| Ok(session::run(opts, ready)?))
+    super::daemon::daemonize(|ready| Ok(session::run(opts, from, ready)?))
 }
 
 #[cfg(test)]
@@ -278,6 +294,8 @@ mod tests {
             "4Mi",
             "--max-memory",
             "1Gi",
+            "--control",
+            "/run/ctl.sock",
             "bk1",
             "bk2:p",
             "/mnt/x",
@@ -297,6 +315,10 @@ mod tests {
         assert_eq!(o.dir_mode, 0o750);
         assert_eq!(o.metadata_ttl, None);
         assert_eq!(o.prefetch.max_memory, 1 << 30);
+        assert_eq!(o.control, Some(PathBuf::from("/run/ctl.sock")));
+        let t = parse(&["mount", "s3", "--take-over", "/run/ctl.sock", "b12", "/s3"]).unwrap();
+        assert_eq!(t.take_over, Some(PathBuf::from("/run/ctl.sock")));
+        assert_eq!(t.options().unwrap().control, None);
     }
 
     #[test]

@@ -104,13 +104,13 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locate the hubfs binary")?;
     let mut release = None;
     let mut taken = HashMap::new();
+    let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
+    cfg.watch_interval = Duration::from_millis(args.watch_ms);
+    cfg.s3_cache = args.s3_cache.config()?;
     if args.take_over && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        match keeper::takeover::take_over(&state_dir, &exe, Duration::from_secs(60)) {
+        match keeper::takeover::take_over(&cfg, Duration::from_secs(60)) {
             Ok((r, t)) => {
-                tracing::info!(
-                    homes = t.len(),
-                    "took the running mounter's home servers over"
-                );
+                tracing::info!(servers = t.len(), "took the running mounter's servers over");
                 release = Some(r);
                 taken = t;
             }
@@ -149,9 +149,6 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
             r => break r.with_context(|| format!("listen on {}", socket.display()))?,
         }
     };
-    let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
-    cfg.watch_interval = Duration::from_millis(args.watch_ms);
-    cfg.s3_cache = args.s3_cache.config()?;
     if let Some(c) = &cfg.s3_cache {
         tracing::info!(dir = %c.dir.display(), bytes_per_server = c.size, "S3 data cache");
     }

@@ -53,6 +53,52 @@ pub struct S3Cache {
     pub size: u64,
 }
 
+impl SupervisorConfig {
+    /// The command that starts `spec`'s server: its arguments with the
+    /// node's data cache and the metrics file (S3) and the control socket
+    /// put in after `mount KIND --foreground`, then `extra` there too, the
+    /// mountpoint last; stdin is the credentials pipe of a server with its
+    /// own S3 identity, else nothing.
+    pub fn server_command(
+        &self,
+        secrets: &Secrets,
+        spec: &ServerSpec,
+        extra: &[std::ffi::OsString],
+    ) -> Result<Command> {
+        let mp = spec.mountpoint(&self.state_dir);
+        // A server with its own S3 identity reads it from its stdin, a pipe.
+        let stdin = match wants_credentials(spec) {
+            true => Stdio::from(secrets.pipe(spec)?),
+            false => Stdio::null(),
+        };
+        let mut args: Vec<std::ffi::OsString> = spec.args.iter().map(Into::into).collect();
+        let at = 3.min(args.len());
+        args.splice(at..at, extra.iter().cloned());
+        if let (Some(c), Kind::S3) = (&self.s3_cache, spec.kind) {
+            let cache = [
+                "--cache-dir".into(),
+                c.dir_of(spec).into_os_string(),
+                "--cache-size".into(),
+                c.size.to_string().into(),
+            ];
+            args.splice(at..at, cache);
+        }
+        if spec.kind == Kind::S3 && !spec.args.iter().any(|a| a == "--metrics-file") {
+            // Served by the mounter with every other server's (`metrics`).
+            let file = super::metrics::metrics_file(&mp).into_os_string();
+            args.splice(at..at, ["--metrics-file".into(), file]);
+        }
+        if !spec.args.iter().any(|a| a == "--control") {
+            // A new server can take the mount over (an upgrade).
+            let ctl = super::control_path(&self.state_dir, spec).into_os_string();
+            args.splice(at..at, ["--control".into(), ctl]);
+        }
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(&args).arg(&mp).stdin(stdin);
+        Ok(cmd)
+    }
+}
+
 impl S3Cache {
     fn dir_of(&self, spec: &ServerSpec) -> PathBuf {
         self.dir.join(&spec.id)
@@ -335,39 +381,8 @@ impl Supervisor {
         let out = file
             .try_clone()
             .map_err(|e| DriverError::io("dup", &log, e))?;
-        // A server with its own S3 identity reads it from its stdin, a pipe.
-        let stdin = match wants_credentials(spec) {
-            true => Stdio::from(self.secrets.pipe(spec)?),
-            false => Stdio::null(),
-        };
-        let mut args: Vec<std::ffi::OsString> = spec.args.iter().map(Into::into).collect();
-        if let (Some(c), Kind::S3) = (&self.cfg.s3_cache, spec.kind) {
-            // After `mount s3 --foreground`, before the buckets.
-            let at = 3.min(args.len());
-            let cache = [
-                "--cache-dir".into(),
-                c.dir_of(spec).into_os_string(),
-                "--cache-size".into(),
-                c.size.to_string().into(),
-            ];
-            args.splice(at..at, cache);
-        }
-        if spec.kind == Kind::S3 && !spec.args.iter().any(|a| a == "--metrics-file") {
-            // Served by the mounter with every other server's (`metrics`).
-            let at = 3.min(args.len());
-            let file = super::metrics::metrics_file(&mp).into_os_string();
-            args.splice(at..at, ["--metrics-file".into(), file]);
-        }
-        let mut cmd = Command::new(&self.cfg.exe);
-        cmd.args(&args);
-        if spec.kind == Kind::Home && !spec.args.iter().any(|a| a == "--control") {
-            // A new server can take the mount over (an upgrade).
-            cmd.arg("--control")
-                .arg(super::control_path(&self.cfg.state_dir, spec));
-        }
+        let mut cmd = self.cfg.server_command(&self.secrets, spec, &[])?;
         let child = cmd
-            .arg(&mp)
-            .stdin(stdin)
             .stdout(out)
             .stderr(file)
             .spawn()
@@ -728,4 +743,69 @@ fn log_tail(path: &Path) -> String {
     let _ = f.read_to_string(&mut s);
     let lines: Vec<&str> = s.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_server_command_has_its_socket_cache_metrics_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SupervisorConfig::new(dir.path().into(), "/bin/hubfs".into());
+        cfg.s3_cache = Some(S3Cache {
+            dir: dir.path().join("cache"),
+            size: 1 << 30,
+        });
+        let spec = ServerSpec {
+            id: "s3-b".into(),
+            kind: Kind::S3,
+            args: [
+                "mount",
+                "s3",
+                "--foreground",
+                "--credentials-file",
+                "/dev/fd/0",
+                "bkt",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            what: "bucket b".into(),
+        };
+        let secrets = Secrets::new(dir.path());
+        let creds = StaticCredentials {
+            access_key_id: "AK".into(),
+            secret_access_key: "SK".into(),
+            session_token: None,
+        };
+        secrets.put(&spec, &creds).unwrap();
+        let extra = ["--take-over".into(), "/x/ctl.sock".into()];
+        let cmd = cfg.server_command(&secrets, &spec, &extra).unwrap();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mp = spec.mountpoint(dir.path()).display().to_string();
+        assert_eq!(&args[..3], ["mount", "s3", "--foreground"]);
+        assert_eq!(args[args.len() - 2..], ["bkt".to_string(), mp]);
+        let pair = |k: &str| {
+            let i = args
+                .iter()
+                .position(|a| a == k)
+                .unwrap_or_else(|| panic!("{k} in {args:?}"));
+            args[i + 1].clone()
+        };
+        assert_eq!(
+            pair("--control"),
+            super::super::control_path(dir.path(), &spec)
+                .display()
+                .to_string()
+        );
+        assert_eq!(pair("--take-over"), "/x/ctl.sock");
+        assert_eq!(pair("--cache-size"), (1u64 << 30).to_string());
+        assert!(pair("--metrics-file").ends_with("metrics.prom"), "{args:?}");
+        // The identity arrives on stdin, never on the command line.
+        assert!(!args.iter().any(|a| a.contains("SK")));
+    }
 }

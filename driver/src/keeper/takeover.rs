@@ -3,45 +3,50 @@
 //! The new mounter asks the old one (on `DIR/mounter.sock`) to release its
 //! servers: the old one stops watching, publishing and writing
 //! `servers.json`, writes it a last time and waits. The new one then starts,
-//! for every home server in the state file, `hubfs mount home ...
-//! --take-over DIR/homes/<id>/ctl.sock`: a new server process that adopts the
-//! live FUSE connection of the old server (see `hubfs_fuse::handoff`), which
-//! exits without unmounting. Nothing a notebook holds notices but a pause of
-//! a few milliseconds. When every home is handed over, the new mounter tells
-//! the old one it is done (the old one exits 0) and owns `servers.json`.
+//! for every server in the state file with a control socket, `hubfs mount
+//! home|s3 ... --take-over <server dir>/ctl.sock` (a bucket server with its
+//! own identity gets its credentials on stdin, as at a fresh start): a new
+//! server process that adopts the live FUSE connection of the old server
+//! (see `hubfs_fuse::handoff`), which exits without unmounting. Nothing a
+//! notebook holds notices but a pause of a few milliseconds. When every
+//! server is handed over, the new mounter tells the old one it is done (the
+//! old one exits 0) and owns `servers.json`.
 //!
-//! Bucket servers have no takeover yet: they stay with the old mounter and
-//! die with its container; the new mounter replaces them as after any crash
-//! (a new server stacked onto each target). A home whose takeover fails is
-//! replaced the same way. If the new mounter dies before it is done, the
-//! old one supervises again.
+//! A server whose takeover fails (a bucket server with an upload open, a
+//! home whose walk still runs, a server of a version without a control
+//! socket) stays with the old mounter and dies with its container; the new
+//! mounter replaces it as after any crash (a new server stacked onto each
+//! target). If the new mounter dies before it is done, the old one
+//! supervises again.
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::secrets::Secrets;
 use super::state::StateFile;
 use super::wire::Release;
-use super::{control_path, socket_path, Kind};
+use super::{control_path, socket_path, SupervisorConfig};
 use crate::error::Result;
 
-/// Hands every home server of the mounter serving `state_dir` to a new
-/// server started from `exe`. Returns the old mounter's release (call
-/// [`Release::done`] once this mounter serves) and the new servers by id.
+/// Hands every server of the mounter serving `cfg.state_dir` to a new
+/// server started as `cfg` starts servers. Returns the old mounter's
+/// release (call [`Release::done`] once this mounter serves) and the new
+/// servers by id.
 pub fn take_over(
-    state_dir: &Path,
-    exe: &Path,
+    cfg: &SupervisorConfig,
     timeout: Duration,
 ) -> Result<(Release, HashMap<String, Child>)> {
+    let state_dir = cfg.state_dir.as_path();
     let release = Release::ask(&socket_path(state_dir))?;
     let state = StateFile::new(state_dir).load();
+    let secrets = Secrets::new(state_dir);
     let mut started = Vec::new();
     for (id, rec) in &state.servers {
         let ctl = control_path(state_dir, &rec.spec);
-        if rec.spec.kind != Kind::Home || !ctl.exists() {
+        if !ctl.exists() {
             continue;
         }
         let mp = rec.spec.mountpoint(state_dir);
@@ -54,19 +59,15 @@ pub fn take_over(
             Ok(f) => Stdio::from(f),
             Err(_) => Stdio::null(),
         };
-        let mut cmd = Command::new(exe);
-        cmd.args(&rec.spec.args);
-        if !rec.spec.args.iter().any(|a| a == "--control") {
-            cmd.arg("--control").arg(&ctl);
-        }
-        let spawned = cmd
-            .arg("--take-over")
-            .arg(&ctl)
-            .arg(&mp)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn();
+        let extra = ["--take-over".into(), ctl.into_os_string()];
+        let mut cmd = match cfg.server_command(&secrets, &rec.spec, &extra) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(server = %id, error = %e, "cannot take this server over");
+                continue;
+            }
+        };
+        let spawned = cmd.stdout(Stdio::piped()).stderr(err).spawn();
         match spawned {
             Ok(child) => started.push((id.clone(), child)),
             Err(e) => {
@@ -99,7 +100,7 @@ pub fn take_over(
             continue;
         };
         if serving {
-            tracing::info!(server = %id, pid = child.id(), "home server taken over");
+            tracing::info!(server = %id, pid = child.id(), "server taken over");
             taken.insert(id, child);
         } else {
             let status = child.wait().ok();

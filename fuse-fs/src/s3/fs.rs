@@ -791,6 +791,7 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 }
 
+pub mod handoff;
 mod lookup;
 #[cfg(test)]
 mod tests;

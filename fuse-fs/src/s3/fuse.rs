@@ -6,6 +6,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +29,16 @@ const READDIR_BATCH: usize = 512;
 pub struct FuseAdapter<S> {
     fs: Arc<S3Fs<S>>,
     rt: tokio::runtime::Handle,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One spawned request not replied to yet (see [`FuseAdapter::in_flight`]).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<S> std::fmt::Debug for FuseAdapter<S> {
@@ -38,7 +49,28 @@ impl<S> std::fmt::Debug for FuseAdapter<S> {
 
 impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<S3Fs<S>>, rt: tokio::runtime::Handle) -> Self {
-        Self { fs, rt }
+        Self {
+            fs,
+            rt,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Requests dispatched to the runtime and not replied to yet: parking
+    /// fuser's loops does not wait for them, a takeover waits for 0.
+    pub fn in_flight(&self) -> Arc<AtomicUsize> {
+        self.in_flight.clone()
+    }
+
+    /// Answers a request on the runtime, counted in [`Self::in_flight`]
+    /// from before it is spawned until after its reply.
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(self.in_flight.clone());
+        self.rt.spawn(async move {
+            f.await;
+            drop(guard);
+        });
     }
 }
 
@@ -131,7 +163,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let fs = self.fs.clone();
         let name = name.to_owned();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             let r = match name_str(&name) {
                 Ok(n) => fs.lookup(parent.0, n).await,
                 Err(e) => Err(e),
@@ -149,7 +181,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&fs.kernel_ttl(&a), &to_fuse(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -176,7 +208,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyAttr,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.setattr(ino.0, size).await {
                 Ok(a) => reply.attr(&fs.kernel_ttl(&a), &to_fuse(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -195,7 +227,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         let name = name.to_owned();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             let r = match name_str(&name) {
                 Ok(n) => fs.mkdir(parent.0, n).await,
                 Err(e) => Err(e),
@@ -210,7 +242,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         let name = name.to_owned();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             let r = match name_str(&name) {
                 Ok(n) => fs.unlink(parent.0, n).await,
                 Err(e) => Err(e),
@@ -225,7 +257,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         let name = name.to_owned();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             let r = match name_str(&name) {
                 Ok(n) => fs.rmdir(parent.0, n).await,
                 Err(e) => Err(e),
@@ -257,7 +289,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let fs = self.fs.clone();
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.open(ino.0, write, truncate).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
@@ -277,7 +309,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.read_pieces(fh.0, offset, size).await {
                 Ok(p) => reply_pieces(reply, &p),
                 Err(e) => reply.error(errno(&e)),
@@ -299,7 +331,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         let data = data.to_vec();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.write(fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
@@ -316,7 +348,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.flush(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -346,7 +378,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -356,7 +388,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
@@ -373,7 +405,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         mut reply: ReplyDirectory,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
                 Ok(entries) => {
                     for (next, name, attr) in entries {
@@ -397,7 +429,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         mut reply: ReplyDirectoryPlus,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
                 Ok(entries) => {
                     for (next, name, attr) in entries {
@@ -471,7 +503,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         let name = name.to_owned();
-        self.rt.spawn(async move {
+        self.spawn(async move {
             let r = match name_str(&name) {
                 Ok(n) => fs.create(parent.0, n).await,
                 Err(e) => Err(e),

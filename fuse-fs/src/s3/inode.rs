@@ -60,6 +60,21 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// An inode as another server knew it (a takeover), before its lookup
+    /// count is set by [`InodeTable::import`].
+    pub fn from_parts(ino: Ino, parent: Ino, name: String, c: NewChild) -> Self {
+        Inode {
+            ino,
+            parent,
+            name,
+            kind: c.kind,
+            loc: c.loc,
+            stat: c.stat,
+            local: c.local,
+            lookups: 0,
+        }
+    }
+
     pub fn is_fresh(&self, now: Instant) -> bool {
         self.local || self.stat.expiry > now
     }
@@ -265,6 +280,42 @@ impl InodeTable {
 
     pub fn len(&self) -> usize {
         self.inner.lock().nodes.len()
+    }
+
+    /// Every known inode with its lookup count, and the next free number
+    /// (a takeover hands them over; negative entries are not kept).
+    /// The flag says whether the node's name still points at it (not unlinked).
+    pub fn export(&self) -> (Vec<(Inode, u64, bool)>, Ino) {
+        let inner = self.inner.lock();
+        let mut nodes: Vec<(Inode, u64, bool)> = inner
+            .nodes
+            .values()
+            .map(|n| {
+                let linked = inner.children.get(&(n.parent, n.name.clone())) == Some(&n.ino);
+                (n.clone(), n.lookups, linked)
+            })
+            .collect();
+        nodes.sort_by_key(|(n, _, _)| n.ino);
+        (nodes, inner.next)
+    }
+
+    /// Replaces the table with inodes another server exported (see
+    /// [`Self::export`]); a node's name is linked in its parent unless an
+    /// unlinked (deleted) one.
+    pub fn import(&self, nodes: Vec<(Inode, u64, bool)>, next: Ino) {
+        let mut inner = self.inner.lock();
+        inner.nodes.clear();
+        inner.children.clear();
+        inner.negative.clear();
+        for (mut n, lookups, linked) in nodes {
+            n.lookups = lookups;
+            if n.ino != ROOT && linked {
+                inner.children.insert((n.parent, n.name.clone()), n.ino);
+            }
+            inner.next = inner.next.max(n.ino + 1);
+            inner.nodes.insert(n.ino, n);
+        }
+        inner.next = inner.next.max(next);
     }
 
     pub fn is_empty(&self) -> bool {

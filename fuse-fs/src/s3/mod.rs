@@ -24,4 +24,5 @@ pub mod prefetch;
 pub mod s3client;
 pub mod session;
 pub mod store;
+pub mod takeover;
 pub mod upload;

@@ -280,6 +280,11 @@ impl<S: ObjectStore> Prefetcher<S> {
         }
     }
 
+    /// The object version this handle reads.
+    pub fn object(&self) -> &ObjectVersion {
+        &self.object
+    }
+
     /// Bytes requested ahead of the reader right now.
     pub fn window(&self) -> u64 {
         self.window

@@ -9,8 +9,11 @@
 use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +26,7 @@ use super::metrics::{Instrumented, S3Metrics};
 use super::prefetch::{MemoryLimiter, PrefetchConfig};
 use super::s3client::{S3Config, S3Store};
 use super::store::ObjectStore;
+use super::takeover;
 
 /// Everything a mount needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +55,8 @@ pub struct MountOptions {
     pub read_ahead_kb: u32,
     /// The local-disk data cache, if any.
     pub cache: Option<CacheOptions>,
+    /// Listen here for a server that takes this mount over (an upgrade).
+    pub control: Option<PathBuf>,
 }
 
 impl MountOptions {
@@ -74,6 +80,7 @@ impl MountOptions {
             fuse_threads: 4,
             read_ahead_kb: 4096,
             cache: None,
+            control: None,
         }
     }
 
@@ -130,6 +137,9 @@ impl MountOptions {
             flag("cache-dir", c.dir.display().to_string());
             flag("cache-size", c.max_bytes.to_string());
         }
+        if let Some(c) = &self.control {
+            flag("control", c.display().to_string());
+        }
         for (on, name) in [
             (self.s3.force_path_style, "--force-path-style"),
             (self.s3.anonymous, "--no-sign-request"),
@@ -179,6 +189,8 @@ pub enum SessionError {
     },
     #[error("I/O: {0}")]
     Io(#[from] io::Error),
+    #[error("cannot take over: {0}")]
+    Takeover(#[from] crate::handoff::HandoffError),
 }
 
 pub use crate::mountinfo::{probe, MountState};
@@ -219,38 +231,60 @@ pub fn unmount(path: &Path) -> io::Result<()> {
 
 /// Mounts and serves until SIGTERM/SIGINT or an external unmount.
 /// `ready` runs once the mount answers (daemonizing parents wait for it).
-pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError> {
+/// With `take_over`, adopts the live mount of the server listening there
+/// (its `--control` socket) instead of mounting: same FUSE connection,
+/// inodes and open files; that server exits without unmounting.
+pub fn run(
+    opts: MountOptions,
+    take_over: Option<&Path>,
+    ready: impl FnOnce(),
+) -> Result<(), SessionError> {
+    // A mask inherited from the parent (a mounter blocks its stop signals
+    // in every thread) would keep them from the runtime's handlers.
+    let mut stop = nix::sys::signal::SigSet::empty();
+    for s in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        stop.add(s);
+    }
+    stop.thread_unblock().map_err(io::Error::from)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("hubfs-s3")
         .enable_all()
         .build()?;
     let metrics = S3Metrics::new();
-    let store = rt.block_on(S3Store::new(&opts.s3));
+    let s3 = Instrumented::new(rt.block_on(S3Store::new(&opts.s3)), metrics.clone());
+    // Fail at mount time, with the reason, rather than on the first `ls`
+    // (and before a running server is paused for a takeover).
+    for s in &opts.sources {
+        rt.block_on(s3.list_page(&s.bucket, &s.prefix, Some("/"), None, 1))
+            .map_err(|e| SessionError::Bucket {
+                bucket: s.bucket.clone(),
+                source: e,
+            })?;
+    }
+    // From here on a server being taken over is paused.
+    let adopted = take_over.map(takeover::request).transpose()?;
     let cache = match &opts.cache {
         Some(c) => Some(DiskCache::new(c, metrics.clone()).map_err(|e| {
             SessionError::Invalid(format!("data cache at {}: {e}", c.dir.display()))
         })?),
         None => None,
     };
-    let store = Arc::new(CachedStore::new(
-        Instrumented::new(store, metrics.clone()),
-        cache,
-    ));
-    // Fail at mount time, with the reason, rather than on the first `ls`.
-    for s in &opts.sources {
-        rt.block_on(store.list_page(&s.bucket, &s.prefix, Some("/"), None, 1))
-            .map_err(|e| SessionError::Bucket {
-                bucket: s.bucket.clone(),
-                source: e,
-            })?;
-    }
+    let store = Arc::new(CachedStore::new(s3, cache));
     let limiter =
         MemoryLimiter::with_gauge(opts.prefetch.max_memory, metrics.prefetch_bytes.clone());
-    let fs = S3Fs::new(store, opts.fs_config(), limiter)
+    let mut fs = S3Fs::new(store, opts.fs_config(), limiter)
         .map_err(SessionError::Invalid)?
         .with_metrics(metrics.clone());
-    let adapter = FuseAdapter::new(Arc::new(fs), rt.handle().clone());
+    if let Some((_, state, _, _)) = &adopted {
+        fs.adopt(state)?;
+    }
+    let fs = Arc::new(fs);
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let in_flight = adapter.in_flight();
 
     let mut config = fuser::Config::default();
     let fsname = opts
@@ -276,14 +310,52 @@ pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError>
         config.acl = fuser::SessionACL::All;
     }
     config.n_threads = Some(opts.fuse_threads.max(1));
-    let session = fuser::spawn_mount(adapter, &opts.mountpoint, &config).map_err(|e| {
-        SessionError::Mount {
-            path: opts.mountpoint.clone(),
-            source: e,
+    let mount_err = |source| SessionError::Mount {
+        path: opts.mountpoint.clone(),
+        source,
+    };
+    let resumed = adopted.is_some();
+    let (session, proto, control) = match adopted {
+        Some((mut conn, state, dev, control)) => {
+            let version = fuser::Version(state.proto.0, state.proto.1);
+            let session = fuser::Session::resume(adapter, dev, config.acl, config.clone(), version)
+                .map_err(mount_err)?;
+            if let Err(e) = takeover::ready(&mut conn) {
+                // The old server serves on; this one never touched the connection.
+                std::mem::forget(session);
+                return Err(e.into());
+            }
+            tracing::info!(
+                inodes = state.nodes.len(),
+                reads = state.reads.len(),
+                dirs = state.dirs.len(),
+                "took the mount over"
+            );
+            let control = control.or_else(|| opts.control.as_deref().and_then(listen_or_warn));
+            (session, state.proto, control)
         }
-    })?;
-    tracing::info!(mountpoint = %opts.mountpoint.display(), buckets = fsname, "mounted");
-    if opts.read_ahead_kb > 0 {
+        None => {
+            let control = opts.control.as_deref().and_then(listen_or_warn);
+            let session =
+                fuser::Session::new(adapter, &opts.mountpoint, &config).map_err(mount_err)?;
+            let proto = session.proto_version().map_or((7, 31), |v| (v.0, v.1));
+            (session, proto, control)
+        }
+    };
+    let handover = Arc::new(takeover::Handover {
+        fs,
+        in_flight,
+        pauser: session.pauser(),
+        proto,
+        dev: session.as_fd().try_clone_to_owned().map_err(mount_err)?,
+        done: AtomicBool::new(false),
+    });
+    let session = session.spawn().map_err(mount_err)?;
+    if let Some(l) = control {
+        handover.listen_in_background(l);
+    }
+    tracing::info!(mountpoint = %opts.mountpoint.display(), buckets = fsname, taken_over = resumed, "mounted");
+    if opts.read_ahead_kb > 0 && !resumed {
         if let Err(e) = set_read_ahead(&opts.mountpoint, opts.read_ahead_kb) {
             tracing::warn!(error = %e, "cannot raise the kernel readahead; sequential reads will be slower");
         }
@@ -296,44 +368,76 @@ pub fn run(opts: MountOptions, ready: impl FnOnce()) -> Result<(), SessionError>
     }
     ready();
 
-    let signalled = rt.block_on(async {
+    let end = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = term.recv() => return Ok::<bool, io::Error>(true),
-                _ = int.recv() => return Ok(true),
+                _ = term.recv() => return Ok::<End, io::Error>(End::Signalled),
+                _ = int.recv() => return Ok(End::Signalled),
                 _ = tick.tick() => {
+                    if handover.done.load(Ordering::Acquire) {
+                        return Ok(End::HandedOver);
+                    }
                     if session.guard.is_finished() {
-                        return Ok(false);
+                        return Ok(End::Unmounted);
                     }
                 }
             }
         }
     })?;
     let mountpoint = &opts.mountpoint;
-    if signalled {
-        tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-        match session.umount_and_join() {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                // Files are still open: detach now; they fail once this
-                // process exits and the FUSE connection closes.
-                tracing::warn!(mountpoint = %mountpoint.display(), "mountpoint busy, unmounting lazily");
-                nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                    .map_err(io::Error::from)?;
-            }
-            Err(e) => tracing::debug!(error = %e, "FUSE session ended with an error"),
+    match end {
+        End::HandedOver => {
+            tracing::info!(mountpoint = %mountpoint.display(), "handed over to a new server; exiting without unmounting");
+            // Dropping the session would unmount; the loops stay parked.
+            std::mem::forget(session);
         }
-    } else {
-        tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside");
-        // The path may hold another mount by now: leave it alone.
-        crate::unmounted::forget_session(session, Duration::from_secs(5));
+        End::Signalled if resumed => {
+            tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
+            // fuser holds no mount of a taken-over connection: ours to end.
+            unmount(mountpoint)?;
+            crate::unmounted::forget_session(session, Duration::from_secs(5));
+        }
+        End::Signalled => {
+            tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
+            match session.umount_and_join() {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // Files are still open: detach now; they fail once this
+                    // process exits and the FUSE connection closes.
+                    tracing::warn!(mountpoint = %mountpoint.display(), "mountpoint busy, unmounting lazily");
+                    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                        .map_err(io::Error::from)?;
+                }
+                Err(e) => tracing::debug!(error = %e, "FUSE session ended with an error"),
+            }
+        }
+        End::Unmounted => {
+            tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside");
+            // The path may hold another mount by now: leave it alone.
+            crate::unmounted::forget_session(session, Duration::from_secs(5));
+        }
     }
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
+}
+
+/// Why a server stops serving.
+enum End {
+    Signalled,
+    Unmounted,
+    HandedOver,
+}
+
+/// The control socket, or none (the bucket is served all the same, only
+/// not taken over: an upgrade replaces its server instead).
+fn listen_or_warn(path: &Path) -> Option<UnixListener> {
+    takeover::bind_control(path)
+        .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "no takeover of this mount possible"))
+        .ok()
 }
 
 /// FUSE tells the kernel 128 KiB of readahead at most, so sequential reads
@@ -373,11 +477,19 @@ async fn write_metrics(path: PathBuf, metrics: Arc<S3Metrics>) {
 /// A minimal `/metrics` endpoint: every request gets the registry text.
 async fn serve_metrics(addr: SocketAddr, metrics: Arc<S3Metrics>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(%addr, error = %e, "cannot serve metrics");
-            return;
+    // A server taking a mount over binds once the old one has let go.
+    let mut tries = 0;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 150 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot serve metrics");
+                return;
+            }
         }
     };
     loop {

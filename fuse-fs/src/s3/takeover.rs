@@ -1,0 +1,163 @@
+//! Live takeover of a bucket mount: the old server's control socket and
+//! the new server's side (see [`crate::handoff`] for the wire and
+//! [`super::fs::handoff`] for the state).
+//!
+//! The adapter answers each request on a tokio task, so parking fuser's
+//! loops does not drain it: after parking, the old server also waits until
+//! the adapter's in-flight count is 0, then exports. An open upload refuses
+//! the takeover (the old server serves on; the caller retries later).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::SessionPauser;
+
+use super::fs::handoff::S3State;
+use super::fs::S3Fs;
+use super::store::ObjectStore;
+use crate::handoff::{self as wire, HandoffError};
+
+/// How long a takeover may keep requests waiting for the new server (and
+/// for the requests in flight to be answered).
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the old server needs to hand its mount over, shared with the
+/// control thread.
+pub struct Handover<S> {
+    pub fs: Arc<S3Fs<S>>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub pauser: SessionPauser,
+    pub proto: (u32, u32),
+    /// A duplicate of the session's `/dev/fuse` descriptor.
+    pub dev: OwnedFd,
+    /// Set for good once a new server serves.
+    pub done: AtomicBool,
+}
+
+/// Binds the control socket (replacing one a dead server left), root only.
+pub fn bind_control(path: &Path) -> std::io::Result<UnixListener> {
+    if UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+impl<S: ObjectStore> Handover<S> {
+    /// Serves takeover requests on a thread until one succeeds.
+    pub fn listen_in_background(self: &Arc<Self>, l: UnixListener) {
+        let h = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hubfs-control".into())
+            .spawn(move || {
+                for conn in l.incoming() {
+                    let s = match conn {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control socket");
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                    };
+                    match h.hand_over(s, &l) {
+                        Ok(()) => {
+                            tracing::info!("handed the mount over to a new server");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "takeover failed; serving on"),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot serve the control socket; no takeover possible");
+        }
+    }
+
+    fn refuse(s: &mut UnixStream, why: String) -> Result<(), HandoffError> {
+        wire::refuse(s, &why)?;
+        Err(HandoffError::Refused(why))
+    }
+
+    /// One takeover: park the loops, drain the requests in flight, send the
+    /// state; on any failure before the new server is ready, serve on.
+    fn hand_over(&self, mut s: UnixStream, control: &UnixListener) -> Result<(), HandoffError> {
+        s.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
+        wire::read_request(&mut s, "s3")?;
+        let uploads = self.fs.open_uploads();
+        if uploads > 0 {
+            return Self::refuse(
+                &mut s,
+                format!("{uploads} upload(s) in progress (files open for writing); try again when they are closed"),
+            );
+        }
+        if let Err(e) = self.pauser.pause(HANDOVER_TIMEOUT) {
+            return Self::refuse(&mut s, e.to_string());
+        }
+        let r = (|| {
+            let deadline = Instant::now() + HANDOVER_TIMEOUT;
+            while self.in_flight.load(Ordering::Acquire) > 0 {
+                if Instant::now() > deadline {
+                    return Self::refuse(
+                        &mut s,
+                        "requests in flight did not end in time".to_string(),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let state = match self.fs.export(self.proto, Some(1)) {
+                Ok(st) => st,
+                Err(why) => return Self::refuse(&mut s, why),
+            };
+            let fds = [self.dev.as_fd(), control.as_fd()];
+            wire::send_package(&mut s, &state.encode(), &fds)?;
+            wire::wait_ready(&mut s)?;
+            wire::send_go(&mut s)
+        })();
+        match r {
+            Ok(()) => {
+                self.done.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                self.pauser.resume();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The new server's first half: asks the server listening on `from` for
+/// its mount. Returns the connection (for [`ready`]), the state, the
+/// `/dev/fuse` descriptor and the control socket's listener, if sent. The
+/// old server is paused from here until [`ready`] or the connection drops.
+pub fn request(
+    from: &Path,
+) -> Result<(UnixStream, S3State, OwnedFd, Option<UnixListener>), HandoffError> {
+    let mut s = UnixStream::connect(from)?;
+    wire::request(&mut s, "s3")?;
+    let (bytes, fds) = wire::receive_package(&mut s)?;
+    let state = S3State::decode(&bytes)?;
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let dev = fds
+        .first_mut()
+        .and_then(Option::take)
+        .ok_or_else(|| HandoffError::State("no /dev/fuse descriptor".into()))?;
+    let control = state
+        .control
+        .and_then(|i| fds.get_mut(i)?.take())
+        .map(UnixListener::from);
+    Ok((s, state, dev, control))
+}
+
+/// The new server's second half: it is ready; may it serve? An error:
+/// the old server serves on, and this one must not touch the connection.
+pub fn ready(s: &mut UnixStream) -> Result<(), HandoffError> {
+    wire::send_ready(s)?;
+    wire::wait_go(s)
+}
