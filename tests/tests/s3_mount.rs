@@ -459,6 +459,27 @@ fn s3_mount_writes_deletes_and_shows_several_buckets() {
     std::fs::write(root.join("two/small.txt"), b"hello").unwrap();
     let head = rt.block_on(s3.head("two", "sub/small.txt")).unwrap();
     assert_eq!(head.size, 5);
+    // A child started while a file is being written inherits the descriptor
+    // and closes it at exec (a FLUSH from another process): the upload goes
+    // on, and the writer's own close completes it. Parallel tests spawning
+    // processes once cut a write here with EOPNOTSUPP.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(root.join("one/newdir/spawned.txt")).unwrap();
+        f.write_all(b"before the child, ").unwrap();
+        assert!(Command::new("true").status().unwrap().success());
+        f.write_all(b"after it").unwrap();
+    }
+    let stored = rt.block_on(async {
+        collect(
+            s3.get_range("one", "newdir/spawned.txt", 0..u64::MAX, None)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(&stored[..], b"before the child, after it");
 
     // What S3 cannot do gets a clear errno.
     let e = std::fs::rename(root.join("one/old.txt"), root.join("one/new.txt")).unwrap_err();

@@ -648,10 +648,26 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(n)
     }
 
-    /// close(2) and fsync(2): completes an upload and reports its outcome.
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+    /// Records that thread `tid` opened `fh` (see [`Self::flush`]).
+    pub async fn opened_by(&self, fh: u64, tid: u32) {
+        if let Ok(Handle::Write(_, u)) = self.handle(fh) {
+            u.lock().await.opened_by(tid);
+        }
+    }
+
+    /// close(2) and fsync(2) by thread `tid`: completes an upload and
+    /// reports its outcome, if `tid` belongs to the process that opened the
+    /// file. Another process closing its inherited copy (a child's `exec`)
+    /// leaves the upload going; RELEASE completes it at the last close.
+    pub async fn flush(&self, fh: u64, tid: u32) -> Result<(), FsError> {
         match self.handle(fh) {
-            Ok(Handle::Write(ino, u)) => self.finish_upload(ino, &u).await,
+            Ok(Handle::Write(ino, u)) => {
+                if !u.lock().await.closed_by_opener(tid) {
+                    tracing::debug!(fh, tid, "flush by another process: the upload goes on");
+                    return Ok(());
+                }
+                self.finish_upload(ino, &u).await
+            }
             _ => Ok(()),
         }
     }

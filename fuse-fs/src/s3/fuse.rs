@@ -285,13 +285,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        let tid = req.pid();
         self.spawn(async move {
             match fs.open(ino.0, write, truncate).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    fs.opened_by(fh, tid).await;
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -341,15 +345,16 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
+        let tid = req.pid();
         self.spawn(async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(fh.0, tid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -493,7 +498,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -503,19 +508,23 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         let name = name.to_owned();
+        let tid = req.pid();
         self.spawn(async move {
             let r = match name_str(&name) {
                 Ok(n) => fs.create(parent.0, n).await,
                 Err(e) => Err(e),
             };
             match r {
-                Ok((a, fh)) => reply.created(
-                    &Duration::ZERO,
-                    &to_fuse(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((a, fh)) => {
+                    fs.opened_by(fh, tid).await;
+                    reply.created(
+                        &Duration::ZERO,
+                        &to_fuse(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -5,6 +5,13 @@
 //! is closed. Close (flush) completes the upload and reports its error, which
 //! is where a user can see it. A file smaller than one part becomes a single
 //! PutObject. Writes that are not at the end of what was written are refused.
+//!
+//! Every close of any copy of the descriptor is a FLUSH, including the
+//! kernel closing the copies a child inherited when it calls `exec` (every
+//! `subprocess`, every `Command::spawn` of a writer's other thread). So only
+//! a FLUSH from the process that opened the file completes the upload (as
+//! Mountpoint does); one from another process is ignored, and the last close
+//! (RELEASE) completes whatever is left.
 
 use std::sync::Arc;
 
@@ -37,6 +44,22 @@ pub struct Upload<S> {
     done_parts: Vec<UploadedPart>,
     finished: bool,
     failed: Option<ObjectError>,
+    /// The process (thread group id) that opened the file; 0 when unknown.
+    opener: u32,
+}
+
+/// The process (thread group) of the thread `tid` a FUSE request names;
+/// `None` when it cannot be told (0: the caller is outside the server's
+/// PID namespace, or it is gone).
+fn process_of(tid: u32) -> Option<u32> {
+    if tid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl<S: ObjectStore> Upload<S> {
@@ -54,6 +77,23 @@ impl<S: ObjectStore> Upload<S> {
             done_parts: Vec::new(),
             finished: false,
             failed: None,
+            opener: 0,
+        }
+    }
+
+    /// Remembers which process opened the file: the thread `tid` of the
+    /// CREATE or OPEN request.
+    pub fn opened_by(&mut self, tid: u32) {
+        self.opener = process_of(tid).unwrap_or(0);
+    }
+
+    /// Whether a FLUSH from thread `tid` is the opener closing the file
+    /// (true when either side cannot be told: the upload completes at
+    /// close, as it always did).
+    pub fn closed_by_opener(&self, tid: u32) -> bool {
+        match (self.opener, process_of(tid)) {
+            (0, _) | (_, None) => true,
+            (opener, Some(p)) => opener == p,
         }
     }
 

@@ -234,6 +234,46 @@ async fn read_only_by_default_and_clear_errors_for_what_s3_cannot_do() {
     assert!(s.object("bkt", "f").is_some());
 }
 
+/// A child that inherited the descriptor and calls `exec` closes its copy:
+/// a FLUSH from another process. The upload goes on, and the opener's
+/// close completes it (a `subprocess` started while a notebook writes a
+/// file once ended its upload half-way: the next write got EOPNOTSUPP).
+#[tokio::test]
+async fn a_flush_by_another_process_leaves_the_upload_going() {
+    let s = mem();
+    let mut cfg = FsConfig::new(vec![BucketSource::parse("bkt").unwrap()]);
+    cfg.allow_writes = true;
+    let fs = fs_with(s.clone(), cfg);
+    let me = nix::unistd::gettid().as_raw() as u32;
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let (_, fh) = fs.create(ROOT, "out.bin").await.unwrap();
+    fs.opened_by(fh, me).await;
+    fs.write(fh, 0, b"first half, ").await.unwrap();
+    fs.flush(fh, other.id()).await.unwrap();
+    assert!(s.object("bkt", "out.bin").is_none(), "not uploaded yet");
+    fs.write(fh, 12, b"second half").await.unwrap();
+    fs.flush(fh, me).await.unwrap();
+    assert_eq!(
+        s.object("bkt", "out.bin").unwrap(),
+        &b"first half, second half"[..]
+    );
+    fs.release(fh).await.unwrap();
+    let _ = other.kill();
+    let _ = other.wait();
+
+    // A flush that cannot tell (pid 0: the caller is outside the server's
+    // PID namespace) completes the upload, as close always did.
+    let (_, fh) = fs.create(ROOT, "b.bin").await.unwrap();
+    fs.opened_by(fh, me).await;
+    fs.write(fh, 0, b"b").await.unwrap();
+    fs.flush(fh, 0).await.unwrap();
+    assert_eq!(s.object("bkt", "b.bin").unwrap(), &b"b"[..]);
+    fs.release(fh).await.unwrap();
+}
+
 #[tokio::test]
 async fn writes_upload_new_files_on_close() {
     let s = mem();
@@ -250,7 +290,7 @@ async fn writes_upload_new_files_on_close() {
         fs.write(fh, (i << 20) as u64, chunk).await.unwrap();
     }
     assert_eq!(fs.getattr(a.ino).await.unwrap().size, 7 << 20);
-    fs.flush(fh).await.unwrap();
+    fs.flush(fh, 0).await.unwrap();
     fs.release(fh).await.unwrap();
     assert_eq!(s.object("bkt", "newdir/out.bin").unwrap().len(), 7 << 20);
     // The new file is listed and readable.
