@@ -295,6 +295,8 @@ def test_mounter_owns_the_fuse_servers_and_is_upgraded_by_a_takeover(variant):
         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
     c = container(m, "hubfs")
+    # FUSE reports callers' pids only inside the server's PID namespace.
+    assert m["spec"]["template"]["spec"]["hostPID"] is True
     assert "--take-over" in c["args"]
     ready = flag(c, "ready-file")
     assert len(ready) == 1 and not ready[0].startswith(v["stateDir"].rstrip("/") + "/")
