@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use hubfs::keeper::{MounterClient, ServerStatus, Servers};
 use hubfs_e2e::garage::{client, Garage};
+use hubfs_e2e::wait_until;
 use hubfs_fuse::s3::store::ObjectStore;
 use hubfs_proto::csi::{
     controller_client::ControllerClient,
@@ -490,15 +491,6 @@ fn dd(path: &Path, kib: u32) -> Output {
         .arg(format!("of={}", path.display()))
         .output()
         .unwrap()
-}
-
-fn wait_until(what: &str, bound: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread")]

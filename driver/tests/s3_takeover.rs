@@ -29,6 +29,11 @@ use hubfs_fuse::s3::session::{probe, MountState};
 use hubfs_fuse::s3::store::ObjectStore;
 use sha2::{Digest, Sha256};
 
+use hubfs_e2e::{wait_exit, wait_until};
+
+/// How long any wait of these tests may take on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(120);
+
 const MIB: usize = 1 << 20;
 
 /// One test at a time: a fork while the other test's mount is paused for
@@ -174,29 +179,6 @@ impl Bucket {
             .collect();
         assert_eq!(ids.len(), 1, "one mount at {at}: {ids:?}");
         ids[0].clone()
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {} did not exit",
-            child.id()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -349,7 +331,7 @@ fn a_bucket_server_is_taken_over_under_a_streaming_reader_and_a_lister() {
         let (p, n, s, c) = (b.mnt.join(deep), names.clone(), stop.clone(), lc.clone());
         std::thread::spawn(move || lister(p, n, 1000, s, c))
     };
-    wait_until("a first pass of each", || {
+    wait_until("a first pass of each", PATIENCE, || {
         rc.passes.load(Ordering::Relaxed) >= 1 && lc.passes.load(Ordering::Relaxed) >= 10
     });
     // The peers: the longest calls of a stretch without takeover (after
@@ -357,7 +339,7 @@ fn a_bucket_server_is_taken_over_under_a_streaming_reader_and_a_lister() {
     rc.longest_us.store(0, Ordering::Relaxed);
     lc.longest_us.store(0, Ordering::Relaxed);
     let passes = rc.passes.load(Ordering::Relaxed);
-    wait_until("two passes without takeover", || {
+    wait_until("two passes without takeover", PATIENCE, || {
         rc.passes.load(Ordering::Relaxed) >= passes + 2
     });
     let plain = (
@@ -373,10 +355,14 @@ fn a_bucket_server_is_taken_over_under_a_streaming_reader_and_a_lister() {
         rc.passes.load(Ordering::Relaxed),
         lc.passes.load(Ordering::Relaxed),
     );
-    wait_until("two more passes of each on the new server", || {
-        rc.passes.load(Ordering::Relaxed) >= passes + 2
-            && lc.passes.load(Ordering::Relaxed) >= listings + 10
-    });
+    wait_until(
+        "two more passes of each on the new server",
+        PATIENCE,
+        || {
+            rc.passes.load(Ordering::Relaxed) >= passes + 2
+                && lc.passes.load(Ordering::Relaxed) >= listings + 10
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     r.join().unwrap();
     l.join().unwrap();
@@ -488,7 +474,7 @@ fn an_open_upload_refuses_the_takeover_and_completes() {
     );
     let mut pipe = dd.0.stdin.take().unwrap();
     pipe.write_all(&data[..9 * MIB]).unwrap();
-    wait_until("the upload is open", || path.exists());
+    wait_until("the upload is open", PATIENCE, || path.exists());
 
     let (status, err) = stderr_of(b.take_over(true));
     assert!(!status.success(), "the takeover is refused");
@@ -620,7 +606,9 @@ fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
     let ids = mount_ids_at(&target);
     assert_eq!(ids.len(), 1);
     let ctl = control_path(&state, &spec);
-    wait_until("the bucket server's control socket", || ctl.exists());
+    wait_until("the bucket server's control socket", PATIENCE, || {
+        ctl.exists()
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     let rc = Arc::new(Counts::default());
@@ -633,20 +621,22 @@ fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
         );
         std::thread::spawn(move || reader(p, w, s, c))
     };
-    wait_until("a first pass", || rc.passes.load(Ordering::Relaxed) >= 1);
+    wait_until("a first pass", PATIENCE, || {
+        rc.passes.load(Ordering::Relaxed) >= 1
+    });
     let ready = d.join("new.ready");
     let mut new = mounter_container(
         &state,
         &["--take-over", "--ready-file", ready.to_str().unwrap()],
     );
-    wait_until("the new mounter is ready", || ready.exists());
+    wait_until("the new mounter is ready", PATIENCE, || ready.exists());
     hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "new mounter");
     assert!(old.0.try_wait().unwrap().is_none(), "the old mounter idles");
     sigterm_mounter(&old);
     let status = wait_exit(&mut old.0, Duration::from_secs(10));
     assert!(status.success(), "the old mounter exits cleanly: {status}");
     let passes = rc.passes.load(Ordering::Relaxed);
-    wait_until("two more passes", || {
+    wait_until("two more passes", PATIENCE, || {
         rc.passes.load(Ordering::Relaxed) >= passes + 2
     });
     stop.store(true, Ordering::Relaxed);
@@ -700,7 +690,9 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
         );
         std::thread::spawn(move || reader(p, w, s, c))
     };
-    wait_until("a first pass", || rc.passes.load(Ordering::Relaxed) >= 1);
+    wait_until("a first pass", PATIENCE, || {
+        rc.passes.load(Ordering::Relaxed) >= 1
+    });
 
     // A "new server" that takes the whole package and dies before ready.
     let mut s = std::os::unix::net::UnixStream::connect(&b.ctl).unwrap();
@@ -713,7 +705,7 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
     drop(s);
 
     let passes = rc.passes.load(Ordering::Relaxed);
-    wait_until("two more passes on the old server", || {
+    wait_until("two more passes on the old server", PATIENCE, || {
         rc.passes.load(Ordering::Relaxed) >= passes + 2
     });
     assert!(
@@ -724,7 +716,7 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
     let new = b.take_over(false);
     assert!(wait_exit(&mut old.0, Duration::from_secs(60)).success());
     let passes = rc.passes.load(Ordering::Relaxed);
-    wait_until("two more passes on the new server", || {
+    wait_until("two more passes on the new server", PATIENCE, || {
         rc.passes.load(Ordering::Relaxed) >= passes + 2
     });
     stop.store(true, Ordering::Relaxed);

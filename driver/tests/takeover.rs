@@ -27,6 +27,11 @@ use hubfs_proto::quota::{
 };
 use sha2::{Digest, Sha256};
 
+use hubfs_e2e::{wait_exit, wait_until};
+
+/// How long any wait of these tests may take on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(90);
+
 const MIB: usize = 1 << 20;
 
 /// The tests of this file run one at a time: a test that forks (to start a
@@ -302,29 +307,6 @@ fn writer(path: PathBuf, stop: Arc<AtomicBool>, c: Arc<Counts>) -> Vec<u8> {
     all
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {} did not exit",
-            child.id()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 struct Load {
     stop: Arc<AtomicBool>,
     readers: Vec<(std::thread::JoinHandle<()>, Arc<Counts>)>,
@@ -372,7 +354,7 @@ impl Load {
     /// Waits until every reader and the writer made `n` more passes.
     fn advance(&self, n: u64) {
         let from = self.progress();
-        wait_until("readers and writer make progress", || {
+        wait_until("readers and writer make progress", PATIENCE, || {
             self.progress()
                 .iter()
                 .zip(&from)
@@ -639,7 +621,7 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
     let ids = mount_ids_at(&target);
     assert_eq!(ids.len(), 1);
     let ctl = state.join("homes/home-u1/ctl.sock");
-    wait_until("the home's walk ends", || {
+    wait_until("the home's walk ends", PATIENCE, || {
         hubfs_e2e::home::usage_xattr(&target).contains("baseline=1")
     });
     assert!(
@@ -654,7 +636,7 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
         &state,
         &["--take-over", "--ready-file", ready.to_str().unwrap()],
     );
-    wait_until("the new mounter is ready", || ready.exists());
+    wait_until("the new mounter is ready", PATIENCE, || ready.exists());
     hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "new mounter");
     // The old one owns nothing now and waits for its pod's deletion.
     assert!(old.try_wait().unwrap().is_none(), "the old mounter idles");

@@ -238,6 +238,14 @@ pub fn send_go(s: &mut UnixStream) -> Result<()> {
     Ok(())
 }
 
+/// Old server, every filesystem alike: the package, the new server's
+/// *ready*, then *go*. An error before *go* means the old one serves on.
+pub fn hand_over(s: &mut UnixStream, state: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+    send_package(s, state, fds)?;
+    wait_ready(s)?;
+    send_go(s)
+}
+
 /// New server: may it serve? Any other end: the old one serves on.
 pub fn wait_go(s: &mut UnixStream) -> Result<()> {
     expect(s, GO, "go")

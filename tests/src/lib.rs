@@ -10,7 +10,7 @@ pub mod hub;
 pub mod kube;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,35 @@ fn newest_file(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>
             Ok(t) if t.is_file() => consider(&path, newest),
             _ => {}
         }
+    }
+}
+
+/// Polls `f` until it holds, failing the test with `what` after `within`;
+/// returns how long it took.
+#[track_caller]
+pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+/// Waits for `child` to exit, failing the test after `within`.
+#[track_caller]
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait for a child") {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {} did not exit within {within:?}",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

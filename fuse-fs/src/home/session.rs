@@ -456,21 +456,17 @@ impl Handover {
         self.paused.store(true, Ordering::Release);
         // A settle under way finishes before the figures are taken.
         drop(self.settling.lock());
-        let r = (|| {
-            let e = self.fs.export(
-                &self.io,
-                BackingId::raw_id,
-                self.proto,
-                self.passthrough.load(Ordering::Relaxed),
-                Some(1),
-                2,
-            );
-            let mut fds = vec![self.dev.as_fd(), control];
-            fds.extend(e.fds());
-            wire::send_package(&mut s, &e.state.encode(), &fds)?;
-            wire::wait_ready(&mut s)?;
-            wire::send_go(&mut s)
-        })();
+        let e = self.fs.export(
+            &self.io,
+            BackingId::raw_id,
+            self.proto,
+            self.passthrough.load(Ordering::Relaxed),
+            Some(1),
+            2,
+        );
+        let mut fds = vec![self.dev.as_fd(), control];
+        fds.extend(e.fds());
+        let r = wire::hand_over(&mut s, &e.state.encode(), &fds);
         match r {
             Ok(()) => {
                 self.done.store(true, Ordering::Release);

@@ -115,9 +115,7 @@ impl<S: ObjectStore> Handover<S> {
                 Err(why) => return Self::refuse(&mut s, why),
             };
             let fds = [self.dev.as_fd(), control.as_fd()];
-            wire::send_package(&mut s, &state.encode(), &fds)?;
-            wire::wait_ready(&mut s)?;
-            wire::send_go(&mut s)
+            wire::hand_over(&mut s, &state.encode(), &fds)
         })();
         match r {
             Ok(()) => {
