@@ -23,7 +23,9 @@
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -249,6 +251,102 @@ pub fn hand_over(s: &mut UnixStream, state: &[u8], fds: &[BorrowedFd<'_>]) -> Re
 /// New server: may it serve? Any other end: the old one serves on.
 pub fn wait_go(s: &mut UnixStream) -> Result<()> {
     expect(s, GO, "go")
+}
+
+/// Binds a server's control socket, root only. A socket a dead server left
+/// is replaced; a live one never is (a taking-over server receives its
+/// listener in the package instead of binding).
+pub fn bind_control(path: &Path) -> io::Result<UnixListener> {
+    if UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Old server: serves takeover requests on `l`, on a thread of its own,
+/// until `hand_over` (given the connection and the listener's descriptor,
+/// which it sends along) succeeds for one: the new server has the mount.
+pub fn serve_control<F>(l: UnixListener, mut hand_over: F)
+where
+    F: FnMut(UnixStream, BorrowedFd<'_>) -> Result<()> + Send + 'static,
+{
+    let spawned = std::thread::Builder::new()
+        .name("hubfs-control".into())
+        .spawn(move || {
+            for conn in l.incoming() {
+                let s = match conn {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                match hand_over(s, l.as_fd()) {
+                    Ok(()) => {
+                        tracing::info!("handed the mount over to a new server");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "takeover failed; serving on"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot serve the control socket; no takeover possible");
+    }
+}
+
+/// What a new server received from the old one: the state, `/dev/fuse`,
+/// and the other descriptors by their index in the package (0 is `dev`).
+pub struct Package {
+    /// The connection, for the last word ([`Pending::ready`]).
+    pub pending: Pending,
+    pub state: Vec<u8>,
+    pub dev: OwnedFd,
+    pub fds: Vec<Option<OwnedFd>>,
+}
+
+impl Package {
+    /// New server: asks the server at the other end of `s` for its `kind`
+    /// mount. The old server is paused from here until [`Package::ready`]
+    /// or the connection drops.
+    pub fn request(mut s: UnixStream, kind: &str) -> Result<Package> {
+        request(&mut s, kind)?;
+        let (state, fds) = receive_package(&mut s)?;
+        let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+        let dev = fds
+            .first_mut()
+            .and_then(Option::take)
+            .ok_or_else(|| HandoffError::State("no /dev/fuse descriptor".into()))?;
+        Ok(Package {
+            pending: Pending(s),
+            state,
+            dev,
+            fds,
+        })
+    }
+
+    /// The control socket's listener the state names at `index`, if sent.
+    pub fn listener(&mut self, index: Option<usize>) -> Option<UnixListener> {
+        index
+            .and_then(|i| self.fds.get_mut(i)?.take())
+            .map(UnixListener::from)
+    }
+}
+
+/// A new server's connection to the old one, paused until [`Pending::ready`].
+pub struct Pending(UnixStream);
+
+impl Pending {
+    /// New server: it is ready; may it serve? An error: the old server
+    /// serves on, and this one must not touch the connection.
+    pub fn ready(&mut self) -> Result<()> {
+        send_ready(&mut self.0)?;
+        wait_go(&mut self.0)
+    }
 }
 
 #[cfg(test)]

@@ -193,27 +193,11 @@ fn open_fs(opts: &HomeOptions) -> Result<Arc<HomeFs>, MountError> {
     Ok(Arc::new(fs))
 }
 
-fn bind_control(path: &Path) -> Result<UnixListener, MountError> {
-    let err = |source| MountError::Control {
-        path: path.to_path_buf(),
-        source,
-    };
-    // A socket left by a server that died; a live one is never replaced
-    // (a taking-over server receives its listener instead of binding).
-    if UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    let l = UnixListener::bind(path).map_err(err)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(l)
-}
-
 /// The control socket, or none (the home is served all the same, only
 /// not taken over: an upgrade replaces its server instead).
 fn listen_or_warn(path: &Path) -> Option<UnixListener> {
-    bind_control(path)
-        .inspect_err(|e| tracing::warn!(error = %e, "no takeover of this mount possible"))
+    wire::bind_control(path)
+        .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "no takeover of this mount possible"))
         .ok()
 }
 
@@ -263,23 +247,17 @@ pub fn take_over(
 ) -> Result<HomeMount, MountError> {
     let config = fuse_config(opts)?;
     let fs = open_fs(opts)?;
-    let mut s = UnixStream::connect(from).map_err(|source| MountError::Control {
+    let s = UnixStream::connect(from).map_err(|source| MountError::Control {
         path: from.to_path_buf(),
         source,
     })?;
-    wire::request(&mut s, "home")?;
-    let (bytes, fds) = wire::receive_package(&mut s)?;
-    let state = HomeState::decode(&bytes)?;
-    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-    let dev = fds
-        .first_mut()
-        .and_then(Option::take)
-        .ok_or_else(|| HandoffError::State("no /dev/fuse descriptor".into()))?;
-    let control = match state.control.and_then(|i| fds.get_mut(i)?.take()) {
-        Some(fd) => Some(UnixListener::from(fd)),
-        None => opts.control.as_deref().and_then(listen_or_warn),
-    };
-    fs.adopt(&state, &mut fds)?;
+    let mut package = wire::Package::request(s, "home")?;
+    let state = HomeState::decode(&package.state)?;
+    let control = package
+        .listener(state.control)
+        .or_else(|| opts.control.as_deref().and_then(listen_or_warn));
+    fs.adopt(&state, &mut package.fds)?;
+    let dev = package.dev;
     let fuse = HomeFuse::new(fs.clone(), state.passthrough);
     let (io, passthrough) = fuse.shared();
     let mount_err = |source| MountError::Mount {
@@ -293,8 +271,7 @@ pub fn take_over(
     io.import(&state.io_handles, &state.io_backings, |id| {
         session.adopt_backing(id)
     });
-    let ready = wire::send_ready(&mut s).and_then(|()| wire::wait_go(&mut s));
-    if let Err(e) = ready {
+    if let Err(e) = package.pending.ready() {
         // The old server serves on: the backing ids are its, not ours to
         // close (dropping them would).
         std::mem::forget(session);
@@ -397,12 +374,7 @@ fn start(
         .flatten();
     if let Some(l) = control {
         let h = handover.clone();
-        let spawned = std::thread::Builder::new()
-            .name("hubfs-control".into())
-            .spawn(move || h.listen(l));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot serve the control socket; no takeover possible");
-        }
+        wire::serve_control(l, move |s, control| h.hand_over(s, control));
     }
     HomeMount {
         session: Some(session),
@@ -418,27 +390,6 @@ fn start(
 }
 
 impl Handover {
-    /// Serves takeover requests until one succeeds.
-    fn listen(&self, l: UnixListener) {
-        for conn in l.incoming() {
-            let s = match conn {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket");
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            };
-            match self.hand_over(s, l.as_fd()) {
-                Ok(()) => {
-                    tracing::info!("handed the mount over to a new server");
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, "takeover failed; serving on"),
-            }
-        }
-    }
-
     /// One takeover: park the loops, send everything, wait for the new
     /// server; on any failure before it is ready, serve on.
     fn hand_over(&self, mut s: UnixStream, control: BorrowedFd<'_>) -> Result<(), HandoffError> {

@@ -279,7 +279,7 @@ pub fn run(
     let mut fs = S3Fs::new(store, opts.fs_config(), limiter)
         .map_err(SessionError::Invalid)?
         .with_metrics(metrics.clone());
-    if let Some((_, state, _, _)) = &adopted {
+    if let Some((_, state)) = &adopted {
         fs.adopt(state)?;
     }
     let fs = Arc::new(fs);
@@ -316,11 +316,13 @@ pub fn run(
     };
     let resumed = adopted.is_some();
     let (session, proto, control) = match adopted {
-        Some((mut conn, state, dev, control)) => {
+        Some((mut package, state)) => {
+            let control = package.listener(state.control);
             let version = fuser::Version(state.proto.0, state.proto.1);
-            let session = fuser::Session::resume(adapter, dev, config.acl, config.clone(), version)
-                .map_err(mount_err)?;
-            if let Err(e) = takeover::ready(&mut conn) {
+            let session =
+                fuser::Session::resume(adapter, package.dev, config.acl, config.clone(), version)
+                    .map_err(mount_err)?;
+            if let Err(e) = package.pending.ready() {
                 // The old server serves on; this one never touched the connection.
                 std::mem::forget(session);
                 return Err(e.into());
@@ -435,7 +437,7 @@ enum End {
 /// The control socket, or none (the bucket is served all the same, only
 /// not taken over: an upgrade replaces its server instead).
 fn listen_or_warn(path: &Path) -> Option<UnixListener> {
-    takeover::bind_control(path)
+    crate::handoff::bind_control(path)
         .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "no takeover of this mount possible"))
         .ok()
 }

@@ -7,7 +7,7 @@
 //! the adapter's in-flight count is 0, then exports. An open upload refuses
 //! the takeover (the old server serves on; the caller retries later).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,45 +38,11 @@ pub struct Handover<S> {
     pub done: AtomicBool,
 }
 
-/// Binds the control socket (replacing one a dead server left), root only.
-pub fn bind_control(path: &Path) -> std::io::Result<UnixListener> {
-    if UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    let l = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
-}
-
 impl<S: ObjectStore> Handover<S> {
     /// Serves takeover requests on a thread until one succeeds.
     pub fn listen_in_background(self: &Arc<Self>, l: UnixListener) {
         let h = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("hubfs-control".into())
-            .spawn(move || {
-                for conn in l.incoming() {
-                    let s = match conn {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "control socket");
-                            std::thread::sleep(Duration::from_millis(100));
-                            continue;
-                        }
-                    };
-                    match h.hand_over(s, &l) {
-                        Ok(()) => {
-                            tracing::info!("handed the mount over to a new server");
-                            return;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "takeover failed; serving on"),
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot serve the control socket; no takeover possible");
-        }
+        wire::serve_control(l, move |s, control| h.hand_over(s, control));
     }
 
     fn refuse(s: &mut UnixStream, why: String) -> Result<(), HandoffError> {
@@ -86,7 +52,7 @@ impl<S: ObjectStore> Handover<S> {
 
     /// One takeover: park the loops, drain the requests in flight, send the
     /// state; on any failure before the new server is ready, serve on.
-    fn hand_over(&self, mut s: UnixStream, control: &UnixListener) -> Result<(), HandoffError> {
+    fn hand_over(&self, mut s: UnixStream, control: BorrowedFd<'_>) -> Result<(), HandoffError> {
         s.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
         wire::read_request(&mut s, "s3")?;
         let uploads = self.fs.open_uploads();
@@ -114,7 +80,7 @@ impl<S: ObjectStore> Handover<S> {
                 Ok(st) => st,
                 Err(why) => return Self::refuse(&mut s, why),
             };
-            let fds = [self.dev.as_fd(), control.as_fd()];
+            let fds = [self.dev.as_fd(), control];
             wire::hand_over(&mut s, &state.encode(), &fds)
         })();
         match r {
@@ -131,31 +97,9 @@ impl<S: ObjectStore> Handover<S> {
 }
 
 /// The new server's first half: asks the server listening on `from` for
-/// its mount. Returns the connection (for [`ready`]), the state, the
-/// `/dev/fuse` descriptor and the control socket's listener, if sent. The
-/// old server is paused from here until [`ready`] or the connection drops.
-pub fn request(
-    from: &Path,
-) -> Result<(UnixStream, S3State, OwnedFd, Option<UnixListener>), HandoffError> {
-    let mut s = UnixStream::connect(from)?;
-    wire::request(&mut s, "s3")?;
-    let (bytes, fds) = wire::receive_package(&mut s)?;
-    let state = S3State::decode(&bytes)?;
-    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-    let dev = fds
-        .first_mut()
-        .and_then(Option::take)
-        .ok_or_else(|| HandoffError::State("no /dev/fuse descriptor".into()))?;
-    let control = state
-        .control
-        .and_then(|i| fds.get_mut(i)?.take())
-        .map(UnixListener::from);
-    Ok((s, state, dev, control))
-}
-
-/// The new server's second half: it is ready; may it serve? An error:
-/// the old server serves on, and this one must not touch the connection.
-pub fn ready(s: &mut UnixStream) -> Result<(), HandoffError> {
-    wire::send_ready(s)?;
-    wire::wait_go(s)
+/// its mount (see [`wire::Package`]): the package and the state in it.
+pub fn request(from: &Path) -> Result<(wire::Package, S3State), HandoffError> {
+    let package = wire::Package::request(UnixStream::connect(from)?, "s3")?;
+    let state = S3State::decode(&package.state)?;
+    Ok((package, state))
 }
