@@ -71,28 +71,30 @@ impl SupervisorConfig {
             true => Stdio::from(secrets.pipe(spec)?),
             false => Stdio::null(),
         };
-        let mut args: Vec<std::ffi::OsString> = spec.args.iter().map(Into::into).collect();
-        let at = 3.min(args.len());
-        args.splice(at..at, extra.iter().cloned());
+        let given = |flag: &str| spec.args.iter().any(|a| a == flag);
+        let mut added: Vec<std::ffi::OsString> = Vec::new();
+        if !given("--control") {
+            // A new server can take the mount over (an upgrade).
+            let ctl = super::control_path(&self.state_dir, spec);
+            added.extend(["--control".into(), ctl.into_os_string()]);
+        }
+        if spec.kind == Kind::S3 && !given("--metrics-file") {
+            // Served by the mounter with every other server's (`metrics`).
+            let file = super::metrics::metrics_file(&mp);
+            added.extend(["--metrics-file".into(), file.into_os_string()]);
+        }
         if let (Some(c), Kind::S3) = (&self.s3_cache, spec.kind) {
-            let cache = [
+            added.extend([
                 "--cache-dir".into(),
                 c.dir_of(spec).into_os_string(),
                 "--cache-size".into(),
                 c.size.to_string().into(),
-            ];
-            args.splice(at..at, cache);
+            ]);
         }
-        if spec.kind == Kind::S3 && !spec.args.iter().any(|a| a == "--metrics-file") {
-            // Served by the mounter with every other server's (`metrics`).
-            let file = super::metrics::metrics_file(&mp).into_os_string();
-            args.splice(at..at, ["--metrics-file".into(), file]);
-        }
-        if !spec.args.iter().any(|a| a == "--control") {
-            // A new server can take the mount over (an upgrade).
-            let ctl = super::control_path(&self.state_dir, spec).into_os_string();
-            args.splice(at..at, ["--control".into(), ctl]);
-        }
+        added.extend(extra.iter().cloned());
+        let mut args: Vec<std::ffi::OsString> = spec.args.iter().map(Into::into).collect();
+        let at = 3.min(args.len());
+        args.splice(at..at, added);
         let mut cmd = Command::new(&self.exe);
         cmd.args(&args).arg(&mp).stdin(stdin);
         Ok(cmd)
@@ -564,9 +566,7 @@ impl Supervisor {
     pub fn releasing(&self) -> bool {
         self.inner.lock().released
     }
-}
 
-impl Supervisor {
     /// Drops what a server that stopped for good leaves: its credentials
     /// and its data cache.
     fn forget(&self, spec: &ServerSpec) {
