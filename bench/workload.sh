@@ -14,6 +14,12 @@
 # After the times, the FUSE requests each step sent to the hubfs daemon
 # (last round; read from the root's user.hubfs.requests attribute): counts
 # are what the kernel's caches save, and do not vary with the machine.
+# Last, the floor: the round trip of one request that does nothing (a
+# GETXATTR of a name nobody set, which the kernel never caches) on each FUSE
+# home against the same system call natively, and what each step's requests
+# cost at that rate: how much of hubfs's extra time is the round trips
+# themselves, and the least any FUSE layer on this kernel could take for
+# the untar (three synchronous requests per new file: LOOKUP, CREATE, WRITE).
 # Needs root, bindfs, python3 and git. Warm page cache on a fresh tmpfs (the
 # layer's own cost; on NFS the share's latency dwarfs it).
 #
@@ -133,3 +139,40 @@ printf '%-8s' step; for k in $REQ_KINDS; do printf ' %11s' "$k"; done; echo
 for s in $STEPS; do
     printf '%-8s' "$s"; for k in $REQ_KINDS; do printf ' %11s' "${R[$s.$k]}"; done; echo
 done
+
+# rtt HOME: microseconds per GETXATTR of an unset name (median of 5 x 20,000).
+rtt() {
+    as_user "$1" "$PY - '$1'" <<'PY'
+import os, sys, time
+def run(n=20000):
+    t = time.perf_counter()
+    for _ in range(n):
+        try:
+            os.getxattr(sys.argv[1], "user.hubfs-bench-unset")
+        except OSError:
+            pass
+    return (time.perf_counter() - t) / n * 1e6
+print(f"{sorted(run() for _ in range(5))[2]:.2f}")
+PY
+}
+declare -A RTT
+for where in native hubfs bindfs; do RTT[$where]=$(rtt "$BASE/$where"); done
+trip=$(echo "${RTT[hubfs]} - ${RTT[native]}" | bc -l)
+echo
+printf 'request round trip (GETXATTR of an unset name, us): native %.2f  hubfs %.2f  bindfs %.2f  -> one FUSE round trip through hubfs %.2f us\n' \
+    "${RTT[native]}" "${RTT[hubfs]}" "${RTT[bindfs]}" "$trip"
+printf '%-8s %10s %14s %12s %14s\n' step requests "extra us/req" "round trips" "floor/native"
+for s in $STEPS; do
+    vals=(); for round in $(seq "$ROUNDS"); do vals+=("${T[native.$s.$round]}"); done; n=$(median "${vals[@]}")
+    vals=(); for round in $(seq "$ROUNDS"); do vals+=("${T[hubfs.$s.$round]}"); done; h=$(median "${vals[@]}")
+    req=${R[$s.total]}
+    # extra us/req: hubfs's time beyond native per request; round trips: the
+    # requests at the measured round trip (s); floor: native plus those.
+    printf '%-8s %10d %14.1f %12.3f %13.2fx\n' "$s" "$req" \
+        "$(echo "($h - $n) * 1000000 / $req" | bc -l)" \
+        "$(echo "$req * $trip / 1000000" | bc -l)" \
+        "$(echo "($n + $req * $trip / 1000000) / $n" | bc -l)"
+done
+vals=(); for round in $(seq "$ROUNDS"); do vals+=("${T[native.untar.$round]}"); done; n=$(median "${vals[@]}")
+printf 'untar floor for any FUSE layer (3 synchronous requests per new file): %.2fx native\n' \
+    "$(echo "($n + 3 * 5000 * $trip / 1000000) / $n" | bc -l)"

@@ -47,13 +47,14 @@ impl Channel {
         }
     }
 
-    /// hubfs takeover patch: one read of a non-blocking device, retrying
-    /// only what FUSE says is safe to retry at once (ENOENT, EINTR); EAGAIN
-    /// (nothing queued) is returned so the caller can poll.
-    pub(crate) fn receive_nonblocking(&self, buffer: &mut [u8]) -> nix::Result<usize> {
+    /// hubfs takeover patch: one read of the device, retrying only ENOENT
+    /// (a request interrupted before it was read); EINTR (a signal asking
+    /// the loop to park) and EAGAIN (a non-blocking device with nothing
+    /// queued) are returned to the caller.
+    pub(crate) fn receive_interruptible(&self, buffer: &mut [u8]) -> nix::Result<usize> {
         loop {
             match self.receive(buffer) {
-                Err(Errno::ENOENT | Errno::EINTR) => continue,
+                Err(Errno::ENOENT) => continue,
                 r => return r,
             }
         }

@@ -45,7 +45,7 @@ use crate::mnt::mount_options::check_option_conflicts;
 use crate::notify::Notifier;
 use crate::pause::Gate;
 use crate::pause::SessionPauser;
-use crate::pause::set_nonblocking;
+use crate::pause::set_blocking;
 use crate::read_buf::FuseReadBuf;
 use crate::reply::Reply;
 use crate::reply::ReplyRaw;
@@ -357,9 +357,9 @@ impl<FS: Filesystem> Session<FS> {
         let mut threads = Vec::with_capacity(n_threads);
 
         for (i, ch) in channels.into_iter().enumerate() {
-            // hubfs takeover patch: loops read without blocking and poll the device beside the
-            // gate's pipe (see `pause`).
-            set_nonblocking(ch.as_fd())?;
+            // hubfs takeover patch: loops read blocking and are woken to park by a signal (see
+            // `pause`); a server of an older version may have left the device non-blocking.
+            set_blocking(ch.as_fd())?;
             let thread_name = format!("fuser-{i}");
             gate.loop_started(); // hubfs takeover patch
             let event_loop = SessionEventLoop {
@@ -594,28 +594,33 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
     fn event_loop(&self) -> io::Result<()> {
-        let r = self.serve();
+        // hubfs takeover patch: the loop's thread is known to the pauser.
+        let r = match self.gate.enter() {
+            Ok(me) => {
+                let r = self.serve(&me);
+                self.gate.leave(&me);
+                r
+            }
+            Err(e) => Err(e),
+        };
         self.gate.loop_ended();
         r
     }
 
-    /// hubfs takeover patch: waits until the device has a request or the
-    /// gate asks the loop to park.
+    /// hubfs takeover patch: waits (at most 100 ms, so a pause is seen) for
+    /// a request on a device someone made non-blocking after all.
     fn wait_readable(&self) -> nix::Result<()> {
         use nix::poll::PollFd;
         use nix::poll::PollFlags;
         use nix::poll::PollTimeout;
-        let mut fds = [
-            PollFd::new(self.ch.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.gate.wake_fd(), PollFlags::POLLIN),
-        ];
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+        let mut fds = [PollFd::new(self.ch.as_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, PollTimeout::from(100u8)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    fn serve(&self) -> io::Result<()> {
+    fn serve(&self, me: &crate::pause::LoopThread) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
@@ -625,7 +630,16 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             self.gate.checkpoint();
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            match self.ch.receive_nonblocking(buf) {
+            // hubfs takeover patch: a pause interrupts the read (EINTR).
+            me.reading(true);
+            let received = if self.gate.paused() {
+                Err(nix::errno::Errno::EINTR)
+            } else {
+                self.ch.receive_interruptible(buf)
+            };
+            me.reading(false);
+            match received {
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => {
                     self.wait_readable()?;
                     continue;
