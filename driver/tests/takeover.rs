@@ -8,7 +8,8 @@
 //! (mount id), the quota still answers EDQUOT, and the usage the controller
 //! was told (walk baseline plus every delta, from both servers) is exactly
 //! what the home holds. A new server that dies during the handover leaves the
-//! old one serving, with no error seen by the reader.
+//! old one serving, with no error seen by the reader. An idle server whose
+//! process started with every signal blocked is taken over all the same.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -503,6 +504,68 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
         sha(&std::fs::read(home.src.join("log")).unwrap()),
         sha(&appended)
     );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut new, Duration::from_secs(30)).success());
+}
+
+/// The old server's loops sleep in a blocking read of an idle device and
+/// its process started with every signal blocked (as a child of a parent
+/// that blocks them inherits): the pause must still wake every loop, or it
+/// times out and the old server serves on. Asserted: the takeover happens
+/// (the old server exits cleanly, the new one serves the same mount) and the
+/// old server really had signals blocked.
+#[test]
+fn an_idle_server_started_with_signals_blocked_still_hands_over() {
+    let _serial = serial();
+    let home = Home::new(None);
+    std::fs::write(home.src.join("f"), b"kept").unwrap();
+    // python3 blocks every signal it may, then becomes the server.
+    let mut argv = vec![hubfs_e2e::hubfs_binary().display().to_string()];
+    argv.extend(home.args.iter().cloned());
+    let mut old = Killed(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import os, signal, sys; \
+                 signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}); \
+                 os.execv(sys.argv[1], sys.argv[1:])",
+            ])
+            .args(&argv)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start hubfs mount home under python3"),
+    );
+    home.wait_ready();
+    hubfs_e2e::wait_for_socket(&home.ctl, Duration::from_secs(10), "control socket");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", old.id())).unwrap();
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    let sigurg = 1u64 << (libc::SIGURG - 1);
+    assert_ne!(
+        blocked & sigurg,
+        0,
+        "the server's main thread blocks SIGURG: {blocked:x}"
+    );
+    let mount_id = home.mount_id();
+    // Idle: every loop is asleep in read when the pause comes.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut new = home.server(&["--take-over", home.ctl.to_str().unwrap()]);
+    let status = wait_exit(&mut old, Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "the old server handed over and exited: {status}"
+    );
+    assert!(new.try_wait().unwrap().is_none(), "the new server serves");
+    assert_eq!(home.mount_id(), mount_id, "the same kernel mount");
+    assert_eq!(std::fs::read(home.mnt.join("f")).unwrap(), b"kept");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(new.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
