@@ -49,7 +49,7 @@ declare -A R
 for round in $(seq "$ROUNDS"); do
     R[native]+="$("$RTT" "$BASE/native" client | us) "
     R[hubfs]+="$("$RTT" "$BASE/hubfs" client | us) "
-    out=$("$RTT" "$BASE/mini" read 4)
+    out=$("$RTT" "$BASE/mini" read --threads 4)
     R[read]+="$(echo "$out" | us) "
     out=$("$RTT" "$BASE/mini" uring)
     case $out in *"by ring 0"*) echo "io_uring round $round served nothing by the ring: $out" >&2; exit 1 ;; esac

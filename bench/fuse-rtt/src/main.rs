@@ -7,9 +7,10 @@
 //! answer to "would a cheaper transport bring the home layer's metadata
 //! steps near native?" (docs/home.md, issue 14).
 //!
-//!   fuse-rtt MOUNTPOINT read|uring [THREADS]   (mounts, serves, times)
-//!   fuse-rtt PATH client                       (times getxattr on PATH only:
-//!                                               a native directory, a hubfs home)
+//!   fuse-rtt MOUNTPOINT read|uring [--threads N]   (mounts, serves, times)
+//!   fuse-rtt PATH client                           (times getxattr on PATH
+//!                                                   only: a native directory,
+//!                                                   a hubfs home)
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -20,7 +21,29 @@ static BY_RING: AtomicU64 = AtomicU64::new(0);
 use std::sync::Arc;
 use std::time::Instant;
 
+use clap::{Parser, ValueEnum};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+#[derive(Parser)]
+#[command(about = "The round trip of a no-op FUSE request, by transport")]
+struct Args {
+    /// Where to mount the minimal server (read, uring), or what to time (client).
+    path: String,
+    mode: Mode,
+    /// Threads reading /dev/fuse (read mode; uring mode has one reader beside its rings).
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// A minimal server over /dev/fuse read/writev.
+    Read,
+    /// A minimal server over FUSE-over-io_uring (one ring per CPU).
+    Uring,
+    /// No server: time getxattr on PATH.
+    Client,
+}
 
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_GETATTR: u32 = 3;
@@ -73,8 +96,14 @@ fn out_header(len: usize, error: i32, unique: u64) -> [u8; 16] {
 fn write_reply(fd: RawFd, unique: u64, error: i32, body: &[u8]) {
     let h = out_header(16 + body.len(), error, unique);
     let iov = [
-        libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: 16 },
-        libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() },
+        libc::iovec {
+            iov_base: h.as_ptr() as *mut _,
+            iov_len: 16,
+        },
+        libc::iovec {
+            iov_base: body.as_ptr() as *mut _,
+            iov_len: body.len(),
+        },
     ];
     // SAFETY: both iovecs point to live buffers of the given lengths.
     unsafe { libc::writev(fd, iov.as_ptr(), if body.is_empty() { 1 } else { 2 }) };
@@ -121,7 +150,13 @@ fn cmd(commit_id: u64, qid: u16) -> [u8; 80] {
 }
 
 /// An SQE for a FUSE uring command; `iov` set on registration (addr, len 2).
-fn sqe(fd: RawFd, op: u32, c: [u8; 80], iov: Option<&[libc::iovec; 2]>, tag: u64) -> squeue::Entry128 {
+fn sqe(
+    fd: RawFd,
+    op: u32,
+    c: [u8; 80],
+    iov: Option<&[libc::iovec; 2]>,
+    tag: u64,
+) -> squeue::Entry128 {
     let mut b = opcode::UringCmd80::new(types::Fd(fd), op).cmd(c);
     if let Some(iov) = iov {
         b = b.addr(Some(iov.as_ptr() as u64));
@@ -151,10 +186,20 @@ fn serve_uring(fd: RawFd, qid: u16, stop: Arc<AtomicBool>) -> std::io::Result<()
             let mut header = Box::new([0u8; 288]);
             let mut payload = vec![0u8; PAYLOAD];
             let iov = Box::new([
-                libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: 288 },
-                libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: PAYLOAD },
+                libc::iovec {
+                    iov_base: header.as_mut_ptr().cast(),
+                    iov_len: 288,
+                },
+                libc::iovec {
+                    iov_base: payload.as_mut_ptr().cast(),
+                    iov_len: PAYLOAD,
+                },
             ]);
-            Entry { header, payload, iov }
+            Entry {
+                header,
+                payload,
+                iov,
+            }
         })
         .collect();
     for (i, e) in ents.iter().enumerate() {
@@ -169,7 +214,10 @@ fn serve_uring(fd: RawFd, qid: u16, stop: Arc<AtomicBool>) -> std::io::Result<()
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => return Err(e),
         }
-        let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let done: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (tag, res) in done {
             if res < 0 {
                 return Err(std::io::Error::from_raw_os_error(-res));
@@ -210,22 +258,41 @@ fn rtt(path: &CString) -> f64 {
 }
 
 fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let (mnt, mode) = (&args[1], args[2].as_str());
-    let threads: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(4);
-    if mode == "client" {
+    let Args {
+        path: mnt,
+        mode,
+        threads,
+    } = Args::parse();
+    let name = match mode {
+        Mode::Read => "read",
+        Mode::Uring => "uring",
+        Mode::Client => "client",
+    };
+    if mode == Mode::Client {
         let us = rtt(&CString::new(mnt.as_str()).unwrap());
         println!("client: {us:.2} us per getxattr of an unset name (median of 5 x 20,000)");
         return Ok(());
     }
-    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
     let dev: OwnedFd = dev.into();
     let fd = dev.as_raw_fd();
-    let opts = CString::new(format!("fd={fd},rootmode=40755,user_id=0,group_id=0,allow_other")).unwrap();
+    let opts = CString::new(format!(
+        "fd={fd},rootmode=40755,user_id=0,group_id=0,allow_other"
+    ))
+    .unwrap();
     let target = CString::new(mnt.as_str()).unwrap();
     // SAFETY: valid C strings.
     let r = unsafe {
-        libc::mount(c"fuse-rtt".as_ptr(), target.as_ptr(), c"fuse.fuse-rtt".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, opts.as_ptr().cast())
+        libc::mount(
+            c"fuse-rtt".as_ptr(),
+            target.as_ptr(),
+            c"fuse.fuse-rtt".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            opts.as_ptr().cast(),
+        )
     };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
@@ -253,7 +320,11 @@ fn main() -> std::io::Result<()> {
         o[20..24].copy_from_slice(&MAX_WRITE.to_le_bytes());
         o[24..28].copy_from_slice(&1u32.to_le_bytes());
         o[28..30].copy_from_slice(&32u16.to_le_bytes());
-        let f2 = if mode == "uring" { FUSE_OVER_IO_URING_HI } else { 0 };
+        let f2 = if mode == Mode::Uring {
+            FUSE_OVER_IO_URING_HI
+        } else {
+            0
+        };
         o[32..36].copy_from_slice(&f2.to_le_bytes());
         write_reply(fd, u64_at(b, 8), 0, &o);
         break;
@@ -265,11 +336,11 @@ fn main() -> std::io::Result<()> {
         // The device reader: all requests in read mode; forgets,
         // interrupts (and anything before the rings are ready) in uring mode.
         handles.push(std::thread::spawn(move || serve_read(fd, s)));
-        if mode == "uring" {
+        if mode == Mode::Uring {
             break;
         }
     }
-    if mode == "uring" {
+    if mode == Mode::Uring {
         let cpus = std::thread::available_parallelism()?.get() as u16;
         for q in 0..cpus {
             let s = stop.clone();
@@ -285,7 +356,7 @@ fn main() -> std::io::Result<()> {
     }
     let us = rtt(&target);
     println!(
-        "{mode} threads={threads}: {us:.2} us per no-op getxattr (median of 5 x 20,000); requests served by read {} by ring {}",
+        "{name} threads={threads}: {us:.2} us per no-op getxattr (median of 5 x 20,000); requests served by read {} by ring {}",
         BY_READ.load(Ordering::Relaxed),
         BY_RING.load(Ordering::Relaxed)
     );
