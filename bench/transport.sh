@@ -12,15 +12,20 @@
 #                  6.14; one ring per CPU, the module's enable_uring switched
 #                  on for the run and restored after).
 # Medians of ROUNDS rounds (each itself the median of 5 x 20,000 calls),
-# the transports taking turns; ratios to hubfs printed. The answer to "what
+# the transports taking turns; ratios to hubfs printed. Then HANDOVERS runs
+# of the question a live takeover asks of io_uring: a second set of rings
+# registers on the connection while a client calls getxattr without pause,
+# the first set answers what it holds and closes; is any request lost (the
+# client waits forever; the run aborts its connection to end)? The answer to "what
 # would a cheaper transport give the home layer" (docs/home.md, issue 14):
 # every small-file step there is round trips.
 #
-#   ROUNDS=3 bench/transport.sh      HUBFS_BIN=path skips the release build
+#   ROUNDS=3 HANDOVERS=5 bench/transport.sh    HUBFS_BIN=path skips the release build
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${ROUNDS:-3}
+HANDOVERS=${HANDOVERS:-5}
 [ "$(id -u)" = 0 ] || { echo "run as root (mounts)" >&2; exit 1; }
 URING=/sys/module/fuse/parameters/enable_uring
 [ -w "$URING" ] || { echo "this kernel has no FUSE over io_uring ($URING)" >&2; exit 1; }
@@ -42,6 +47,8 @@ mount -t tmpfs -o size=64m hubfs-transport "$BASE"
 mkdir -p "$BASE"/{native,hsrc,hubfs,mini}
 "$HUBFS" mount home --user bench --quota 1GiB "$BASE/hsrc" "$BASE/hubfs" 2>/dev/null
 echo Y > "$URING"
+# Aborting a connection that lost a request needs the FUSE control filesystem.
+mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections
 
 # us LINE: the figure in fuse-rtt's output line.
 us() { sed -E 's/.*: ([0-9.]+) us per.*/\1/'; }
@@ -69,3 +76,20 @@ for k in native hubfs read uring; do
     esac
     printf '  %-30s %8.2f   %5.2fx hubfs   (rounds: %s)\n' "$label" "$m" "$(echo "$m / $h" | bc -l)" "${R[$k]% }"
 done
+
+lost=0
+for i in $(seq "$HANDOVERS"); do
+    set +e
+    timeout -s KILL 20 "$RTT" "$BASE/mini" handover > "$BASE/handover.out" 2>/dev/null < /dev/null
+    rc=$?
+    set -e
+    [ "$rc" = 0 ] || lost=$((lost + 1))
+    sed 's/^/  /' "$BASE/handover.out"
+    # A run killed before it could abort its own connection leaves it waiting.
+    for c in /sys/fs/fuse/connections/*/; do
+        w=$(cat "$c/waiting" 2>/dev/null || echo 0)
+        [ "$w" = 0 ] || echo 1 > "$c/abort"
+    done
+    umount -l "$BASE/mini" 2>/dev/null || true
+done
+printf 'io_uring ring handover under load: a request lost in %d of %d runs\n' "$lost" "$HANDOVERS"

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 static BY_READ: AtomicU64 = AtomicU64::new(0);
 static BY_RING: AtomicU64 = AtomicU64::new(0);
+static BY_RING_B: AtomicU64 = AtomicU64::new(0);
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,6 +44,9 @@ enum Mode {
     Uring,
     /// No server: time getxattr on PATH.
     Client,
+    /// io_uring rings handed from one set to another while a client calls
+    /// without pause: does a request get lost (the client hangs)?
+    Handover,
 }
 
 const FUSE_LOOKUP: u32 = 1;
@@ -173,7 +177,12 @@ fn sqe(
 }
 
 /// Serves queue `qid` (requests from tasks on CPU `qid`) over io_uring.
-fn serve_uring(fd: RawFd, qid: u16, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+fn serve_uring(
+    fd: RawFd,
+    qid: u16,
+    stop: Arc<AtomicBool>,
+    served: &'static AtomicU64,
+) -> std::io::Result<()> {
     // SAFETY: a cpu_set_t of zeros with one bit set, for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -208,10 +217,18 @@ fn serve_uring(fd: RawFd, qid: u16, stop: Arc<AtomicBool>) -> std::io::Result<()
         unsafe { ring.submission().push(&s).unwrap() };
     }
     ring.submit()?;
-    while !stop.load(Ordering::Relaxed) {
-        match ring.submit_and_wait(1) {
+    // Waits time out every 10 ms so a stop is seen; a stopping ring answers
+    // what it holds (each answer re-arms its entry) and closes at once.
+    let ts = types::Timespec::new().nsec(10_000_000);
+    let wait = types::SubmitArgs::new().timespec(&ts);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            ring.submit()?;
+            return Ok(());
+        }
+        match ring.submitter().submit_with_args(1, &wait) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME)) => continue,
             Err(e) => return Err(e),
         }
         let done: Vec<(u64, i32)> = ring
@@ -226,7 +243,7 @@ fn serve_uring(fd: RawFd, qid: u16, stop: Arc<AtomicBool>) -> std::io::Result<()
             let h = &e.header[..];
             let (op, unique, nodeid) = (u32_at(h, 4), u64_at(h, 8), u64_at(h, 16));
             let commit_id = u64_at(h, 256 + 8);
-            BY_RING.fetch_add(1, Ordering::Relaxed);
+            served.fetch_add(1, Ordering::Relaxed);
             let (err, body) = answer(op, nodeid);
             e.payload[..body.len()].copy_from_slice(&body);
             let oh = out_header(16 + body.len(), err, unique);
@@ -237,7 +254,13 @@ fn serve_uring(fd: RawFd, qid: u16, stop: Arc<AtomicBool>) -> std::io::Result<()
             unsafe { ring.submission().push(&s).unwrap() };
         }
     }
-    Ok(())
+}
+
+/// The device minor of the FUSE mount at `mnt`, from /proc/self/mountinfo.
+fn fuse_minor(mnt: &str) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let line = info.lines().find(|l| l.split(' ').nth(4) == Some(mnt))?;
+    line.split(' ').nth(2)?.split(':').nth(1)?.parse().ok()
 }
 
 fn rtt(path: &CString) -> f64 {
@@ -267,6 +290,7 @@ fn main() -> std::io::Result<()> {
         Mode::Read => "read",
         Mode::Uring => "uring",
         Mode::Client => "client",
+        Mode::Handover => "handover",
     };
     if mode == Mode::Client {
         let us = rtt(&CString::new(mnt.as_str()).unwrap());
@@ -320,7 +344,7 @@ fn main() -> std::io::Result<()> {
         o[20..24].copy_from_slice(&MAX_WRITE.to_le_bytes());
         o[24..28].copy_from_slice(&1u32.to_le_bytes());
         o[28..30].copy_from_slice(&32u16.to_le_bytes());
-        let f2 = if mode == Mode::Uring {
+        let f2 = if matches!(mode, Mode::Uring | Mode::Handover) {
             FUSE_OVER_IO_URING_HI
         } else {
             0
@@ -340,19 +364,81 @@ fn main() -> std::io::Result<()> {
             break;
         }
     }
-    if mode == Mode::Uring {
-        let cpus = std::thread::available_parallelism()?.get() as u16;
-        for q in 0..cpus {
-            let s = stop.clone();
-            handles.push(std::thread::spawn(move || {
-                if let Err(e) = serve_uring(fd, q, s.clone()) {
-                    if !s.load(Ordering::Relaxed) {
-                        eprintln!("queue {q}: {e}");
+    let cpus = std::thread::available_parallelism()?.get() as u16;
+    let rings = |stop: &Arc<AtomicBool>, served: &'static AtomicU64| {
+        (0..cpus)
+            .map(|q| {
+                let s = stop.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = serve_uring(fd, q, s.clone(), served) {
+                        if !s.load(Ordering::Relaxed) {
+                            eprintln!("queue {q}: {e}");
+                        }
                     }
-                }
-            }));
-        }
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    if mode == Mode::Uring {
+        handles.extend(rings(&stop, &BY_RING));
         std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    if mode == Mode::Handover {
+        // Ring set A serves; a client calls getxattr without pause; set B
+        // registers beside A; A answers what it holds and closes its ring.
+        let stop_a = Arc::new(AtomicBool::new(false));
+        let a = rings(&stop_a, &BY_RING);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        eprintln!("handover: ring set A up");
+        let calls = Arc::new(AtomicU64::new(0));
+        let (c, done, path) = (calls.clone(), stop.clone(), target.clone());
+        std::thread::spawn(move || {
+            let name = CString::new("user.fuse-rtt-unset").unwrap();
+            while !done.load(Ordering::Relaxed) {
+                // SAFETY: valid C strings, a null buffer of size 0.
+                unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        handles.extend(rings(&stop, &BY_RING_B));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        eprintln!("handover: ring set B up; stopping A");
+        stop_a.store(true, Ordering::Relaxed);
+        for t in a {
+            t.join().unwrap();
+        }
+        eprintln!("handover: ring set A closed");
+        let a_total = BY_RING.load(Ordering::Relaxed);
+        // Does the client still make progress, served by B alone?
+        let before = calls.load(Ordering::Relaxed);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let after = calls.load(Ordering::Relaxed);
+        println!(
+            "handover: ring set A served {a_total} (then closed), set B {} so far; \
+             client calls in the 2 s after A closed: {} ({}); by read {}",
+            BY_RING_B.load(Ordering::Relaxed),
+            after - before,
+            if after > before {
+                "progress"
+            } else {
+                "HUNG: a request was lost with ring A"
+            },
+            BY_READ.load(Ordering::Relaxed),
+        );
+        stop.store(true, Ordering::Relaxed);
+        if after == before {
+            // A lost request never completes: abort the connection so the
+            // waiting client (and this process) can end.
+            // The connection's number is the mount's device minor, read
+            // from mountinfo (a stat of the hung mount could hang too).
+            if let Some(minor) = fuse_minor(&mnt) {
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+        }
+        // SAFETY: valid C string.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        std::process::exit(if after > before { 0 } else { 3 });
     }
     let us = rtt(&target);
     println!(
