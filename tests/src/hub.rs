@@ -140,7 +140,17 @@ c.JupyterHub.load_roles = [
         );
         std::fs::write(dir.path().join("jupyterhub_config.py"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("jupyterhub.log")).unwrap();
-        let mut cmd = Command::new(jupyterhub);
+        // As root, the hub is PID 1 of its own PID namespace (a container):
+        // killing it kills everything it started, the servers the
+        // spawner put in sessions of their own included.
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--kill-child", "--"])
+                .arg(&jupyterhub);
+            c
+        } else {
+            Command::new(&jupyterhub)
+        };
         cmd.arg("-f")
             .arg(dir.path().join("jupyterhub_config.py"))
             .current_dir(dir.path())
@@ -282,7 +292,9 @@ c.JupyterHub.load_roles = [
         }
     }
 
-    /// Kills the hub, its proxy and the servers it spawned.
+    /// Kills the hub, its proxy and the servers it spawned (as root: its
+    /// whole PID namespace; otherwise its process group, which the
+    /// spawner's servers, in sessions of their own, outlive).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let pgid = nix::unistd::Pid::from_raw(c.id() as i32);
