@@ -16,7 +16,8 @@
 # of the question a live takeover asks of io_uring: a second set of rings
 # registers on the connection while a client calls getxattr without pause,
 # the first set answers what it holds and closes; is any request lost (the
-# client waits forever; the run aborts its connection to end)? The answer to "what
+# client waits forever; the run aborts its connection to end)? Once as is,
+# once with FUSE_NOTIFY_RESEND sent after the first set closed. The answer to "what
 # would a cheaper transport give the home layer" (docs/home.md, issue 14):
 # every small-file step there is round trips.
 #
@@ -77,19 +78,24 @@ for k in native hubfs read uring; do
     printf '  %-30s %8.2f   %5.2fx hubfs   (rounds: %s)\n' "$label" "$m" "$(echo "$m / $h" | bc -l)" "${R[$k]% }"
 done
 
-lost=0
-for i in $(seq "$HANDOVERS"); do
-    set +e
-    timeout -s KILL 20 "$RTT" "$BASE/mini" handover > "$BASE/handover.out" 2>/dev/null < /dev/null
-    rc=$?
-    set -e
-    [ "$rc" = 0 ] || lost=$((lost + 1))
-    sed 's/^/  /' "$BASE/handover.out"
-    # A run killed before it could abort its own connection leaves it waiting.
-    for c in /sys/fs/fuse/connections/*/; do
-        w=$(cat "$c/waiting" 2>/dev/null || echo 0)
-        [ "$w" = 0 ] || echo 1 > "$c/abort"
+# handovers [--resend]: runs the handover HANDOVERS times; prints how many lost a request.
+handovers() {
+    local lost=0 i rc c w
+    for i in $(seq "$HANDOVERS"); do
+        set +e
+        timeout -s KILL 20 "$RTT" "$BASE/mini" handover "$@" > "$BASE/handover.out" 2>/dev/null < /dev/null
+        rc=$?
+        set -e
+        [ "$rc" = 0 ] || lost=$((lost + 1))
+        sed 's/^/  /' "$BASE/handover.out"
+        # A run killed before it could abort its own connection leaves it waiting.
+        for c in /sys/fs/fuse/connections/*/; do
+            w=$(cat "$c/waiting" 2>/dev/null || echo 0)
+            [ "$w" = 0 ] || echo 1 > "$c/abort"
+        done
+        umount -l "$BASE/mini" 2>/dev/null || true
     done
-    umount -l "$BASE/mini" 2>/dev/null || true
-done
-printf 'io_uring ring handover under load: a request lost in %d of %d runs\n' "$lost" "$HANDOVERS"
+    printf 'io_uring ring handover under load%s: a request lost in %d of %d runs\n' "${1:+ ($1 after)}" "$lost" "$HANDOVERS"
+}
+handovers
+handovers --resend

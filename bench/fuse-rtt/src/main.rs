@@ -34,6 +34,9 @@ struct Args {
     /// Threads reading /dev/fuse (read mode; uring mode has one reader beside its rings).
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Handover: send FUSE_NOTIFY_RESEND once the first ring set has closed.
+    #[arg(long)]
+    resend: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -285,6 +288,7 @@ fn main() -> std::io::Result<()> {
         path: mnt,
         mode,
         threads,
+        resend,
     } = Args::parse();
     let name = match mode {
         Mode::Read => "read",
@@ -409,6 +413,21 @@ fn main() -> std::io::Result<()> {
             t.join().unwrap();
         }
         eprintln!("handover: ring set A closed");
+        if resend {
+            // FUSE_NOTIFY_RESEND (7, protocol 7.40): the kernel puts the
+            // requests a server has taken but not answered back in the queue.
+            let h = out_header(16, 7, 0);
+            // SAFETY: a live 16-byte buffer.
+            let n = unsafe { libc::write(fd, h.as_ptr().cast(), 16) };
+            eprintln!(
+                "handover: FUSE_NOTIFY_RESEND: {}",
+                if n == 16 {
+                    "accepted".to_string()
+                } else {
+                    std::io::Error::last_os_error().to_string()
+                }
+            );
+        }
         let a_total = BY_RING.load(Ordering::Relaxed);
         // Does the client still make progress, served by B alone?
         let before = calls.load(Ordering::Relaxed);
