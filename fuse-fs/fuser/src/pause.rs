@@ -226,9 +226,4 @@ impl SessionPauser {
         g.paused.store(false, Ordering::SeqCst);
         g.changed.notify_all();
     }
-
-    /// Event loops currently running (parked ones included).
-    pub fn loops(&self) -> usize {
-        self.gate.counts.lock().running
-    }
 }

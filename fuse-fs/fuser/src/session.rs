@@ -234,13 +234,7 @@ impl<FS: Filesystem> Session<FS> {
     /// the protocol version that server negotiated
     /// ([`Session::proto_version`]). `Filesystem::init` is not called: the
     /// filesystem must be built in the state the kernel was told of then.
-    pub fn resume(
-        filesystem: FS,
-        fd: OwnedFd,
-        acl: SessionACL,
-        config: Config,
-        version: Version,
-    ) -> io::Result<Self> {
+    pub fn resume(filesystem: FS, fd: OwnedFd, config: Config, version: Version) -> io::Result<Self> {
         Ok(Session {
             filesystem: FilesystemHolder {
                 fs: Some(filesystem),
@@ -249,18 +243,12 @@ impl<FS: Filesystem> Session<FS> {
             mount: UmountOnDrop {
                 mount: Arc::new(Mutex::new(None)),
             },
-            allowed: acl,
+            allowed: config.acl,
             session_owner: geteuid(),
             proto_version: Some(version),
             config,
             gate: Gate::new()?,
         })
-    }
-
-    /// hubfs takeover patch: the filesystem, before the session runs (to
-    /// give it state adopted with [`Session::adopt_backing`]).
-    pub fn filesystem_mut(&mut self) -> Option<&mut FS> {
-        self.filesystem.fs.as_mut()
     }
 
     /// hubfs takeover patch: takes over a passthrough backing id the
@@ -335,6 +323,11 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut filesystem = Arc::new(filesystem);
 
+        // hubfs takeover patch: loops read blocking and are woken to park by a signal (see
+        // `pause`); a server of an older version may have left the device non-blocking.
+        // Clones share this description or open the device afresh (blocking).
+        set_blocking(ch.as_fd())?;
+
         let mut channels = Vec::with_capacity(n_threads);
 
         for _ in 0..n_threads_minus_one {
@@ -357,9 +350,6 @@ impl<FS: Filesystem> Session<FS> {
         let mut threads = Vec::with_capacity(n_threads);
 
         for (i, ch) in channels.into_iter().enumerate() {
-            // hubfs takeover patch: loops read blocking and are woken to park by a signal (see
-            // `pause`); a server of an older version may have left the device non-blocking.
-            set_blocking(ch.as_fd())?;
             let thread_name = format!("fuser-{i}");
             gate.loop_started(); // hubfs takeover patch
             let event_loop = SessionEventLoop {
