@@ -41,6 +41,9 @@ const READY: &[u8; 4] = b"RDY!";
 const GO: &[u8; 4] = b"GO!!";
 /// Largest state accepted (a home with millions of known inodes stays below).
 const MAX_STATE: u64 = 1 << 30;
+/// How long a takeover may keep requests waiting for the new server (and,
+/// for a bucket, for the requests in flight to be answered).
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {
@@ -122,6 +125,76 @@ pub fn refuse(s: &mut UnixStream, reason: &str) -> Result<()> {
     m.extend_from_slice(reason.as_bytes());
     s.write_all(&m)?;
     Ok(())
+}
+
+/// Old server: refuses with `reason` and returns it as the error.
+pub fn refused<T>(s: &mut UnixStream, reason: String) -> Result<T> {
+    refuse(s, &reason)?;
+    Err(HandoffError::Refused(reason))
+}
+
+/// Old server: one takeover on `s`, the steps homes and buckets share.
+/// Reads the request for a `kind` mount, refuses if `refusal` names a
+/// reason, parks the loops, then `send`s the package (which may refuse
+/// too). On any failure before *go* the loops serve on.
+pub fn serve_one(
+    s: &mut UnixStream,
+    kind: &str,
+    pauser: &fuser::SessionPauser,
+    refusal: impl FnOnce() -> Option<String>,
+    send: impl FnOnce(&mut UnixStream) -> Result<()>,
+) -> Result<()> {
+    s.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
+    read_request(s, kind)?;
+    if let Some(why) = refusal() {
+        return refused(s, why);
+    }
+    if let Err(e) = pauser.pause(HANDOVER_TIMEOUT) {
+        let _ = refuse(s, &e.to_string());
+        return Err(e.into());
+    }
+    let r = send(s);
+    if r.is_err() {
+        pauser.resume();
+    }
+    r
+}
+
+/// A filesystem's state (`what`: "home", "s3") as the JSON it is sent as.
+pub fn encode_state<T: serde::Serialize>(state: &T, what: &str) -> Vec<u8> {
+    serde_json::to_vec(state).unwrap_or_else(|e| panic!("{what} state serialises: {e}"))
+}
+
+/// Parses a filesystem's state sent by another server: a version other
+/// than `want` or a truncated or malformed text is a clear error.
+pub fn decode_state<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+    want: u32,
+) -> Result<T> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    if let Ok(v) = serde_json::from_slice::<Versioned>(bytes) {
+        if v.version != want {
+            return Err(HandoffError::State(format!(
+                "{what} state version {} is not {want}: take over with a server of a compatible version",
+                v.version
+            )));
+        }
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| HandoffError::State(format!("{what} state unreadable: {e}")))
+}
+
+/// Binds the control socket at `path`, or logs why not and goes on without
+/// one (the mount is served all the same, only not taken over: an upgrade
+/// replaces its server instead).
+pub fn listen_or_warn(path: &Path) -> Option<UnixListener> {
+    bind_control(path)
+        .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "no takeover of this mount possible"))
+        .ok()
 }
 
 /// Old server: sends the state and the descriptors it refers to.

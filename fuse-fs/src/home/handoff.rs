@@ -93,27 +93,13 @@ pub struct HomeState {
 
 impl HomeState {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("home state serialises")
+        crate::handoff::encode_state(self, "home")
     }
 
     /// Parses state sent by another server: a version other than
     /// [`STATE_VERSION`] or a truncated or malformed text is a clear error.
     pub fn decode(bytes: &[u8]) -> Result<Self, HandoffError> {
-        #[derive(Deserialize)]
-        struct Versioned {
-            version: u32,
-        }
-        match serde_json::from_slice::<Versioned>(bytes) {
-            Ok(v) if v.version != STATE_VERSION => {
-                return Err(HandoffError::State(format!(
-                    "home state version {} is not {STATE_VERSION}: take over with a server of a compatible version",
-                    v.version
-                )))
-            }
-            _ => {}
-        }
-        serde_json::from_slice(bytes)
-            .map_err(|e| HandoffError::State(format!("home state unreadable: {e}")))
+        crate::handoff::decode_state(bytes, "home", STATE_VERSION)
     }
 }
 
@@ -179,11 +165,17 @@ impl HomeFs {
             .iter()
             .map(|(&fh, h)| (fh, h.clone()))
             .collect();
+        // One map from inode to number, not a scan of every inode per open file.
+        let numbers: std::collections::HashMap<*const super::inodes::Inode, u64> =
+            inodes.iter().map(|(n, i)| (Arc::as_ptr(i), *n)).collect();
         let files = handles
             .iter()
             .map(|(fh, h)| FileState {
                 fh: *fh,
-                ino: find_number(&inodes, &h.inode).unwrap_or(super::inodes::ROOT),
+                ino: numbers
+                    .get(&Arc::as_ptr(&h.inode))
+                    .copied()
+                    .unwrap_or(super::inodes::ROOT),
                 append: h.append,
                 dirty: h.dirty.load(Ordering::Relaxed),
                 unmediated: h.unmediated.load(Ordering::Relaxed),
@@ -297,16 +289,6 @@ impl HomeFs {
         self.next_fh.store(s.next_fh, Ordering::Relaxed);
         Ok(())
     }
-}
-
-fn find_number(
-    inodes: &[(u64, Arc<super::inodes::Inode>)],
-    i: &Arc<super::inodes::Inode>,
-) -> Option<u64> {
-    inodes
-        .iter()
-        .find(|(_, x)| Arc::ptr_eq(x, i))
-        .map(|(n, _)| *n)
 }
 
 #[cfg(test)]

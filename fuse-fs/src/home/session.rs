@@ -151,9 +151,6 @@ struct Handover {
     done: AtomicBool,
 }
 
-/// How long a takeover may keep requests waiting for the new server.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The kernel-side configuration of a home mount.
 fn fuse_config(opts: &HomeOptions) -> Result<Config, MountError> {
     let mut extra = Vec::new();
@@ -193,14 +190,6 @@ fn open_fs(opts: &HomeOptions) -> Result<Arc<HomeFs>, MountError> {
     Ok(Arc::new(fs))
 }
 
-/// The control socket, or none (the home is served all the same, only
-/// not taken over: an upgrade replaces its server instead).
-fn listen_or_warn(path: &Path) -> Option<UnixListener> {
-    wire::bind_control(path)
-        .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "no takeover of this mount possible"))
-        .ok()
-}
-
 /// Mounts a home. `sink` receives usage reports (None: account and enforce
 /// locally only).
 pub fn mount(
@@ -209,7 +198,7 @@ pub fn mount(
 ) -> Result<HomeMount, MountError> {
     let config = fuse_config(opts)?;
     let fs = open_fs(opts)?;
-    let control = opts.control.as_deref().and_then(listen_or_warn);
+    let control = opts.control.as_deref().and_then(wire::listen_or_warn);
     // Changes made from the first request on must be known to the walk.
     fs.begin_walk();
     let fuse = HomeFuse::new(fs.clone(), opts.passthrough);
@@ -219,20 +208,9 @@ pub fn mount(
         source,
     };
     let session = Session::new(fuse, &opts.mountpoint, &config).map_err(mount_err)?;
-    let proto = session.proto_version().map_or((7, 31), |v| (v.0, v.1));
-    let handover = Arc::new(Handover {
-        fs: fs.clone(),
-        io,
-        passthrough,
-        pauser: session.pauser(),
-        proto,
-        dev: session.as_fd().try_clone_to_owned().map_err(mount_err)?,
-        paused: AtomicBool::new(false),
-        settling: Mutex::new(()),
-        done: AtomicBool::new(false),
-    });
+    let handover = Handover::new(&fs, io, passthrough, &session).map_err(mount_err)?;
     let session = session.spawn().map_err(mount_err)?;
-    Ok(start(opts, sink, fs, session, handover, control, true))
+    Ok(start(opts, sink, fs, session, handover, control, false))
 }
 
 /// Takes over the mount a running server serves (it listens on `from`,
@@ -255,7 +233,7 @@ pub fn take_over(
     let state = HomeState::decode(&package.state)?;
     let control = package
         .listener(state.control)
-        .or_else(|| opts.control.as_deref().and_then(listen_or_warn));
+        .or_else(|| opts.control.as_deref().and_then(wire::listen_or_warn));
     fs.adopt(&state, &mut package.fds)?;
     let dev = package.dev;
     let fuse = HomeFuse::new(fs.clone(), state.passthrough);
@@ -264,10 +242,8 @@ pub fn take_over(
         path: opts.mountpoint.clone(),
         source,
     };
-    let dup = dev.try_clone().map_err(mount_err)?;
     let version = Version(state.proto.0, state.proto.1);
-    let session =
-        Session::resume(fuse, dev, config.acl, config.clone(), version).map_err(mount_err)?;
+    let session = Session::resume(fuse, dev, config, version).map_err(mount_err)?;
     io.import(&state.io_handles, &state.io_backings, |id| {
         session.adopt_backing(id)
     });
@@ -278,26 +254,15 @@ pub fn take_over(
         std::mem::forget(io);
         return Err(e.into());
     }
-    let handover = Arc::new(Handover {
-        fs: fs.clone(),
-        io,
-        passthrough,
-        pauser: session.pauser(),
-        proto: state.proto,
-        dev: dup,
-        paused: AtomicBool::new(false),
-        settling: Mutex::new(()),
-        done: AtomicBool::new(false),
-    });
+    let handover = Handover::new(&fs, io, passthrough, &session).map_err(mount_err)?;
     let session = session.spawn().map_err(mount_err)?;
     tracing::info!(user = %opts.user, inodes = state.nodes.len(), open_files = state.files.len(), bytes = state.bytes, "took the mount over");
-    let mut m = start(opts, sink, fs, session, handover, control, false);
-    m.resumed = true;
-    Ok(m)
+    Ok(start(opts, sink, fs, session, handover, control, true))
 }
 
 /// Starts what runs beside a serving session: the reporter, the mount-time
-/// walk (`walk`), the settle thread and the control socket.
+/// walk (not for a mount taken over: its usage came with it), the settle
+/// thread and the control socket.
 fn start(
     opts: &HomeOptions,
     sink: Option<Arc<dyn UsageSink>>,
@@ -305,13 +270,13 @@ fn start(
     session: BackgroundSession,
     handover: Arc<Handover>,
     control: Option<UnixListener>,
-    walk: bool,
+    resumed: bool,
 ) -> HomeMount {
     let usage = fs.usage().clone();
     let reporter =
         sink.map(|s| Reporter::start(usage.clone(), s, &opts.user, opts.report_interval));
     let cancel = Arc::new(AtomicBool::new(false));
-    let walk = walk.then(|| {
+    let walk = (!resumed).then(|| {
         let (fs, cancel) = (fs.clone(), cancel.clone());
         let (source, user, timeout) = (opts.source.clone(), opts.user.clone(), opts.walk_timeout);
         let report = reporter.as_ref().map(|r| r.absolute_sender());
@@ -384,51 +349,61 @@ fn start(
         settle,
         cancel,
         mountpoint: opts.mountpoint.clone(),
-        resumed: false,
+        resumed,
         handover,
     }
 }
 
 impl Handover {
+    /// What a handover of `session` needs, before it runs.
+    fn new(
+        fs: &Arc<HomeFs>,
+        io: Arc<IoModes<BackingId>>,
+        passthrough: Arc<AtomicBool>,
+        session: &Session<HomeFuse>,
+    ) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Handover {
+            fs: fs.clone(),
+            io,
+            passthrough,
+            pauser: session.pauser(),
+            proto: session.proto_version().map_or((7, 31), |v| (v.0, v.1)),
+            dev: session.as_fd().try_clone_to_owned()?,
+            paused: AtomicBool::new(false),
+            settling: Mutex::new(()),
+            done: AtomicBool::new(false),
+        }))
+    }
+
     /// One takeover: park the loops, send everything, wait for the new
     /// server; on any failure before it is ready, serve on.
     fn hand_over(&self, mut s: UnixStream, control: BorrowedFd<'_>) -> Result<(), HandoffError> {
-        s.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
-        wire::read_request(&mut s, "home")?;
-        if self.fs.walk_running() {
-            let why = "the mount-time walk is still running; try again when it ends";
-            wire::refuse(&mut s, why)?;
-            return Err(HandoffError::Refused(why.into()));
-        }
-        if let Err(e) = self.pauser.pause(HANDOVER_TIMEOUT) {
-            let _ = wire::refuse(&mut s, &e.to_string());
-            return Err(e.into());
-        }
-        self.paused.store(true, Ordering::Release);
-        // A settle under way finishes before the figures are taken.
-        drop(self.settling.lock());
-        let e = self.fs.export(
-            &self.io,
-            BackingId::raw_id,
-            self.proto,
-            self.passthrough.load(Ordering::Relaxed),
-            Some(1),
-            2,
-        );
-        let mut fds = vec![self.dev.as_fd(), control];
-        fds.extend(e.fds());
-        let r = wire::hand_over(&mut s, &e.state.encode(), &fds);
-        match r {
-            Ok(()) => {
-                self.done.store(true, Ordering::Release);
-                Ok(())
-            }
-            Err(e) => {
-                self.paused.store(false, Ordering::Release);
-                self.pauser.resume();
-                Err(e)
-            }
-        }
+        let walking = || {
+            self.fs
+                .walk_running()
+                .then(|| "the mount-time walk is still running; try again when it ends".to_string())
+        };
+        wire::serve_one(&mut s, "home", &self.pauser, walking, |s| {
+            self.paused.store(true, Ordering::Release);
+            // A settle under way finishes before the figures are taken.
+            drop(self.settling.lock());
+            let e = self.fs.export(
+                &self.io,
+                BackingId::raw_id,
+                self.proto,
+                self.passthrough.load(Ordering::Relaxed),
+                Some(1),
+                2,
+            );
+            let mut fds = vec![self.dev.as_fd(), control];
+            fds.extend(e.fds());
+            let r = wire::hand_over(s, &e.state.encode(), &fds);
+            // Serving on (the loops resume after this): charge again.
+            self.paused.store(r.is_ok(), Ordering::Release);
+            r
+        })?;
+        self.done.store(true, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -456,14 +431,8 @@ impl HomeMount {
     /// After a takeover: sends the last usage report and lets go of the
     /// connection without unmounting (the new server serves it).
     pub fn leave(mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
-        if let Some(t) = self.settle.take() {
-            let _ = t.join();
-        }
-        if let Some(rep) = self.reporter.take() {
-            rep.stop();
-        }
-        // Dropping the session would unmount and close the backing ids.
+        // Dropping the session would unmount and close the backing ids;
+        // dropping `self` then stops the threads and sends the last report.
         std::mem::forget(self.session.take());
     }
 

@@ -60,9 +60,9 @@ pub struct Inode {
 }
 
 impl Inode {
-    /// An inode as another server knew it (a takeover), before its lookup
-    /// count is set by [`InodeTable::import`].
-    pub fn from_parts(ino: Ino, parent: Ino, name: String, c: NewChild) -> Self {
+    /// An inode known to the kernel `lookups` times: a new one (0), or one
+    /// as another server knew it (a takeover).
+    pub fn from_parts(ino: Ino, parent: Ino, name: String, c: NewChild, lookups: u64) -> Self {
         Inode {
             ino,
             parent,
@@ -71,8 +71,13 @@ impl Inode {
             loc: c.loc,
             stat: c.stat,
             local: c.local,
-            lookups: 0,
+            lookups,
         }
+    }
+
+    /// How many times the kernel was told of this inode and not yet forgot it.
+    pub fn lookups(&self) -> u64 {
+        self.lookups
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
@@ -177,16 +182,7 @@ impl InodeTable {
         }
         let ino = inner.next;
         inner.next += 1;
-        let node = Inode {
-            ino,
-            parent,
-            name: name.to_string(),
-            kind: child.kind,
-            loc: child.loc,
-            stat: child.stat,
-            local: child.local,
-            lookups: 0,
-        };
+        let node = Inode::from_parts(ino, parent, name.to_string(), child, 0);
         inner.children.insert(key, ino);
         inner.nodes.insert(ino, node.clone());
         node
@@ -282,33 +278,32 @@ impl InodeTable {
         self.inner.lock().nodes.len()
     }
 
-    /// Every known inode with its lookup count, and the next free number
-    /// (a takeover hands them over; negative entries are not kept).
-    /// The flag says whether the node's name still points at it (not unlinked).
-    pub fn export(&self) -> (Vec<(Inode, u64, bool)>, Ino) {
+    /// Every known inode, and the next free number (a takeover hands them
+    /// over; negative entries are not kept). The flag says whether the
+    /// node's name still points at it (not unlinked).
+    pub fn export(&self) -> (Vec<(Inode, bool)>, Ino) {
         let inner = self.inner.lock();
-        let mut nodes: Vec<(Inode, u64, bool)> = inner
+        let mut nodes: Vec<(Inode, bool)> = inner
             .nodes
             .values()
             .map(|n| {
                 let linked = inner.children.get(&(n.parent, n.name.clone())) == Some(&n.ino);
-                (n.clone(), n.lookups, linked)
+                (n.clone(), linked)
             })
             .collect();
-        nodes.sort_by_key(|(n, _, _)| n.ino);
+        nodes.sort_by_key(|(n, _)| n.ino);
         (nodes, inner.next)
     }
 
     /// Replaces the table with inodes another server exported (see
     /// [`Self::export`]); a node's name is linked in its parent unless an
     /// unlinked (deleted) one.
-    pub fn import(&self, nodes: Vec<(Inode, u64, bool)>, next: Ino) {
+    pub fn import(&self, nodes: Vec<(Inode, bool)>, next: Ino) {
         let mut inner = self.inner.lock();
         inner.nodes.clear();
         inner.children.clear();
         inner.negative.clear();
-        for (mut n, lookups, linked) in nodes {
-            n.lookups = lookups;
+        for (n, linked) in nodes {
             if n.ino != ROOT && linked {
                 inner.children.insert((n.parent, n.name.clone()), n.ino);
             }

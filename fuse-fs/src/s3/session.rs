@@ -10,7 +10,6 @@ use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -315,13 +314,12 @@ pub fn run(
         source,
     };
     let resumed = adopted.is_some();
-    let (session, proto, control) = match adopted {
+    let (session, control) = match adopted {
         Some((mut package, state)) => {
             let control = package.listener(state.control);
             let version = fuser::Version(state.proto.0, state.proto.1);
             let session =
-                fuser::Session::resume(adapter, package.dev, config.acl, config.clone(), version)
-                    .map_err(mount_err)?;
+                fuser::Session::resume(adapter, package.dev, config, version).map_err(mount_err)?;
             if let Err(e) = package.pending.ready() {
                 // The old server serves on; this one never touched the connection.
                 std::mem::forget(session);
@@ -333,22 +331,28 @@ pub fn run(
                 dirs = state.dirs.len(),
                 "took the mount over"
             );
-            let control = control.or_else(|| opts.control.as_deref().and_then(listen_or_warn));
-            (session, state.proto, control)
+            let control = control.or_else(|| {
+                opts.control
+                    .as_deref()
+                    .and_then(crate::handoff::listen_or_warn)
+            });
+            (session, control)
         }
         None => {
-            let control = opts.control.as_deref().and_then(listen_or_warn);
+            let control = opts
+                .control
+                .as_deref()
+                .and_then(crate::handoff::listen_or_warn);
             let session =
                 fuser::Session::new(adapter, &opts.mountpoint, &config).map_err(mount_err)?;
-            let proto = session.proto_version().map_or((7, 31), |v| (v.0, v.1));
-            (session, proto, control)
+            (session, control)
         }
     };
     let handover = Arc::new(takeover::Handover {
         fs,
         in_flight,
         pauser: session.pauser(),
-        proto,
+        proto: session.proto_version().map_or((7, 31), |v| (v.0, v.1)),
         dev: session.as_fd().try_clone_to_owned().map_err(mount_err)?,
         done: AtomicBool::new(false),
     });
@@ -432,14 +436,6 @@ enum End {
     Signalled,
     Unmounted,
     HandedOver,
-}
-
-/// The control socket, or none (the bucket is served all the same, only
-/// not taken over: an upgrade replaces its server instead).
-fn listen_or_warn(path: &Path) -> Option<UnixListener> {
-    crate::handoff::bind_control(path)
-        .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "no takeover of this mount possible"))
-        .ok()
 }
 
 /// FUSE tells the kernel 128 KiB of readahead at most, so sequential reads

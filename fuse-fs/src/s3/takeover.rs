@@ -19,11 +19,7 @@ use fuser::SessionPauser;
 use super::fs::handoff::S3State;
 use super::fs::S3Fs;
 use super::store::ObjectStore;
-use crate::handoff::{self as wire, HandoffError};
-
-/// How long a takeover may keep requests waiting for the new server (and
-/// for the requests in flight to be answered).
-pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::handoff::{self as wire, HandoffError, HANDOVER_TIMEOUT};
 
 /// What the old server needs to hand its mount over, shared with the
 /// control thread.
@@ -45,54 +41,35 @@ impl<S: ObjectStore> Handover<S> {
         wire::serve_control(l, move |s, control| h.hand_over(s, control));
     }
 
-    fn refuse(s: &mut UnixStream, why: String) -> Result<(), HandoffError> {
-        wire::refuse(s, &why)?;
-        Err(HandoffError::Refused(why))
-    }
-
     /// One takeover: park the loops, drain the requests in flight, send the
     /// state; on any failure before the new server is ready, serve on.
     fn hand_over(&self, mut s: UnixStream, control: BorrowedFd<'_>) -> Result<(), HandoffError> {
-        s.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
-        wire::read_request(&mut s, "s3")?;
-        let uploads = self.fs.open_uploads();
-        if uploads > 0 {
-            return Self::refuse(
-                &mut s,
-                format!("{uploads} upload(s) in progress (files open for writing); try again when they are closed"),
-            );
-        }
-        if let Err(e) = self.pauser.pause(HANDOVER_TIMEOUT) {
-            return Self::refuse(&mut s, e.to_string());
-        }
-        let r = (|| {
-            let deadline = Instant::now() + HANDOVER_TIMEOUT;
-            while self.in_flight.load(Ordering::Acquire) > 0 {
-                if Instant::now() > deadline {
-                    return Self::refuse(
-                        &mut s,
-                        "requests in flight did not end in time".to_string(),
-                    );
+        wire::serve_one(
+            &mut s,
+            "s3",
+            &self.pauser,
+            || self.fs.uploads_in_progress(),
+            |s| {
+                let deadline = Instant::now() + HANDOVER_TIMEOUT;
+                while self.in_flight.load(Ordering::Acquire) > 0 {
+                    if Instant::now() > deadline {
+                        return wire::refused(
+                            s,
+                            "requests in flight did not end in time".to_string(),
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let state = match self.fs.export(self.proto, Some(1)) {
-                Ok(st) => st,
-                Err(why) => return Self::refuse(&mut s, why),
-            };
-            let fds = [self.dev.as_fd(), control];
-            wire::hand_over(&mut s, &state.encode(), &fds)
-        })();
-        match r {
-            Ok(()) => {
-                self.done.store(true, Ordering::Release);
-                Ok(())
-            }
-            Err(e) => {
-                self.pauser.resume();
-                Err(e)
-            }
-        }
+                let state = match self.fs.export(self.proto, Some(1)) {
+                    Ok(st) => st,
+                    Err(why) => return wire::refused(s, why),
+                };
+                let fds = [self.dev.as_fd(), control];
+                wire::hand_over(s, &state.encode(), &fds)
+            },
+        )?;
+        self.done.store(true, Ordering::Release);
+        Ok(())
     }
 }
 

@@ -129,26 +129,13 @@ pub struct S3State {
 
 impl S3State {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("s3 state serialises")
+        crate::handoff::encode_state(self, "s3")
     }
 
     /// Parses state sent by another server: a version other than
     /// [`STATE_VERSION`] or a malformed text is a clear error.
     pub fn decode(bytes: &[u8]) -> Result<Self, HandoffError> {
-        #[derive(Deserialize)]
-        struct Versioned {
-            version: u32,
-        }
-        if let Ok(v) = serde_json::from_slice::<Versioned>(bytes) {
-            if v.version != STATE_VERSION {
-                return Err(HandoffError::State(format!(
-                    "s3 state version {} is not {STATE_VERSION}: take over with a server of a compatible version",
-                    v.version
-                )));
-            }
-        }
-        serde_json::from_slice(bytes)
-            .map_err(|e| HandoffError::State(format!("s3 state unreadable: {e}")))
+        crate::handoff::decode_state(bytes, "s3", STATE_VERSION)
     }
 }
 
@@ -171,14 +158,26 @@ fn kind(dir: bool) -> Kind {
     }
 }
 
+/// Files open for writing among `handles`.
+fn writers<'a, S: 'a>(handles: impl Iterator<Item = &'a Handle<S>>) -> usize {
+    handles.filter(|h| matches!(h, Handle::Write(..))).count()
+}
+
+/// Why a takeover is refused while `n` uploads are open.
+fn uploads_refusal(n: usize) -> String {
+    format!("{n} upload(s) in progress (files open for writing); try again when they are closed")
+}
+
 impl<S: ObjectStore> S3Fs<S> {
     /// Open uploads: while there are any, a takeover is refused.
     pub fn open_uploads(&self) -> usize {
-        self.handles
-            .lock()
-            .values()
-            .filter(|h| matches!(h, Handle::Write(..)))
-            .count()
+        writers(self.handles.lock().values())
+    }
+
+    /// Why a takeover must be refused now, if it must (open uploads).
+    pub fn uploads_in_progress(&self) -> Option<String> {
+        let n = self.open_uploads();
+        (n > 0).then(|| uploads_refusal(n))
     }
 
     /// The state to hand over. Call with no request in flight (the FUSE
@@ -189,7 +188,8 @@ impl<S: ObjectStore> S3Fs<S> {
         let (nodes, next_ino) = self.inodes.export();
         let nodes = nodes
             .into_iter()
-            .map(|(n, lookups, linked)| NodeState {
+            .map(|(n, linked)| NodeState {
+                lookups: n.lookups(),
                 ino: n.ino,
                 parent: n.parent,
                 name: n.name,
@@ -204,7 +204,6 @@ impl<S: ObjectStore> S3Fs<S> {
                 etag: n.stat.etag,
                 ttl_ms: ttl_ms(n.stat.expiry, now),
                 local: n.local,
-                lookups,
                 linked,
             })
             .collect();
@@ -212,15 +211,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let (mut reads, mut dirs) = (Vec::new(), Vec::new());
         for (&fh, h) in handles.iter() {
             match h {
-                Handle::Write(..) => {
-                    let n = handles
-                        .values()
-                        .filter(|h| matches!(h, Handle::Write(..)))
-                        .count();
-                    return Err(format!(
-                        "{n} upload(s) in progress (files open for writing); try again when they are closed"
-                    ));
-                }
+                Handle::Write(..) => return Err(uploads_refusal(writers(handles.values()))),
                 Handle::Read(ino, p) => {
                     let p = p.try_lock().map_err(|_| "a read is still in flight")?;
                     let o = p.object();
@@ -318,14 +309,13 @@ impl<S: ObjectStore> S3Fs<S> {
                 local: n.local,
             };
             nodes.push((
-                Inode::from_parts(n.ino, n.parent, n.name.clone(), child),
-                n.lookups,
+                Inode::from_parts(n.ino, n.parent, n.name.clone(), child, n.lookups),
                 n.linked,
             ));
         }
         if !nodes
             .iter()
-            .any(|(n, _, _)| n.ino == super::super::inode::ROOT)
+            .any(|(n, _)| n.ino == super::super::inode::ROOT)
         {
             return Err(bad("no root inode in the state".into()));
         }
