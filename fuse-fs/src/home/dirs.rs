@@ -104,11 +104,16 @@ impl HomeFs {
         let l = self.listing(ino, fh, offset)?;
         let dir = self.inode(ino)?;
         let mut added = 0;
+        // "." and "..": their number and type are all the kernel uses, so
+        // one stat of the directory serves both.
+        let mut dot = None;
         for (i, e) in l.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if e.is_dot() {
-                // Its number and type are all the kernel uses of it.
-                let mut st = sys::stat_fd(dir.fd())?;
+                let mut st = match dot {
+                    Some(st) => st,
+                    None => *dot.insert(sys::stat_fd(dir.fd())?),
+                };
                 st.st_ino = e.ino;
                 if add(&e.name, next, &Entry { ino: e.ino, st }) {
                     break;

@@ -593,17 +593,20 @@ impl HomeFs {
     }
 }
 
-/// Raises the soft limit of open files to the hard one (once is enough;
-/// failing leaves the limit as it was).
+/// Raises the soft limit of open files to the hard one, once per process
+/// (failing leaves the limit as it was).
 fn raise_open_files_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::info!(error = %e, soft, hard, "cannot raise the open files limit");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            if soft < hard {
+                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    tracing::info!(error = %e, soft, hard, "cannot raise the open files limit");
+                }
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]

@@ -32,12 +32,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use parking_lot::Mutex;
 
 use super::error::ObjectError;
-use super::layer::{Call, Get, Layer, Layered};
+use super::layer::{Get, Layer, Layered};
 use super::metrics::S3Metrics;
 use super::store::{ByteStream, ObjectStore};
 
@@ -325,14 +324,6 @@ fn tee(cache: Arc<DiskCache>, v: OwnedVersion, range: Range<u64>, body: ByteStre
 
 #[async_trait]
 impl Layer for Cached {
-    fn around<'a, T: Send + 'a>(
-        &'a self,
-        _call: Call<'a>,
-        request: BoxFuture<'a, Result<T, ObjectError>>,
-    ) -> BoxFuture<'a, Result<T, ObjectError>> {
-        request
-    }
-
     async fn get_range<S: ObjectStore>(
         &self,
         inner: &S,

@@ -651,7 +651,8 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Records that thread `tid` opened `fh` (see [`Self::flush`]).
     pub async fn opened_by(&self, fh: u64, tid: u32) {
         if let Ok(Handle::Write(_, u)) = self.handle(fh) {
-            u.lock().await.opened_by(tid);
+            let process = super::upload::process_of(tid);
+            u.lock().await.opened_by(process);
         }
     }
 

@@ -293,7 +293,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         self.spawn(async move {
             match fs.open(ino.0, write, truncate).await {
                 Ok(fh) => {
-                    fs.opened_by(fh, tid).await;
+                    if write {
+                        fs.opened_by(fh, tid).await;
+                    }
                     reply.opened(FileHandle(fh), FopenFlags::empty())
                 }
                 Err(e) => reply.error(errno(&e)),

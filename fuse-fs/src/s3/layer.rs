@@ -50,6 +50,11 @@ pub struct Get<'a> {
 }
 
 impl<'a> Get<'a> {
+    /// The request as [`Layer::around`] sees it.
+    pub fn call(&self) -> Call<'a> {
+        Call::new(Op::Get, self.bucket, self.key)
+    }
+
     /// Sends the GET to `store`.
     pub fn send<S: ObjectStore>(
         self,
@@ -63,12 +68,15 @@ impl<'a> Get<'a> {
 #[async_trait]
 pub trait Layer: Send + Sync + 'static {
     /// Runs `request` (the call to the store beneath, not started yet) for
-    /// `call` and returns its result, doing whatever the layer does around it.
+    /// `call` and returns its result, doing whatever the layer does around it
+    /// (by default nothing: a layer that only changes GETs).
     fn around<'a, T: Send + 'a>(
         &'a self,
-        call: Call<'a>,
+        _call: Call<'a>,
         request: BoxFuture<'a, Result<T, ObjectError>>,
-    ) -> BoxFuture<'a, Result<T, ObjectError>>;
+    ) -> BoxFuture<'a, Result<T, ObjectError>> {
+        request
+    }
 
     /// A ranged GET. By default an ordinary request; a layer that changes
     /// the body (or answers without the store) overrides it.
@@ -77,8 +85,7 @@ pub trait Layer: Send + Sync + 'static {
         inner: &S,
         get: Get<'_>,
     ) -> Result<ByteStream, ObjectError> {
-        let call = Call::new(Op::Get, get.bucket, get.key);
-        self.around(call, get.send(inner)).await
+        self.around(get.call(), get.send(inner)).await
     }
 }
 

@@ -197,22 +197,9 @@ impl Layer for Metered {
         inner: &S,
         get: Get<'_>,
     ) -> Result<ByteStream, ObjectError> {
-        let Get {
-            bucket,
-            key,
-            range,
-            etag,
-        } = get;
-        let call = Call {
-            op: Op::Get,
-            bucket,
-            key,
-            sent: 0,
-        };
-        let t = self.start(Op::Get);
-        let r = inner.get_range(bucket, key, range.clone(), etag).await;
-        self.done(&call, t, &r);
-        tracing::trace!(start = range.start, end = range.end, "get range");
+        let (start, end) = (get.range.start, get.range.end);
+        let r = self.around(get.call(), get.send(inner)).await;
+        tracing::trace!(start, end, "get range");
         let counter = self.bytes(Op::Get);
         r.map(|s| {
             Box::pin(s.inspect(move |c| {

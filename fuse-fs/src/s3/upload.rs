@@ -51,7 +51,7 @@ pub struct Upload<S> {
 /// The process (thread group) of the thread `tid` a FUSE request names;
 /// `None` when it cannot be told (0: the caller is outside the server's
 /// PID namespace, or it is gone).
-fn process_of(tid: u32) -> Option<u32> {
+pub fn process_of(tid: u32) -> Option<u32> {
     if tid == 0 {
         return None;
     }
@@ -81,20 +81,20 @@ impl<S: ObjectStore> Upload<S> {
         }
     }
 
-    /// Remembers which process opened the file: the thread `tid` of the
-    /// CREATE or OPEN request.
-    pub fn opened_by(&mut self, tid: u32) {
-        self.opener = process_of(tid).unwrap_or(0);
+    /// Remembers which process opened the file (the [`process_of`] the
+    /// thread of the CREATE or OPEN request).
+    pub fn opened_by(&mut self, process: Option<u32>) {
+        self.opener = process.unwrap_or(0);
     }
 
     /// Whether a FLUSH from thread `tid` is the opener closing the file
     /// (true when either side cannot be told: the upload completes at
     /// close, as it always did).
     pub fn closed_by_opener(&self, tid: u32) -> bool {
-        match (self.opener, process_of(tid)) {
-            (0, _) | (_, None) => true,
-            (opener, Some(p)) => opener == p,
+        if self.opener == 0 {
+            return true;
         }
+        process_of(tid).is_none_or(|p| p == self.opener)
     }
 
     /// Bytes written so far.
