@@ -187,18 +187,13 @@ impl Release {
         let conn = UnixStream::connect(socket).map_err(|e| {
             DriverError::Unavailable(format!("no mounter on {} ({e})", socket.display()))
         })?;
-        conn.set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(|e| DriverError::io("configure", socket, e))?;
-        let mut out = serde_json::to_vec(&Request::Release).expect("serialise");
-        out.push(b'\n');
-        (&conn)
-            .write_all(&out)
-            .map_err(|e| DriverError::io("write", socket, e))?;
-        let mut line = String::new();
-        read_line(&conn, &mut line).map_err(|e| DriverError::io("read", socket, e))?;
-        match serde_json::from_str::<Reply>(&line) {
+        match exchange(
+            &conn,
+            &Request::Release,
+            Duration::from_secs(60),
+            |op, e| DriverError::io(op, socket, e),
+        )? {
             Ok(Reply::Released) => Ok(Release(conn)),
-            Ok(Reply::Failed { kind, message }) => Err(from_failure(kind, message)),
             r => Err(DriverError::Unavailable(format!(
                 "the old mounter answered {r:?} to a release"
             ))),
@@ -243,20 +238,32 @@ impl MounterClient {
             ))
         };
         let conn = UnixStream::connect(&self.socket).map_err(unavailable)?;
-        conn.set_read_timeout(Some(self.timeout))
-            .map_err(unavailable)?;
-        let mut out = serde_json::to_vec(req).map_err(|e| DriverError::Invalid(e.to_string()))?;
-        out.push(b'\n');
-        (&conn).write_all(&out).map_err(unavailable)?;
-        let mut line = String::new();
-        read_line(&conn, &mut line).map_err(unavailable)?;
-        let reply: Reply = serde_json::from_str(&line).map_err(|e| {
+        exchange(&conn, req, self.timeout, |_, e| unavailable(e))?.map_err(|e| {
             DriverError::Unavailable(format!("the hubfs mounter answered nonsense ({e})"))
-        })?;
-        match reply {
-            Reply::Failed { kind, message } => Err(from_failure(kind, message)),
-            r => Ok(r),
-        }
+        })
+    }
+}
+
+/// Sends `req` on `conn` and reads the one-line answer, waiting at most
+/// `timeout` for it. A failure the mounter answers is returned as the error
+/// it stands for; `io` names an I/O error of the step (`configure`, `write`,
+/// `read`); an answer that is not a [`Reply`] is left to the caller.
+fn exchange(
+    conn: &UnixStream,
+    req: &Request,
+    timeout: Duration,
+    io: impl Fn(&'static str, std::io::Error) -> DriverError,
+) -> Result<serde_json::Result<Reply>> {
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| io("configure", e))?;
+    let mut out = serde_json::to_vec(req).map_err(|e| DriverError::Invalid(e.to_string()))?;
+    out.push(b'\n');
+    (&*conn).write_all(&out).map_err(|e| io("write", e))?;
+    let mut line = String::new();
+    read_line(conn, &mut line).map_err(|e| io("read", e))?;
+    match serde_json::from_str::<Reply>(&line) {
+        Ok(Reply::Failed { kind, message }) => Err(from_failure(kind, message)),
+        r => Ok(r),
     }
 }
 
