@@ -107,8 +107,15 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
     cfg.watch_interval = Duration::from_millis(args.watch_ms);
     cfg.s3_cache = args.s3_cache.config()?;
-    if args.take_over && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        match keeper::takeover::take_over(&cfg, Duration::from_secs(60)) {
+    // One connection to the running mounter, if any: it carries the
+    // release (none running: nothing to take over).
+    let old = if args.take_over {
+        std::os::unix::net::UnixStream::connect(&socket).ok()
+    } else {
+        None
+    };
+    if let Some(old) = old {
+        match keeper::takeover::take_over(&cfg, old, Duration::from_secs(60)) {
             Ok((r, t)) => {
                 tracing::info!(servers = t.len(), "took the running mounter's servers over");
                 release = Some(r);

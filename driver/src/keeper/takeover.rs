@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
+use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -31,16 +32,17 @@ use super::wire::Release;
 use super::{control_path, socket_path, SupervisorConfig};
 use crate::error::Result;
 
-/// Hands every server of the mounter serving `cfg.state_dir` to a new
-/// server started as `cfg` starts servers. Returns the old mounter's
-/// release (call [`Release::done`] once this mounter serves) and the new
-/// servers by id.
+/// Hands every server of the mounter serving `cfg.state_dir`, reached
+/// through `old` (a connection to its socket), to a new server started as
+/// `cfg` starts servers. Returns the old mounter's release (call
+/// [`Release::done`] once this mounter serves) and the new servers by id.
 pub fn take_over(
     cfg: &SupervisorConfig,
+    old: UnixStream,
     timeout: Duration,
 ) -> Result<(Release, HashMap<String, Child>)> {
     let state_dir = cfg.state_dir.as_path();
-    let release = Release::ask(&socket_path(state_dir))?;
+    let release = Release::ask_on(old, &socket_path(state_dir))?;
     let state = StateFile::new(state_dir).load();
     let secrets = Secrets::new(state_dir);
     let mut started = Vec::new();

@@ -187,6 +187,12 @@ impl Release {
         let conn = UnixStream::connect(socket).map_err(|e| {
             DriverError::Unavailable(format!("no mounter on {} ({e})", socket.display()))
         })?;
+        Release::ask_on(conn, socket)
+    }
+
+    /// Asks the mounter at the other end of `conn` (connected to `socket`)
+    /// to release its servers.
+    pub fn ask_on(conn: UnixStream, socket: &Path) -> Result<Release> {
         match exchange(
             &conn,
             &Request::Release,
