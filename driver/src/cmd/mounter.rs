@@ -102,7 +102,6 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     }
     stop.thread_block().context("blocking signals")?;
     let exe = std::env::current_exe().context("locate the hubfs binary")?;
-    let mut release = None;
     let mut taken = HashMap::new();
     let mut cfg = SupervisorConfig::new(state_dir.clone(), exe);
     cfg.watch_interval = Duration::from_millis(args.watch_ms);
@@ -118,8 +117,14 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
         match keeper::takeover::take_over(&cfg, old, Duration::from_secs(60)) {
             Ok((r, t)) => {
                 tracing::info!(servers = t.len(), "took the running mounter's servers over");
-                release = Some(r);
                 taken = t;
+                // The old mounter idles now; its socket is replaced (it
+                // keeps listening on the unlinked one, which nobody
+                // reaches).
+                if let Err(e) = r.done() {
+                    tracing::warn!(error = %e, "the old mounter went away before the end of the takeover");
+                }
+                let _ = std::fs::remove_file(&socket);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the running mounter over; waiting for it to go");
@@ -131,14 +136,6 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-    }
-    // After a takeover the old mounter idles; its socket is replaced (it
-    // keeps listening on the unlinked one, which nobody reaches).
-    if let Some(r) = release.take() {
-        if let Err(e) = r.done() {
-            tracing::warn!(error = %e, "the old mounter went away before the end of the takeover");
-        }
-        let _ = std::fs::remove_file(&socket);
     }
     // Bind first: a second mounter on the same directory must not touch the
     // servers. One that is still going away (its container being killed) is

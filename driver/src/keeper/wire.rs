@@ -147,9 +147,7 @@ fn answer(conn: UnixStream, servers: &dyn Servers) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = String::new();
     read_line(&conn, &mut line)?;
-    let req = serde_json::from_str::<Request>(&line);
-    let release = matches!(req, Ok(Request::Release));
-    let reply = match req {
+    let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             tracing::debug!(?req, "mounter request");
             handle(servers, req)
@@ -159,11 +157,12 @@ fn answer(conn: UnixStream, servers: &dyn Servers) -> std::io::Result<()> {
             message: format!("malformed request: {e}"),
         },
     };
+    // Only a release request is answered `released`.
     let released = matches!(reply, Reply::Released);
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     out.push(b'\n');
     (&conn).write_all(&out)?;
-    if release && released {
+    if released {
         // Frozen until the new mounter says it is done, or goes away.
         conn.set_read_timeout(None)?;
         let mut done = String::new();
