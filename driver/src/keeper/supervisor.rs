@@ -375,11 +375,7 @@ impl Supervisor {
         let mp = spec.mountpoint(&self.cfg.state_dir);
         std::fs::create_dir_all(&mp).map_err(|e| DriverError::io("create", &mp, e))?;
         let log = log_path(&self.cfg.state_dir, spec);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| DriverError::io("open", &log, e))?;
+        let file = open_log(&log).map_err(|e| DriverError::io("open", &log, e))?;
         let out = file
             .try_clone()
             .map_err(|e| DriverError::io("dup", &log, e))?;
@@ -686,8 +682,17 @@ fn owner_of(state: &State, target: &Path) -> Option<String> {
         .map(|(id, _)| id.clone())
 }
 
-fn log_path(state_dir: &Path, spec: &ServerSpec) -> PathBuf {
+/// Where the server of `spec` writes its stdout and stderr.
+pub(super) fn log_path(state_dir: &Path, spec: &ServerSpec) -> PathBuf {
     spec.mountpoint(state_dir).with_file_name("server.log")
+}
+
+/// Opens a server's log (see [`log_path`]) to append to it.
+pub(super) fn open_log(log: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
 }
 
 /// Whether `pid` is a living `hubfs mount` serving `mp` (not a reused pid).

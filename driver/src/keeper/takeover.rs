@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::secrets::Secrets;
 use super::state::StateFile;
+use super::supervisor::{log_path, open_log};
 use super::wire::Release;
 use super::{control_path, socket_path, SupervisorConfig};
 use crate::error::Result;
@@ -51,13 +52,7 @@ pub fn take_over(
         if !ctl.exists() {
             continue;
         }
-        let mp = rec.spec.mountpoint(state_dir);
-        let log = mp.with_file_name("server.log");
-        let err = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-        {
+        let err = match open_log(&log_path(state_dir, &rec.spec)) {
             Ok(f) => Stdio::from(f),
             Err(_) => Stdio::null(),
         };
