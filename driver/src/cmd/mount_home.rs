@@ -141,10 +141,7 @@ pub fn run(args: HomeArgs) -> anyhow::Result<ExitCode> {
     }
     if args.foreground {
         // The line a mounter taking servers over waits for (keeper::takeover).
-        serve(&args, opts, || {
-            use std::io::Write;
-            let _ = writeln!(std::io::stdout(), "serving");
-        })?;
+        serve(&args, opts, hubfs::keeper::takeover::say_serving)?;
         return Ok(ExitCode::SUCCESS);
     }
     super::daemon::daemonize(|ready| serve(&args, opts, ready))

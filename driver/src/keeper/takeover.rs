@@ -33,6 +33,16 @@ use super::wire::Release;
 use super::{control_path, socket_path, SupervisorConfig};
 use crate::error::Result;
 
+/// The line a `hubfs mount home|s3 --foreground` prints on stdout once it
+/// serves: what a mounter taking servers over waits for.
+pub const SERVING: &str = "serving";
+
+/// Prints [`SERVING`] (a foreground server's readiness).
+pub fn say_serving() {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{SERVING}");
+}
+
 /// Hands every server of the mounter serving `cfg.state_dir`, reached
 /// through `old` (a connection to its socket), to a new server started as
 /// `cfg` starts servers. Returns the old mounter's release (call
@@ -81,7 +91,7 @@ pub fn take_over(
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = std::io::BufReader::new(out).read_line(&mut line);
-            let _ = tx.send((id2, line.trim_end() == "serving"));
+            let _ = tx.send((id2, line.trim_end() == SERVING));
         });
         waiting.insert(id, child);
     }
