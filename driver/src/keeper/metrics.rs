@@ -113,7 +113,7 @@ pub fn render(status: &[ServerStatus]) -> String {
         "# HELP hubfs_mounter_server_healthy Whether a server's mount answers (1) or not (0).\n\
          # TYPE hubfs_mounter_server_healthy gauge\n",
     );
-    let mut sources = vec![(String::new(), String::new())];
+    let mut sources = Vec::new();
     let mut healthy = String::new();
     let mut restarts = String::from(
         "# HELP hubfs_mounter_server_restarts Times a dead server was replaced.\n\
@@ -135,7 +135,7 @@ pub fn render(status: &[ServerStatus]) -> String {
     own.push_str(&healthy);
     own.push_str(&restarts);
     // The mounter's own lines carry their labels already.
-    let merged = merge(&sources[1..]);
+    let merged = merge(&sources);
     format!("{own}{merged}")
 }
 
