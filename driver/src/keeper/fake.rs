@@ -57,12 +57,7 @@ impl FakeServers {
         credentials: Option<&StaticCredentials>,
     ) -> Result<bool> {
         spec.validate()?;
-        if super::secrets::wants_credentials(spec) != credentials.is_some() {
-            return Err(DriverError::Invalid(format!(
-                "{}: credentials must come with --credentials-file /dev/fd/0, and only then",
-                spec.what
-            )));
-        }
+        super::secrets::check_credentials(spec, credentials)?;
         let mut s = self.inner.lock();
         s.calls.push(ServerCall::Publish {
             spec: spec.clone(),

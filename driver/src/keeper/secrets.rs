@@ -73,6 +73,18 @@ pub fn wants_credentials(spec: &ServerSpec) -> bool {
         .any(|w| w[0] == CREDENTIALS_ARGS[0] && w[1] == CREDENTIALS_ARGS[1])
 }
 
+/// Checks that `credentials` come with a server that takes them (see
+/// [`wants_credentials`]), and only with one.
+pub fn check_credentials(spec: &ServerSpec, credentials: Option<&StaticCredentials>) -> Result<()> {
+    if wants_credentials(spec) != credentials.is_some() {
+        return Err(DriverError::Invalid(format!(
+            "{}: credentials must come with `--credentials-file /dev/fd/0`, and only then",
+            spec.what
+        )));
+    }
+    Ok(())
+}
+
 /// Credentials of the servers, in memory and in root-only files.
 pub struct Secrets {
     state_dir: PathBuf,

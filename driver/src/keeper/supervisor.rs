@@ -24,7 +24,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use parking_lot::Mutex;
 
-use super::secrets::{wants_credentials, Secrets};
+use super::secrets::{check_credentials, wants_credentials, Secrets};
 use super::state::{ServerRecord, State, StateFile};
 use super::{Kind, ServerSpec, ServerStatus, Servers};
 use crate::error::{DriverError, Result};
@@ -580,12 +580,7 @@ impl Supervisor {
         credentials: Option<&StaticCredentials>,
     ) -> Result<bool> {
         spec.validate()?;
-        if wants_credentials(spec) != credentials.is_some() {
-            return Err(DriverError::Invalid(format!(
-                "{}: credentials must come with `--credentials-file /dev/fd/0`, and only then",
-                spec.what
-            )));
-        }
+        check_credentials(spec, credentials)?;
         let target = crate::paths::absolute("target", &target.to_string_lossy())?;
         let mut inner = self.inner.lock();
         if inner.released {
