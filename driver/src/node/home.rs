@@ -101,7 +101,7 @@ pub(super) fn publish(
     if fuse {
         // The keeper knows whether the target already shows this home.
         let spec = home_layer(node, id, &vol, ctx, staging)?;
-        if !publish_server(node, &spec, target, false)? {
+        if !publish_server(node, &spec, target, false, None)? {
             return Ok(None);
         }
     } else {

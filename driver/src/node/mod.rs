@@ -37,6 +37,7 @@ use crate::paths;
 use crate::server::blocking;
 use crate::share::Shares;
 use crate::stats::UsageCache;
+use hubfs_fuse::s3::credentials::StaticCredentials;
 use hubfs_quota::events::{post_in_background, EventSink, Notice, Reason};
 
 /// Node service settings.
@@ -95,17 +96,23 @@ fn read_only(readonly: bool, c: &VolumeCapability) -> bool {
 }
 
 /// Asks the keeper to show `spec` at `target`, creating the directory; one
-/// created here is removed again if that fails. Returns false when `target`
+/// created here is removed again if that fails. `credentials` are the
+/// server's own identity, if it has one. Returns false when `target`
 /// already showed it (nothing was mounted).
 fn publish_server(
     node: &NodeService,
     spec: &ServerSpec,
     target: &Path,
     read_only: bool,
+    credentials: Option<&StaticCredentials>,
 ) -> Result<bool> {
     let created = !target.exists();
     std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
-    let res = node.inner.servers.publish(spec, target, read_only);
+    let servers = &node.inner.servers;
+    let res = match credentials {
+        None => servers.publish(spec, target, read_only),
+        Some(c) => servers.publish_with_credentials(spec, target, read_only, c),
+    };
     if res.is_err() && created {
         let _ = std::fs::remove_dir(target);
     }

@@ -241,20 +241,10 @@ pub(super) fn publish(
     let mounted = match &who {
         Identity::Own(c) => {
             let digest = identity_digest(&node_key(&node.inner.cfg.state_dir)?, c);
-            let spec = server(&opts, Some(&digest));
-            let created = !target.exists();
-            std::fs::create_dir_all(target).map_err(|e| DriverError::io("create", target, e))?;
-            let res = node
-                .inner
-                .servers
-                .publish_with_credentials(&spec, target, true, c);
-            if res.is_err() && created {
-                let _ = std::fs::remove_dir(target);
-            }
-            res?
+            publish_server(node, &server(&opts, Some(&digest)), target, true, Some(c))?
         }
         Identity::Node | Identity::Anonymous => {
-            publish_server(node, &server(&opts, None), target, true)?
+            publish_server(node, &server(&opts, None), target, true, None)?
         }
     };
     if !mounted {
