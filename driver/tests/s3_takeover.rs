@@ -29,6 +29,7 @@ use hubfs_fuse::s3::session::{probe, MountState};
 use hubfs_fuse::s3::store::ObjectStore;
 use sha2::{Digest, Sha256};
 
+use hubfs_e2e::csi::mount_ids_at;
 use hubfs_e2e::{wait_exit, wait_until};
 
 /// How long any wait of these tests may take on a loaded machine.
@@ -169,16 +170,10 @@ impl Bucket {
     }
 
     /// The mount id of the one mount at the mountpoint.
-    fn mount_id(&self) -> String {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let at = self.mnt.display().to_string();
-        let ids: Vec<String> = info
-            .lines()
-            .filter(|l| l.split(' ').nth(4) == Some(at.as_str()))
-            .map(|l| l.split(' ').next().unwrap().to_string())
-            .collect();
-        assert_eq!(ids.len(), 1, "one mount at {at}: {ids:?}");
-        ids[0].clone()
+    fn mount_id(&self) -> u32 {
+        let ids = mount_ids_at(&self.mnt);
+        assert_eq!(ids.len(), 1, "one mount at {}: {ids:?}", self.mnt.display());
+        ids[0]
     }
 }
 
@@ -533,16 +528,6 @@ fn sigterm_mounter(c: &Server) {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-}
-
-/// Mount ids at `p` (a stacked recovery would show two).
-fn mount_ids_at(p: &std::path::Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let at = p.display().to_string();
-    info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(at.as_str()))
-        .map(|l| l.split(' ').next().unwrap().to_string())
-        .collect()
 }
 
 #[test]

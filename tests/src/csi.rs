@@ -44,6 +44,17 @@ pub fn detach_mounts_below(dir: &Path) {
     }
 }
 
+/// The ids of the mounts exactly at `p`, bottom first (a stacked mount
+/// shows two), from /proc/self/mountinfo.
+pub fn mount_ids_at(p: &Path) -> Vec<u32> {
+    hubfs_fuse::mountinfo::read()
+        .expect("read /proc/self/mountinfo")
+        .into_iter()
+        .filter(|e| e.mount_point == p)
+        .map(|e| e.mount_id)
+        .collect()
+}
+
 /// Whether `p` is exactly a mount point.
 pub fn is_mounted(p: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
