@@ -17,9 +17,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -30,36 +30,19 @@ use hubfs_fuse::s3::store::ObjectStore;
 use sha2::{Digest, Sha256};
 
 use hubfs_e2e::csi::mount_ids_at;
-use hubfs_e2e::{wait_exit, wait_until};
+use hubfs_e2e::{
+    container, content, serial, sha, sigterm_and_wait, sigterm_container, wait_exit, wait_until,
+    KillOnDrop,
+};
 
 /// How long any wait of these tests may take on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(120);
 
 const MIB: usize = 1 << 20;
 
-/// One test at a time: a fork while the other test's mount is paused for
-/// a handover would wait, in `exec`, on the FLUSH of inherited descriptors.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect()
-}
-
-fn sha(b: &[u8]) -> Vec<u8> {
-    Sha256::digest(b).to_vec()
-}
+// One test at a time ([`serial`]): a fork while the other test's mount is
+// paused for a handover would wait, in `exec`, on the FLUSH of inherited
+// descriptors.
 
 /// A bucket mount and the command line of its servers.
 struct Bucket {
@@ -70,24 +53,10 @@ struct Bucket {
     env: Vec<(String, String)>,
 }
 
-/// A server process, killed if the test ends early.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && self.0.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+/// A server process, stopped if the test ends early: SIGTERM, then killed
+/// if it has not exited within 10 s.
+fn server(c: std::process::Child) -> KillOnDrop {
+    KillOnDrop::terminating(c, Duration::from_secs(10))
 }
 
 impl Bucket {
@@ -143,11 +112,11 @@ impl Bucket {
     }
 
     /// Starts the first server and waits for the mount.
-    fn serve(&self) -> Server {
-        let mut s = Server(self.command(&[]).spawn().expect("start hubfs mount s3"));
+    fn serve(&self) -> KillOnDrop {
+        let mut s = server(self.command(&[]).spawn().expect("start hubfs mount s3"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while probe(&self.mnt) != MountState::Healthy {
-            assert!(s.0.try_wait().unwrap().is_none(), "the server exited");
+            assert!(s.try_wait().unwrap().is_none(), "the server exited");
             assert!(Instant::now() < deadline, "the mount did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -160,13 +129,13 @@ impl Bucket {
 
     /// Starts a server that takes the mount over; `capture`: its stderr
     /// is kept for [`stderr_of`] (only for one that exits).
-    fn take_over(&self, capture: bool) -> Server {
+    fn take_over(&self, capture: bool) -> KillOnDrop {
         let ctl = self.ctl.display().to_string();
         let mut c = self.command(&["--take-over", &ctl]);
         if capture {
             c.stderr(Stdio::piped());
         }
-        Server(c.spawn().expect("start hubfs mount s3 --take-over"))
+        server(c.spawn().expect("start hubfs mount s3 --take-over"))
     }
 
     /// The mount id of the one mount at the mountpoint.
@@ -279,10 +248,10 @@ fn put(rt: &tokio::runtime::Runtime, s3: &S3Store, bucket: &str, key: &str, data
         .unwrap();
 }
 
-fn stderr_of(mut s: Server) -> (std::process::ExitStatus, String) {
-    let status = wait_exit(&mut s.0, Duration::from_secs(60));
+fn stderr_of(mut s: KillOnDrop) -> (std::process::ExitStatus, String) {
+    let status = wait_exit(&mut s, Duration::from_secs(60));
     let mut err = String::new();
-    if let Some(mut e) = s.0.stderr.take() {
+    if let Some(mut e) = s.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
     (status, err)
@@ -343,7 +312,7 @@ fn a_bucket_server_is_taken_over_under_a_streaming_reader_and_a_lister() {
     );
     let t = Instant::now();
     let new = b.take_over(false);
-    let status = wait_exit(&mut old.0, Duration::from_secs(60));
+    let status = wait_exit(&mut old, Duration::from_secs(60));
     let handover = t.elapsed();
     assert!(status.success(), "the old server exits cleanly: {status}");
     let (passes, listings) = (
@@ -382,9 +351,9 @@ fn a_bucket_server_is_taken_over_under_a_streaming_reader_and_a_lister() {
         assert_eq!(c.bad.load(Ordering::Relaxed), 0, "{what} wrong results");
     }
     let mut new = new;
-    assert!(new.0.try_wait().unwrap().is_none(), "the new server serves");
+    assert!(new.try_wait().unwrap().is_none(), "the new server serves");
     assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.0.id() as i32), None).is_err(),
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.id() as i32), None).is_err(),
         "the old server is gone"
     );
     assert_eq!(b.mount_id(), id, "the same kernel mount");
@@ -411,12 +380,7 @@ fn a_bucket_server_is_taken_over_under_a_streaming_reader_and_a_lister() {
     assert_eq!(root, ["a", "big.bin", "later.txt"]);
     assert_eq!(std::fs::read_dir(b.mnt.join(deep)).unwrap().count(), 6);
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(new.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(wait_exit(&mut new.0, Duration::from_secs(30)).success());
+    assert!(sigterm_and_wait(&mut new, Duration::from_secs(30)).success());
     assert_ne!(
         probe(&b.mnt),
         MountState::Healthy,
@@ -458,7 +422,7 @@ fn an_open_upload_refuses_the_takeover_and_completes() {
     // descriptor (as `dd of=` and shell redirections do): closing any copy
     // of it (a FLUSH) ends the upload.
     let path = b.mnt.join("up.bin");
-    let mut dd = Server(
+    let mut dd = server(
         Command::new("python3")
             .arg("-c")
             .arg(WRITER)
@@ -467,7 +431,7 @@ fn an_open_upload_refuses_the_takeover_and_completes() {
             .spawn()
             .expect("python3"),
     );
-    let mut pipe = dd.0.stdin.take().unwrap();
+    let mut pipe = dd.stdin.take().unwrap();
     pipe.write_all(&data[..9 * MIB]).unwrap();
     wait_until("the upload is open", PATIENCE, || path.exists());
 
@@ -475,13 +439,13 @@ fn an_open_upload_refuses_the_takeover_and_completes() {
     assert!(!status.success(), "the takeover is refused");
     assert!(err.contains("1 upload(s) in progress"), "{err}");
     assert!(
-        old.0.try_wait().unwrap().is_none(),
+        old.try_wait().unwrap().is_none(),
         "the old server serves on"
     );
 
     pipe.write_all(&data[9 * MIB..]).unwrap();
     drop(pipe);
-    assert!(wait_exit(&mut dd.0, Duration::from_secs(60)).success());
+    assert!(wait_exit(&mut dd, Duration::from_secs(60)).success());
     assert_eq!(
         sha(&get(&rt, &s3, &g.bucket, "up.bin")),
         sha(&data),
@@ -495,18 +459,16 @@ fn an_open_upload_refuses_the_takeover_and_completes() {
 
     // Closed: the takeover goes through now.
     let mut new = b.take_over(false);
-    assert!(wait_exit(&mut old.0, Duration::from_secs(60)).success());
+    assert!(wait_exit(&mut old, Duration::from_secs(60)).success());
     assert_eq!(b.mount_id(), id, "the same kernel mount");
     assert_eq!(std::fs::read(b.mnt.join("up.bin")).unwrap(), data);
-    assert!(new.0.try_wait().unwrap().is_none(), "the new server serves");
+    assert!(new.try_wait().unwrap().is_none(), "the new server serves");
 }
 
 /// `hubfs mounter` as PID 1 of its own PID namespace (a container).
-fn mounter_container(state: &std::path::Path, extra: &[&str]) -> Server {
-    Server(
-        Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child", "--"])
-            .arg(hubfs_e2e::hubfs_binary())
+fn mounter_container(state: &std::path::Path, extra: &[&str]) -> KillOnDrop {
+    server(
+        container(hubfs_e2e::hubfs_binary())
             .args(["mounter", "--state-dir"])
             .arg(state)
             .args(extra)
@@ -517,17 +479,6 @@ fn mounter_container(state: &std::path::Path, extra: &[&str]) -> Server {
             .spawn()
             .expect("start a mounter"),
     )
-}
-
-/// SIGTERM to the mounter in a [`mounter_container`] (its PID 1).
-fn sigterm_mounter(c: &Server) {
-    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.0.id())).unwrap();
-    let inner: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(inner),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
 }
 
 #[test]
@@ -616,9 +567,8 @@ fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
     );
     wait_until("the new mounter is ready", PATIENCE, || ready.exists());
     hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "new mounter");
-    assert!(old.0.try_wait().unwrap().is_none(), "the old mounter idles");
-    sigterm_mounter(&old);
-    let status = wait_exit(&mut old.0, Duration::from_secs(10));
+    assert!(old.try_wait().unwrap().is_none(), "the old mounter idles");
+    let status = sigterm_container(&mut old, Duration::from_secs(10));
     assert!(status.success(), "the old mounter exits cleanly: {status}");
     let passes = rc.passes.load(Ordering::Relaxed);
     wait_until("two more passes", PATIENCE, || {
@@ -645,8 +595,7 @@ fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
     );
     assert!(client.unpublish(&target).unwrap());
     assert!(mount_ids_at(&target).is_empty());
-    sigterm_mounter(&new);
-    let status = wait_exit(&mut new.0, Duration::from_secs(10));
+    let status = sigterm_container(&mut new, Duration::from_secs(10));
     assert!(status.success(), "SIGTERM ends the mounter: {status}");
     hubfs_e2e::csi::detach_mounts_below(d);
     let _ = umount2(d, MntFlags::MNT_DETACH);
@@ -694,12 +643,12 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
         rc.passes.load(Ordering::Relaxed) >= passes + 2
     });
     assert!(
-        old.0.try_wait().unwrap().is_none(),
+        old.try_wait().unwrap().is_none(),
         "the old server serves on"
     );
     // It can still be taken over, for real this time.
     let new = b.take_over(false);
-    assert!(wait_exit(&mut old.0, Duration::from_secs(60)).success());
+    assert!(wait_exit(&mut old, Duration::from_secs(60)).success());
     let passes = rc.passes.load(Ordering::Relaxed);
     wait_until("two more passes on the new server", PATIENCE, || {
         rc.passes.load(Ordering::Relaxed) >= passes + 2

@@ -17,7 +17,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,23 +29,21 @@ use hubfs_proto::quota::{
 use sha2::{Digest, Sha256};
 
 use hubfs_e2e::csi::mount_ids_at;
-use hubfs_e2e::{wait_exit, wait_until};
+use hubfs_e2e::{
+    container, content, serial, sha, sigterm_and_wait, sigterm_container, wait_exit, wait_until,
+    KillOnDrop,
+};
 
 /// How long any wait of these tests may take on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(90);
 
 const MIB: usize = 1 << 20;
 
-/// The tests of this file run one at a time: a test that forks (to start a
-/// server) while another holds descriptors of a mount whose server is
-/// paused for a handover would have its child wait, in `exec`, on the
-/// FLUSH of each inherited descriptor until the pause ends — and, for the
-/// rollback test, keep its socket to the old server open meanwhile.
-static SERIAL: Mutex<()> = Mutex::new(());
+// The tests of this file run one at a time ([`serial`]): a fork while
+// another test's mount is paused for a handover would wait on the FLUSH of
+// inherited descriptors and, for the rollback test, keep its socket to the
+// old server open meanwhile.
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 const QUOTA: u64 = 200 * MIB as u64;
 
 /// The quota controller stand-in: keeps every report.
@@ -160,8 +158,8 @@ impl Home {
         }
     }
 
-    fn server(&self, extra: &[&str]) -> Killed {
-        Killed(
+    fn server(&self, extra: &[&str]) -> KillOnDrop {
+        KillOnDrop::new(
             Command::new(hubfs_e2e::hubfs_binary())
                 .args(&self.args)
                 .args(extra)
@@ -200,24 +198,6 @@ fn usage_bytes(mnt: &Path) -> i64 {
         .find_map(|f| f.strip_prefix("bytes="))
         .and_then(|b| b.parse().ok())
         .unwrap_or_else(|| panic!("bytes in {u:?}"))
-}
-
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect()
-}
-
-fn sha(b: &[u8]) -> Vec<u8> {
-    Sha256::digest(b).to_vec()
 }
 
 #[derive(Default)]
@@ -443,12 +423,7 @@ fn a_new_server_takes_the_live_connection_over_with_no_error() {
     std::fs::remove_file(home.mnt.join("big")).unwrap();
 
     // SIGTERM: the new server unmounts the mount it took over and reports last.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(new.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = wait_exit(&mut new, Duration::from_secs(30));
+    let status = sigterm_and_wait(&mut new, Duration::from_secs(30));
     assert!(status.success(), "the new server stops cleanly: {status}");
     assert!(
         !hubfs_e2e::csi::is_mounted(&home.mnt),
@@ -499,12 +474,7 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
         sha(&std::fs::read(home.src.join("log")).unwrap()),
         sha(&appended)
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(new.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(wait_exit(&mut new, Duration::from_secs(30)).success());
+    assert!(sigterm_and_wait(&mut new, Duration::from_secs(30)).success());
 }
 
 /// The old server's loops sleep in a blocking read of an idle device and
@@ -521,7 +491,7 @@ fn an_idle_server_started_with_signals_blocked_still_hands_over() {
     // python3 blocks every signal it may, then becomes the server.
     let mut argv = vec![hubfs_e2e::hubfs_binary().display().to_string()];
     argv.extend(home.args.iter().cloned());
-    let mut old = Killed(
+    let mut old = KillOnDrop::new(
         Command::new("python3")
             .args([
                 "-c",
@@ -561,44 +531,14 @@ fn an_idle_server_started_with_signals_blocked_still_hands_over() {
     assert!(new.try_wait().unwrap().is_none(), "the new server serves");
     assert_eq!(home.mount_id(), mount_id, "the same kernel mount");
     assert_eq!(std::fs::read(home.mnt.join("f")).unwrap(), b"kept");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(new.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(wait_exit(&mut new, Duration::from_secs(30)).success());
+    assert!(sigterm_and_wait(&mut new, Duration::from_secs(30)).success());
 }
 
-/// A child process killed (with everything in its PID namespace) when the
-/// test ends, passed or not.
-struct Killed(Child);
-
-impl std::ops::Deref for Killed {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Killed {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `hubfs mounter` as PID 1 of its own PID namespace (a container).
-fn mounter_container(state: &Path, extra: &[&str]) -> Killed {
-    Killed(
-        Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child", "--"])
-            .arg(hubfs_e2e::hubfs_binary())
+/// `hubfs mounter` as PID 1 of its own PID namespace (a container), killed
+/// with everything in it when the test ends, passed or not.
+fn mounter_container(state: &Path, extra: &[&str]) -> KillOnDrop {
+    KillOnDrop::new(
+        container(hubfs_e2e::hubfs_binary())
             .args(["mounter", "--state-dir"])
             .arg(state)
             .args(extra)
@@ -607,17 +547,6 @@ fn mounter_container(state: &Path, extra: &[&str]) -> Killed {
             .spawn()
             .expect("start a mounter"),
     )
-}
-
-/// SIGTERM to the mounter in a [`mounter_container`] (its PID 1).
-fn sigterm_mounter(c: &Killed) {
-    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", c.id())).unwrap();
-    let inner: i32 = kids.split_whitespace().next().unwrap().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(inner),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
 }
 
 #[test]
@@ -688,8 +617,7 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
     hubfs_e2e::wait_for_socket(&socket, Duration::from_secs(30), "new mounter");
     // The old one owns nothing now and waits for its pod's deletion.
     assert!(old.try_wait().unwrap().is_none(), "the old mounter idles");
-    sigterm_mounter(&old);
-    let status = wait_exit(&mut old, Duration::from_secs(10));
+    let status = sigterm_container(&mut old, Duration::from_secs(10));
     assert!(status.success(), "the old mounter exits cleanly: {status}");
     load.advance(3);
     let appended = load.finish();
@@ -711,8 +639,7 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
     assert!(mount_ids_at(&target).is_empty());
 
     // SIGTERM to the mounter: it exits 0 at once.
-    sigterm_mounter(&new);
-    let status = wait_exit(&mut new, Duration::from_secs(10));
+    let status = sigterm_container(&mut new, Duration::from_secs(10));
     assert!(
         status.success(),
         "SIGTERM ends the mounter cleanly: {status}"

@@ -180,6 +180,142 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
     }
 }
 
+/// Runs one test at a time within a test binary: hold the guard for the
+/// whole test. Takeover tests need it: a test that forks (to start a server)
+/// while another holds descriptors of a mount whose server is paused for a
+/// handover would have its child wait, in `exec`, on the FLUSH of each
+/// inherited descriptor until the pause ends. A test that failed while
+/// holding it does not stop the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `len` pseudo-random bytes determined by `seed` (a linear congruential
+/// generator): test data that differs per seed and is cheap to regenerate.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+/// The sha256 of `b`, to compare large contents in assertions.
+pub fn sha(b: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).to_vec()
+}
+
+/// `program` as PID 1 of its own PID namespace (a container):
+/// `unshare --pid --fork --kill-child -- program`, so that killing the
+/// returned command's process kills everything in the namespace. Add
+/// arguments, then spawn it; [`sigterm_container`] stops it as a container
+/// runtime would.
+pub fn container(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(program);
+    c
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit, failing the test after
+/// `within`.
+#[track_caller]
+pub fn sigterm_and_wait(child: &mut Child, within: Duration) -> ExitStatus {
+    sigterm(child.id() as i32);
+    wait_exit(child, within)
+}
+
+/// Sends SIGTERM to PID 1 of a [`container`] (the `unshare` process's child)
+/// and waits for the container to exit, failing the test after `within`.
+#[track_caller]
+pub fn sigterm_container(unshare: &mut Child, within: Duration) -> ExitStatus {
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id()))
+        .expect("children of the unshare process");
+    let inner: i32 = kids
+        .split_whitespace()
+        .next()
+        .expect("the container's PID 1")
+        .parse()
+        .unwrap();
+    sigterm(inner);
+    wait_exit(unshare, within)
+}
+
+#[track_caller]
+fn sigterm(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+}
+
+/// A child process that is stopped when dropped (the test ended, passed or
+/// not), if it still runs: killed at once ([`KillOnDrop::new`]), or sent
+/// SIGTERM first and killed only if it has not exited within a grace period
+/// ([`KillOnDrop::terminating`]). Dereferences to the [`Child`].
+pub struct KillOnDrop {
+    child: Child,
+    grace: Option<Duration>,
+}
+
+impl KillOnDrop {
+    /// Killed (SIGKILL) when dropped.
+    pub fn new(child: Child) -> KillOnDrop {
+        KillOnDrop { child, grace: None }
+    }
+
+    /// Sent SIGTERM when dropped, and killed if it still runs after `grace`.
+    pub fn terminating(child: Child, grace: Duration) -> KillOnDrop {
+        KillOnDrop {
+            child,
+            grace: Some(grace),
+        }
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let running = |c: &mut Child| c.try_wait().ok().flatten().is_none();
+        if let Some(grace) = self.grace {
+            if !running(&mut self.child) {
+                return;
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && running(&mut self.child) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
