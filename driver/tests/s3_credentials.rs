@@ -14,6 +14,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hubfs_e2e::garage::{client, Garage};
+use hubfs_e2e::wait_until;
 use hubfs_fuse::s3::store::ObjectStore;
 use hubfs_proto::csi::{
     node_client::NodeClient,
@@ -255,15 +256,18 @@ fn logs_and_state(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-async fn read_eventually(path: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match std::fs::read_to_string(path) {
-            Ok(s) => return s,
-            Err(e) => assert!(Instant::now() < deadline, "{}: {e}", path.display()),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The text of `path` once it reads, within 30 s.
+fn read_eventually(path: &Path) -> String {
+    let mut text = None;
+    wait_until(
+        &format!("{} reads", path.display()),
+        Duration::from_secs(30),
+        || {
+            text = std::fs::read_to_string(path).ok();
+            text.is_some()
+        },
+    );
+    text.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -309,7 +313,7 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     assert_eq!(servers.len(), 2, "{servers:#?}");
     for pod in ["pa", "pa2", "pb"] {
         assert_eq!(
-            read_eventually(&d.target(pod).join("a.txt")).await,
+            read_eventually(&d.target(pod).join("a.txt")),
             "first file\n"
         );
     }
@@ -408,24 +412,17 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = d.servers();
-        if now.len() == 2 && now.iter().all(|(p, _)| *p != a_pid) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the killed server never came back: {now:#?} (before {before:#?})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        &format!("the killed server comes back (before {before:#?})"),
+        Duration::from_secs(30),
+        || {
+            let now = d.servers();
+            now.len() == 2 && now.iter().all(|(p, _)| *p != a_pid)
+        },
+    );
     // With its identity: A reads again, B stays denied.
     for pod in ["pa", "pa2"] {
-        assert_eq!(
-            read_eventually(&d.target(pod).join("c.txt")).await,
-            "third\n"
-        );
+        assert_eq!(read_eventually(&d.target(pod).join("c.txt")), "third\n");
     }
     assert_ne!(d.server_of("pa"), a_pid);
     assert!(std::fs::read_to_string(d.target("pb").join("c.txt")).is_err());
@@ -444,7 +441,7 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     d.mounter = start_mounter(&g, d.dir.path());
     for pod in ["pa", "pa2"] {
         assert_eq!(
-            read_eventually(&d.target(pod).join("b.txt")).await,
+            read_eventually(&d.target(pod).join("b.txt")),
             "second file\n"
         );
     }
@@ -512,14 +509,11 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
         .await
         .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.servers().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "servers still running after the last unpublish"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "no server runs after the last unpublish",
+        Duration::from_secs(10),
+        || d.servers().is_empty(),
+    );
     assert!(kept.iter().all(|p| !p.exists()), "credentials left behind");
     assert_eq!(
         std::fs::read_dir(&cache).unwrap().count(),

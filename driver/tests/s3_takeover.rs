@@ -111,19 +111,16 @@ impl Bucket {
         c
     }
 
-    /// Starts the first server and waits for the mount.
+    /// Starts the first server and waits, 30 s in all, for the mount and
+    /// its control socket.
     fn serve(&self) -> KillOnDrop {
         let mut s = server(self.command(&[]).spawn().expect("start hubfs mount s3"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while probe(&self.mnt) != MountState::Healthy {
+        let within = Duration::from_secs(30);
+        let took = wait_until("the mount comes up", within, || {
             assert!(s.try_wait().unwrap().is_none(), "the server exited");
-            assert!(Instant::now() < deadline, "the mount did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        while !self.ctl.exists() {
-            assert!(Instant::now() < deadline, "no control socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            probe(&self.mnt) == MountState::Healthy
+        });
+        hubfs_e2e::wait_for_socket(&self.ctl, within.saturating_sub(took), "control socket");
         s
     }
 

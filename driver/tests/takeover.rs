@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hubfs_proto::quota::{
     quota_server::{Quota, QuotaServer},
@@ -177,18 +177,14 @@ impl Home {
         ids[0]
     }
 
-    /// Waits for the mount to answer with its walk done.
+    /// Waits for the mount to answer with its walk done, and for its
+    /// control socket to accept connections.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if hubfs_e2e::csi::is_mounted(&self.mnt)
+        wait_until("the home comes up", Duration::from_secs(30), || {
+            hubfs_e2e::csi::is_mounted(&self.mnt)
                 && hubfs_e2e::home::usage_xattr(&self.mnt).contains("baseline=1")
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the home did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
+        hubfs_e2e::wait_for_socket(&self.ctl, Duration::from_secs(10), "control socket");
     }
 }
 
@@ -372,7 +368,6 @@ fn a_new_server_takes_the_live_connection_over_with_no_error() {
     std::fs::write(home.src.join("b"), &b).unwrap();
     let mut old = home.server(&[]);
     home.wait_ready();
-    hubfs_e2e::wait_for_socket(&home.ctl, Duration::from_secs(10), "control socket");
     let mount_id = home.mount_id();
 
     let load = Load::start(&home.mnt, &[("a", &a, false), ("b", &b, true)], Some("log"));
@@ -444,7 +439,6 @@ fn a_new_server_that_dies_mid_handover_leaves_the_old_one_serving() {
     std::fs::write(home.src.join("b"), &b).unwrap();
     let mut old = home.server(&[]);
     home.wait_ready();
-    hubfs_e2e::wait_for_socket(&home.ctl, Duration::from_secs(10), "control socket");
     let load = Load::start(&home.mnt, &[("b", &b, true)], Some("log"));
     load.advance(2);
     {
@@ -506,7 +500,6 @@ fn an_idle_server_started_with_signals_blocked_still_hands_over() {
             .expect("start hubfs mount home under python3"),
     );
     home.wait_ready();
-    hubfs_e2e::wait_for_socket(&home.ctl, Duration::from_secs(10), "control socket");
     let status = std::fs::read_to_string(format!("/proc/{}/status", old.id())).unwrap();
     let blocked = status
         .lines()
