@@ -64,11 +64,13 @@ for round in $(seq "$ROUNDS"); do
     R[uring]+="$(echo "$out" | us) "
 done
 
-median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-h=$(median "${R[hubfs]}")
+# Each R entry is its rounds' figures, space-separated: split into arguments.
+# shellcheck disable=SC2086
+h=$(median ${R[hubfs]})
 printf 'round trip of a no-op getxattr, median of %s rounds (us):\n' "$ROUNDS"
 for k in native hubfs read uring; do
-    m=$(median "${R[$k]}")
+    # shellcheck disable=SC2086
+    m=$(median ${R[$k]})
     case $k in
         native) label="native tmpfs (no FUSE)" ;;
         hubfs) label="hubfs home (read/writev)" ;;

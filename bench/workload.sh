@@ -115,8 +115,6 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-
 printf '%-8s %10s %10s %10s %8s %8s\n' step native hubfs bindfs hubfs/n bindfs/n
 declare -A TOTAL=([native]=0 [hubfs]=0 [bindfs]=0)
 for s in $STEPS; do

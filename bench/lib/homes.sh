@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The home-layer bench scripts' shared set-up, sourced by them: which hubfs
-# binary to time, and how to take down the two mounts (hubfs, bindfs) and
-# the optional tmpfs below $BASE.
+# binary to time, how to take down the two mounts (hubfs, bindfs) and the
+# optional tmpfs below $BASE, and the median of a bench's rounds.
 
 # build_hubfs: sets HUBFS to $HUBFS_BIN, or builds the release binary under
 # $ROOT and uses that (HUBFS_BIN=path skips the build, e.g. to time an
@@ -26,3 +26,7 @@ cleanup() {
         if mountpoint -q "$BASE"; then umount -l "$BASE"; fi
     fi
 }
+
+# median X...: the median of the numbers given as arguments (the mean of the
+# middle two for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
