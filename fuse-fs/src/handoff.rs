@@ -363,6 +363,11 @@ where
                         tracing::info!("handed the mount over to a new server");
                         return;
                     }
+                    // Connected and closed without asking: a check that the
+                    // socket listens, not a takeover.
+                    Err(HandoffError::Truncated("request")) => {
+                        tracing::debug!("control socket probed")
+                    }
                     Err(e) => tracing::warn!(error = %e, "takeover failed; serving on"),
                 }
             }

@@ -147,6 +147,11 @@ fn answer(conn: UnixStream, servers: &dyn Servers) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = String::new();
     read_line(&conn, &mut line)?;
+    if line.is_empty() {
+        // Connected and closed without a word: someone checking that the
+        // mounter listens (a readiness probe), not a request to answer.
+        return Ok(());
+    }
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             tracing::debug!(?req, "mounter request");
@@ -431,6 +436,13 @@ mod tests {
         let mut line = String::new();
         BufReader::new(&raw).read_line(&mut line).unwrap();
         assert!(line.contains("malformed request"), "{line}");
+        assert_eq!(fake.calls().len(), 8);
+        // A probe (connect, say nothing, close) is no request: no answer.
+        let raw = UnixStream::connect(&sock).unwrap();
+        raw.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = String::new();
+        BufReader::new(&raw).read_line(&mut rest).unwrap();
+        assert_eq!(rest, "", "nothing is answered to a probe");
         assert_eq!(fake.calls().len(), 8);
     }
 
