@@ -95,7 +95,8 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("create {}", state_dir.display()))?;
     let socket = keeper::socket_path(&state_dir);
     // Stop signals are taken by the wait at the end; every thread inherits
-    // the mask (servers do not: a spawned process starts with none blocked).
+    // the mask. A bucket server unblocks its own at start (its runtime
+    // handles them), whatever mask it was started with.
     let mut stop = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT] {
         stop.add(s);

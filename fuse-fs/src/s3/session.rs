@@ -238,8 +238,9 @@ pub fn run(
     take_over: Option<&Path>,
     ready: impl FnOnce(),
 ) -> Result<(), SessionError> {
-    // A mask inherited from the parent (a mounter blocks its stop signals
-    // in every thread) would keep them from the runtime's handlers.
+    // A mask inherited from whatever started this server (the mounter blocks
+    // its stop signals in every thread) would keep them from the runtime's
+    // handlers.
     let mut stop = nix::sys::signal::SigSet::empty();
     for s in [
         nix::sys::signal::Signal::SIGTERM,
