@@ -47,127 +47,75 @@ impl Key {
     }
 }
 
-struct Driver {
-    child: Child,
-    mounter: Child,
-    dir: tempfile::TempDir,
+use hubfs_e2e::csi::NodeDriver as Driver;
+
+/// The node plugin, logging at debug level into the state dir, beside
+/// [`start_mounter`]; pods' volume `pv`.
+fn start(g: &Garage) -> Driver {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(dir.path().join("kubelet")).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let log = |name: &str| std::fs::File::create(state.join(name)).unwrap();
+    let mounter = start_mounter(g, dir.path());
+    let mut plugin = hubfs_e2e::csi::node_plugin(dir.path(), &state);
+    plugin
+        .env("HUBFS_LOG", "hubfs=debug,info")
+        .env_remove("RUST_LOG")
+        .stdout(log("csi.log"))
+        .stderr(log("csi.err.log"));
+    Driver::start(dir, "pv", mounter, plugin)
 }
 
-impl Driver {
-    fn start(g: &Garage) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(dir.path().join("kubelet")).unwrap();
-        std::fs::create_dir_all(&state).unwrap();
-        let log = |name: &str| std::fs::File::create(state.join(name)).unwrap();
-        let socket = dir.path().join("csi.sock");
-        let mounter = start_mounter(g, dir.path());
-        let child = hubfs_e2e::csi::node_plugin(dir.path(), &state)
-            .env("HUBFS_LOG", "hubfs=debug,info")
-            .env_remove("RUST_LOG")
-            .stdout(log("csi.log"))
-            .stderr(log("csi.err.log"))
-            .spawn()
-            .unwrap();
-        let within = Duration::from_secs(20);
-        hubfs_e2e::wait_for_socket(&socket, within, "the driver's socket");
-        hubfs_e2e::wait_for_socket(&state.join("mounter.sock"), within, "the mounter's socket");
-        Self {
-            child,
-            mounter,
-            dir,
-        }
-    }
+async fn node(d: &Driver) -> NodeClient<Channel> {
+    NodeClient::new(hubfs::server::connect_unix(&d.socket()).await.unwrap())
+}
 
-    async fn node(&self) -> NodeClient<Channel> {
-        NodeClient::new(
-            hubfs::server::connect_unix(&self.dir.path().join("csi.sock"))
-                .await
-                .unwrap(),
-        )
-    }
+/// The pid of the server `pod`'s target shows.
+fn server_of(d: &Driver, pod: &str) -> i32 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(d.target(pod)).unwrap().dev();
+    let s3 = d.state().join("s3");
+    let id = std::fs::read_dir(&s3)
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::metadata(e.path().join("mnt")).is_ok_and(|m| m.dev() == dev))
+        .unwrap_or_else(|| panic!("no server under {} shows {pod}'s target", s3.display()))
+        .file_name();
+    let mnt = format!("/s3/{}/mnt", id.to_string_lossy());
+    let servers = d.servers();
+    servers
+        .iter()
+        .find(|(_, cmd)| cmd.contains(&mnt))
+        .unwrap_or_else(|| panic!("no server process for {mnt}: {servers:#?}"))
+        .0
+}
 
-    fn target(&self, pod: &str) -> PathBuf {
-        self.dir.path().join(format!(
-            "kubelet/pods/{pod}/volumes/kubernetes.io~csi/pv/mount"
-        ))
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    /// The pid of the server `pod`'s target shows.
-    fn server_of(&self, pod: &str) -> i32 {
-        use std::os::unix::fs::MetadataExt;
-        let dev = std::fs::metadata(self.target(pod)).unwrap().dev();
-        let s3 = self.state().join("s3");
-        let id = std::fs::read_dir(&s3)
-            .unwrap()
-            .flatten()
-            .find(|e| std::fs::metadata(e.path().join("mnt")).is_ok_and(|m| m.dev() == dev))
-            .unwrap_or_else(|| panic!("no server under {} shows {pod}'s target", s3.display()))
-            .file_name();
-        let mnt = format!("/s3/{}/mnt", id.to_string_lossy());
-        let servers = self.servers();
-        servers
-            .iter()
-            .find(|(_, cmd)| cmd.contains(&mnt))
-            .unwrap_or_else(|| panic!("no server process for {mnt}: {servers:#?}"))
-            .0
-    }
-
-    /// Command lines of the `hubfs mount s3` servers of this state dir, by pid.
-    fn servers(&self) -> Vec<(i32, String)> {
-        let state = self.state().display().to_string();
-        hubfs_processes()
-            .into_iter()
-            .filter(|(_, cmd)| cmd.contains(" mount s3 ") && cmd.contains(&state))
-            .collect()
-    }
-
-    fn request(
-        &self,
-        pod: &str,
-        bucket: &str,
-        g: &Garage,
-        key: Option<&Key>,
-    ) -> NodePublishVolumeRequest {
-        NodePublishVolumeRequest {
-            volume_id: format!("pv-{pod}"),
-            target_path: self.target(pod).display().to_string(),
-            volume_capability: Some(VolumeCapability {
-                access_type: Some(AccessType::Mount(MountVolume::default())),
-                access_mode: Some(AccessMode {
-                    mode: Mode::MultiNodeReaderOnly as i32,
-                }),
+fn request(
+    d: &Driver,
+    pod: &str,
+    bucket: &str,
+    g: &Garage,
+    key: Option<&Key>,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: format!("pv-{pod}"),
+        target_path: d.target(pod).display().to_string(),
+        volume_capability: Some(VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: Mode::MultiNodeReaderOnly as i32,
             }),
-            readonly: true,
-            volume_context: HashMap::from([
-                ("type".into(), "s3".into()),
-                ("bucket".into(), bucket.into()),
-                ("endpoint".into(), g.endpoint.clone()),
-                ("region".into(), g.region.clone()),
-            ]),
-            secrets: key.map(Key::secrets).unwrap_or_default(),
-            ..Default::default()
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = self.mounter.kill();
-        let _ = self.mounter.wait();
-        hubfs_e2e::csi::detach_mounts_below(self.dir.path());
-        for (pid, _) in self.servers() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        }),
+        readonly: true,
+        volume_context: HashMap::from([
+            ("type".into(), "s3".into()),
+            ("bucket".into(), bucket.into()),
+            ("endpoint".into(), g.endpoint.clone()),
+            ("region".into(), g.region.clone()),
+        ]),
+        secrets: key.map(Key::secrets).unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -226,24 +174,6 @@ fn mounter_metrics(dir: &Path) -> String {
     out
 }
 
-/// Every process whose command line mentions hubfs, with that command line.
-fn hubfs_processes() -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("hubfs") {
-            out.push((pid, cmd));
-        }
-    }
-    out
-}
-
 /// Every file below `dir` whose name ends in `.log` or is `servers.json`.
 fn logs_and_state(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -297,13 +227,13 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     for (bucket, key) in [("course", &a), ("course", &b), ("research", &c)] {
         g.cli(&["bucket", "allow", "--read", bucket, "--key", &key.id]);
     }
-    let mut d = Driver::start(&g);
-    let mut node = d.node().await;
+    let mut d = start(&g);
+    let mut node = node(&d).await;
     let mut answers = Vec::new();
 
     for (pod, key) in [("pa", &a), ("pa2", &a), ("pb", &b)] {
         let r = node
-            .node_publish_volume(d.request(pod, "course", &g, Some(key)))
+            .node_publish_volume(request(&d, pod, "course", &g, Some(key)))
             .await
             .unwrap();
         answers.push(format!("{r:?}"));
@@ -386,7 +316,7 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
 
     // C cannot read the bucket: it gets no mount at all, and no server.
     let e = node
-        .node_publish_volume(d.request("pc", "course", &g, Some(&c)))
+        .node_publish_volume(request(&d, "pc", "course", &g, Some(&c)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
@@ -394,7 +324,7 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     assert!(!d.target("pc").exists());
     assert_eq!(d.servers().len(), 2);
     // A malformed secret is refused by key name.
-    let mut bad = d.request("px", "course", &g, Some(&a));
+    let mut bad = request(&d, "px", "course", &g, Some(&a));
     bad.secrets
         .insert("secretAccessKey".into(), format!("{}\0", a.secret));
     let e = node.node_publish_volume(bad).await.unwrap_err();
@@ -403,9 +333,9 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     answers.push(e.message().to_string());
 
     // A's server dies: the mounter starts it again with A's identity.
-    let a_pid = d.server_of("pa");
-    assert_eq!(d.server_of("pa2"), a_pid);
-    assert_ne!(d.server_of("pb"), a_pid);
+    let a_pid = server_of(&d, "pa");
+    assert_eq!(server_of(&d, "pa2"), a_pid);
+    assert_ne!(server_of(&d, "pb"), a_pid);
     let before = d.servers();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(a_pid),
@@ -424,7 +354,7 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     for pod in ["pa", "pa2"] {
         assert_eq!(read_eventually(&d.target(pod).join("c.txt")), "third\n");
     }
-    assert_ne!(d.server_of("pa"), a_pid);
+    assert_ne!(server_of(&d, "pa"), a_pid);
     assert!(std::fs::read_to_string(d.target("pb").join("c.txt")).is_err());
 
     // The mounter itself goes, and A's server dies while it is away: the
@@ -432,7 +362,7 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
     // again from its root-only file, with A's identity.
     let _ = d.mounter.kill();
     let _ = d.mounter.wait();
-    let a_pid = d.server_of("pa");
+    let a_pid = server_of(&d, "pa");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(a_pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -445,11 +375,11 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
             "second file\n"
         );
     }
-    assert_ne!(d.server_of("pa"), a_pid);
+    assert_ne!(server_of(&d, "pa"), a_pid);
     assert_eq!(d.servers().len(), 2, "B's server adopted, A's replaced");
 
     // The secrets are nowhere they must not be.
-    let mut places: Vec<(String, String)> = hubfs_processes()
+    let mut places: Vec<(String, String)> = hubfs_e2e::csi::hubfs_processes(|_| true)
         .into_iter()
         .map(|(pid, cmd)| (format!("/proc/{pid}/cmdline"), cmd))
         .collect();

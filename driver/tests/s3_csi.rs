@@ -7,8 +7,8 @@
 //! /dev/fuse.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hubfs_e2e::garage::{client, Garage};
@@ -21,111 +21,53 @@ use hubfs_proto::csi::{
 };
 use tonic::transport::Channel;
 
-struct Driver {
-    child: Child,
-    mounter: Child,
-    dir: tempfile::TempDir,
+use hubfs_e2e::csi::NodeDriver as Driver;
+
+/// The node plugin beside a mounter with the node's credentials (Garage's
+/// default key), pods' volume `s3-data`.
+fn start(g: &Garage) -> Driver {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("kubelet")).unwrap();
+    let mounter = Command::new(env!("CARGO_BIN_EXE_hubfs"))
+        .arg("mounter")
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        // The node's credentials reach the FUSE servers through the mounter's environment.
+        .env("AWS_ACCESS_KEY_ID", &g.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
+        .env_remove("AWS_PROFILE")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut plugin = hubfs_e2e::csi::node_plugin(dir.path(), &dir.path().join("state"));
+    plugin.stdout(Stdio::null());
+    Driver::start(dir, "s3-data", mounter, plugin)
 }
 
-impl Driver {
-    fn start(g: &Garage) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("kubelet")).unwrap();
-        let socket = dir.path().join("csi.sock");
-        let mounter = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-            .arg("mounter")
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            // The node's credentials reach the FUSE servers through the mounter's environment.
-            .env("AWS_ACCESS_KEY_ID", &g.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
-            .env_remove("AWS_PROFILE")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let child = hubfs_e2e::csi::node_plugin(dir.path(), &dir.path().join("state"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let within = Duration::from_secs(20);
-        hubfs_e2e::wait_for_socket(&socket, within, "the driver's socket");
-        hubfs_e2e::wait_for_socket(
-            &dir.path().join("state/mounter.sock"),
-            within,
-            "the mounter's socket",
-        );
-        Self {
-            child,
-            mounter,
-            dir,
-        }
-    }
-
-    async fn node(&self) -> NodeClient<Channel> {
-        NodeClient::new(
-            hubfs::server::connect_unix(&self.dir.path().join("csi.sock"))
-                .await
-                .unwrap(),
-        )
-    }
-
-    fn target(&self, pod: &str) -> PathBuf {
-        self.dir.path().join(format!(
-            "kubelet/pods/{pod}/volumes/kubernetes.io~csi/s3-data/mount"
-        ))
-    }
-
-    /// Asserts that the volume stats of `pod`'s target report a normal
-    /// condition.
-    async fn assert_healthy(&self, node: &mut NodeClient<Channel>, pod: &str) {
-        let c = node
-            .node_get_volume_stats(NodeGetVolumeStatsRequest {
-                volume_id: "s3-data".into(),
-                volume_path: self.target(pod).display().to_string(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .volume_condition
-            .unwrap();
-        assert!(!c.abnormal, "{}", c.message);
-    }
-
-    /// `hubfs mount s3` processes serving this driver's state dir.
-    fn fuse_children(&self) -> Vec<i32> {
-        let state = self.dir.path().join("state").display().to_string();
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(" mount s3 ") && cmd.contains(&state) {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
+async fn node(d: &Driver) -> NodeClient<Channel> {
+    NodeClient::new(hubfs::server::connect_unix(&d.socket()).await.unwrap())
 }
 
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = self.mounter.kill();
-        let _ = self.mounter.wait();
-        hubfs_e2e::csi::detach_mounts_below(self.dir.path());
-        for pid in self.fuse_children() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+/// Asserts that the volume stats of `pod`'s target report a normal
+/// condition.
+async fn assert_healthy(d: &Driver, node: &mut NodeClient<Channel>, pod: &str) {
+    let c = node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: "s3-data".into(),
+            volume_path: d.target(pod).display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume_condition
+        .unwrap();
+    assert!(!c.abnormal, "{}", c.message);
+}
+
+/// `hubfs mount s3` processes serving this driver's state dir.
+fn fuse_children(d: &Driver) -> Vec<i32> {
+    d.servers().into_iter().map(|(pid, _)| pid).collect()
 }
 
 fn ctx(g: &Garage, pod: &str) -> HashMap<String, String> {
@@ -188,8 +130,8 @@ async fn s3_volume_is_one_shared_mount_per_node() {
     )
     .await
     .unwrap();
-    let d = Driver::start(&g);
-    let mut node = d.node().await;
+    let d = start(&g);
+    let mut node = node(&d).await;
 
     node.node_stage_volume(NodeStageVolumeRequest {
         volume_id: "s3-data".into(),
@@ -228,16 +170,16 @@ async fn s3_volume_is_one_shared_mount_per_node() {
         );
     }
     assert_eq!(
-        d.fuse_children().len(),
+        fuse_children(&d).len(),
         1,
         "one FUSE process for the bucket on this node"
     );
 
-    d.assert_healthy(&mut node, "p1").await;
+    assert_healthy(&d, &mut node, "p1").await;
 
     // The FUSE process dies: the mounter replaces it and binds it onto every
     // pod's target again, with no CSI call.
-    let pid = d.fuse_children()[0];
+    let pid = fuse_children(&d)[0];
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -254,9 +196,9 @@ async fn s3_volume_is_one_shared_mount_per_node() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    d.assert_healthy(&mut node, "p2").await;
-    assert_eq!(d.fuse_children().len(), 1);
-    assert_ne!(d.fuse_children()[0], pid, "a new server");
+    assert_healthy(&d, &mut node, "p2").await;
+    assert_eq!(fuse_children(&d).len(), 1);
+    assert_ne!(fuse_children(&d)[0], pid, "a new server");
     node.node_publish_volume(publish_req(&d, &g, "p3"))
         .await
         .unwrap();
@@ -264,7 +206,7 @@ async fn s3_volume_is_one_shared_mount_per_node() {
         std::fs::read_to_string(d.target("p3").join("top.csv")).unwrap(),
         "a,b\n1,2\n"
     );
-    assert_eq!(d.fuse_children().len(), 1);
+    assert_eq!(fuse_children(&d).len(), 1);
 
     // Unpublishing everyone removes the shared mount and its process.
     for pod in ["p1", "p2", "p3", "p3"] {
@@ -277,7 +219,7 @@ async fn s3_volume_is_one_shared_mount_per_node() {
         assert!(!d.target(pod).exists());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.fuse_children().is_empty() {
+    while !fuse_children(&d).is_empty() {
         assert!(
             Instant::now() < deadline,
             "FUSE process still running after the last unpublish"
@@ -297,8 +239,8 @@ async fn s3_volume_is_one_shared_mount_per_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_bucket_fails_the_publish_with_the_reason() {
     let g = Garage::start("exists");
-    let d = Driver::start(&g);
-    let mut node = d.node().await;
+    let d = start(&g);
+    let mut node = node(&d).await;
     let mut r = publish_req(&d, &g, "p1");
     r.volume_context
         .insert("bucket".into(), "no-such-bucket".into());
@@ -306,5 +248,5 @@ async fn a_missing_bucket_fails_the_publish_with_the_reason() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
     assert!(e.message().contains("no-such-bucket"), "{}", e.message());
     assert!(!d.target("p1").exists());
-    assert!(d.fuse_children().is_empty());
+    assert!(fuse_children(&d).is_empty());
 }

@@ -1,9 +1,11 @@
-//! The CSI node plugin as tests start it, and mount-table helpers for tests
-//! that mount: whether a path is a mount point, and cleaning up the mounts a
-//! failed test leaves below its temp dir.
+//! The CSI node plugin as tests start it (alone, or with its mounter as a
+//! [`NodeDriver`]), and mount-table helpers for tests that mount: whether a
+//! path is a mount point, and cleaning up the mounts a failed test leaves
+//! below its temp dir.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::Duration;
 
 /// `hubfs csi --mode node` as the node plugin container runs it beside a
 /// `hubfs mounter` on `state`: node `n1`, kubelet's directory `dir/kubelet`,
@@ -22,6 +24,103 @@ pub fn node_plugin(dir: &Path, state: &Path) -> Command {
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY");
     c
+}
+
+/// A node plugin ([`node_plugin`]) beside a `hubfs mounter` on
+/// `dir/state`, both in `dir`. Dropping it kills both, detaches every mount
+/// below `dir` and kills the `hubfs mount s3` servers of the state dir.
+pub struct NodeDriver {
+    pub child: Child,
+    pub mounter: Child,
+    pub dir: tempfile::TempDir,
+    volume: String,
+}
+
+impl NodeDriver {
+    /// Spawns `plugin` (made by [`node_plugin`] on `dir`) beside `mounter`
+    /// and waits until both sockets accept connections. Pods' targets are
+    /// those of the CSI volume `volume`.
+    pub fn start(
+        dir: tempfile::TempDir,
+        volume: &str,
+        mounter: Child,
+        mut plugin: Command,
+    ) -> Self {
+        let child = plugin.spawn().unwrap();
+        let d = Self {
+            child,
+            mounter,
+            dir,
+            volume: volume.to_owned(),
+        };
+        let within = Duration::from_secs(20);
+        crate::wait_for_socket(&d.socket(), within, "the driver's socket");
+        crate::wait_for_socket(
+            &d.state().join("mounter.sock"),
+            within,
+            "the mounter's socket",
+        );
+        d
+    }
+
+    /// The CSI socket, `dir/csi.sock`.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("csi.sock")
+    }
+
+    /// The state dir of the plugin and the mounter, `dir/state`.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Where kubelet asks for the volume in `pod`.
+    pub fn target(&self, pod: &str) -> PathBuf {
+        self.dir.path().join(format!(
+            "kubelet/pods/{pod}/volumes/kubernetes.io~csi/{}/mount",
+            self.volume
+        ))
+    }
+
+    /// Command lines of the `hubfs mount s3` servers of this state dir, by pid.
+    pub fn servers(&self) -> Vec<(i32, String)> {
+        let state = self.state().display().to_string();
+        hubfs_processes(|cmd| cmd.contains(" mount s3 ") && cmd.contains(&state))
+    }
+}
+
+impl Drop for NodeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.mounter.kill();
+        let _ = self.mounter.wait();
+        detach_mounts_below(self.dir.path());
+        for (pid, _) in self.servers() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Every process whose command line mentions hubfs and passes `filter`,
+/// with that command line (NULs as spaces), from /proc/*/cmdline.
+pub fn hubfs_processes(filter: impl Fn(&str) -> bool) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("hubfs") && filter(&cmd) {
+            out.push((pid, cmd));
+        }
+    }
+    out
 }
 
 /// Mount points strictly below `dir`, from /proc/self/mountinfo.
