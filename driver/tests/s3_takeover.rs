@@ -22,11 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use hubfs_e2e::garage::{client, Garage};
 use hubfs_fuse::s3::s3client::S3Store;
 use hubfs_fuse::s3::session::{probe, MountState};
-use hubfs_fuse::s3::store::ObjectStore;
+use hubfs_fuse::s3::store::{collect, ObjectStore};
 use sha2::{Digest, Sha256};
 
 use hubfs_e2e::csi::mount_ids_at;
@@ -235,8 +234,7 @@ fn lister(dir: PathBuf, names: Vec<String>, size: u64, stop: Arc<AtomicBool>, c:
 fn get(rt: &tokio::runtime::Runtime, s3: &S3Store, bucket: &str, key: &str) -> Vec<u8> {
     rt.block_on(async {
         let s = s3.get_range(bucket, key, 0..u64::MAX, None).await.unwrap();
-        let parts: Vec<bytes::Bytes> = s.try_collect().await.unwrap();
-        parts.concat()
+        collect(s).await.unwrap().to_vec()
     })
 }
 
