@@ -237,6 +237,18 @@ impl FakeEventSink {
     pub fn posted(&self) -> Vec<Notice> {
         self.posted.lock().clone()
     }
+
+    /// Everything posted once at least `n` notices were (background posts
+    /// land later), or after 2 s whatever was: the caller asserts on it.
+    pub async fn wait_posted(&self, n: usize) -> Vec<Notice> {
+        for _ in 0..400 {
+            if self.posted.lock().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.posted()
+    }
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -307,12 +319,6 @@ mod tests {
             note: "home mounted".into(),
         };
         post_in_background(&sink, n.clone());
-        for _ in 0..100 {
-            if !fake.posted().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(fake.posted(), vec![n]);
+        assert_eq!(fake.wait_posted(1).await, vec![n]);
     }
 }

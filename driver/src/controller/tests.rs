@@ -154,16 +154,6 @@ fn jhub_create(
     r
 }
 
-async fn posted(events: &FakeEventSink, n: usize) -> Vec<hubfs_quota::events::Notice> {
-    for _ in 0..400 {
-        if events.posted().len() >= n {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    events.posted()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_home_is_keyed_by_the_annotated_hub_user_and_adopts_a_legacy_one() {
     let d = tempfile::tempdir().unwrap();
@@ -220,7 +210,8 @@ async fn the_home_is_keyed_by_the_annotated_hub_user_and_adopts_a_legacy_one() {
     assert!(!legacy.exists(), "adopted, not duplicated");
     assert_eq!(v.volume_context["user"], "carol.smith@example.org");
     assert_eq!(claims.gets.load(std::sync::atomic::Ordering::SeqCst), 2);
-    let notes: Vec<String> = posted(&events, 2)
+    let notes: Vec<String> = events
+        .wait_posted(2)
         .await
         .into_iter()
         .map(|n| n.note)
@@ -255,7 +246,7 @@ async fn no_cluster_falls_back_to_the_claim_name_and_a_silent_cluster_is_retried
         .await
         .unwrap();
     assert_eq!(v.volume_context["user"], "jmiller-stsci-edu---77689c6d");
-    let notes = posted(&events, 1).await;
+    let notes = events.wait_posted(1).await;
     assert!(
         notes[0].note.contains("keyed by the claim name"),
         "{notes:?}"
@@ -407,13 +398,7 @@ async fn create_is_idempotent_and_tells_the_pvc() {
     assert_eq!(code(conflict), Code::AlreadyExists);
     assert_eq!(code(busy), Code::Aborted);
     assert_eq!(a.volume_context["pvcName"], "claim-erin");
-    for _ in 0..200 {
-        if events.posted().len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    let posted = events.posted();
+    let posted = events.wait_posted(2).await;
     assert_eq!(posted.len(), 2, "one notice per successful CreateVolume");
     assert!(posted
         .iter()

@@ -489,14 +489,7 @@ async fn publish_tells_the_pod_what_happened() {
     })
     .await
     .unwrap();
-    let mut posted = Vec::new();
-    for _ in 0..200 {
-        posted = e.events.posted();
-        if posted.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let posted = e.events.wait_posted(2).await;
     assert_eq!(posted.len(), 2, "{posted:#?}");
     // Background posts land in any order.
     let failed = posted
@@ -716,14 +709,7 @@ async fn s3_servers_are_shared_per_identity_and_secrets_stay_out_of_specs_and_ev
         }
     }
     assert_eq!(with_creds, 3);
-    let mut posted = Vec::new();
-    for _ in 0..200 {
-        posted = e.events.posted();
-        if posted.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let posted = e.events.wait_posted(5).await;
     assert_eq!(posted.len(), 5, "{posted:#?}");
     let shown = format!("{posted:?}");
     assert!(shown.contains("secretAccessKey is empty"), "{shown}");
