@@ -202,7 +202,7 @@ impl Drop for Notebook {
 /// A node: the state, kubelet and share directories on a shared mount (as
 /// /var/lib/kubelet is on a real node), the mounter and the plugin.
 struct Node {
-    dir: tempfile::TempDir,
+    dir: hubfs_e2e::csi::SharedDir,
     mounter: Container,
     plugin: Container,
     reports: Arc<AtomicU64>,
@@ -211,18 +211,8 @@ struct Node {
 impl Node {
     async fn start(g: &Garage) -> Node {
         hubfs_e2e::require_root("these tests mount and make namespaces");
-        let dir = tempfile::tempdir().unwrap();
+        let dir = hubfs_e2e::csi::SharedDir::new();
         let d = dir.path();
-        use nix::mount::{mount, MsFlags};
-        mount(Some(d), d, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
-        mount(
-            None::<&str>,
-            d,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .unwrap();
         for sub in ["share", "kubelet", "state", "views"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
@@ -416,8 +406,7 @@ impl Drop for Node {
         while server_pids(self.dir.path()).next().is_some() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        hubfs_e2e::csi::detach_mounts_below(self.dir.path());
-        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        // Then `dir`, dropped next, detaches the mounts below it and itself.
     }
 }
 

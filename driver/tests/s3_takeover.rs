@@ -481,24 +481,14 @@ fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
     let _one = serial();
     use hubfs::keeper::{control_path, Kind, MounterClient, ServerSpec, Servers};
     use hubfs_fuse::s3::s3client::StaticCredentials;
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
     hubfs_e2e::require_root("mounts, PID namespaces");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let g = Garage::start("data");
     let s3 = rt.block_on(client(&g, &g.endpoint));
     let object = content(5, 16 * MIB);
     put(&rt, &s3, &g.bucket, "big.bin", &object);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = hubfs_e2e::csi::SharedDir::new();
     let d = tmp.path();
-    mount(Some(d), d, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
-    mount(
-        None::<&str>,
-        d,
-        None::<&str>,
-        MsFlags::MS_SHARED | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .unwrap();
     let (state, target) = (d.join("state"), d.join("pods/p1/data"));
     std::fs::create_dir_all(&state).unwrap();
     let socket = state.join("mounter.sock");
@@ -592,8 +582,8 @@ fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
     assert!(mount_ids_at(&target).is_empty());
     let status = sigterm_container(&mut new, Duration::from_secs(10));
     assert!(status.success(), "SIGTERM ends the mounter: {status}");
-    hubfs_e2e::csi::detach_mounts_below(d);
-    let _ = umount2(d, MntFlags::MNT_DETACH);
+    // Detaches the mounts below d, then d.
+    drop(tmp);
 }
 
 #[test]

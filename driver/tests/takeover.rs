@@ -546,19 +546,9 @@ fn mounter_container(state: &Path, extra: &[&str]) -> KillOnDrop {
 fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
     let _serial = serial();
     use hubfs::keeper::{Kind, MounterClient, ServerSpec, Servers};
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
     hubfs_e2e::require_root("mounts, PID namespaces");
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = hubfs_e2e::csi::SharedDir::new();
     let d = tmp.path();
-    mount(Some(d), d, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
-    mount(
-        None::<&str>,
-        d,
-        None::<&str>,
-        MsFlags::MS_SHARED | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .unwrap();
     let (state, share, target) = (d.join("state"), d.join("share/u1"), d.join("pods/p1/home"));
     std::fs::create_dir_all(&state).unwrap();
     std::fs::create_dir_all(&share).unwrap();
@@ -637,6 +627,6 @@ fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
         status.success(),
         "SIGTERM ends the mounter cleanly: {status}"
     );
-    hubfs_e2e::csi::detach_mounts_below(d);
-    let _ = umount2(d, MntFlags::MNT_DETACH);
+    // Detaches the mounts below d, then d.
+    drop(tmp);
 }

@@ -123,6 +123,51 @@ pub fn hubfs_processes(filter: impl Fn(&str) -> bool) -> Vec<(i32, String)> {
     out
 }
 
+/// A temp dir bind-mounted on itself and made a shared mount (recursively),
+/// as /var/lib/kubelet is on a real node: mounts made below it in one mount
+/// namespace show in the others. Dropping it lazily detaches every mount
+/// below it and then itself, so a test that fails half-way cleans up too.
+pub struct SharedDir {
+    dir: tempfile::TempDir,
+}
+
+impl SharedDir {
+    pub fn new() -> Self {
+        use nix::mount::{mount, MsFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        mount(Some(d), d, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        // From here on, Drop undoes the bind mount.
+        let shared = Self { dir };
+        mount(
+            None::<&str>,
+            shared.path(),
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .unwrap();
+        shared
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Default for SharedDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        detach_mounts_below(self.path());
+        let _ = nix::mount::umount2(self.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Mount points strictly below `dir`, from /proc/self/mountinfo.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_to_string("/proc/self/mountinfo")
