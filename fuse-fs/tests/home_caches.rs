@@ -35,6 +35,11 @@ struct Home {
 
 impl Home {
     fn new(passthrough: bool) -> Home {
+        Home::with_limits(passthrough, Limits::default())
+    }
+
+    /// A home mounted with quota `limits`.
+    fn with_limits(passthrough: bool, limits: Limits) -> Home {
         assert!(
             nix::unistd::geteuid().is_root(),
             "these tests mount FUSE: run them as root"
@@ -48,6 +53,7 @@ impl Home {
         std::fs::create_dir(&mnt).unwrap();
         let mut o = HomeOptions::new(src.clone(), mnt.clone(), "caches");
         o.passthrough = passthrough;
+        o.limits = limits;
         let mut m = home::mount(&o, None).expect("mount home");
         m.wait_baseline();
         Home {
@@ -305,17 +311,11 @@ fn quota_limits_do_not_change_what_is_cached() {
         bytes: Some(4096),
         ..Limits::default()
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, mnt) = (tmp.path().join("s"), tmp.path().join("m"));
-    std::fs::create_dir(&src).unwrap();
-    std::fs::create_dir(&mnt).unwrap();
-    let mut o = HomeOptions::new(src, mnt.clone(), "full");
-    o.limits = limits;
-    let m = home::mount(&o, None).unwrap();
-    std::fs::write(mnt.join("f"), vec![1u8; 4096]).unwrap();
-    let e = std::fs::write(mnt.join("g"), vec![1u8; 1]).unwrap_err();
+    let mut h = Home::with_limits(true, limits);
+    std::fs::write(h.at("f"), vec![1u8; 4096]).unwrap();
+    let e = std::fs::write(h.at("g"), vec![1u8; 1]).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EDQUOT));
-    assert!(exists(&mnt.join("f")));
-    assert_eq!(std::fs::metadata(mnt.join("g")).unwrap().len(), 0);
-    m.unmount().unwrap();
+    assert!(exists(&h.at("f")));
+    assert_eq!(std::fs::metadata(h.at("g")).unwrap().len(), 0);
+    h.mount.take().unwrap().unmount().unwrap();
 }
