@@ -218,75 +218,18 @@ for N in $COUNTS; do
     echo "$N homes: RSS ${TOTAL} KiB ($((TOTAL / N)) per home); PSS ${PSS} KiB ($((PSS / N)) per home); anon ${ANON} KiB ($((ANON / N)) per home)"
 done
 
+# wait_served CTL MNT: until a server's control socket and mount are up (15 s at most).
+wait_served() { for _ in $(seq 300); do [ -S "$1" ] && mountpoint -q "$2" && break; sleep 0.05; done; }
+
 echo "== home server takeover (upgrade in place) while a reader streams =="
 mkdir -p "$W/tk/src" "$W/tk/mnt"
 head -c $((32 << 20)) /dev/urandom > "$W/tk/src/stream.bin"
 TKARGS=(mount home --foreground --user tk --quota 10G --control "$W/tk/ctl.sock" "$W/tk/src" "$W/tk/mnt")
 "$HUBFS" --log-level warn "${TKARGS[@]}" >>"$W/tk.log" 2>&1 &
 TKOLD=$!
-for _ in $(seq 300); do [ -S "$W/tk/ctl.sock" ] && mountpoint -q "$W/tk/mnt" && break; sleep 0.05; done
-python3 - "$W" "$HUBFS" "$TKOLD" "${TKARGS[@]}" <<'PY'
-import os, statistics, subprocess, sys, threading, time
-W, HUBFS, OLD, *ARGS = sys.argv[1:]
-OLD = int(OLD)
-mnt = f"{W}/tk/mnt"
-reads, probes, errors, stop = [], [], [], threading.Event()
-def reader():
-    # Read-write: served by the daemon (no passthrough), cache dropped per pass.
-    fd = os.open(f"{mnt}/stream.bin", os.O_RDWR)
-    off = 0
-    while not stop.is_set():
-        t = time.monotonic()
-        try:
-            n = len(os.pread(fd, 128 << 10, off))
-        except OSError as e:
-            errors.append(e); n = 0
-        reads.append((t, time.monotonic() - t))
-        off += n
-        if n == 0:
-            off = 0
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)
-def prober():
-    while not stop.is_set():
-        t = time.monotonic()
-        try:
-            os.getxattr(mnt, "user.hubfs.usage")
-        except OSError as e:
-            errors.append(e)
-        probes.append((t, time.monotonic() - t))
-        time.sleep(0.001)
-def alive(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-ts = [threading.Thread(target=f) for f in (reader, prober)]
-for t in ts: t.start()
-rounds, new = [], None
-for r in range(5):
-    time.sleep(1.0)
-    t0 = time.monotonic()
-    new = subprocess.Popen([HUBFS, "--log-level", "warn", *ARGS, "--take-over", f"{W}/tk/ctl.sock"],
-                           stderr=open(f"{W}/tk.log", "a"))
-    while alive(OLD):
-        time.sleep(0.0005)
-    t1 = time.monotonic()
-    time.sleep(0.5)
-    win = lambda xs: [d for (t, d) in xs if t0 - 0.01 <= t <= t1]
-    plain = lambda xs: [d for (t, d) in xs if t < t0 - 0.05]
-    rounds.append((t1 - t0, max(win(reads) or [0]), statistics.median(plain(reads)),
-                   max(win(probes) or [0]), statistics.median(plain(probes))))
-    OLD = new.pid
-stop.set()
-for t in ts: t.join()
-med = lambda i: statistics.median(x[i] for x in rounds)
-print(f"takeover (new process start -> old server gone), median of {len(rounds)}: {med(0)*1000:.0f} ms")
-print(f"longest 128 KiB read during it: {med(1)*1000:.1f} ms vs plain read median {med(2)*1000:.2f} ms (x{med(1)/med(2):.0f})")
-print(f"longest getxattr during it: {med(3)*1000:.1f} ms vs plain getxattr median {med(4)*1000:.2f} ms (x{med(3)/med(4):.0f})")
-print(f"reads through the held descriptor: {len(reads)}, getxattrs: {len(probes)}, errors: {len(errors)} {errors[:3]}")
-new.terminate(); new.wait()
-PY
+wait_served "$W/tk/ctl.sock" "$W/tk/mnt"
+python3 "$ROOT/bench/lib/takeover.py" --mnt "$W/tk/mnt" --file "$W/tk/mnt/stream.bin" --open rw \
+    --probe xattr --peer plain --ctl "$W/tk/ctl.sock" --log "$W/tk.log" -- "$HUBFS" "$TKOLD" "${TKARGS[@]}"
 
 echo "== bucket server takeover (upgrade in place) while a reader streams and a prober lists =="
 mkdir -p "$W/tks/mnt"
@@ -298,68 +241,7 @@ TKSARGS=(mount s3 --foreground --endpoint-url "$EP" --region garage --force-path
          --metadata-ttl minimal --control "$W/tks/ctl.sock" bench "$W/tks/mnt")
 AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$HUBFS" --log-level warn "${TKSARGS[@]}" >>"$W/tks.log" 2>&1 &
 TKSOLD=$!
-for _ in $(seq 300); do [ -S "$W/tks/ctl.sock" ] && mountpoint -q "$W/tks/mnt" && break; sleep 0.05; done
-AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK python3 - "$W" "$HUBFS" "$TKSOLD" "${TKSARGS[@]}" <<'PY'
-import os, statistics, subprocess, sys, threading, time
-W, HUBFS, OLD, *ARGS = sys.argv[1:]
-OLD = int(OLD)
-mnt = f"{W}/tks/mnt"
-reads, probes, errors, stop = [], [], [], threading.Event()
-def reader():
-    fd = os.open(f"{mnt}/deep/er/stream32.bin", os.O_RDONLY)
-    off = 0
-    while not stop.is_set():
-        t = time.monotonic()
-        try:
-            n = len(os.pread(fd, 128 << 10, off))
-        except OSError as e:
-            errors.append(e); n = 0
-        reads.append((t, time.monotonic() - t))
-        off += n
-        if n == 0:
-            off = 0
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)
-def prober():
-    while not stop.is_set():
-        t = time.monotonic()
-        try:
-            os.listdir(f"{mnt}/deep/er")
-            os.stat(f"{mnt}/deep/er/stream32.bin")
-        except OSError as e:
-            errors.append(e)
-        probes.append((t, time.monotonic() - t))
-        time.sleep(0.001)
-def alive(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-ts = [threading.Thread(target=f) for f in (reader, prober)]
-for t in ts: t.start()
-rounds, new = [], None
-for r in range(5):
-    time.sleep(1.0)
-    t0 = time.monotonic()
-    new = subprocess.Popen([HUBFS, "--log-level", "warn", *ARGS, "--take-over", f"{W}/tks/ctl.sock"],
-                           stderr=open(f"{W}/tks.log", "a"), stdout=subprocess.DEVNULL)
-    while alive(OLD):
-        time.sleep(0.0005)
-    t1 = time.monotonic()
-    time.sleep(0.5)
-    win = lambda xs: [d for (t, d) in xs if t0 - 0.01 <= t <= t1]
-    # Peer: the longest call in a window as long, just before (a read that
-    # misses the page cache waits on a GET whatever happens).
-    before = lambda xs: [d for (t, d) in xs if t0 - 0.05 - (t1 - t0) <= t < t0 - 0.05]
-    rounds.append((t1 - t0, max(win(reads) or [0]), max(before(reads) or [0]),
-                   max(win(probes) or [0]), max(before(probes) or [0])))
-    OLD = new.pid
-stop.set()
-for t in ts: t.join()
-med = lambda i: statistics.median(x[i] for x in rounds)
-print(f"takeover (new process start -> old server gone), median of {len(rounds)}: {med(0)*1000:.0f} ms")
-print(f"longest 128 KiB read during it: {med(1)*1000:.1f} ms vs {med(2)*1000:.1f} ms in as long a window just before (x{med(1)/med(2):.1f})")
-print(f"longest listing+stat during it: {med(3)*1000:.1f} ms vs {med(4)*1000:.1f} ms in as long a window just before (x{med(3)/med(4):.1f})")
-print(f"reads through the held descriptor: {len(reads)}, listings+stats: {len(probes)}, errors: {len(errors)} {errors[:3]}")
-new.terminate(); new.wait()
-PY
+wait_served "$W/tks/ctl.sock" "$W/tks/mnt"
+AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK python3 "$ROOT/bench/lib/takeover.py" --mnt "$W/tks/mnt" \
+    --file "$W/tks/mnt/deep/er/stream32.bin" --open ro --probe list --peer before --ctl "$W/tks/ctl.sock" \
+    --log "$W/tks.log" -- "$HUBFS" "$TKSOLD" "${TKSARGS[@]}"
