@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use crate::mounter::MountError;
+use crate::mounts::MountError;
 
 /// Anything that can go wrong while serving a CSI call.
 #[derive(Debug, thiserror::Error)]

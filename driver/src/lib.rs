@@ -2,14 +2,14 @@
 //! stand on (volume ids, the mounter, usage statistics).
 //!
 //! The gRPC services are thin: they validate the request, take the per-volume
-//! operation guard, and call plain functions over the [`mounter::Mounter`]
+//! operation guard, and call plain functions over the [`mounts::Mounts`]
 //! trait, so every RPC can be unit-tested without root with the fake mounter
 //! (`test-util` feature) and integration-tested as root with real bind mounts.
 //!
 //! What lives here: the CSI services and their error mapping to
 //! `tonic::Status` ([`error`]), volume ids and StorageClass parameters,
 //! publishing homes and buckets on a node (starting and watching the FUSE
-//! servers), the mount syscalls behind [`mounter::Mounter`], and logging set-up.
+//! servers), the mount syscalls behind [`mounts::Mounts`], and logging set-up.
 //! The `hubfs` binary (`src/main.rs`, `src/cmd/`) parses arguments and calls
 //! into this library and the others; `anyhow` is used there only.
 //!
@@ -25,9 +25,9 @@ pub mod error;
 pub mod homes;
 pub mod identity;
 pub mod inflight;
-pub mod keeper;
 pub mod logging;
 pub mod mounter;
+pub mod mounts;
 pub use hubfs_fuse::mountinfo;
 pub mod node;
 pub mod paths;

@@ -13,21 +13,21 @@ use std::sync::Arc;
 
 use crate::claims::Claims;
 use crate::error::{DriverError, Result};
-use crate::mounter::Mounter;
+use crate::mounts::Mounts;
 use crate::volume::Backend;
 
 /// Resolves backends to directories on this host.
 #[derive(Clone)]
 pub struct Shares {
-    mounter: Arc<dyn Mounter>,
+    mounts: Arc<dyn Mounts>,
     state_dir: PathBuf,
     allowed_roots: Vec<PathBuf>,
 }
 
 impl Shares {
-    pub fn new(mounter: Arc<dyn Mounter>, state_dir: PathBuf, allowed_roots: Vec<PathBuf>) -> Self {
+    pub fn new(mounts: Arc<dyn Mounts>, state_dir: PathBuf, allowed_roots: Vec<PathBuf>) -> Self {
         Self {
-            mounter,
+            mounts,
             state_dir,
             allowed_roots,
         }
@@ -70,12 +70,12 @@ impl Shares {
             }
             Backend::Nfs { server, share } => {
                 let mp = self.nfs_mount_point(backend);
-                if self.mounter.mounted_at(&mp)?.is_some() {
+                if self.mounts.mounted_at(&mp)?.is_some() {
                     return Ok(mp);
                 }
                 std::fs::create_dir_all(&mp).map_err(|e| DriverError::io("create", &mp, e))?;
                 let data = nfs_options(server, mount_options)?;
-                self.mounter
+                self.mounts
                     .mount(&format!("{server}:{share}"), &mp, "nfs4", &data)?;
                 tracing::info!(server, share, mount_point = %mp.display(), "mounted NFS share");
                 Ok(mp)
@@ -98,8 +98,8 @@ impl Shares {
         }
         if self.claims(backend).remove(user)? == 0 {
             let mp = self.nfs_mount_point(backend);
-            if self.mounter.mounted_at(&mp)?.is_some() {
-                self.mounter.unmount(&mp)?;
+            if self.mounts.mounted_at(&mp)?.is_some() {
+                self.mounts.unmount(&mp)?;
                 tracing::info!(mount_point = %mp.display(), "unmounted unused NFS share");
             }
         }
@@ -138,12 +138,12 @@ fn nfs_options(server: &str, user_options: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mounter::{FakeMounter, MountCall};
+    use crate::mounts::{FakeMounts, MountCall};
 
     #[test]
     fn nfs_share_is_mounted_once_and_released_by_the_last_user() {
         let state = tempfile::tempdir().unwrap();
-        let fake = FakeMounter::default();
+        let fake = FakeMounts::default();
         let shares = Shares::new(Arc::new(fake.clone()), state.path().into(), vec![]);
         let b = Backend::Nfs {
             server: "127.0.0.1".into(),
@@ -174,7 +174,7 @@ mod tests {
     fn local_roots_must_be_allowed_and_present() {
         let dir = tempfile::tempdir().unwrap();
         let shares = Shares::new(
-            Arc::new(FakeMounter::default()),
+            Arc::new(FakeMounts::default()),
             dir.path().join("state"),
             vec![dir.path().into()],
         );

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hubfs::keeper::{MounterClient, ServerStatus, Servers};
+use hubfs::mounter::{MounterClient, ServerStatus, Servers};
 use hubfs_e2e::garage::{client, Garage};
 use hubfs_e2e::wait_until;
 use hubfs_fuse::s3::store::ObjectStore;

@@ -479,7 +479,7 @@ fn mounter_container(state: &std::path::Path, extra: &[&str]) -> KillOnDrop {
 #[test]
 fn a_new_mounter_takes_a_bucket_server_over_with_its_identity() {
     let _one = serial();
-    use hubfs::keeper::{control_path, Kind, MounterClient, ServerSpec, Servers};
+    use hubfs::mounter::{control_path, Kind, MounterClient, ServerSpec, Servers};
     use hubfs_fuse::s3::s3client::StaticCredentials;
     hubfs_e2e::require_root("mounts, PID namespaces");
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -545,7 +545,7 @@ fn mounter_container(state: &Path, extra: &[&str]) -> KillOnDrop {
 #[test]
 fn a_new_mounter_takes_the_homes_over_and_the_old_one_exits() {
     let _serial = serial();
-    use hubfs::keeper::{Kind, MounterClient, ServerSpec, Servers};
+    use hubfs::mounter::{Kind, MounterClient, ServerSpec, Servers};
     hubfs_e2e::require_root("mounts, PID namespaces");
     let tmp = hubfs_e2e::csi::SharedDir::new();
     let d = tmp.path();

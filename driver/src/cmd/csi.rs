@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use hubfs::controller::ControllerService;
 use hubfs::identity::{valid_driver_name, IdentityService};
-use hubfs::keeper::{self, MounterClient, Servers, Supervisor, SupervisorConfig};
-use hubfs::mounter::SysMounter;
+use hubfs::mounter::{self, MounterClient, Servers, Supervisor, SupervisorConfig};
+use hubfs::mounts::SysMounts;
 use hubfs::node::{NodeConfig, NodeService};
 use hubfs::share::Shares;
 use hubfs_proto::csi::{
@@ -108,7 +108,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let listener =
             hubfs::server::bind(&path).with_context(|| format!("bind {}", path.display()))?;
-        let mounter = Arc::new(SysMounter);
+        let mounter = Arc::new(SysMounts);
         let events: Arc<dyn EventSink> = match args.no_events {
             true => Arc::new(NoEvents),
             false => {
@@ -139,7 +139,7 @@ pub fn run(args: CsiArgs) -> anyhow::Result<ExitCode> {
                     if args.s3_cache.s3_cache_dir.is_some() {
                         bail!("--s3-cache-dir belongs to `hubfs mounter` when the servers run there (--servers mounter)");
                     }
-                    Arc::new(MounterClient::new(keeper::socket_path(&state_dir)))
+                    Arc::new(MounterClient::new(mounter::socket_path(&state_dir)))
                 }
                 ServersAt::InProcess => {
                     let exe = std::env::current_exe().context("locate the hubfs binary")?;

@@ -140,8 +140,8 @@ pub fn run(args: HomeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if args.foreground {
-        // The line a mounter taking servers over waits for (keeper::takeover).
-        serve(&args, opts, hubfs::keeper::takeover::say_serving)?;
+        // The line a mounter taking servers over waits for (mounter::takeover).
+        serve(&args, opts, hubfs::mounter::takeover::say_serving)?;
         return Ok(ExitCode::SUCCESS);
     }
     super::daemon::daemonize(|ready| serve(&args, opts, ready))

@@ -225,8 +225,8 @@ pub fn run(args: S3Args) -> anyhow::Result<ExitCode> {
     }
     let from = args.take_over.as_deref();
     if args.foreground {
-        // The line a mounter taking servers over waits for (keeper::takeover).
-        session::run(opts, from, hubfs::keeper::takeover::say_serving)?;
+        // The line a mounter taking servers over waits for (mounter::takeover).
+        session::run(opts, from, hubfs::mounter::takeover::say_serving)?;
         return Ok(ExitCode::SUCCESS);
     }
     super::daemon::daemonize(|ready| Ok(session::run(opts, from, ready)?))

@@ -10,7 +10,7 @@
 //! Upgraded, with `--take-over` beside a running mounter (the chart's
 //! `maxSurge: 1` rolling update starts the new pod before the old one
 //! goes), it takes every home server over with its live FUSE connection
-//! (`keeper::takeover`). The old mounter then idles, owning nothing and
+//! (`mounter::takeover`). The old mounter then idles, owning nothing and
 //! writing nothing, until its pod is deleted (SIGTERM): exiting by itself
 //! would make kubelet restart its container (restartPolicy: Always) beside
 //! the new one. `--ready-file` is created once this mounter serves: the
@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use hubfs::keeper::{self, S3Cache, Servers, Supervisor, SupervisorConfig};
-use hubfs::mounter::SysMounter;
+use hubfs::mounter::{self, S3Cache, Servers, Supervisor, SupervisorConfig};
+use hubfs::mounts::SysMounts;
 
 #[derive(Args, Debug)]
 pub struct MounterArgs {
@@ -93,7 +93,7 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     let state_dir = hubfs::paths::absolute("--state-dir", &args.state_dir.to_string_lossy())?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("create {}", state_dir.display()))?;
-    let socket = keeper::socket_path(&state_dir);
+    let socket = mounter::socket_path(&state_dir);
     // Stop signals are taken by the wait at the end; every thread inherits
     // the mask. A bucket server unblocks its own at start (its runtime
     // handles them), whatever mask it was started with.
@@ -115,7 +115,7 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
         None
     };
     if let Some(old) = old {
-        match keeper::takeover::take_over(&cfg, old, Duration::from_secs(60)) {
+        match mounter::takeover::take_over(&cfg, old, Duration::from_secs(60)) {
             Ok((r, t)) => {
                 tracing::info!(servers = t.len(), "took the running mounter's servers over");
                 taken = t;
@@ -143,7 +143,7 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     // waited for, a minute at most.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let listener = loop {
-        match keeper::wire::bind(&socket) {
+        match mounter::wire::bind(&socket) {
             Err(e)
                 if e.kind() == std::io::ErrorKind::AddrInUse
                     && std::time::Instant::now() < deadline =>
@@ -157,17 +157,17 @@ pub fn run(args: MounterArgs) -> anyhow::Result<ExitCode> {
     if let Some(c) = &cfg.s3_cache {
         tracing::info!(dir = %c.dir.display(), bytes_per_server = c.size, "S3 data cache");
     }
-    let sup = Supervisor::open_with(cfg, Arc::new(SysMounter), taken);
+    let sup = Supervisor::open_with(cfg, Arc::new(SysMounts), taken);
     sup.watch();
     let servers: Arc<dyn Servers> = sup.clone();
     if let Some(addr) = args.metrics_addr {
-        keeper::metrics::serve(addr, servers.clone())
+        mounter::metrics::serve(addr, servers.clone())
             .with_context(|| format!("serve metrics on {addr}"))?;
     }
     tracing::info!(socket = %socket.display(), servers = sup.status().map(|s| s.len()).unwrap_or(0), "mounter serving");
     std::thread::Builder::new()
         .name("hubfs-mounter-sock".into())
-        .spawn(move || keeper::wire::serve(listener, servers))
+        .spawn(move || mounter::wire::serve(listener, servers))
         .context("start serving the socket")?;
     if let Some(f) = &args.ready_file {
         std::fs::write(f, b"serving\n").with_context(|| format!("write {}", f.display()))?;

@@ -1,7 +1,7 @@
 //! Unit tests of the CSI controller service: provisioning, expansion,
 //! identity from the PVC, and what each step tells the PVC in Events.
 use super::*;
-use crate::mounter::FakeMounter;
+use crate::mounts::FakeMounts;
 use crate::pvc::FakePvcReader;
 use hubfs_proto::csi::{volume_capability::AccessMode, CapacityRange};
 use hubfs_quota::events::FakeEventSink;
@@ -10,7 +10,7 @@ use tonic::Code;
 fn service(root: &std::path::Path) -> (ControllerService, Arc<FakeEventSink>) {
     let events = Arc::new(FakeEventSink::default());
     let shares = Shares::new(
-        Arc::new(FakeMounter::default()),
+        Arc::new(FakeMounts::default()),
         root.join("state"),
         vec![root.to_owned()],
     );

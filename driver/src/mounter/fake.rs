@@ -1,141 +1,141 @@
-//! The in-memory [`Mounter`] for unit tests: a table of what is mounted
-//! where, a log of calls, and injected failures. Compiled only for tests and
-//! with the `test-util` feature, never into the shipped binary.
+//! An in-memory [`Servers`] for unit tests: records every call, keeps the
+//! targets per server, and can be told to fail the next call.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use nix::errno::Errno;
+use hubfs_fuse::s3::credentials::StaticCredentials;
 use parking_lot::Mutex;
 
-use super::{MountError, Mounted, Mounter};
+use super::{ServerSpec, ServerStatus, Servers};
+use crate::error::{DriverError, Result};
 
-/// A recorded call on the fake mounter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MountCall {
-    Mount {
-        source: String,
-        target: PathBuf,
-        fs_type: String,
-        data: String,
-    },
-    Bind {
-        source: PathBuf,
-        target: PathBuf,
-        read_only: bool,
-    },
-    Unmount {
-        target: PathBuf,
-    },
-}
-
-/// In-memory mounter for unit tests: remembers what is mounted where, and
-/// can be told to fail the next calls.
-#[derive(Clone, Default)]
-pub struct FakeMounter {
-    inner: Arc<Mutex<FakeState>>,
-}
+/// A recorded call: the same calls the mounter's socket carries.
+pub type ServerCall = super::wire::Request;
 
 #[derive(Default)]
 struct FakeState {
-    table: HashMap<PathBuf, Mounted>,
-    calls: Vec<MountCall>,
-    fail_next: Option<Errno>,
+    servers: BTreeMap<String, (ServerSpec, BTreeMap<PathBuf, bool>)>,
+    calls: Vec<ServerCall>,
+    fail_next: Option<DriverError>,
+    /// How the last release ended (None: none ended yet).
+    release_end: Option<bool>,
 }
 
-impl FakeMounter {
-    /// Every call made so far, in order.
-    pub fn calls(&self) -> Vec<MountCall> {
+#[derive(Default)]
+pub struct FakeServers {
+    inner: Mutex<FakeState>,
+}
+
+impl FakeServers {
+    pub fn calls(&self) -> Vec<ServerCall> {
         self.inner.lock().calls.clone()
     }
 
-    /// Number of mounts currently in the table.
-    pub fn mount_count(&self) -> usize {
-        self.inner.lock().table.len()
+    /// Makes the next publish fail with `e`.
+    pub fn fail_next(&self, e: DriverError) {
+        self.inner.lock().fail_next = Some(e);
     }
 
-    /// Makes the next mount or bind fail with `errno`.
-    pub fn fail_next(&self, errno: Errno) {
-        self.inner.lock().fail_next = Some(errno);
+    /// How the last release ended: handed over or not (None: not yet).
+    pub fn release_ended(&self) -> Option<bool> {
+        self.inner.lock().release_end
     }
 
-    fn take_failure(&self, op: &'static str, target: &Path) -> Result<(), MountError> {
-        match self.inner.lock().fail_next.take() {
-            Some(e) => Err(MountError::new(op, target, e)),
-            None => Ok(()),
-        }
+    /// Ids of the servers that have users.
+    pub fn running(&self) -> Vec<String> {
+        self.inner.lock().servers.keys().cloned().collect()
     }
 }
 
-impl Mounter for FakeMounter {
-    fn mount(
+impl FakeServers {
+    fn record(
         &self,
-        source: &str,
+        spec: &ServerSpec,
         target: &Path,
-        fs_type: &str,
-        data: &str,
-    ) -> Result<(), MountError> {
-        self.take_failure("mount", target)?;
+        read_only: bool,
+        credentials: Option<&StaticCredentials>,
+    ) -> Result<bool> {
+        spec.validate()?;
+        super::secrets::check_credentials(spec, credentials)?;
         let mut s = self.inner.lock();
-        s.calls.push(MountCall::Mount {
-            source: source.into(),
-            target: target.into(),
-            fs_type: fs_type.into(),
-            data: data.into(),
-        });
-        s.table.insert(
-            target.into(),
-            Mounted {
-                device: String::new(),
-                root: "/".into(),
-                fs_type: fs_type.into(),
-                source: source.into(),
-                read_only: data.split(',').any(|o| o == "ro"),
-            },
-        );
-        Ok(())
-    }
-
-    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {
-        self.take_failure("bind mount", target)?;
-        let id = self.bind_identity(source)?;
-        let mut s = self.inner.lock();
-        s.calls.push(MountCall::Bind {
-            source: source.into(),
+        s.calls.push(ServerCall::Publish {
+            spec: spec.clone(),
             target: target.into(),
             read_only,
+            credentials: credentials.map(Into::into),
         });
-        s.table.insert(target.into(), Mounted { read_only, ..id });
+        if let Some(e) = s.fail_next.take() {
+            return Err(e);
+        }
+        if s.servers
+            .iter()
+            .any(|(id, (_, t))| id != &spec.id && t.contains_key(target))
+        {
+            return Err(DriverError::AlreadyExists(format!(
+                "{} is already published from another server",
+                target.display()
+            )));
+        }
+        let entry = s
+            .servers
+            .entry(spec.id.clone())
+            .or_insert_with(|| (spec.clone(), BTreeMap::new()));
+        Ok(entry.1.insert(target.into(), read_only).is_none())
+    }
+}
+
+impl Servers for FakeServers {
+    fn release(&self) -> Result<()> {
+        self.inner.lock().calls.push(ServerCall::Release);
         Ok(())
     }
 
-    fn unmount(&self, target: &Path) -> Result<(), MountError> {
+    fn release_end(&self, handed_over: bool) {
+        self.inner.lock().release_end = Some(handed_over);
+    }
+
+    fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool> {
+        self.record(spec, target, read_only, None)
+    }
+
+    fn publish_with_credentials(
+        &self,
+        spec: &ServerSpec,
+        target: &Path,
+        read_only: bool,
+        credentials: &StaticCredentials,
+    ) -> Result<bool> {
+        self.record(spec, target, read_only, Some(credentials))
+    }
+
+    fn unpublish(&self, target: &Path) -> Result<bool> {
         let mut s = self.inner.lock();
-        s.calls.push(MountCall::Unmount {
+        s.calls.push(ServerCall::Unpublish {
             target: target.into(),
         });
-        match s.table.remove(target) {
-            Some(_) => Ok(()),
-            None => Err(MountError::new("unmount", target, Errno::EINVAL)),
-        }
+        let mut was = false;
+        s.servers.retain(|_, (_, t)| {
+            was |= t.remove(target).is_some();
+            !t.is_empty()
+        });
+        Ok(was)
     }
 
-    fn mounted_at(&self, target: &Path) -> Result<Option<Mounted>, MountError> {
-        Ok(self.inner.lock().table.get(target).cloned())
-    }
-
-    fn bind_identity(&self, source: &Path) -> Result<Mounted, MountError> {
-        // A bind of a bind shows the original source, as the kernel does.
-        if let Some(m) = self.inner.lock().table.get(source) {
-            return Ok(m.clone());
-        }
-        Ok(Mounted {
-            device: String::new(),
-            root: source.into(),
-            fs_type: "fake".into(),
-            source: source.display().to_string(),
-            read_only: false,
-        })
+    fn status(&self) -> Result<Vec<ServerStatus>> {
+        let mut s = self.inner.lock();
+        s.calls.push(ServerCall::Status);
+        Ok(s.servers
+            .iter()
+            .map(|(id, (spec, t))| ServerStatus {
+                id: id.clone(),
+                what: spec.what.clone(),
+                mountpoint: PathBuf::from("/fake").join(id),
+                pid: None,
+                healthy: true,
+                targets: t.keys().cloned().collect(),
+                restarts: 0,
+            })
+            .collect())
     }
 }

@@ -16,7 +16,7 @@ use hubfs_proto::csi::{
 use super::{publish_server, NodeService};
 use crate::error::{DriverError, Result};
 use crate::homes;
-use crate::keeper::{Kind, ServerSpec};
+use crate::mounter::{Kind, ServerSpec};
 use crate::volume::{keys, Accounting, HomeVolume, IdError};
 
 fn parse(id: &str) -> Result<HomeVolume> {
@@ -44,7 +44,7 @@ pub(super) fn stage(
             home.display()
         )));
     }
-    let m = &node.inner.mounter;
+    let m = &node.inner.mounts;
     if let Some(existing) = m.mounted_at(staging)? {
         let want = m.bind_identity(&home)?;
         if existing.device == want.device && existing.root == want.root {
@@ -84,7 +84,7 @@ pub(super) fn publish(
     read_only: bool,
 ) -> Result<Option<String>> {
     let vol = parse(id)?;
-    let m = &node.inner.mounter;
+    let m = &node.inner.mounts;
     if m.mounted_at(staging)?.is_none() {
         return Err(DriverError::FailedPrecondition(format!(
             "volume is not staged at {}; NodeStageVolume must come first",
@@ -99,7 +99,7 @@ pub(super) fn publish(
     // A read-only home cannot grow: nothing to account, a bind does.
     let fuse = accounting == Accounting::Fuse && !read_only;
     if fuse {
-        // The keeper knows whether the target already shows this home.
+        // The mounter knows whether the target already shows this home.
         let spec = home_layer(node, id, &vol, ctx, staging)?;
         if !publish_server(node, &spec, target, false, None)? {
             return Ok(None);
@@ -217,7 +217,7 @@ pub(super) fn stats(
         )));
     }
     let mut abnormal = condition_of(path);
-    if abnormal.is_none() && node.inner.mounter.mounted_at(path)?.is_none() {
+    if abnormal.is_none() && node.inner.mounts.mounted_at(path)?.is_none() {
         abnormal = Some("volume path is not mounted".into());
     }
     let usage = if abnormal.is_none() {

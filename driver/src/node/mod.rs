@@ -31,8 +31,8 @@ use tracing::info_span;
 use crate::controller::check_capabilities;
 use crate::error::{DriverError, Result};
 use crate::inflight::InFlight;
-use crate::keeper::{ServerSpec, Servers};
-use crate::mounter::Mounter;
+use crate::mounter::{ServerSpec, Servers};
+use crate::mounts::Mounts;
 use crate::paths;
 use crate::server::blocking;
 use crate::share::Shares;
@@ -64,7 +64,7 @@ pub struct NodeService {
 struct NodeInner {
     cfg: NodeConfig,
     events: Arc<dyn EventSink>,
-    mounter: Arc<dyn Mounter>,
+    mounts: Arc<dyn Mounts>,
     /// Starts and keeps the FUSE servers (the mounter, or in-process).
     servers: Arc<dyn Servers>,
     shares: Shares,
@@ -95,7 +95,7 @@ fn read_only(readonly: bool, c: &VolumeCapability) -> bool {
         })
 }
 
-/// Asks the keeper to show `spec` at `target`, creating the directory; one
+/// Asks the mounter to show `spec` at `target`, creating the directory; one
 /// created here is removed again if that fails. `credentials` are the
 /// server's own identity, if it has one. Returns false when `target`
 /// already showed it (nothing was mounted).
@@ -122,12 +122,12 @@ fn publish_server(
 impl NodeService {
     pub fn new(
         cfg: NodeConfig,
-        mounter: Arc<dyn Mounter>,
+        mounts: Arc<dyn Mounts>,
         servers: Arc<dyn Servers>,
         events: Arc<dyn EventSink>,
     ) -> Self {
         let shares = Shares::new(
-            mounter.clone(),
+            mounts.clone(),
             cfg.state_dir.clone(),
             cfg.allowed_roots.clone(),
         );
@@ -135,7 +135,7 @@ impl NodeService {
             inner: Arc::new(NodeInner {
                 cfg,
                 events,
-                mounter,
+                mounts,
                 servers,
                 shares,
                 inflight: InFlight::default(),
@@ -221,12 +221,12 @@ impl NodeService {
         let id = required("volume_id", &r.volume_id)?;
         let target = self.co_path("target_path", &r.target_path)?;
         let _g = self.inner.inflight.begin(id)?;
-        // A FUSE-served target (or one whose server is gone): the keeper
+        // A FUSE-served target (or one whose server is gone): the mounter
         // unmounts it and stops a server nobody uses any more. Plain binds
-        // are unmounted here, without asking the keeper.
+        // are unmounted here, without asking the mounter.
         let plain = self
             .inner
-            .mounter
+            .mounts
             .mounted_at(&target)?
             .is_some_and(|m| !m.fs_type.starts_with("fuse"));
         if !plain {
@@ -268,10 +268,10 @@ impl NodeService {
     /// Unmounts everything stacked on `path` (a retried publish can leave two).
     fn unmount_all(&self, path: &std::path::Path) -> Result<()> {
         for _ in 0..8 {
-            if self.inner.mounter.mounted_at(path)?.is_none() {
+            if self.inner.mounts.mounted_at(path)?.is_none() {
                 return Ok(());
             }
-            self.inner.mounter.unmount(path)?;
+            self.inner.mounts.unmount(path)?;
             tracing::info!(path = %path.display(), "unmounted");
         }
         Err(DriverError::FailedPrecondition(format!(

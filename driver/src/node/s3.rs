@@ -1,9 +1,9 @@
 //! Node side of S3 volumes (static PVs with `type: s3` volume attributes).
 //!
 //! Every bucket/prefix gets ONE FUSE mount per node, under the state dir,
-//! served by a `hubfs mount s3 --foreground` process that the keeper (the
+//! served by a `hubfs mount s3 --foreground` process that the mounter (the
 //! `hubfs mounter`) starts and watches; each pod gets a read-only bind of
-//! it. The keeper records the pods' targets, so the last unpublish stops the
+//! it. The mounter records the pods' targets, so the last unpublish stops the
 //! server even after any restart, and a server that dies is replaced and
 //! bound onto every target again without a CSI call.
 //!
@@ -29,8 +29,8 @@ use hubfs_proto::csi::{
 
 use super::{publish_server, NodeService};
 use crate::error::{DriverError, Result};
-use crate::keeper::secrets::CREDENTIALS_ARGS;
-use crate::keeper::{Kind, ServerSpec};
+use crate::mounter::secrets::CREDENTIALS_ARGS;
+use crate::mounter::{Kind, ServerSpec};
 
 fn flag(ctx: &HashMap<String, String>, key: &str) -> Result<bool> {
     match ctx
@@ -207,7 +207,7 @@ pub(super) fn stage(
     options(&r.volume_context, PathBuf::from("/")).map(|_| ())
 }
 
-/// The keeper's description of the shared mount for `opts`, read with the
+/// The mounter's description of the shared mount for `opts`, read with the
 /// identity whose digest is `identity` (the default chain or anonymous: none).
 fn server(opts: &MountOptions, identity: Option<&str>) -> ServerSpec {
     let mut args: Vec<String> = opts
@@ -215,10 +215,10 @@ fn server(opts: &MountOptions, identity: Option<&str>) -> ServerSpec {
         .into_iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    // The keeper appends the mountpoint, which it chooses.
+    // The mounter appends the mountpoint, which it chooses.
     args.pop();
     if identity.is_some() {
-        // After `mount s3 --foreground`: the keeper pipes the credentials in.
+        // After `mount s3 --foreground`: the mounter pipes the credentials in.
         args.splice(3..3, CREDENTIALS_ARGS.map(String::from));
     }
     ServerSpec {
@@ -490,8 +490,8 @@ mod identity_tests {
         }
         let with = spec(Some(&a));
         with.validate().unwrap();
-        assert!(crate::keeper::secrets::wants_credentials(&with));
-        assert!(!crate::keeper::secrets::wants_credentials(&spec(None)));
+        assert!(crate::mounter::secrets::wants_credentials(&with));
+        assert!(!crate::mounter::secrets::wants_credentials(&spec(None)));
         // The default chain keeps the id it had before identities existed.
         assert_eq!(spec(None).id, mount_key(&opts, None));
         // Nothing of the credentials shows in what is logged and saved.

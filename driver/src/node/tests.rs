@@ -1,4 +1,4 @@
-//! Node service tests over the fake mounter and the fake FUSE-server keeper:
+//! Node service tests over the fake mount table and the fake FUSE-server mounter:
 //! every RPC, its error codes, and repeated lifecycle calls. Real mounts are
 //! covered by `driver/tests/csi.rs`, `s3_csi.rs` and `restart.rs`.
 
@@ -18,9 +18,9 @@ use tonic::Code;
 use super::{NodeConfig, NodeService};
 use crate::error::DriverError;
 use crate::homes::{self, HomeMeta};
-use crate::keeper::fake::{FakeServers, ServerCall};
-use crate::keeper::Kind;
-use crate::mounter::{FakeMounter, MountCall, Mounter};
+use crate::mounter::fake::{FakeServers, ServerCall};
+use crate::mounter::Kind;
+use crate::mounts::{FakeMounts, MountCall, Mounts};
 use crate::volume::{Backend, HomeVolume, OnDelete};
 use hubfs_quota::events::{FakeEventSink, Reason, Regarding};
 
@@ -29,7 +29,7 @@ struct Env {
     _dir: tempfile::TempDir,
     root: PathBuf,
     kubelet: PathBuf,
-    fake: FakeMounter,
+    fake: FakeMounts,
     servers: Arc<FakeServers>,
     node: NodeService,
     vol: HomeVolume,
@@ -64,7 +64,7 @@ fn env() -> Env {
         },
     )
     .unwrap();
-    let fake = FakeMounter::default();
+    let fake = FakeMounts::default();
     let servers = Arc::new(FakeServers::default());
     let events = Arc::new(FakeEventSink::default());
     let node = NodeService::new(
@@ -403,7 +403,7 @@ fn stats_report_usage_against_the_quota() {
     std::fs::write(home.join("f"), vec![0u8; 300]).unwrap();
     e.node.stage(e.stage_req()).unwrap();
     e.node.publish(e.publish_req("p")).unwrap();
-    // The fake mounter does not show the home at the target, so measure the
+    // The fake mount table does not show the home at the target, so measure the
     // home itself: register the home dir as a "mounted" volume path.
     e.fake.bind(&home, &home, false).unwrap();
     let r = NodeGetVolumeStatsRequest {
@@ -517,7 +517,7 @@ async fn publish_tells_the_pod_what_happened() {
 }
 
 #[test]
-fn a_fuse_home_is_handed_to_the_keeper_with_everything_to_restart_it() {
+fn a_fuse_home_is_handed_to_the_mounter_with_everything_to_restart_it() {
     let e = env();
     e.node.stage(e.stage_req()).unwrap();
     let mut r = e.publish_req("p");
@@ -556,7 +556,7 @@ fn a_fuse_home_is_handed_to_the_keeper_with_everything_to_restart_it() {
     // One server per home volume, shared by its pods on this node.
     assert_eq!(e.servers.running().len(), 1);
     assert!(matches!(&calls[2], ServerCall::Publish { spec: s2, .. } if s2 == spec));
-    // The plugin itself mounted nothing: the keeper did.
+    // The plugin itself mounted nothing: the mounter did.
     assert_eq!(e.fake.mount_count(), 1, "only the staging bind");
     e.node.unpublish(e.unpublish_req("p")).unwrap();
     assert_eq!(e.servers.running().len(), 1, "pod q still uses it");
@@ -566,7 +566,7 @@ fn a_fuse_home_is_handed_to_the_keeper_with_everything_to_restart_it() {
 }
 
 #[test]
-fn a_keeper_failure_leaves_no_target_and_keeps_its_code() {
+fn a_mounter_failure_leaves_no_target_and_keeps_its_code() {
     let e = env();
     e.node.stage(e.stage_req()).unwrap();
     let mut r = e.publish_req("p");
@@ -586,7 +586,7 @@ fn a_keeper_failure_leaves_no_target_and_keeps_its_code() {
 }
 
 #[test]
-fn s3_publications_share_one_keeper_server_per_bucket() {
+fn s3_publications_share_one_mounter_server_per_bucket() {
     let e = env();
     let ctx = |bucket: &str| {
         HashMap::from([

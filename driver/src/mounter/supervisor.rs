@@ -28,7 +28,7 @@ use super::secrets::{check_credentials, wants_credentials, Secrets};
 use super::state::{ServerRecord, State, StateFile};
 use super::{Kind, ServerSpec, ServerStatus, Servers};
 use crate::error::{DriverError, Result};
-use crate::mounter::Mounter;
+use crate::mounts::Mounts;
 
 /// How a supervisor runs.
 #[derive(Clone, Debug)]
@@ -164,7 +164,7 @@ struct Inner {
 /// FUSE servers as supervised children.
 pub struct Supervisor {
     cfg: SupervisorConfig,
-    mounter: Arc<dyn Mounter>,
+    mounts: Arc<dyn Mounts>,
     file: StateFile,
     /// The S3 identities of servers, never in the state file.
     secrets: Secrets,
@@ -177,15 +177,15 @@ impl Supervisor {
     /// Loads the state file and brings every recorded server back: living
     /// ones (a restart without their death) are adopted, dead ones started
     /// again and stacked onto their targets.
-    pub fn open(cfg: SupervisorConfig, mounter: Arc<dyn Mounter>) -> Arc<Self> {
-        Self::open_with(cfg, mounter, HashMap::new())
+    pub fn open(cfg: SupervisorConfig, mounts: Arc<dyn Mounts>) -> Arc<Self> {
+        Self::open_with(cfg, mounts, HashMap::new())
     }
 
     /// As [`Supervisor::open`], with servers a mounter takeover started
     /// already (`taken`: our children, serving the recorded mounts).
     pub fn open_with(
         cfg: SupervisorConfig,
-        mounter: Arc<dyn Mounter>,
+        mounts: Arc<dyn Mounts>,
         mut taken: HashMap<String, Child>,
     ) -> Arc<Self> {
         let file = StateFile::new(&cfg.state_dir);
@@ -203,7 +203,7 @@ impl Supervisor {
         let sup = Arc::new(Self {
             secrets: Secrets::new(&cfg.state_dir),
             cfg,
-            mounter,
+            mounts,
             file,
             inner: Mutex::new(Inner {
                 state,
@@ -250,7 +250,7 @@ impl Supervisor {
         let me = Arc::downgrade(self);
         let every = self.cfg.watch_interval;
         std::thread::Builder::new()
-            .name("hubfs-keeper".into())
+            .name("hubfs-mounter".into())
             .spawn(move || {
                 while let Some(s) = me.upgrade() {
                     s.check();
@@ -258,7 +258,7 @@ impl Supervisor {
                     std::thread::sleep(every);
                 }
             })
-            .expect("spawn keeper thread")
+            .expect("spawn mounter thread")
     }
 
     /// Recovers every server whose process ended. Returns how many.
@@ -360,14 +360,14 @@ impl Supervisor {
     /// already shows a living `mp`. A target with nothing mounted is left for
     /// kubelet's next NodePublish (after a node reboot, say).
     fn restack(&self, mp: &Path, target: &Path, read_only: bool) -> Result<()> {
-        let Some(top) = self.mounter.mounted_at(target)? else {
+        let Some(top) = self.mounts.mounted_at(target)? else {
             return Ok(());
         };
-        let want = self.mounter.mounted_at(mp)?.map(|m| m.device);
+        let want = self.mounts.mounted_at(mp)?.map(|m| m.device);
         if probe(target) == MountState::Healthy && want.as_deref() == Some(top.device.as_str()) {
             return Ok(());
         }
-        self.mounter.bind(mp, target, read_only)?;
+        self.mounts.bind(mp, target, read_only)?;
         Ok(())
     }
 
@@ -483,12 +483,12 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        let device = self.mounter.mounted_at(&mp)?.map(|m| m.device);
-        let mounted = match self.mounter.mounted_at(target)? {
+        let device = self.mounts.mounted_at(&mp)?.map(|m| m.device);
+        let mounted = match self.mounts.mounted_at(target)? {
             None => {
                 std::fs::create_dir_all(target)
                     .map_err(|e| DriverError::io("create", target, e))?;
-                self.mounter.bind(&mp, target, read_only)?;
+                self.mounts.bind(&mp, target, read_only)?;
                 true
             }
             Some(top) => {
@@ -498,7 +498,7 @@ impl Supervisor {
                     false
                 } else if owner.is_some() {
                     // Ours, but dead or stale: stack the living server on top.
-                    self.mounter.bind(&mp, target, read_only)?;
+                    self.mounts.bind(&mp, target, read_only)?;
                     true
                 } else {
                     return Err(DriverError::AlreadyExists(format!(
@@ -520,10 +520,10 @@ impl Supervisor {
         };
         // Every layer: a target may hold dead mounts under the living one.
         for _ in 0..64 {
-            if self.mounter.mounted_at(target)?.is_none() {
+            if self.mounts.mounted_at(target)?.is_none() {
                 break;
             }
-            self.mounter.unmount(target)?;
+            self.mounts.unmount(target)?;
         }
         let rec = inner
             .state

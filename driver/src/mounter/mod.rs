@@ -95,7 +95,7 @@ pub struct ServerSpec {
     pub id: String,
     pub kind: Kind,
     /// The `hubfs` arguments without the mountpoint, starting with
-    /// `mount <kind> --foreground`; the mountpoint is chosen by the keeper.
+    /// `mount <kind> --foreground`; the mountpoint is chosen by the mounter.
     pub args: Vec<String>,
     /// Words for logs and errors ("the home layer of alice").
     pub what: String,
@@ -145,7 +145,7 @@ impl ServerSpec {
     }
 }
 
-/// One server as the keeper sees it.
+/// One server as the mounter sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
     pub id: String,
@@ -156,7 +156,7 @@ pub struct ServerStatus {
     pub healthy: bool,
     /// Pod target paths bound to it.
     pub targets: Vec<PathBuf>,
-    /// Times it was started again after dying, since the keeper started.
+    /// Times it was started again after dying, since the mounter started.
     pub restarts: u32,
 }
 
@@ -167,7 +167,7 @@ pub trait Servers: Send + Sync + 'static {
     /// whether anything was mounted at `target` (false: already published).
     fn publish(&self, spec: &ServerSpec, target: &Path, read_only: bool) -> Result<bool>;
     /// [`Servers::publish`] for a server with its own S3 identity (its
-    /// arguments hold `--credentials-file /dev/fd/0`): the keeper hands
+    /// arguments hold `--credentials-file /dev/fd/0`): the mounter hands
     /// `credentials` to the server on a pipe and keeps them to start it
     /// again, never in its state file or logs ([`secrets`]).
     fn publish_with_credentials(
@@ -187,7 +187,7 @@ pub trait Servers: Send + Sync + 'static {
     /// [`Servers::release_end`].
     fn release(&self) -> Result<()> {
         Err(DriverError::FailedPrecondition(
-            "this server keeper cannot hand its servers over".into(),
+            "this mounter cannot hand its servers over".into(),
         ))
     }
     /// The takeover ended: `handed_over` (the new mounter owns everything

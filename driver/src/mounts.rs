@@ -1,7 +1,7 @@
 //! The mount syscalls, behind a trait.
 //!
-//! The real [`SysMounter`] calls `mount(2)`/`umount2(2)` through `nix` and
-//! reads `/proc/self/mountinfo`; `FakeMounter` (in `mounter/fake.rs`, built
+//! The real [`SysMounts`] calls `mount(2)`/`umount2(2)` through `nix` and
+//! reads `/proc/self/mountinfo`; `FakeMounts` (in `mounts/fake.rs`, built
 //! only for tests or with the `test-util` feature) keeps a table in memory so
 //! every CSI call can be unit-tested without root. Both answer "what is
 //! mounted at this path" the same way, which is what makes Node calls
@@ -63,7 +63,7 @@ impl From<&MountEntry> for Mounted {
 }
 
 /// Mounting, unmounting and asking what is mounted.
-pub trait Mounter: Send + Sync + 'static {
+pub trait Mounts: Send + Sync + 'static {
     /// Mounts a filesystem (`nfs`, `nfs4`, `tmpfs`, ...) with comma-separated `data` options.
     fn mount(
         &self,
@@ -86,9 +86,9 @@ pub trait Mounter: Send + Sync + 'static {
 
 /// The real mounter: Linux syscalls, root required.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SysMounter;
+pub struct SysMounts;
 
-impl Mounter for SysMounter {
+impl Mounts for SysMounts {
     fn mount(
         &self,
         source: &str,
@@ -164,4 +164,4 @@ fn errno_of(e: &std::io::Error) -> Errno {
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
 #[cfg(any(test, feature = "test-util"))]
-pub use fake::{FakeMounter, MountCall};
+pub use fake::{FakeMounts, MountCall};

@@ -2,12 +2,12 @@
 //! or saved in clear.
 //!
 //! A bucket volume with a `nodePublishSecretRef` runs its server with
-//! `--credentials-file /dev/fd/0`: the keeper writes the credentials into a
+//! `--credentials-file /dev/fd/0`: the mounter writes the credentials into a
 //! pipe that becomes the server's stdin, so they are never in a command line,
 //! an environment, a mount option or the state file (`servers.json` holds
 //! only the spec, whose id carries a keyed digest of the identity, never the
 //! identity). To start the same server again after it crashed — or after the
-//! mounter itself restarted, when kubelet will not publish again — the keeper
+//! mounter itself restarted, when kubelet will not publish again — the mounter
 //! keeps them in memory and in `<state>/s3/<id>/credentials`, a root-only
 //! (0600) file written atomically and removed with the server's last user.
 //! The trade-off: the credentials rest on the node's disk while a pod uses
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::ServerSpec;
 use crate::error::{DriverError, Result};
 
-/// The argument pair of a server that reads its identity from the keeper.
+/// The argument pair of a server that reads its identity from the mounter.
 pub const CREDENTIALS_ARGS: [&str; 2] = ["--credentials-file", "/dev/fd/0"];
 
 /// Credentials as they cross the mounter's socket. Its `Debug` shows nothing.
@@ -66,7 +66,7 @@ impl From<WireCredentials> for StaticCredentials {
     }
 }
 
-/// Whether `spec`'s server takes its identity from the keeper.
+/// Whether `spec`'s server takes its identity from the mounter.
 pub fn wants_credentials(spec: &ServerSpec) -> bool {
     spec.args
         .windows(2)
@@ -197,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn kept_root_only_found_again_by_a_new_keeper_and_forgotten() {
+    fn kept_root_only_found_again_by_a_new_mounter_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let s = Secrets::new(dir.path());
         assert!(wants_credentials(&spec()));

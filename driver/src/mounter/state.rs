@@ -1,11 +1,11 @@
-//! The keeper's state file: which servers run, for which pod targets.
+//! The mounter's state file: which servers run, for which pod targets.
 //!
 //! Both the mounter and a restarted node plugin rebuild everything from this
 //! file, so it is written atomically (a temporary file, fsync, rename, fsync
 //! of the directory): a crash leaves the old or the new version, never half.
 //! It carries a version; a file this hubfs cannot read (corrupt, truncated
 //! by a full disk, written by another version) is moved aside with one
-//! clear log line and the keeper starts empty — never a crash loop. Pods
+//! clear log line and the mounter starts empty — never a crash loop. Pods
 //! publish again through kubelet if needed; nothing on the share is lost.
 
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ pub struct ServerRecord {
     pub pid: Option<u32>,
 }
 
-/// Everything the keeper persists.
+/// Everything the mounter persists.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
@@ -94,7 +94,7 @@ impl StateFile {
     }
 
     /// Reads the state; anything unusable is moved aside (`.unusable`) with
-    /// an error in the log, and the keeper starts from nothing.
+    /// an error in the log, and the mounter starts from nothing.
     pub fn load(&self) -> State {
         match self.read() {
             Ok(Some(s)) => s,
@@ -173,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_file_is_moved_aside_and_the_keeper_starts_empty() {
+    fn a_corrupt_file_is_moved_aside_and_the_mounter_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path());
         for junk in [

@@ -34,7 +34,7 @@ pub enum Request {
         target: PathBuf,
     },
     Status,
-    /// A new mounter takes over (see `keeper::takeover`): the old one stops
+    /// A new mounter takes over (see `mounter::takeover`): the old one stops
     /// changing anything, answers `released`, and waits on this connection
     /// for a `done` line (exit) or its end (carry on).
     Release,
@@ -366,7 +366,7 @@ mod tests {
         wait(Some(false));
         Release::ask(&sock).unwrap().done().unwrap();
         wait(Some(true));
-        // A server keeper that cannot hand over says so.
+        // A mounter that cannot hand over says so.
         let e = MounterClient::new(sock.clone()).release().unwrap_err();
         assert!(e.to_string().contains("cannot hand"), "{e}");
     }
@@ -399,7 +399,7 @@ mod tests {
         assert!(c.unpublish(Path::new("/k/t1")).unwrap());
         assert!(!c.unpublish(Path::new("/k/t1")).unwrap());
         // A server with its own identity: the credentials cross the socket
-        // and reach the keeper whole, and the request's Debug hides them.
+        // and reach the mounter whole, and the request's Debug hides them.
         let mut with_id = spec.clone();
         with_id.id = "s3-cd".into();
         with_id
