@@ -72,6 +72,20 @@ fn the_walker_is_a_leaf() {
     );
 }
 
+#[test]
+fn the_sandbox_is_a_leaf() {
+    let tree = normal_deps("hubfs-sandbox");
+    let hubfs: Vec<_> = crate_names(&tree)
+        .into_iter()
+        .filter(|n| n.starts_with("hubfs-"))
+        .collect();
+    assert_eq!(
+        hubfs,
+        ["hubfs-sandbox"],
+        "the sandbox depends on no other hubfs crate:\n{tree}"
+    );
+}
+
 /// The modules of `dir` (one `.rs` file each) that each module names through
 /// `super::<module>`: the edges of the module graph among siblings.
 fn sibling_uses(dir: &std::path::Path) -> Vec<(String, Vec<String>)> {

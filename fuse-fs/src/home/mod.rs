@@ -40,6 +40,25 @@ pub mod syscalls;
 pub mod usage;
 pub mod xattr;
 
+/// The capabilities a home server keeps once mounted (it stays uid 0):
+/// the mounter's launch function (`SupervisorConfig::server_command`)
+/// bounds every home server to these plus what mounting and the drop need
+/// (`hubfs_sandbox::launch::launch_bounding`), and a home server drops to
+/// exactly these. The list is what the layer's system calls use as written
+/// today, acting as root for callers the kernel has already checked
+/// (`default_permissions`): `CAP_CHOWN` (new files get the caller as
+/// owner), `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` (open, list and
+/// walk any file of the home), `CAP_FOWNER` and `CAP_FSETID` (modes,
+/// times and set-ID bits of files the server does not own), `CAP_SYS_ADMIN`
+/// (kernel passthrough backing files; `trusted.*` extended attributes a
+/// caller reads or writes through the layer).
+pub const SERVER_CAPABILITIES: hubfs_sandbox::Caps = hubfs_sandbox::Caps::CHOWN
+    .union(hubfs_sandbox::Caps::DAC_OVERRIDE)
+    .union(hubfs_sandbox::Caps::DAC_READ_SEARCH)
+    .union(hubfs_sandbox::Caps::FOWNER)
+    .union(hubfs_sandbox::Caps::FSETID)
+    .union(hubfs_sandbox::Caps::SYS_ADMIN);
+
 pub use error::HomeError;
 pub use fs::HomeFs;
 pub use session::{mount, take_over, HomeMount, HomeOptions, MountError};
