@@ -667,6 +667,91 @@ fn s3_mount_never_mixes_two_versions_of_an_object() {
     assert!(m.stop().success());
 }
 
+/// Bytes hubfs has fetched with GetObject so far, from its own metrics.
+fn get_bytes(metrics_addr: &str) -> u64 {
+    let text = http_get(metrics_addr, "/metrics");
+    text.lines()
+        .find(|l| l.starts_with("hubfs_s3_bytes_total{op=\"GetObject\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads `p` whole with 1 MiB reads; after each read, publishes how far it got.
+fn read_counting(p: &Path, progress: &std::sync::atomic::AtomicU64) -> String {
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read through the mount");
+        if n == 0 {
+            return hex::encode(h.finalize());
+        }
+        h.update(&buf[..n]);
+        progress.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A class through a real kernel mount: eight readers open one object at
+/// once (page cache dropped first), then four more start one after another,
+/// each once the one before has read a quarter of it. Every reader gets the
+/// right bytes, and S3 serves the object about once per group (at most 1.25
+/// times its size; counted by hubfs's metrics and Garage's requests).
+#[test]
+fn s3_mount_a_class_of_readers_fetches_the_object_once() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let g = Garage::start("class");
+    let rt = rt();
+    let s3 = rt.block_on(client(&g, &g.endpoint));
+    let len = 64usize << 20;
+    let body = data(31, len);
+    rt.block_on(put_multipart(&s3, "class", "set.bin", &body));
+    let want = sha(&body);
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let m = HubfsMount::start(
+        &g,
+        &g.endpoint,
+        &["--metrics-addr", &metrics_addr],
+        &["class"],
+    );
+    let p = m.path.join("set.bin");
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), len as u64);
+    for group in ["together", "staggered"] {
+        std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        let (bytes0, gets0) = (get_bytes(&metrics_addr), g.s3_requests("GetObject"));
+        let readers = if group == "together" { 8 } else { 4 };
+        let progress: Vec<Arc<AtomicU64>> = (0..readers).map(|_| Arc::default()).collect();
+        let start = Arc::new(std::sync::Barrier::new(readers));
+        let threads: Vec<_> = (0..readers)
+            .map(|i| {
+                let (p, progress, start) = (p.clone(), progress.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    if group == "staggered" && i > 0 {
+                        while progress[i - 1].load(Ordering::SeqCst) < (len / 4) as u64 {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                    }
+                    read_counting(&p, &progress[i])
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), want, "{group}: a reader got other bytes");
+        }
+        let bytes = get_bytes(&metrics_addr) - bytes0;
+        let gets = g.s3_requests("GetObject") - gets0;
+        assert!(
+            bytes <= (len + len / 4) as u64,
+            "{group}: {readers} readers cost {bytes} bytes from S3 for a {len}-byte object"
+        );
+        assert!(gets <= (len >> 20) as u64, "{group}: {gets} GETs");
+    }
+    assert!(m.stop().success());
+}
+
 /// The local-disk data cache against real Garage and a real mount: a second
 /// reader, after the kernel's page cache is dropped, gets the bytes from the
 /// node's disk (no GetObject reaches Garage), and a replaced object is read

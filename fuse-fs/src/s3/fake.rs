@@ -2,7 +2,8 @@
 //!
 //! It implements S3's listing semantics (sorted keys, delimiter grouping,
 //! 1000-key pages, continuation tokens) so tests can assert exactly how many
-//! requests an `ls` costs without a server.
+//! requests an `ls` costs without a server, and it records the range of
+//! every GET, so they can assert how many times each byte was fetched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -42,6 +43,11 @@ pub struct MemStore {
     chunk: AtomicU64,
     /// What a HEAD of a directory-shaped key answers, if not 404.
     dir_head: Mutex<Option<ObjectError>>,
+    /// (bucket, key, bytes served) of every GET, in order.
+    gets: Mutex<Vec<(String, String, Range<u64>)>>,
+    /// How long a GET takes to answer (0: at once), so that concurrent
+    /// readers overlap as they would against a server.
+    get_delay_us: AtomicU64,
 }
 
 impl MemStore {
@@ -106,6 +112,38 @@ impl MemStore {
             c.store(0, Ordering::SeqCst);
         }
         self.bytes_read.store(0, Ordering::SeqCst);
+        self.gets.lock().clear();
+    }
+
+    /// The byte ranges GETs of one object served, in order.
+    pub fn get_ranges(&self, bucket: &str, key: &str) -> Vec<Range<u64>> {
+        self.gets
+            .lock()
+            .iter()
+            .filter(|(b, k, _)| b == bucket && k == key)
+            .map(|(_, _, r)| r.clone())
+            .collect()
+    }
+
+    /// For each `unit`-sized slice of the first `size` bytes of an object:
+    /// how many GETs fetched any of it.
+    pub fn fetches_per_unit(&self, bucket: &str, key: &str, size: u64, unit: u64) -> Vec<u64> {
+        let mut counts = vec![0u64; size.div_ceil(unit) as usize];
+        for r in self.get_ranges(bucket, key) {
+            if r.start >= r.end {
+                continue;
+            }
+            for u in r.start / unit..=((r.end - 1) / unit).min(counts.len() as u64 - 1) {
+                counts[u as usize] += 1;
+            }
+        }
+        counts
+    }
+
+    /// Makes every GET wait `d` before it answers.
+    pub fn set_get_delay(&self, d: std::time::Duration) {
+        self.get_delay_us
+            .store(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Makes a HEAD of a key that is not an object but a directory (some
@@ -231,6 +269,10 @@ impl ObjectStore for MemStore {
         etag: Option<&str>,
     ) -> Result<ByteStream, ObjectError> {
         self.hit(Op::Get);
+        let delay = self.get_delay_us.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
+        }
         let (data, current) = self
             .with_bucket(bucket, |b| {
                 b.get(key).map(|o| (o.data.clone(), o.etag.clone()))
@@ -246,6 +288,11 @@ impl ObjectStore for MemStore {
         let body = data.slice(range.start as usize..range.end.min(len) as usize);
         self.bytes_read
             .fetch_add(body.len() as u64, Ordering::SeqCst);
+        self.gets.lock().push((
+            bucket.to_string(),
+            key.to_string(),
+            range.start..range.start + body.len() as u64,
+        ));
         let chunk = self.chunk.load(Ordering::Relaxed) as usize;
         let chunks: Vec<Result<Bytes, ObjectError>> = if chunk == 0 || body.is_empty() {
             vec![Ok(body)]

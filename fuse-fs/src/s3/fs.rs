@@ -13,11 +13,13 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
 
+use super::blocks::{Blocks, ObjectVersion, Pieces};
 use super::error::{FsError, ObjectError};
 use super::inode::{Ino, Inode, InodeTable, Kind, Location, NewChild, Stat};
 use super::listing::{page_entries, valid_name, DirCache, DirEntry, Listing, NAME_MAX};
+use super::memory::MemoryLimiter;
 use super::metrics::S3Metrics;
-use super::prefetch::{MemoryLimiter, ObjectVersion, Pieces, PrefetchConfig, Prefetcher};
+use super::prefetch::{PrefetchConfig, Prefetcher};
 use super::store::{ObjectStore, Op, LIST_PAGE_SIZE};
 use super::upload::Upload;
 
@@ -148,8 +150,18 @@ pub struct S3Fs<S> {
     handles: Mutex<HashMap<u64, Handle<S>>>,
     next_fh: AtomicU64,
     limiter: Arc<MemoryLimiter>,
+    /// The blocks every open file reads from (one fetch per block).
+    blocks: Arc<Blocks<S>>,
     metrics: Arc<S3Metrics>,
     started: SystemTime,
+}
+
+/// An open file: its handle, and whether the kernel may keep the pages it
+/// cached of it (they are of the version this open reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
 }
 
 impl<S> std::fmt::Debug for S3Fs<S> {
@@ -195,6 +207,13 @@ impl<S: ObjectStore> S3Fs<S> {
             etag: None,
             expiry: until(now, Duration::MAX),
         };
+        let metrics = S3Metrics::new();
+        let blocks = Blocks::new(
+            store.clone(),
+            limiter.clone(),
+            cfg.prefetch.blocks(),
+            metrics.clone(),
+        );
         Ok(Self {
             store,
             inodes: InodeTable::new(root_loc, root_stat),
@@ -202,7 +221,8 @@ impl<S: ObjectStore> S3Fs<S> {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             limiter,
-            metrics: S3Metrics::new(),
+            blocks,
+            metrics,
             started: SystemTime::now(),
             cfg,
         })
@@ -210,8 +230,19 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// Counts give-ups (and cache traffic) in these metrics, the mount's.
     pub fn with_metrics(mut self, metrics: Arc<S3Metrics>) -> Self {
+        self.blocks = Blocks::new(
+            self.store.clone(),
+            self.limiter.clone(),
+            self.cfg.prefetch.blocks(),
+            metrics.clone(),
+        );
         self.metrics = metrics;
         self
+    }
+
+    /// The mount's shared blocks.
+    pub fn blocks(&self) -> &Arc<Blocks<S>> {
+        &self.blocks
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -502,7 +533,7 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// Opens a file for reading, or a new file for writing.
-    pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<u64, FsError> {
+    pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> Result<Opened, FsError> {
         let n = self.node(ino)?;
         let Location::File { source, key } = n.loc.clone() else {
             return Err(FsError::IsDir);
@@ -516,7 +547,11 @@ impl<S: ObjectStore> S3Fs<S> {
                 tracing::warn!(key, "refusing to modify an existing object in place");
                 return Err(FsError::Unsupported("overwrite of an existing object"));
             }
-            return Ok(self.start_upload(&n, bucket, key));
+            let fh = self.start_upload(&n, bucket, key);
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+            });
         }
         let n = if n.is_fresh(Instant::now()) {
             n
@@ -530,13 +565,12 @@ impl<S: ObjectStore> S3Fs<S> {
             size: n.stat.size,
             etag: n.stat.etag.clone(),
         };
-        let p = Prefetcher::new(
-            self.store.clone(),
-            object,
-            self.cfg.prefetch.clone(),
-            self.limiter.clone(),
-        );
-        Ok(self.new_fh(Handle::Read(ino, Arc::new(AsyncMutex::new(p)))))
+        // The kernel's pages of this file are shared by every reader of the
+        // mount; they may stay only if they are of the version opened now.
+        let keep_cache = self.inodes.open_version(ino, object.etag.as_deref());
+        let p = Prefetcher::new(self.blocks.register(object), self.cfg.prefetch.clone());
+        let fh = self.new_fh(Handle::Read(ino, Arc::new(AsyncMutex::new(p))));
+        Ok(Opened { fh, keep_cache })
     }
 
     fn start_upload(&self, n: &Inode, bucket: String, key: String) -> u64 {

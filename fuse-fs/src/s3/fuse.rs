@@ -17,10 +17,10 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::blocks::Pieces;
 use super::error::FsError;
 use super::fs::{Attr, S3Fs};
 use super::inode::Kind;
-use super::prefetch::Pieces;
 use super::store::ObjectStore;
 
 /// Entries asked of the core per readdir call; the kernel buffer takes fewer.
@@ -292,11 +292,16 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let tid = req.pid();
         self.spawn(async move {
             match fs.open(ino.0, write, truncate).await {
-                Ok(fh) => {
+                Ok(o) => {
                     if write {
-                        fs.opened_by(fh, tid).await;
+                        fs.opened_by(o.fh, tid).await;
                     }
-                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                    let flags = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(o.fh), flags)
                 }
                 Err(e) => reply.error(errno(&e)),
             }

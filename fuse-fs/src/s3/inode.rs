@@ -57,6 +57,9 @@ pub struct Inode {
     /// file being written. Never expires while local.
     pub local: bool,
     lookups: u64,
+    /// The ETag of the version last opened: the one the kernel's page cache
+    /// of this inode may hold pages of.
+    page_etag: Option<String>,
 }
 
 impl Inode {
@@ -72,6 +75,7 @@ impl Inode {
             stat: c.stat,
             local: c.local,
             lookups,
+            page_etag: None,
         }
     }
 
@@ -142,6 +146,7 @@ impl InodeTable {
             stat: root_stat,
             local: false,
             lookups: 1,
+            page_etag: None,
         };
         Self {
             inner: Mutex::new(Inner {
@@ -195,6 +200,20 @@ impl InodeTable {
         node.stat = stat;
         node.local = local;
         Some(node.clone())
+    }
+
+    /// `ino` is opened for reading at version `etag`: whether the pages the
+    /// kernel may have cached of it are of that version (then it may keep
+    /// them), remembering it for the next open. An unknown version never
+    /// keeps them.
+    pub fn open_version(&self, ino: Ino, etag: Option<&str>) -> bool {
+        let mut inner = self.inner.lock();
+        let Some(n) = inner.nodes.get_mut(&ino) else {
+            return false;
+        };
+        let keep = etag.is_some() && n.page_etag.as_deref() == etag;
+        n.page_etag = etag.map(str::to_string);
+        keep
     }
 
     /// The store's copy changed: the next getattr or open asks it again.

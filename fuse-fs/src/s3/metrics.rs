@@ -34,7 +34,7 @@ pub struct S3Metrics {
     /// Interactive calls that answered EIO: retries exhausted or the time
     /// bound reached.
     pub give_ups: Family<OpLabel, Counter>,
-    /// Bytes currently held by prefetch buffers.
+    /// Bytes currently held by read buffers (the shared blocks).
     pub prefetch_bytes: Gauge,
     /// Versioned GETs served whole from the local data cache.
     pub cache_hits: Counter,
@@ -46,6 +46,12 @@ pub struct S3Metrics {
     pub cache_fill_bytes: Counter,
     /// Bytes the data cache holds now.
     pub cache_bytes: Gauge,
+    /// Blocks a reader found in memory (fetched, or being fetched, for
+    /// another read) instead of fetching them.
+    pub blocks_reused: Counter,
+    /// Blocks kept for a reader behind that were let go for read-ahead
+    /// needed sooner (readers drifted apart, memory full).
+    pub blocks_evicted: Counter,
 }
 
 impl S3Metrics {
@@ -104,6 +110,16 @@ impl S3Metrics {
             "cache_bytes",
             "Bytes held by the local data cache",
             self.cache_bytes.clone(),
+        );
+        sub.register(
+            "blocks_reused",
+            "Blocks a reader found in memory, fetched for another read, instead of fetching them",
+            self.blocks_reused.clone(),
+        );
+        sub.register(
+            "blocks_evicted",
+            "Blocks kept for a reader behind that were let go for read-ahead needed sooner",
+            self.blocks_evicted.clone(),
         );
     }
 

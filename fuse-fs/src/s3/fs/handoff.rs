@@ -27,9 +27,10 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::{until, DirHandle, Handle, S3Fs};
 use crate::handoff::HandoffError;
+use crate::s3::blocks::ObjectVersion;
 use crate::s3::inode::{Inode, Kind, Location, NewChild, Stat};
 use crate::s3::listing::{DirEntry, Listing};
-use crate::s3::prefetch::{ObjectVersion, Prefetcher};
+use crate::s3::prefetch::Prefetcher;
 use crate::s3::store::ObjectStore;
 
 /// Version of [`S3State`]; a server refuses state of another version.
@@ -329,12 +330,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 size: r.size,
                 etag: r.etag.clone(),
             };
-            let p = Prefetcher::new(
-                self.store.clone(),
-                object,
-                self.cfg.prefetch.clone(),
-                self.limiter.clone(),
-            );
+            let p = Prefetcher::new(self.blocks.register(object), self.cfg.prefetch.clone());
             handles.insert(r.fh, Handle::Read(r.ino, Arc::new(AsyncMutex::new(p))));
         }
         for d in &state.dirs {
@@ -376,7 +372,7 @@ mod tests {
     use crate::s3::fake::MemStore;
     use crate::s3::fs::{BucketSource, FsConfig};
     use crate::s3::inode::ROOT;
-    use crate::s3::prefetch::MemoryLimiter;
+    use crate::s3::memory::MemoryLimiter;
     use crate::s3::store::Op;
 
     fn fs(store: Arc<MemStore>, writes: bool) -> S3Fs<MemStore> {
@@ -413,7 +409,7 @@ mod tests {
         first.extend(more.await.unwrap());
         assert_eq!(first.len(), 302);
         let off = first.last().unwrap().0;
-        let rh = old.open(big.ino, false, false).await.unwrap();
+        let rh = old.open(big.ino, false, false).await.unwrap().fh;
         let head = old.read(rh, 0, 1 << 20).await.unwrap();
         let state = old.export((7, 40), Some(1)).unwrap();
         assert_eq!(state.reads.len(), 1);

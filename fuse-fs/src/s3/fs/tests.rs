@@ -183,6 +183,64 @@ async fn several_buckets_appear_as_folders_of_the_root() {
     .is_err());
 }
 
+/// A class: eight handles of one object read it together through the core.
+/// Each block reaches the store once, the kernel may keep its pages from
+/// the second open on, and a replaced object (new ETag) is read new, with
+/// the kernel told to drop what it cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn n_handles_reading_one_object_fetch_each_block_once() {
+    let s = mem();
+    let n = 24usize << 20;
+    let v1: Arc<Vec<u8>> = Arc::new((0..n).map(|i| (i % 251) as u8).collect());
+    s.insert("bkt", "set.bin", v1.to_vec());
+    s.set_get_delay(Duration::from_millis(2));
+    let mut cfg = FsConfig::new(vec![BucketSource::parse("bkt").unwrap()]);
+    cfg.metadata_ttl = Duration::ZERO;
+    let fs = Arc::new(fs_with(s.clone(), cfg));
+    let f = fs.lookup(ROOT, "set.bin").await.unwrap();
+    let mut opened = Vec::new();
+    for _ in 0..8 {
+        opened.push(fs.open(f.ino, false, false).await.unwrap());
+    }
+    let keeps: Vec<bool> = opened.iter().map(|o| o.keep_cache).collect();
+    assert_eq!(keeps, [false, true, true, true, true, true, true, true]);
+    let readers: Vec<_> = opened
+        .iter()
+        .map(|o| {
+            let (fs, fh, want) = (fs.clone(), o.fh, v1.clone());
+            tokio::spawn(async move {
+                let mut off = 0usize;
+                while off < want.len() {
+                    let b = fs.read(fh, off as u64, 131072).await.unwrap();
+                    assert_eq!(&b[..], &want[off..off + b.len()]);
+                    off += b.len();
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let per_block = s.fetches_per_unit("bkt", "set.bin", n as u64, 1 << 20);
+    assert!(per_block.iter().all(|&c| c == 1), "{per_block:?}");
+    assert_eq!(
+        s.bytes_read(),
+        n as u64,
+        "8 readers, the object fetched once"
+    );
+    for o in &opened {
+        fs.release(o.fh).await.unwrap();
+    }
+    // Replaced in the store: the next open reads the new version whole
+    // and does not let the kernel keep the old pages.
+    let v2: Vec<u8> = (0..n).map(|i| (i % 241) as u8).collect();
+    s.insert("bkt", "set.bin", v2.clone());
+    let o = fs.open(f.ino, false, false).await.unwrap();
+    assert!(!o.keep_cache);
+    assert_eq!(fs.read(o.fh, 0, 1 << 20).await.unwrap(), v2[..1 << 20]);
+    fs.release(o.fh).await.unwrap();
+}
+
 #[tokio::test]
 async fn reads_return_the_object_bytes() {
     let s = mem();
@@ -191,7 +249,7 @@ async fn reads_return_the_object_bytes() {
     s.insert("bkt", "empty", "");
     let fs = fs(s.clone());
     let f = fs.lookup(ROOT, "big").await.unwrap();
-    let fh = fs.open(f.ino, false, false).await.unwrap();
+    let fh = fs.open(f.ino, false, false).await.unwrap().fh;
     let mut got = Vec::new();
     loop {
         let b = fs.read(fh, got.len() as u64, 131072).await.unwrap();
@@ -203,7 +261,7 @@ async fn reads_return_the_object_bytes() {
     assert_eq!(got, data);
     fs.release(fh).await.unwrap();
     let e = fs.lookup(ROOT, "empty").await.unwrap();
-    let fh = fs.open(e.ino, false, false).await.unwrap();
+    let fh = fs.open(e.ino, false, false).await.unwrap().fh;
     assert!(fs.read(fh, 0, 4096).await.unwrap().is_empty());
     // Directories are not files.
     assert_eq!(
@@ -344,7 +402,7 @@ async fn store_failures_become_errnos_and_503s_are_survived_by_reads() {
         libc::EACCES
     );
     let f = fs.lookup(ROOT, "f").await.unwrap();
-    let fh = fs.open(f.ino, false, false).await.unwrap();
+    let fh = fs.open(f.ino, false, false).await.unwrap().fh;
     s.fail_next(
         Op::Get,
         2,
