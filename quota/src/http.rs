@@ -1,9 +1,11 @@
-//! The controller's HTTP API: what the spawn hook and `check-quota` ask
-//! (`GET /v1/users/{name}`), `/healthz` and Prometheus `/metrics`.
+//! The controller's HTTP API: what the spawn hook, `check-quota` and the
+//! JupyterLab extension ask (`GET /v1/users/{name}`, optionally with the
+//! home's live figures to word the answer with), `/healthz` and Prometheus
+//! `/metrics`.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,9 +16,10 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::controller::{Controller, ControllerError};
+use crate::live::LiveUsage;
 use crate::policy;
 use crate::record::{Enforcement, QuotaRecord};
-use crate::state;
+use crate::state::{self, NextEnforcement};
 use crate::store::StoreError;
 
 /// The JSON answer for one user.
@@ -36,11 +39,40 @@ pub struct UserStatus {
     pub overquota_state: String,
     /// The next graded transition and when, if any.
     pub next_transition: Option<(String, String)>,
+    /// When the policy next gets stricter (days of grace left, when the
+    /// server will be stopped), if it will.
+    #[serde(default)]
+    pub next_enforcement: Option<NextEnforcement>,
+    /// Whose bytes `usage` and `message` show: `home` (the live figures of
+    /// the mounted home, passed by the caller) or `controller` (its record).
+    #[serde(default = "controller_figures")]
+    pub figures: String,
     pub record: QuotaRecord,
+}
+
+fn controller_figures() -> String {
+    "controller".into()
 }
 
 pub fn user_status(ctrl: &Controller, rec: QuotaRecord, known: bool) -> UserStatus {
     user_status_with(&ctrl.cfg, ctrl.now(), rec, known)
+}
+
+/// The answer worded with a home's live figures (state, enforcement and
+/// policy stay as decided from the record; nothing is stored).
+pub fn user_status_live(
+    cfg: &Config,
+    now: DateTime<Utc>,
+    mut rec: QuotaRecord,
+    known: bool,
+    live: Option<&LiveUsage>,
+) -> UserStatus {
+    let from_home = live.is_some_and(|l| l.apply_to(&mut rec));
+    let mut s = user_status_with(cfg, now, rec, known);
+    if from_home {
+        s.figures = "home".into();
+    }
+    s
 }
 
 /// The same answer computed from a record alone (`check-quota --file`).
@@ -61,6 +93,8 @@ pub fn user_status_with(
         message: state::message(&rec, cfg, now),
         overquota_state: rec.overquota_state.to_string(),
         next_transition: plan.next.map(|(l, at)| (l.to_string(), at.to_rfc3339())),
+        next_enforcement: state::next_enforcement(&rec, cfg, now),
+        figures: controller_figures(),
         record: rec,
     }
 }
@@ -76,12 +110,40 @@ fn error_response(e: ControllerError) -> Response {
     (code, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
 }
 
-async fn get_user(State(ctrl): State<Arc<Controller>>, Path(name): Path<String>) -> Response {
+/// A home's live figures as query parameters (`?bytes=…&inodes=…&
+/// quota_bytes=…&quota_inodes=…`, what `user.hubfs.usage` says).
+#[derive(Debug, Default, Deserialize)]
+pub struct LiveQuery {
+    bytes: Option<i64>,
+    inodes: Option<i64>,
+    quota_bytes: Option<u64>,
+    quota_inodes: Option<u64>,
+}
+
+impl LiveQuery {
+    fn live(&self) -> Option<LiveUsage> {
+        Some(LiveUsage {
+            bytes: self.bytes.filter(|b| *b >= 0)?,
+            inodes: self.inodes.unwrap_or(0).max(0),
+            quota_bytes: self.quota_bytes.unwrap_or(0),
+            quota_inodes: self.quota_inodes.unwrap_or(0),
+            baseline: true,
+            cleanup: false,
+            zone: String::new(),
+        })
+    }
+}
+
+async fn get_user(
+    State(ctrl): State<Arc<Controller>>,
+    Path(name): Path<String>,
+    Query(q): Query<LiveQuery>,
+) -> Response {
     let c = ctrl.clone();
     let res = tokio::task::spawn_blocking(move || c.get(&name)).await;
     match res {
         Ok(Ok((rec, known))) => {
-            let status = user_status(&ctrl, rec, known);
+            let status = user_status_live(&ctrl.cfg, ctrl.now(), rec, known, q.live().as_ref());
             let code = if known {
                 StatusCode::OK
             } else {

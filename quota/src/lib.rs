@@ -28,6 +28,7 @@ pub mod hub;
 pub mod identity;
 pub mod lease;
 pub mod levels;
+pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod policy;

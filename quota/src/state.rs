@@ -141,10 +141,29 @@ pub fn message(rec: &QuotaRecord, cfg: &Config, now: DateTime<Utc>) -> String {
     }
 }
 
-/// " Writes blocked in 3 days unless usage drops below 200 GiB."
-fn next_words(rec: &QuotaRecord, cfg: &Config, now: DateTime<Utc>) -> String {
+/// The next time the graded policy makes things stricter for a user over
+/// quota: what it will do and when (what the JupyterLab extension and
+/// `check-quota` tell users: days of grace left, when the server stops).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NextEnforcement {
+    /// `cleanup` (writes blocked) or `blocked` (server stopped, spawns refused).
+    pub enforcement: Enforcement,
+    /// The policy level that brings it.
+    pub level: String,
+    pub at: DateTime<Utc>,
+    /// Whole days left, rounded up (0: today).
+    pub days_left: i64,
+}
+
+/// See [`NextEnforcement`]; `None` under the immediate policy, with lockout
+/// disabled, or when nothing stricter is ahead.
+pub fn next_enforcement(
+    rec: &QuotaRecord,
+    cfg: &Config,
+    now: DateTime<Utc>,
+) -> Option<NextEnforcement> {
     if cfg.policy.mode != crate::config::PolicyMode::Graded || !rec.lockout_enabled {
-        return String::new();
+        return None;
     }
     let p = policy::plan(rec, &cfg.policy, now);
     let current = policy::enforcement(rec, cfg);
@@ -164,24 +183,34 @@ fn next_words(rec: &QuotaRecord, cfg: &Config, now: DateTime<Utc>) -> String {
             continue;
         }
         let at = since + chrono::Duration::days(i64::from(rule.days));
-        let days = ((at - now).num_hours() as f64 / 24.0).ceil().max(0.0) as i64;
-        let what = match level.enforce_strength() {
-            Enforcement::Blocked => "your server will be stopped and blocked",
-            _ => "writes will be blocked",
-        };
-        let when = match days {
-            0 => "today".to_string(),
-            1 => "in 1 day".to_string(),
-            d => format!("in {d} days"),
-        };
-        return format!(
-            " {}{} {when} unless usage drops below {}.",
-            what[..1].to_uppercase(),
-            &what[1..],
-            human_bytes(rec.quota_bytes)
-        );
+        return Some(NextEnforcement {
+            enforcement: level.enforce_strength(),
+            level: level.to_string(),
+            at,
+            days_left: ((at - now).num_hours() as f64 / 24.0).ceil().max(0.0) as i64,
+        });
     }
-    String::new()
+    None
+}
+
+/// " Writes blocked in 3 days unless usage drops below 200 GiB."
+fn next_words(rec: &QuotaRecord, cfg: &Config, now: DateTime<Utc>) -> String {
+    let Some(next) = next_enforcement(rec, cfg, now) else {
+        return String::new();
+    };
+    let what = match next.enforcement {
+        Enforcement::Blocked => "Your server will be stopped and blocked",
+        _ => "Writes will be blocked",
+    };
+    let when = match next.days_left {
+        0 => "today".to_string(),
+        1 => "in 1 day".to_string(),
+        d => format!("in {d} days"),
+    };
+    format!(
+        " {what} {when} unless usage drops below {}.",
+        human_bytes(rec.quota_bytes)
+    )
 }
 
 #[cfg(test)]

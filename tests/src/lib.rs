@@ -8,6 +8,7 @@ pub mod garage;
 pub mod home;
 pub mod hub;
 pub mod kube;
+pub mod quota;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};

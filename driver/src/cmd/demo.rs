@@ -546,7 +546,8 @@ Try, in another terminal (as root):
   df -h {home}                               # the size is the user's quota
   for i in 1 2 3 4 5 6; do cp {bucket}/images/{big} {home}/copy$i.bin || break; done
                                              # -> \"Disk quota exceeded\" at the quota
-  {exe} check-quota --user {user} --controller {controller}
+  {exe} check-quota --home {home} --user {user} --controller {controller}
+                                             # the home's own figures, the controller's state
   rm {home}/copy*.bin                         # deleting always works, even over quota
 
 Ctrl-C stops the demo, unmounts everything and removes {dir}.

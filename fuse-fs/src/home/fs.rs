@@ -578,7 +578,7 @@ impl HomeFs {
         let s = self.usage.snapshot();
         let l = self.usage.limits();
         format!(
-            "bytes={} inodes={} quota_bytes={} quota_inodes={} baseline={} mode={}",
+            "bytes={} inodes={} quota_bytes={} quota_inodes={} baseline={} mode={} zone={}",
             s.bytes,
             s.inodes,
             l.bytes.unwrap_or(0),
@@ -589,6 +589,7 @@ impl HomeFs {
             } else {
                 "normal"
             },
+            self.usage.zone().as_str(),
         )
     }
 }

@@ -65,4 +65,4 @@ pub use session::{mount, take_over, HomeMount, HomeOptions, MountError};
 #[cfg(any(test, feature = "test-util"))]
 pub use sink::FakeSink;
 pub use sink::{ControllerVerdict, GrpcSink, Reporter, UsageReport, UsageSink};
-pub use usage::{Limits, QuotaError, UsageCounters};
+pub use usage::{Limits, QuotaError, UsageCounters, Zone};

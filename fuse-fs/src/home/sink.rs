@@ -1,17 +1,22 @@
-//! Where usage goes: the quota controller, in batches.
+//! Where usage goes: the quota controller, at once on a crossing and in
+//! batches otherwise.
 //!
 //! The home layer must never wait on the network inside a filesystem
 //! operation, so changes are accumulated in [`UsageCounters`] and a [`Reporter`]
 //! thread ships them every few seconds (and once more at unmount) through a
-//! [`UsageSink`]. The controller's answer carries the controller's verdict on the user, so
+//! [`UsageSink`]. When the counters cross the warning line or the limit
+//! (either way), or refuse growth, they wake the reporter, which sends at
+//! once (no sooner than [`MIN_GAP`] after its previous report), so the
+//! controller's state is never more than a round trip behind the home's. The controller's answer carries the controller's verdict on the user, so
 //! cleanup (no-write) mode is switched on and off with no extra round trip.
 //! A batch that fails is retried with the same sequence number; the
 //! controller drops it if it had in fact arrived.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::usage::{Snapshot, UsageCounters};
 
@@ -82,6 +87,8 @@ mod fake {
         pub failing: std::sync::atomic::AtomicBool,
         /// The sequence numbers of every batch sent, delivered or not.
         pub attempts: Mutex<Vec<Vec<u64>>>,
+        /// Signalled after every batch.
+        sent: parking_lot::Condvar,
     }
 
     impl UsageSink for FakeSink {
@@ -89,6 +96,7 @@ mod fake {
             self.attempts
                 .lock()
                 .push(reports.iter().map(|r| r.sequence).collect());
+            self.sent.notify_all();
             if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(SinkError::Unavailable("fake outage".into()));
             }
@@ -104,6 +112,33 @@ mod fake {
     }
 
     impl FakeSink {
+        /// Waits until `pred` holds for the batches attempted so far (or 30 s
+        /// pass: a reporter that never sends fails the test on what it
+        /// asserts next, not here); returns how many were attempted.
+        pub fn wait_until(&self, mut pred: impl FnMut(&FakeSink) -> bool) -> usize {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut attempts = self.attempts.lock();
+            loop {
+                drop(attempts);
+                if pred(self) {
+                    return self.attempts.lock().len();
+                }
+                attempts = self.attempts.lock();
+                if self
+                    .sent
+                    .wait_until(
+                        &mut attempts,
+                        deadline.min(std::time::Instant::now() + Duration::from_millis(50)),
+                    )
+                    .timed_out()
+                    && std::time::Instant::now() >= deadline
+                {
+                    drop(attempts);
+                    return self.attempts.lock().len();
+                }
+            }
+        }
+
         /// Sum of the deltas received, for comparing with the counters.
         pub fn delta_total(&self) -> (i64, i64) {
             self.received
@@ -208,7 +243,15 @@ impl UsageSink for GrpcSink {
     }
 }
 
-/// Ships usage from a [`UsageCounters`] to a sink every `interval`, on a thread.
+/// The least time between two reports of one home: a crossing right after
+/// a report waits this long, so a home going back and forth over a line
+/// costs the controller at most 1 s / `MIN_GAP` reports a second, and a
+/// crossing still reaches it well within a second.
+pub const MIN_GAP: Duration = Duration::from_millis(200);
+
+/// Ships usage from a [`UsageCounters`] to a sink, on a thread: at once when
+/// the home crosses a line (see [`super::usage::Zone`]) or growth is refused,
+/// and otherwise in batches every `interval`.
 pub struct Reporter {
     tx: mpsc::Sender<Msg>,
     thread: Option<JoinHandle<()>>,
@@ -216,6 +259,8 @@ pub struct Reporter {
 
 enum Msg {
     Absolute(UsageReport),
+    /// The counters crossed a line (sent once until taken: see `pending`).
+    Crossing,
     Stop,
 }
 
@@ -239,6 +284,18 @@ impl Reporter {
         interval: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
+        // One message per burst of crossings: the wake-up runs inside
+        // filesystem operations and must cost an atomic swap, not a queue
+        // that grows while a writer hammers EDQUOT.
+        let pending = Arc::new(AtomicBool::new(false));
+        {
+            let (tx, pending) = (tx.clone(), pending.clone());
+            usage.on_crossing(move || {
+                if !pending.swap(true, Ordering::AcqRel) {
+                    let _ = tx.send(Msg::Crossing);
+                }
+            });
+        }
         // Sequence numbers must grow across restarts of the mount: start from
         // the clock in microseconds.
         let next_seq = SystemTime::now()
@@ -255,25 +312,45 @@ impl Reporter {
         };
         let thread = std::thread::Builder::new()
             .name("hubfs-report".into())
-            .spawn(move || loop {
-                match rx.recv_timeout(interval) {
-                    Ok(Msg::Absolute(mut r)) => {
-                        // Baseline plus every change so far; the changes not
-                        // yet reported are part of it, not on top. (Not the
-                        // counters: they hold reservations in flight, and a
-                        // writer between reading them and taking the delta
-                        // would count twice or not at all.)
-                        let _ = st.take();
-                        r.bytes += st.taken.bytes;
-                        r.inodes += st.taken.inodes;
-                        r.sequence = st.seq();
-                        st.unacked.push(r);
-                        st.flush();
-                    }
-                    Err(RecvTimeoutError::Timeout) => st.flush(),
-                    Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                        st.flush();
-                        return;
+            .spawn(move || {
+                let mut last = Instant::now();
+                // When a crossing is to be sent (not before `last + MIN_GAP`).
+                let mut urgent: Option<Instant> = None;
+                loop {
+                    let due = urgent.map_or(last + interval, |u| u.min(last + interval));
+                    match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                        Ok(Msg::Absolute(mut r)) => {
+                            // Baseline plus every change so far; the changes not
+                            // yet reported are part of it, not on top. (Not the
+                            // counters: they hold reservations in flight, and a
+                            // writer between reading them and taking the delta
+                            // would count twice or not at all.)
+                            let _ = st.take();
+                            r.bytes += st.taken.bytes;
+                            r.inodes += st.taken.inodes;
+                            r.sequence = st.seq();
+                            st.unacked.push(r);
+                            st.flush();
+                            (last, urgent) = (Instant::now(), None);
+                        }
+                        Ok(Msg::Crossing) => {
+                            pending.store(false, Ordering::Release);
+                            let at = last + MIN_GAP;
+                            if Instant::now() >= at {
+                                st.flush();
+                                (last, urgent) = (Instant::now(), None);
+                            } else {
+                                urgent = Some(urgent.map_or(at, |u| u.min(at)));
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            st.flush();
+                            (last, urgent) = (Instant::now(), None);
+                        }
+                        Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                            st.flush();
+                            return;
+                        }
                     }
                 }
             })
@@ -438,6 +515,63 @@ mod tests {
         // the 30 deltas before it are inside the absolute figure
         assert_eq!(u.take_delta().bytes, 80);
         assert_eq!(st.taken.bytes, 30);
+    }
+
+    fn limited(bytes: u64) -> Arc<UsageCounters> {
+        Arc::new(UsageCounters::new(Limits {
+            bytes: Some(bytes),
+            ..Limits::default()
+        }))
+    }
+
+    #[test]
+    fn a_crossing_is_reported_at_once_with_the_batch_before_it() {
+        let u = limited(1000);
+        let sink = Arc::new(FakeSink::default());
+        // An hour between batches: anything sent is sent because of a crossing.
+        let rep = Reporter::start(u.clone(), sink.clone(), "erin", Duration::from_secs(3600));
+        for _ in 0..7 {
+            u.apply(100, 1); // 700 of 1000: under the warning line
+        }
+        u.apply(100, 1); // 800: the warning line
+        let n = sink.wait_until(|s| !s.received.lock().is_empty());
+        assert_eq!(n, 1, "one report for the crossing");
+        assert_eq!(sink.delta_total(), (800, 8), "with the changes before it");
+        // Back under the line: reported too.
+        u.apply(-500, -5);
+        let n = sink.wait_until(|s| s.received.lock().len() == 2);
+        assert_eq!(n, 2);
+        assert_eq!(sink.delta_total(), (300, 3));
+        // Refused growth (EDQUOT) is news as well: the figure at the refusal.
+        u.apply(690, 0); // 990: full
+        let n = sink.wait_until(|s| s.received.lock().len() == 3);
+        assert_eq!(n, 3);
+        assert!(u.reserve(50, 0).is_err());
+        u.apply(-5, 0); // a change the refusal's report carries
+        let n = sink.wait_until(|s| s.received.lock().len() == 4);
+        assert_eq!((n, sink.delta_total()), (4, (985, 3)));
+        rep.stop();
+    }
+
+    #[test]
+    fn crossings_back_and_forth_are_bounded_by_the_gap() {
+        let u = limited(1000);
+        let sink = Arc::new(FakeSink::default());
+        let rep = Reporter::start(u.clone(), sink.clone(), "fay", Duration::from_secs(3600));
+        let started = Instant::now();
+        for _ in 0..2000 {
+            u.apply(900, 0);
+            u.apply(-900, 0);
+        }
+        u.apply(850, 0);
+        let elapsed = started.elapsed();
+        // The last figure arrives (within MIN_GAP of the previous report) ...
+        let n = sink.wait_until(|s| s.delta_total() == (850, 0));
+        assert_eq!(sink.delta_total(), (850, 0));
+        // ... after at most one report per MIN_GAP, not one per crossing (4001).
+        let bound = 2 + (elapsed.as_millis() / MIN_GAP.as_millis()) as usize + 1;
+        assert!(n <= bound, "{n} reports for 4001 crossings in {elapsed:?}");
+        rep.stop();
     }
 
     #[test]

@@ -6,8 +6,15 @@
 //! the hard limit, so concurrent writers cannot jointly overshoot it: the
 //! worst case is the rounding of one in-flight write. Shrinking is applied
 //! unconditionally, so a user over quota can always clean up.
+//!
+//! The counters also know which [`Zone`] the home is in (under the warning
+//! line, above it, full) and call the reporter's wake-up when that changes,
+//! when growth is refused and when cleanup mode switches: the quota
+//! controller hears of a crossing at once instead of at the next batch.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+
+use parking_lot::RwLock;
 
 /// Limits of one home. `None` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +52,61 @@ pub struct Reservation {
     inodes: i64,
 }
 
+/// Where usage stands against the limits (bytes or inodes, whichever is
+/// further along). A change of zone is what the reporter sends at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Zone {
+    /// Below the warning line (or no limit).
+    Under = 0,
+    /// At or above `warn_fraction` of a limit.
+    Warning = 1,
+    /// Full: less than 1 % of a limit left (but at least 1 MiB or one
+    /// inode, and at most 5 %), so an ordinary write no longer fits.
+    Full = 2,
+}
+
+impl Zone {
+    /// The word in the `user.hubfs.usage` attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Zone::Under => "under",
+            Zone::Warning => "warning",
+            Zone::Full => "full",
+        }
+    }
+
+    /// The zone of `used` against `limit` (0 = unlimited); `slack_floor` is
+    /// the least room left that still counts as not full.
+    fn of(used: i64, limit: u64, warn_fraction: f64, slack_floor: u64) -> Zone {
+        if limit == 0 {
+            return Zone::Under;
+        }
+        let used = used.max(0) as u64;
+        let slack = (limit / 100).max(slack_floor).min(limit / 20);
+        if used >= limit - slack {
+            Zone::Full
+        } else if used as f64 >= warn_fraction * limit as f64 {
+            Zone::Warning
+        } else {
+            Zone::Under
+        }
+    }
+}
+
+/// The wake-up called on a crossing (set by the reporter).
+#[derive(Default)]
+struct OnCrossing(RwLock<Option<Box<dyn Fn() + Send + Sync>>>);
+
+impl std::fmt::Debug for OnCrossing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.read().is_some() {
+            "OnCrossing(set)"
+        } else {
+            "OnCrossing(unset)"
+        })
+    }
+}
+
 /// A point-in-time copy of the counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -66,6 +128,9 @@ pub struct UsageCounters {
     warn_fraction: f64,
     cleanup: AtomicBool,
     baseline_known: AtomicBool,
+    /// The last [`Zone`] seen, as a `u8`.
+    zone: AtomicU8,
+    on_crossing: OnCrossing,
 }
 
 fn enc(l: Option<u64>) -> u64 {
@@ -88,6 +153,48 @@ impl UsageCounters {
             warn_fraction: limits.warn_fraction,
             cleanup: AtomicBool::new(false),
             baseline_known: AtomicBool::new(false),
+            zone: AtomicU8::new(Zone::Under as u8),
+            on_crossing: OnCrossing::default(),
+        }
+    }
+
+    /// Sets what to call when the home crosses into another [`Zone`], growth
+    /// is refused, or cleanup mode switches (the reporter's wake-up; it must
+    /// not block: it runs inside filesystem operations). A later call
+    /// replaces it.
+    pub fn on_crossing(&self, wake: impl Fn() + Send + Sync + 'static) {
+        *self.on_crossing.0.write() = Some(Box::new(wake));
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &*self.on_crossing.0.read() {
+            w();
+        }
+    }
+
+    /// The zone the counters are in now.
+    pub fn zone(&self) -> Zone {
+        let s = self.snapshot();
+        let bytes = Zone::of(
+            s.bytes,
+            self.limit_bytes.load(Ordering::Relaxed),
+            self.warn_fraction,
+            1 << 20,
+        );
+        let inodes = Zone::of(
+            s.inodes,
+            self.limit_inodes.load(Ordering::Relaxed),
+            self.warn_fraction,
+            1,
+        );
+        bytes.max(inodes)
+    }
+
+    /// Recomputes the zone after a change; wakes the reporter if it moved.
+    fn check_zone(&self) {
+        let now = self.zone() as u8;
+        if self.zone.swap(now, Ordering::AcqRel) != now {
+            self.wake();
         }
     }
 
@@ -117,6 +224,7 @@ impl UsageCounters {
         self.bytes.fetch_add(bytes as i64, Ordering::AcqRel);
         self.inodes.fetch_add(inodes as i64, Ordering::AcqRel);
         self.baseline_known.store(true, Ordering::Release);
+        self.check_zone();
     }
 
     /// Takes over the figures of the server this one replaces (a takeover):
@@ -126,11 +234,15 @@ impl UsageCounters {
         self.inodes.store(s.inodes, Ordering::Release);
         self.baseline_known.store(baseline_known, Ordering::Release);
         self.cleanup.store(cleanup, Ordering::Release);
+        self.zone.store(self.zone() as u8, Ordering::Release);
     }
 
-    /// Cleanup (no-write) mode, switched by the quota controller.
+    /// Cleanup (no-write) mode, switched by the quota controller (or by
+    /// root by hand, which is reported at once).
     pub fn set_cleanup(&self, on: bool) {
-        self.cleanup.store(on, Ordering::Release);
+        if self.cleanup.swap(on, Ordering::AcqRel) != on {
+            self.wake();
+        }
     }
 
     pub fn cleanup(&self) -> bool {
@@ -157,9 +269,14 @@ impl UsageCounters {
             bytes.min(i64::MAX as u64) as i64,
             inodes.min(i64::MAX as u64) as i64,
         );
-        reserve_one(&self.bytes, b, self.limit_bytes.load(Ordering::Relaxed))?;
+        // A refusal is news for the controller: the user just met the limit.
+        if let Err(e) = reserve_one(&self.bytes, b, self.limit_bytes.load(Ordering::Relaxed)) {
+            self.wake();
+            return Err(e);
+        }
         if let Err(e) = reserve_one(&self.inodes, i, self.limit_inodes.load(Ordering::Relaxed)) {
             self.bytes.fetch_sub(b, Ordering::AcqRel);
+            self.wake();
             return Err(e);
         }
         Ok(Reservation {
@@ -174,6 +291,9 @@ impl UsageCounters {
         self.inodes.fetch_add(inodes - r.inodes, Ordering::AcqRel);
         self.delta_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.delta_inodes.fetch_add(inodes, Ordering::AcqRel);
+        if bytes != 0 || inodes != 0 {
+            self.check_zone();
+        }
     }
 
     /// The operation failed: nothing changed.
@@ -339,6 +459,55 @@ mod tests {
         }
         let b = u.snapshot().bytes;
         assert!(b <= 10_000 && b > 10_000 - 7, "{b}");
+    }
+
+    #[test]
+    fn zones_follow_the_warning_line_and_the_limit_both_ways() {
+        let u = limited(100 << 20, 1000);
+        let wakes = std::sync::Arc::new(AtomicU64::new(0));
+        let w = wakes.clone();
+        u.on_crossing(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        });
+        let count = || wakes.load(Ordering::Relaxed);
+        u.apply(50 << 20, 10);
+        assert_eq!((u.zone(), count()), (Zone::Under, 0));
+        u.apply(29 << 20, 10);
+        assert_eq!((u.zone(), count()), (Zone::Under, 0), "79 MiB of 100");
+        u.apply(1 << 20, 0);
+        assert_eq!((u.zone(), count()), (Zone::Warning, 1), "80 %: the line");
+        u.apply(5 << 20, 0);
+        assert_eq!(count(), 1, "moving within a zone is no crossing");
+        // Full: less than max(1 %, 1 MiB) left.
+        let r = u.reserve(14 << 20, 0).unwrap();
+        u.settle(r, 14 << 20, 0);
+        assert_eq!((u.zone(), count()), (Zone::Full, 2));
+        // A refusal wakes the reporter even without a change of zone.
+        assert_eq!(u.reserve(2 << 20, 0), Err(QuotaError::OverLimit));
+        assert_eq!(count(), 3);
+        u.apply(-(30 << 20), 0);
+        assert_eq!((u.zone(), count()), (Zone::Under, 4), "back under both");
+        // Inodes cross too; the further of the two counts.
+        u.apply(0, 780);
+        assert_eq!((u.zone(), count()), (Zone::Warning, 5));
+        u.apply(0, 199);
+        assert_eq!((u.zone(), count()), (Zone::Full, 6), "one inode left");
+        // Cleanup mode switching wakes it; setting it again does not.
+        u.set_cleanup(true);
+        u.set_cleanup(true);
+        assert_eq!(count(), 7);
+    }
+
+    #[test]
+    fn unlimited_homes_never_cross() {
+        let u = UsageCounters::new(Limits::default());
+        let wakes = std::sync::Arc::new(AtomicU64::new(0));
+        let w = wakes.clone();
+        u.on_crossing(move || {
+            w.fetch_add(1, Ordering::Relaxed);
+        });
+        u.apply(i64::MAX / 2, 1 << 40);
+        assert_eq!((u.zone(), wakes.load(Ordering::Relaxed)), (Zone::Under, 0));
     }
 
     #[test]
