@@ -46,11 +46,18 @@ pub struct DuArgs {
     /// Also count files on other filesystems mounted below PATH.
     #[arg(long)]
     pub cross_mounts: bool,
+    /// Measure each entry directly inside PATH on its own (one line each,
+    /// with its kind: what "What uses my space?" lists), not PATH as a whole.
+    #[arg(long)]
+    pub children: bool,
 }
 
 #[derive(serde::Serialize)]
 struct Line<'a> {
     path: String,
+    /// `dir`, `file`, `symlink` or `other` (with --children).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
     #[serde(flatten)]
     stats: &'a WalkStats,
     usage_bytes: u64,
@@ -75,7 +82,21 @@ pub fn run(args: DuArgs) -> anyhow::Result<ExitCode> {
             "BYTES", "CHARGED", "ALLOCATED", "FILES", "DIRS", "ERRORS"
         )?;
     }
+    let mut paths: Vec<(PathBuf, Option<&'static str>)> = Vec::new();
     for path in &args.paths {
+        if !args.children {
+            paths.push((path.clone(), None));
+            continue;
+        }
+        match children(path) {
+            Ok(c) => paths.extend(c.into_iter().map(|(p, k)| (p, Some(k)))),
+            Err(e) => {
+                eprintln!("hubfs du: {}: {e}", path.display());
+                failed = true;
+            }
+        }
+    }
+    for (path, kind) in &paths {
         let progress = Arc::new(Progress::default());
         let stop_progress = Arc::new(AtomicBool::new(false));
         let ticker = show_progress.then(|| spawn_progress(progress.clone(), stop_progress.clone()));
@@ -96,6 +117,7 @@ pub fn run(args: DuArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             let line = Line {
                 path: path.display().to_string(),
+                kind: *kind,
                 stats: &stats,
                 usage_bytes: stats.usage_bytes(),
                 inodes: stats.inodes(),
@@ -131,6 +153,28 @@ pub fn run(args: DuArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The entries directly inside `dir` (by name), each with its kind; never
+/// follows a symlink.
+fn children(dir: &std::path::Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        let kind = if t.is_dir() {
+            "dir"
+        } else if t.is_file() {
+            "file"
+        } else if t.is_symlink() {
+            "symlink"
+        } else {
+            "other"
+        };
+        out.push((e.path(), kind));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Redraws `entries, entries/s, bytes` on stderr until told to stop.
 fn spawn_progress(p: Arc<Progress>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -156,6 +200,28 @@ fn spawn_progress(p: Arc<Progress>, stop: Arc<AtomicBool>) -> std::thread::JoinH
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn children_are_listed_by_name_with_their_kind() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("b")).unwrap();
+        std::fs::write(d.path().join("a"), b"x").unwrap();
+        std::os::unix::fs::symlink("/", d.path().join("c")).unwrap();
+        let got: Vec<_> = children(d.path())
+            .unwrap()
+            .into_iter()
+            .map(|(p, k)| (p.file_name().unwrap().to_string_lossy().into_owned(), k))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), "file"),
+                ("b".into(), "dir"),
+                ("c".into(), "symlink")
+            ]
+        );
+        assert!(children(&d.path().join("missing")).is_err());
+    }
 
     #[test]
     fn seconds_are_validated() {
