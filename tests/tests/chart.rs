@@ -87,14 +87,18 @@ fn chart_grpc_port() -> u16 {
 /// names the quota service (`http://hubfs-quota:9500`,
 /// `<release>-quota.<ns>.svc:9500`), `--grpc-listen` values and defaults
 /// (`0.0.0.0:9500`) and "gRPC `9500`" in the chart docs. Lines setting
-/// `HUBFS_QUOTA_URL` name the controller's HTTP API and are skipped.
+/// `HUBFS_QUOTA_URL` or `HUBFS_CONTROLLER_URL` name the controller's HTTP
+/// API and are skipped.
 fn quota_grpc_ports(text: &str) -> Vec<u16> {
     let port_at = |rest: &str| -> Option<u16> {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         (digits.len() >= 2).then(|| digits.parse().ok()).flatten()
     };
     let mut ports = Vec::new();
-    for line in text.lines().filter(|l| !l.contains("QUOTA_URL")) {
+    for line in text
+        .lines()
+        .filter(|l| !l.contains("QUOTA_URL") && !l.contains("CONTROLLER_URL"))
+    {
         for (i, _) in line.match_indices(':') {
             let host: String = line[..i]
                 .chars()
