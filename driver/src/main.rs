@@ -43,6 +43,9 @@ enum Command {
     Overquota(cmd::overquota::OverquotaArgs),
     /// Run hubfs on this machine with an embedded S3 server: a bucket and a home with a quota.
     Demo(cmd::demo::DemoArgs),
+    /// The unmount guardian a dropped FUSE server started by hand runs (internal).
+    #[command(hide = true)]
+    UnmountGuard(cmd::unmount_guard::UnmountGuardArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::CheckQuota(args) => cmd::check_quota::run(args),
         Command::Overquota(args) => cmd::overquota::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::UnmountGuard(args) => cmd::unmount_guard::run(args),
     };
     match result {
         Ok(code) => code,

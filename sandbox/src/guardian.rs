@@ -14,7 +14,11 @@
 //!   live takeover handed it on, or it was unmounted from outside): it
 //!   exits and touches nothing;
 //! * the server dies (the link closes without a word): it detaches the
-//!   mount, as fusermount3's `auto_unmount` does.
+//!   mount, as fusermount3's `auto_unmount` does — once the mount is the
+//!   server's: a server taking a live mount over starts its guardian
+//!   before it has the mount ([`Guardian::start_for_takeover`]) and says
+//!   so once the old server let go ([`Guardian::own`]); if it dies or
+//!   fails before, the old server serves on and its mount stays.
 //!
 //! It unmounts only the mount it was given: the one at the mountpoint whose
 //! unique mount id (`statx` `STATX_MNT_ID_UNIQUE`, Linux 6.8; the reusable
@@ -37,6 +41,7 @@ use crate::privileges::{drop_to, Privileges, SandboxError};
 const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
 
 const READY: u8 = b'R';
+const OWN: u8 = b'M';
 const UNMOUNT: u8 = b'U';
 const LEAVE: u8 = b'L';
 const DONE: u8 = b'0';
@@ -66,10 +71,31 @@ pub struct Guardian {
 
 impl Guardian {
     /// Starts `cmd` (a program that calls [`serve`] on its stdin) as the
-    /// guardian of the mount at `mountpoint`, confined to what it keeps,
-    /// and waits until it has dropped to that and watches. Call it while
-    /// still privileged, after mounting and before [`crate::drop_to`].
-    pub fn start(mut cmd: Command, mountpoint: &Path) -> Result<Guardian, SandboxError> {
+    /// guardian of the mount at `mountpoint`, this server's own, confined
+    /// to what it keeps, and waits until it has dropped to that and
+    /// watches. Call it while still privileged, after mounting and before
+    /// [`crate::drop_to`].
+    pub fn start(cmd: Command, mountpoint: &Path) -> Result<Guardian, SandboxError> {
+        Self::start_owning(cmd, mountpoint, true)
+    }
+
+    /// As [`Guardian::start`] for a server about to take over the live
+    /// mount at `mountpoint`: until [`Guardian::own`], the server's death
+    /// leaves the mount alone (the old server still serves it).
+    pub fn start_for_takeover(cmd: Command, mountpoint: &Path) -> Result<Guardian, SandboxError> {
+        Self::start_owning(cmd, mountpoint, false)
+    }
+
+    /// The takeover is done: the mount is this server's from now on.
+    pub fn own(&mut self) -> std::io::Result<()> {
+        self.link.write_all(&[OWN])
+    }
+
+    fn start_owning(
+        mut cmd: Command,
+        mountpoint: &Path,
+        owned: bool,
+    ) -> Result<Guardian, SandboxError> {
         let id = mount_id(mountpoint)?;
         let (link, theirs) = UnixStream::pair()?;
         crate::launch::confine(
@@ -81,7 +107,8 @@ impl Guardian {
             .stdout(Stdio::null())
             .spawn()?;
         let path = mountpoint.as_os_str().as_bytes();
-        let mut head = Vec::with_capacity(12 + path.len());
+        let mut head = Vec::with_capacity(13 + path.len());
+        head.push(u8::from(owned));
         head.extend_from_slice(&id.to_le_bytes());
         head.extend_from_slice(&(path.len() as u32).to_le_bytes());
         head.extend_from_slice(path);
@@ -147,10 +174,11 @@ impl Guardian {
 /// acts on the server's one word or its death (see the module's doc).
 /// Returns once it is done; the process should then exit.
 pub fn serve(mut link: UnixStream) -> Result<(), SandboxError> {
-    let mut head = [0u8; 12];
+    let mut head = [0u8; 13];
     link.read_exact(&mut head)?;
-    let id = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
+    let mut owned = head[0] == 1;
+    let id = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(head[9..].try_into().expect("4 bytes")) as usize;
     if len > 64 << 10 {
         return Err(SandboxError::Io(std::io::Error::other(
             "mountpoint longer than 64 KiB",
@@ -161,13 +189,18 @@ pub fn serve(mut link: UnixStream) -> Result<(), SandboxError> {
     let mountpoint = PathBuf::from(std::ffi::OsStr::from_bytes(&path));
     drop_to(&Privileges::root_keeping(GUARDIAN_CAPS))?;
     link.write_all(&[READY])?;
-    let mut word = [0u8];
-    let word = match link.read(&mut word) {
-        Ok(1) => Some(word[0]),
-        _ => None,
+    let word = loop {
+        let mut word = [0u8];
+        match link.read(&mut word) {
+            Ok(1) if word[0] == OWN => owned = true,
+            Ok(1) => break Some(word[0]),
+            _ => break None,
+        }
     };
     match word {
         Some(LEAVE) => Ok(()),
+        // A takeover that never completed: the old server's mount stays.
+        None if !owned => Ok(()),
         Some(UNMOUNT) => {
             let answer = match unmount_ours(&mountpoint, id, false) {
                 Ok(()) => vec![DONE],

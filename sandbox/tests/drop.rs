@@ -238,8 +238,25 @@ fn guardian_cases() {
     );
     assert!(mounted(&mnt), "left mounted");
 
-    // The server dies without a word: the mount is detached.
-    let g = Guardian::start(guard_command(), &mnt).unwrap();
+    // A server taking the mount over dies before it has it: the mount
+    // stays (the old server serves on).
+    let g = Guardian::start_for_takeover(guard_command(), &mnt).unwrap();
+    let pid = g.pid();
+    drop(g);
+    wait_until("the guardian exits", || {
+        Status::of(pid).map_or(true, |s| s.name.is_empty())
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |t| t.contains(") Z"))
+    });
+    assert!(
+        mounted(&mnt),
+        "a takeover that never completed leaves the mount"
+    );
+
+    // The server dies without a word: the mount is detached (also after
+    // a completed takeover).
+    let mut g = Guardian::start_for_takeover(guard_command(), &mnt).unwrap();
+    g.own().unwrap();
     drop(g);
     wait_until("detached after the server's death", || !mounted(&mnt));
 }

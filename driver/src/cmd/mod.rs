@@ -12,4 +12,5 @@ pub mod mount_home;
 pub mod mount_s3;
 pub mod mounter;
 pub mod overquota;
+pub mod unmount_guard;
 pub mod values;

@@ -130,6 +130,26 @@ pub struct S3Args {
     /// file is open for writing there (retry when it is closed).
     #[arg(long, value_name = "SOCKET")]
     pub take_over: Option<PathBuf>,
+    /// Once mounted, serve as this uid and gid, with no capability and
+    /// no_new_privs (the server must be started as root to mount).
+    #[arg(long, value_name = "UID:GID", default_value = "65534:65534", value_parser = parse_run_as, help_heading = "Privilege")]
+    pub run_as: (u32, u32),
+    /// Start no unmount guardian (a root process with CAP_SYS_ADMIN only
+    /// that unmounts when the server stops or dies): whoever started the
+    /// server unmounts it, as the hubfs mounter does.
+    #[arg(long, help_heading = "Privilege")]
+    pub no_guardian: bool,
+}
+
+fn parse_run_as(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not UID:GID (numbers, e.g. 65534:65534)"))?;
+    let num = |x: &str| x.parse::<u32>().ok().filter(|n| *n != u32::MAX);
+    match (num(u), num(g)) {
+        (Some(u), Some(g)) => Ok((u, g)),
+        _ => Err(format!("{s:?} is not UID:GID (numbers, e.g. 65534:65534)")),
+    }
 }
 
 /// A TTL: `None` is indefinite.
@@ -204,6 +224,7 @@ impl S3Args {
         o.fuse_threads = self.fuse_threads;
         o.read_ahead_kb = self.read_ahead_kb;
         o.control = self.control.clone();
+        o.run_as = self.run_as;
         o.cache = self.cache_dir.clone().map(|dir| CacheOptions {
             dir,
             max_bytes: self.cache_size,
@@ -223,13 +244,29 @@ pub fn run(args: S3Args) -> anyhow::Result<ExitCode> {
             opts.mountpoint.display()
         );
     }
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "hubfs mount s3 must be started as root: it mounts, then serves as {}:{} with no capability",
+            opts.run_as.0,
+            opts.run_as.1
+        );
+    }
     let from = args.take_over.as_deref();
+    let confine = || session::Confinement {
+        privileges: hubfs_sandbox::Privileges::user(opts.run_as.0, opts.run_as.1),
+        guardian: (!args.no_guardian).then(super::unmount_guard::command),
+    };
     if args.foreground {
         // The line a mounter taking servers over waits for (mounter::takeover).
-        session::run(opts, from, hubfs::mounter::takeover::say_serving)?;
+        session::run(
+            opts.clone(),
+            from,
+            confine(),
+            hubfs::mounter::takeover::say_serving,
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    super::daemon::daemonize(|ready| Ok(session::run(opts, from, ready)?))
+    super::daemon::daemonize(|ready| Ok(session::run(opts.clone(), from, confine(), ready)?))
 }
 
 #[cfg(test)]
@@ -293,6 +330,8 @@ mod tests {
             "1Gi",
             "--control",
             "/run/ctl.sock",
+            "--run-as",
+            "1000:100",
             "bk1",
             "bk2:p",
             "/mnt/x",
@@ -313,6 +352,7 @@ mod tests {
         assert_eq!(o.metadata_ttl, None);
         assert_eq!(o.prefetch.max_memory, 1 << 30);
         assert_eq!(o.control, Some(PathBuf::from("/run/ctl.sock")));
+        assert_eq!(o.run_as, (1000, 100));
         let t = parse(&["mount", "s3", "--take-over", "/run/ctl.sock", "b12", "/s3"]).unwrap();
         assert_eq!(t.take_over, Some(PathBuf::from("/run/ctl.sock")));
         assert_eq!(t.options().unwrap().control, None);
@@ -356,5 +396,13 @@ mod tests {
             .contains("invalid bucket"));
         let twice = parse(&["mount", "s3", "--allow-delete", "b12", "/s3"]).unwrap();
         assert!(twice.options().is_err());
+        for bad in ["65534", "a:b", "1:-1", "4294967295:0", ":", "1:2:3"] {
+            assert!(
+                parse(&["mount", "s3", "--run-as", bad, "b", "/s3"]).is_err(),
+                "{bad}"
+            );
+        }
+        let default = parse(&["mount", "s3", "b12", "/s3"]).unwrap();
+        assert_eq!(default.options().unwrap().run_as, (65534, 65534));
     }
 }

@@ -102,6 +102,16 @@ fn labelled(line: &str, server: &str) -> String {
     }
 }
 
+/// A server's metrics file, read under a shared `flock`: a dropped server
+/// rewrites it in place under an exclusive one (it cannot rename in its
+/// root-owned directory), so a read never sees half of it.
+fn read_locked(path: &Path) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared)
+        .map_err(|(_, e)| std::io::Error::from(e))?;
+    std::io::read_to_string(&*file)
+}
+
 /// The mounter's own families and those of its servers (`status`), merged.
 pub fn render(status: &[ServerStatus]) -> String {
     let mut own = String::from(
@@ -128,7 +138,7 @@ pub fn render(status: &[ServerStatus]) -> String {
             "hubfs_mounter_server_restarts_total{{server=\"{}\"}} {}\n",
             s.id, s.restarts
         ));
-        if let Ok(text) = std::fs::read_to_string(metrics_file(&s.mountpoint)) {
+        if let Ok(text) = read_locked(&metrics_file(&s.mountpoint)) {
             sources.push((s.id.clone(), text));
         }
     }

@@ -78,6 +78,18 @@ impl Kind {
         }
     }
 
+    /// The capabilities a server of this kind keeps once it has dropped:
+    /// none for a bucket server (it also leaves uid 0), the home layer's
+    /// list for a home server (it stays uid 0). The launch bounds each
+    /// server to these plus what mounting and the drop need
+    /// ([`hubfs_sandbox::launch::launch_bounding`]).
+    pub fn kept_capabilities(self) -> hubfs_sandbox::Caps {
+        match self {
+            Kind::Home => hubfs_fuse::home::SERVER_CAPABILITIES,
+            Kind::S3 => hubfs_sandbox::Caps::empty(),
+        }
+    }
+
     /// The folder of the state directory holding this kind's servers.
     fn dir(self) -> &'static str {
         match self {

@@ -54,11 +54,17 @@ pub struct S3Cache {
 }
 
 impl SupervisorConfig {
-    /// The command that starts `spec`'s server: its arguments with the
-    /// node's data cache and the metrics file (S3) and the control socket
-    /// put in after `mount KIND --foreground`, then `extra` there too, the
-    /// mountpoint last; stdin is the credentials pipe of a server with its
-    /// own S3 identity, else nothing.
+    /// The command that starts `spec`'s server — the one launch function
+    /// of every server, at a first start, after a crash and for a live
+    /// takeover: its arguments with the node's data cache and the metrics
+    /// file (S3) and the control socket put in after `mount KIND
+    /// --foreground`, then `extra` there too, the mountpoint last; stdin is
+    /// the credentials pipe of a server with its own S3 identity, else
+    /// nothing. The child, before its exec, sets `no_new_privs` and bounds
+    /// its capabilities to its kind's ([`Kind::kept_capabilities`]) plus
+    /// what mounting and the drop need, so no server can ever hold more
+    /// even if its own drop were skipped. A bucket server starts no unmount
+    /// guardian: the mounter detaches its mounts.
     pub fn server_command(
         &self,
         secrets: &Secrets,
@@ -83,6 +89,9 @@ impl SupervisorConfig {
             let file = super::metrics::metrics_file(&mp);
             added.extend(["--metrics-file".into(), file.into_os_string()]);
         }
+        if spec.kind == Kind::S3 && !given("--no-guardian") {
+            added.push("--no-guardian".into());
+        }
         if let (Some(c), Kind::S3) = (&self.s3_cache, spec.kind) {
             added.extend([
                 "--cache-dir".into(),
@@ -97,6 +106,8 @@ impl SupervisorConfig {
         args.splice(at..at, added);
         let mut cmd = Command::new(&self.exe);
         cmd.args(&args).arg(&mp).stdin(stdin);
+        let bounding = hubfs_sandbox::launch::launch_bounding(spec.kind.kept_capabilities());
+        hubfs_sandbox::launch::confine(&mut cmd, bounding);
         Ok(cmd)
     }
 }
@@ -399,6 +410,9 @@ impl Supervisor {
                 return Ok(child);
             }
             if let Ok(Some(status)) = child.try_wait() {
+                // A server that mounted and then failed (a bucket it cannot
+                // read) left its mount: it cannot unmount once dropped.
+                detach_all(mp);
                 return Err(DriverError::FailedPrecondition(format!(
                     "{} exited ({status}): {}",
                     spec.what,
@@ -407,6 +421,7 @@ impl Supervisor {
             }
             if Instant::now() > deadline {
                 stop(&mut Proc::Child(child), mp);
+                detach_all(mp);
                 return Err(DriverError::FailedPrecondition(format!(
                     "{} did not come up within {} s: {}",
                     spec.what,
@@ -714,8 +729,9 @@ fn detach_all(mp: &Path) {
     }
 }
 
-/// Asks a server to stop (SIGTERM: it unmounts and sends its last report),
-/// then makes sure it is gone.
+/// Asks a server to stop (SIGTERM: it sends its last report and exits;
+/// one that has dropped cannot unmount, so the caller detaches `mp`
+/// afterwards), then makes sure it is gone.
 fn stop(p: &mut Proc, mp: &Path) {
     let pid = Pid::from_raw(p.pid() as i32);
     let _ = kill(pid, Signal::SIGTERM);
@@ -807,5 +823,9 @@ mod tests {
         assert!(pair("--metrics-file").ends_with("metrics.prom"), "{args:?}");
         // The identity arrives on stdin, never on the command line.
         assert!(!args.iter().any(|a| a.contains("SK")));
+        assert!(
+            args.iter().any(|a| a == "--no-guardian"),
+            "the mounter unmounts: {args:?}"
+        );
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod blocks;
 pub mod cache;
+mod confine;
 pub mod credentials;
 pub mod error;
 #[cfg(any(test, feature = "test-util"))]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::cache::{CacheOptions, CachedStore, DiskCache};
+use super::confine;
 use super::fs::{BucketSource, FsConfig, S3Fs};
 use super::fuse::FuseAdapter;
 use super::memory::MemoryLimiter;
@@ -57,7 +58,14 @@ pub struct MountOptions {
     pub cache: Option<CacheOptions>,
     /// Listen here for a server that takes this mount over (an upgrade).
     pub control: Option<PathBuf>,
+    /// The uid and gid the server drops to once mounted (with no
+    /// capability left and `no_new_privs`).
+    pub run_as: (u32, u32),
 }
+
+/// Who a bucket server becomes once mounted when not told otherwise: the
+/// overflow user and group, `nobody`/`nogroup` on Debian.
+pub const RUN_AS: (u32, u32) = (65534, 65534);
 
 impl MountOptions {
     pub fn new(sources: Vec<BucketSource>, mountpoint: impl Into<PathBuf>) -> Self {
@@ -81,6 +89,7 @@ impl MountOptions {
             read_ahead_kb: 4096,
             cache: None,
             control: None,
+            run_as: RUN_AS,
         }
     }
 
@@ -139,6 +148,9 @@ impl MountOptions {
         }
         if let Some(c) = &self.control {
             flag("control", c.display().to_string());
+        }
+        if self.run_as != RUN_AS {
+            flag("run-as", format!("{}:{}", self.run_as.0, self.run_as.1));
         }
         for (on, name) in [
             (self.s3.force_path_style, "--force-path-style"),
@@ -234,9 +246,20 @@ pub fn unmount(path: &Path) -> io::Result<()> {
 /// With `take_over`, adopts the live mount of the server listening there
 /// (its `--control` socket) instead of mounting: same FUSE connection,
 /// inodes and open files; that server exits without unmounting.
+///
+/// Started as root, the server does as root only what needs it (see
+/// [`super::confine`]): it checks the buckets, mounts (or connects to the
+/// old server), binds its control socket, opens its metrics file and the
+/// readahead knob, hands its cache directory to `opts.run_as`, starts its
+/// unmount guardian (`confine.guardian`; none under the mounter, which
+/// unmounts), then drops to `opts.run_as` with no capability and
+/// `no_new_privs`, while it still has one thread. Everything after that —
+/// the takeover's state from the old server, the INIT handshake, every
+/// request — is served unprivileged.
 pub fn run(
     opts: MountOptions,
     take_over: Option<&Path>,
+    confine: Confinement,
     ready: impl FnOnce(),
 ) -> Result<(), SessionError> {
     // A mask inherited from whatever started this server (the mounter blocks
@@ -250,24 +273,74 @@ pub fn run(
         stop.add(s);
     }
     stop.thread_unblock().map_err(io::Error::from)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .thread_name("hubfs-s3")
+    // Before the drop: a runtime without worker threads, shut down before
+    // the drop (which needs one thread). Fail at mount time, with the
+    // reason, rather than on the first `ls` (and before a running server is
+    // paused for a takeover); the identity is resolved here too, so a root
+    // user's own credential files still count.
+    let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let metrics = S3Metrics::new();
-    let s3 = Instrumented::new(rt.block_on(S3Store::new(&opts.s3)), metrics.clone());
-    // Fail at mount time, with the reason, rather than on the first `ls`
-    // (and before a running server is paused for a takeover).
+    let s3 = Instrumented::new(setup.block_on(S3Store::new(&opts.s3)), metrics.clone());
     for s in &opts.sources {
-        rt.block_on(s3.list_page(&s.bucket, &s.prefix, Some("/"), None, 1))
+        setup
+            .block_on(s3.list_page(&s.bucket, &s.prefix, Some("/"), None, 1))
             .map_err(|e| SessionError::Bucket {
                 bucket: s.bucket.clone(),
                 source: e,
             })?;
     }
+    let mut config = fuse_config(&opts);
+    let mount_err = |source| SessionError::Mount {
+        path: opts.mountpoint.clone(),
+        source,
+    };
+    let prepared = confine::prepare(&opts, take_over, &config).map_err(mount_err)?;
+    let guardian = match confine.guardian {
+        Some(cmd) => {
+            let started = match take_over {
+                // Until the old server lets go, its mount is not ours.
+                Some(_) => hubfs_sandbox::Guardian::start_for_takeover(cmd, &opts.mountpoint),
+                None => hubfs_sandbox::Guardian::start(cmd, &opts.mountpoint),
+            };
+            match started {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    prepared.abandon(&opts.mountpoint);
+                    return Err(SessionError::Invalid(format!("unmount guardian: {e}")));
+                }
+            }
+        }
+        None => None,
+    };
+    drop(setup);
+    if let Err(e) = hubfs_sandbox::drop_to(&confine.privileges) {
+        if let Some(g) = guardian {
+            let _ = g.unmount();
+        }
+        return Err(SessionError::Invalid(format!(
+            "cannot drop to {}: {e}",
+            confine.privileges
+        )));
+    }
+    tracing::info!(privileges = %confine.privileges, "dropped privilege");
+    let mut guardian = Guardian(guardian);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("hubfs-s3")
+        .enable_all()
+        .build()?;
+    let confine::Prepared {
+        dev,
+        old,
+        control,
+        metrics_file,
+        metrics_listener,
+        read_ahead,
+    } = prepared;
     // From here on a server being taken over is paused.
-    let adopted = take_over.map(takeover::request).transpose()?;
+    let adopted = old.map(takeover::request).transpose()?;
     let cache = match &opts.cache {
         Some(c) => Some(DiskCache::new(c, metrics.clone()).map_err(|e| {
             SessionError::Invalid(format!("data cache at {}: {e}", c.dir.display()))
@@ -286,69 +359,44 @@ pub fn run(
     let fs = Arc::new(fs);
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
     let in_flight = adapter.in_flight();
-
-    let mut config = fuser::Config::default();
-    let fsname = opts
-        .sources
-        .iter()
-        .map(|s| s.bucket.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    config.mount_options = vec![
-        fuser::MountOption::FSName(format!("hubfs-s3:{fsname}")),
-        fuser::MountOption::Subtype("hubfs-s3".into()),
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-        fuser::MountOption::NoAtime,
-        fuser::MountOption::DefaultPermissions,
-        if opts.allow_writes {
-            fuser::MountOption::RW
-        } else {
-            fuser::MountOption::RO
-        },
-    ];
-    if opts.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.n_threads = Some(opts.fuse_threads.max(1));
-    let mount_err = |source| SessionError::Mount {
-        path: opts.mountpoint.clone(),
-        source,
-    };
+    let fsname = fs_name(&opts);
     let resumed = adopted.is_some();
-    let (session, control) = match adopted {
-        Some((mut package, state)) => {
-            let control = package.listener(state.control);
+    // The kernel enforces the mount's own access rule (allow_other or
+    // not); fuser's second check would compare callers with the uid this
+    // process has become.
+    config.acl = fuser::SessionACL::All;
+    let (session, control) = match (adopted, dev) {
+        (Some((mut package, state)), _) => {
+            let control = package.listener(state.control).or(control);
             let version = fuser::Version(state.proto.0, state.proto.1);
             let session =
                 fuser::Session::resume(adapter, package.dev, config, version).map_err(mount_err)?;
             if let Err(e) = package.pending.ready() {
                 // The old server serves on; this one never touched the connection.
                 std::mem::forget(session);
+                guardian.leave();
                 return Err(e.into());
             }
+            guardian.own();
             tracing::info!(
                 inodes = state.nodes.len(),
                 reads = state.reads.len(),
                 dirs = state.dirs.len(),
                 "took the mount over"
             );
-            let control = control.or_else(|| {
-                opts.control
-                    .as_deref()
-                    .and_then(crate::handoff::listen_or_warn)
-            });
             (session, control)
         }
-        None => {
-            let control = opts
-                .control
-                .as_deref()
-                .and_then(crate::handoff::listen_or_warn);
-            let session =
-                fuser::Session::new(adapter, &opts.mountpoint, &config).map_err(mount_err)?;
-            (session, control)
+        (None, Some(dev)) => {
+            let acl = config.acl;
+            match fuser::Session::from_fd(adapter, dev, acl, config) {
+                Ok(s) => (s, control),
+                Err(e) => {
+                    guardian.unmount();
+                    return Err(mount_err(e));
+                }
+            }
         }
+        (None, None) => unreachable!("confine::prepare mounts unless taking over"),
     };
     let handover = Arc::new(takeover::Handover {
         fs,
@@ -363,16 +411,16 @@ pub fn run(
         handover.listen_in_background(l);
     }
     tracing::info!(mountpoint = %opts.mountpoint.display(), buckets = fsname, taken_over = resumed, "mounted");
-    if opts.read_ahead_kb > 0 && !resumed {
-        if let Err(e) = set_read_ahead(&opts.mountpoint, opts.read_ahead_kb) {
+    if let Some(knob) = read_ahead {
+        if let Err(e) = knob.set(opts.read_ahead_kb) {
             tracing::warn!(error = %e, "cannot raise the kernel readahead; sequential reads will be slower");
         }
     }
     if let Some(addr) = opts.metrics_addr {
-        rt.spawn(serve_metrics(addr, metrics.clone()));
+        rt.spawn(serve_metrics(addr, metrics_listener, metrics.clone()));
     }
-    if let Some(path) = opts.metrics_file.clone() {
-        rt.spawn(write_metrics(path, metrics.clone()));
+    if let Some(file) = metrics_file {
+        rt.spawn(write_metrics(file, metrics.clone()));
     }
     ready();
 
@@ -400,37 +448,108 @@ pub fn run(
     match end {
         End::HandedOver => {
             tracing::info!(mountpoint = %mountpoint.display(), "handed over to a new server; exiting without unmounting");
-            // Dropping the session would unmount; the loops stay parked.
+            // The loops stay parked; the new server serves the connection.
             std::mem::forget(session);
-        }
-        End::Signalled if resumed => {
-            tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-            // fuser holds no mount of a taken-over connection: ours to end.
-            unmount(mountpoint)?;
-            crate::unmounted::forget_session(session, Duration::from_secs(5));
+            guardian.leave();
         }
         End::Signalled => {
             tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
-            match session.umount_and_join() {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    // Files are still open: detach now; they fail once this
-                    // process exits and the FUSE connection closes.
-                    tracing::warn!(mountpoint = %mountpoint.display(), "mountpoint busy, unmounting lazily");
-                    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                        .map_err(io::Error::from)?;
-                }
-                Err(e) => tracing::debug!(error = %e, "FUSE session ended with an error"),
-            }
+            // The guardian unmounts (lazily if files are still open: they
+            // fail once this process exits); under the mounter, the mounter
+            // detaches the mount once this process is gone.
+            let unmounted = guardian.unmount();
+            crate::unmounted::forget_session(
+                session,
+                if unmounted {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::ZERO
+                },
+            );
         }
         End::Unmounted => {
             tracing::info!(mountpoint = %mountpoint.display(), "unmounted from outside");
             // The path may hold another mount by now: leave it alone.
             crate::unmounted::forget_session(session, Duration::from_secs(5));
+            guardian.leave();
         }
     }
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
+}
+
+/// Who a server becomes once mounted, and who unmounts its mount then.
+#[derive(Debug)]
+pub struct Confinement {
+    /// What the server keeps (a bucket server: `opts.run_as`, nothing else).
+    pub privileges: hubfs_sandbox::Privileges,
+    /// The command of its unmount guardian (`hubfs unmount-guard`), or
+    /// `None` when whoever started it unmounts (the mounter).
+    pub guardian: Option<std::process::Command>,
+}
+
+/// The server's guardian, if it has one.
+struct Guardian(Option<hubfs_sandbox::Guardian>);
+
+impl Guardian {
+    /// Unmounts through the guardian; false without one (or if it failed).
+    fn unmount(self) -> bool {
+        match self.0.map(hubfs_sandbox::Guardian::unmount) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the unmount guardian could not unmount");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The mount taken over is this server's now.
+    fn own(&mut self) {
+        if let Some(g) = &mut self.0 {
+            if let Err(e) = g.own() {
+                tracing::warn!(error = %e, "the unmount guardian is gone");
+            }
+        }
+    }
+
+    fn leave(self) {
+        if let Some(g) = self.0 {
+            g.leave();
+        }
+    }
+}
+
+/// The mount's source name: `hubfs-s3:<bucket>[,<bucket>...]`'s buckets.
+fn fs_name(opts: &MountOptions) -> String {
+    opts.sources
+        .iter()
+        .map(|s| s.bucket.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// fuser's settings of the mount: its name, type and flags.
+fn fuse_config(opts: &MountOptions) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("hubfs-s3:{}", fs_name(opts))),
+        fuser::MountOption::Subtype("hubfs-s3".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::DefaultPermissions,
+        if opts.allow_writes {
+            fuser::MountOption::RW
+        } else {
+            fuser::MountOption::RO
+        },
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(opts.fuse_threads.max(1));
+    config
 }
 
 /// Why a server stops serving.
@@ -440,46 +559,51 @@ enum End {
     HandedOver,
 }
 
-/// FUSE tells the kernel 128 KiB of readahead at most, so sequential reads
-/// arrive as 128 KiB requests, one round trip each. The mount's backing
-/// device info accepts a larger value afterwards (as gcsfuse recommends);
-/// bigger kernel reads then keep the prefetcher's parallel GETs busy.
-fn set_read_ahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(mountpoint)?.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    std::fs::write(&path, kb.to_string())?;
-    tracing::debug!(path, kb, "kernel readahead raised");
-    Ok(())
-}
-
 /// How often `--metrics-file` is rewritten.
 const METRICS_FILE_EVERY: Duration = Duration::from_secs(5);
 
-/// Writes the metrics text to `path` now and every few seconds, whole
-/// (written aside and renamed), so a reader never sees half of it.
-async fn write_metrics(path: PathBuf, metrics: Arc<S3Metrics>) {
-    let tmp = path.with_extension("tmp");
+/// Rewrites the metrics text into `file` (opened before the drop) now and
+/// every few seconds, in place under an exclusive `flock`: a dropped server
+/// cannot rename in the root-owned directory, and a reader that takes the
+/// shared lock (the mounter) never sees half of it.
+async fn write_metrics(file: std::fs::File, metrics: Arc<S3Metrics>) {
     let mut tick = tokio::time::interval(METRICS_FILE_EVERY);
     let mut warned = false;
+    let file = Arc::new(file);
     loop {
         tick.tick().await;
-        let written = tokio::fs::write(&tmp, metrics.encode()).await;
-        if let Err(e) = written.and(tokio::fs::rename(&tmp, &path).await) {
+        let (f, text) = (file.clone(), metrics.encode());
+        let written =
+            tokio::task::spawn_blocking(move || confine::rewrite_locked(&f, text.as_bytes()))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+        if let Err(e) = written {
             if !std::mem::replace(&mut warned, true) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write metrics file");
+                tracing::warn!(error = %e, "cannot write metrics file");
             }
         }
     }
 }
 
 /// A minimal `/metrics` endpoint: every request gets the registry text.
-async fn serve_metrics(addr: SocketAddr, metrics: Arc<S3Metrics>) {
+/// `bound` is the listener bound before the drop, if the address was free
+/// then (a privileged port needs that).
+async fn serve_metrics(
+    addr: SocketAddr,
+    bound: Option<std::net::TcpListener>,
+    metrics: Arc<S3Metrics>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut bound = bound.and_then(|l| {
+        l.set_nonblocking(true).ok()?;
+        tokio::net::TcpListener::from_std(l).ok()
+    });
     // A server taking a mount over binds once the old one has let go.
     let mut tries = 0;
     let listener = loop {
+        if let Some(l) = bound.take() {
+            break l;
+        }
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => break l,
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 150 => {

@@ -9,7 +9,6 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,10 +72,11 @@ impl<S: ObjectStore> Handover<S> {
     }
 }
 
-/// The new server's first half: asks the server listening on `from` for
-/// its mount (see [`wire::Package`]): the package and the state in it.
-pub fn request(from: &Path) -> Result<(wire::Package, S3State), HandoffError> {
-    let package = wire::Package::request(UnixStream::connect(from)?, "s3")?;
+/// The new server's first half: asks the server at the other end of
+/// `old` (connected to its control socket) for its mount (see
+/// [`wire::Package`]): the package and the state in it.
+pub fn request(old: UnixStream) -> Result<(wire::Package, S3State), HandoffError> {
+    let package = wire::Package::request(old, "s3")?;
     let state = S3State::decode(&package.state)?;
     Ok((package, state))
 }

@@ -477,11 +477,23 @@ fn fuse_mount_sys(
         source = name;
     }
 
+    // hubfs privilege patch: the subtype goes into the filesystem type
+    // (`fuse.<subtype>`), as libfuse's mount does; upstream passed plain
+    // `fuse`, so mountinfo lost it and `mount -o remount` looked for a
+    // helper of the source's name.
+    #[cfg(target_os = "linux")]
+    let fs_type = match options.iter().find_map(|x| match x {
+        MountOption::Subtype(subtype) => Some(subtype.as_str()),
+        _ => None,
+    }) {
+        Some(subtype) => format!("fuse.{subtype}"),
+        None => "fuse".to_string(),
+    };
     #[cfg(target_os = "linux")]
     let result = nix::mount::mount(
         Some(source),
         mountpoint,
-        Some("fuse"),
+        Some(fs_type.as_str()),
         flags,
         Some(mount_options.as_str()),
     );

@@ -165,6 +165,34 @@ impl Drop for Mount {
     }
 }
 
+/// hubfs privilege patch: mounts as [`crate::Session::new`] does, but
+/// stops there: returns the `/dev/fuse` descriptor of the new mount before
+/// the INIT handshake, for a session built later with
+/// [`crate::Session::from_fd`], by a process that may have dropped its
+/// privilege meanwhile (it then cannot unmount). Nothing unmounts this
+/// mount when the descriptor or the session goes: that is the caller's.
+/// `AutoUnmount` is refused (fusermount3 would unmount when its socket,
+/// which this function does not keep, closes).
+pub fn mount_device(
+    mountpoint: &Path,
+    options: &[MountOption],
+    acl: SessionACL,
+) -> io::Result<std::os::fd::OwnedFd> {
+    if options.contains(&MountOption::AutoUnmount) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "mount_device leaves unmounting to its caller: no auto_unmount",
+        ));
+    }
+    let (dev, mut mount) = Mount::new(mountpoint, options, acl)?;
+    // Disarmed: dropping it no longer unmounts.
+    drop(mount.mount_impl.take());
+    drop(mount);
+    let dev = Arc::try_unwrap(dev)
+        .map_err(|_| io::Error::other("the FUSE device is still shared after mounting"))?;
+    Ok(dev.0.into())
+}
+
 #[cfg_attr(fuser_mount_impl = "macos-no-mount", expect(dead_code))]
 fn libc_umount(mnt: &CStr) -> nix::Result<()> {
     #[cfg(any(
