@@ -20,5 +20,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends fuse3 ca-certificates util-linux \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /out/hubfs /usr/local/bin/hubfs
+# mount(8)'s helpers for `mount -o remount,ro` of hubfs mounts (fuse.hubfs-*).
+RUN ln -s /usr/local/bin/hubfs /usr/sbin/mount.fuse.hubfs-s3 \
+    && ln -s /usr/local/bin/hubfs /usr/sbin/mount.fuse.hubfs-home
 ENTRYPOINT ["/usr/local/bin/hubfs"]
 CMD ["--help"]

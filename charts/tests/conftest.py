@@ -100,6 +100,11 @@ def strip(doc: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The DaemonSets and Deployments: every pod the chart runs."""
+    return [d for d in docs if d["kind"] in ("DaemonSet", "Deployment")]
+
+
 def one(docs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
     found = [d for d in docs if d["kind"] == kind and d["metadata"].get("name", "").endswith(name_suffix)]
     assert len(found) == 1, f"expected one {kind} *{name_suffix}, found {[d['metadata'].get('name') for d in found]}"

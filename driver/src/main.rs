@@ -49,6 +49,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    if cmd::mount_helper::is_helper(&argv0) {
+        // mount(8) runs `mount.fuse.hubfs-<kind>` for `mount -o remount`.
+        let name = std::path::Path::new(&argv0).file_name().unwrap_or_default();
+        return cmd::mount_helper::run(&name.to_string_lossy(), &argv.collect::<Vec<_>>());
+    }
     let cli = Cli::parse();
     let mut log = cli.log.clone();
     if matches!(cli.command, Command::Demo(_))

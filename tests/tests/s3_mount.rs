@@ -910,3 +910,65 @@ fn s3_mount_reads_credentials_from_a_pipe_and_never_shows_them() {
         );
     }
 }
+
+/// The mount carries its subtype (`fuse.hubfs-s3` in mountinfo, as libfuse
+/// mounts do), so the real `mount -o remount,ro` runs hubfs's helper
+/// `mount.fuse.hubfs-s3` (linked in /usr/sbin as the image does, here to the
+/// binary under test) instead of Debian's `mount.fuse`, which looked for a
+/// program named after the source ("not found"): the remount works, writes
+/// then fail with EROFS, and `remount,rw` brings them back. Anything but a
+/// remount gets an error naming hubfs.
+#[test]
+fn s3_mount_carries_its_subtype_and_remounts_read_only_with_the_real_mount() {
+    let helper = Path::new("/usr/sbin/mount.fuse.hubfs-s3");
+    let _ = std::fs::remove_file(helper);
+    std::os::unix::fs::symlink(hubfs_e2e::hubfs_binary(), helper).unwrap();
+    let g = Garage::start("remount");
+    let m = HubfsMount::start(&g, &g.endpoint, &["--allow-writes"], &["remount"]);
+    let entry = || {
+        let entries = hubfs_fuse::mountinfo::read().unwrap();
+        hubfs_fuse::mountinfo::mount_at(&entries, &m.path)
+            .cloned()
+            .expect("mounted")
+    };
+    assert_eq!(entry().fs_type, "fuse.hubfs-s3");
+    assert_eq!(entry().source, "hubfs-s3:remount");
+    std::fs::write(m.path.join("before.txt"), b"rw").unwrap();
+    let remount = |opts: &str| {
+        let out = Command::new("mount")
+            .args(["-o", opts])
+            .arg(&m.path)
+            .output()
+            .expect("mount(8)");
+        assert!(
+            out.status.success(),
+            "mount -o {opts}: {}",
+            hubfs_e2e::output_text(&out)
+        );
+    };
+    remount("remount,ro");
+    assert!(entry().read_only(), "remounted read-only: {:?}", entry());
+    assert!(
+        entry().options.iter().any(|o| o == "nosuid"),
+        "its own flags kept: {:?}",
+        entry()
+    );
+    let err = std::fs::write(m.path.join("after.txt"), b"ro").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(std::fs::read(m.path.join("before.txt")).unwrap(), b"rw");
+    remount("remount,rw");
+    assert!(!entry().read_only());
+    std::fs::write(m.path.join("after.txt"), b"rw again").unwrap();
+    assert_eq!(probe(&m.path), MountState::Healthy);
+    // mount(8) cannot make a hubfs mount: the helper says who does.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(helper)
+        .arg("hubfs-s3:remount")
+        .arg(other.path())
+        .args(["-o", "ro"])
+        .output()
+        .unwrap();
+    let text = hubfs_e2e::output_text(&out);
+    assert_eq!(out.status.code(), Some(32), "{text}");
+    assert!(text.contains("hubfs mount s3|home"), "{text}");
+}

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod demo;
 pub mod du;
 pub mod mount;
+pub mod mount_helper;
 pub mod mount_home;
 pub mod mount_s3;
 pub mod mounter;

@@ -178,11 +178,22 @@ fn home_layer(
     }
     args.push(staging.to_string_lossy().into_owned());
     Ok(ServerSpec {
-        id: format!("home-{}", crate::digest::short_hex(id.as_bytes(), 10)),
+        id: server_id(id),
         kind: Kind::Home,
         args,
         what: format!("the home layer of {}", vol.user),
     })
+}
+
+/// The id of the home layer server of volume `id` (one per home volume on
+/// the node).
+pub(super) fn server_id(id: &str) -> String {
+    format!("home-{}", crate::digest::short_hex(id.as_bytes(), 10))
+}
+
+/// Whether a server id is a home layer's ([`server_id`]).
+pub(super) fn is_server_id(server: &str) -> bool {
+    server.starts_with("home-")
 }
 
 /// Why a path cannot be used, in the words kubelet shows to people.
@@ -210,12 +221,6 @@ pub(super) fn stats(
     path: &Path,
 ) -> Result<NodeGetVolumeStatsResponse> {
     let vol = parse(id)?;
-    if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-        return Err(DriverError::NotFound(format!(
-            "volume path {} does not exist",
-            path.display()
-        )));
-    }
     let mut abnormal = condition_of(path);
     if abnormal.is_none() && node.inner.mounts.mounted_at(path)?.is_none() {
         abnormal = Some("volume path is not mounted".into());

@@ -246,23 +246,61 @@ impl NodeService {
         }
     }
 
-    /// NodeGetVolumeStats's body.
+    /// NodeGetVolumeStats's body. NOT_FOUND for any `volume_path` that is
+    /// not a publication of volume `volume_id` on this node (CSI; the sanity
+    /// suite sends `some/path` for an unknown volume and for a published
+    /// one), relative, missing and foreign paths alike.
     pub fn volume_stats(&self, r: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
         let id = required("volume_id", &r.volume_id)?;
-        let path = paths::absolute("volume_path", required("volume_path", &r.volume_path)?)?;
-        // CSI: NOT_FOUND when the volume does not exist at volume_path.
+        let raw = required("volume_path", &r.volume_path)?;
+        let not_found = |why: &str| {
+            DriverError::NotFound(format!("volume {id} is not published at {raw}: {why}"))
+        };
+        let path =
+            paths::absolute("volume_path", raw).map_err(|_| not_found("not an absolute path"))?;
         if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
         {
-            return Err(DriverError::NotFound(format!(
-                "volume path {} does not exist",
-                path.display()
-            )));
+            return Err(not_found("it does not exist"));
+        }
+        if !self.published_at(id, &path)? {
+            return Err(not_found("nothing of it is mounted there"));
         }
         match crate::volume::HomeVolume::parse_id(id) {
             // Static S3 PVs have ids chosen by the admin, never ours.
             Err(crate::volume::IdError::Foreign) => s3::stats(&path),
             _ => home::stats(self, id, &path),
         }
+    }
+
+    /// Whether volume `id` is published at `path`: a recorded target of its
+    /// FUSE server (a home's layer, or a bucket server for a static S3 PV;
+    /// dead or alive: its condition says which), or a bind of its home.
+    fn published_at(&self, id: &str, path: &Path) -> Result<bool> {
+        let servers = self.inner.servers.status()?;
+        let owner = servers
+            .iter()
+            .find(|s| s.targets.iter().any(|t| t == path))
+            .map(|s| s.id.clone());
+        let vol = match crate::volume::HomeVolume::parse_id(id) {
+            // A bucket server's ids name the bucket and identity, not the PV.
+            Err(crate::volume::IdError::Foreign) => {
+                return Ok(owner.is_some_and(|o| !home::is_server_id(&o)))
+            }
+            Err(e) => return Err(e.into()),
+            Ok(vol) => vol,
+        };
+        if let Some(o) = owner {
+            return Ok(o == home::server_id(id));
+        }
+        let Some(shown) = self.inner.mounts.mounted_at(path)? else {
+            return Ok(false);
+        };
+        let Ok(root) = self.inner.shares.root(&vol.backend, "") else {
+            // The share is not reachable: a mount is there, assume it is this one.
+            return Ok(true);
+        };
+        let want = self.inner.mounts.bind_identity(&vol.home_dir(&root))?;
+        Ok(shown.device == want.device && shown.root == want.root)
     }
 
     /// Unmounts everything stacked on `path` (a retried publish can leave two).

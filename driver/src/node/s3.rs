@@ -265,12 +265,6 @@ pub(super) fn publish(
 
 /// Condition of an S3 publication: usage is not meaningful for a bucket.
 pub(super) fn stats(path: &Path) -> Result<NodeGetVolumeStatsResponse> {
-    if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-        return Err(DriverError::NotFound(format!(
-            "volume path {} does not exist",
-            path.display()
-        )));
-    }
     let message = match nix::sys::statvfs::statvfs(path) {
         // ECONNABORTED while the kernel tears the connection down, ENOTCONN after.
         Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED) => Some(

@@ -452,11 +452,66 @@ fn stats_of_missing_or_unmounted_paths() {
         volume_path: t.display().to_string(),
         ..Default::default()
     };
-    let s = e.node.volume_stats(r).unwrap();
-    let c = s.volume_condition.unwrap();
-    assert!(c.abnormal);
-    assert!(c.message.contains("not mounted"), "{}", c.message);
+    // A directory where the volume was never published is not the volume.
+    let e2 = e.node.volume_stats(r).unwrap_err();
+    assert_eq!(code(e2), Code::NotFound);
     let _ = Path::new("");
+}
+
+/// csi-sanity's NodeGetVolumeStats cases (pkg/sanity/node.go), reproduced:
+/// no id or no path is INVALID_ARGUMENT; an unknown volume at `some/path`,
+/// a published volume at `some/path` (relative) or at another volume's
+/// target is NOT_FOUND; the published volume at its target answers.
+#[test]
+fn stats_answer_not_found_for_any_path_that_is_not_a_publication_of_the_volume() {
+    let e = env();
+    let stats = |id: &str, path: &str| {
+        e.node.volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            ..Default::default()
+        })
+    };
+    assert_eq!(
+        code(stats("", "some/path").unwrap_err()),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(stats(&e.vol.id(), "").unwrap_err()),
+        Code::InvalidArgument
+    );
+    // "should fail when volume is not found"
+    let unknown = stats("id", "some/path").unwrap_err();
+    assert_eq!(code(unknown), Code::NotFound);
+    e.node.stage(e.stage_req()).unwrap();
+    e.node.publish(e.publish_req("p")).unwrap();
+    let target = e.target("p").display().to_string();
+    // "should fail when volume does not exist on the specified path"
+    let relative = stats(&e.vol.id(), "some/path").unwrap_err();
+    assert_eq!(code(relative), Code::NotFound);
+    for path in ["/", "/tmp", "some/../../path", "./p"] {
+        assert_eq!(
+            code(stats(&e.vol.id(), path).unwrap_err()),
+            Code::NotFound,
+            "{path}"
+        );
+    }
+    // Another volume's id (another home, a static S3 PV) at this target.
+    let other = crate::volume::HomeVolume {
+        user: UserKey::new("bob").unwrap(),
+        ..e.vol.clone()
+    };
+    assert_eq!(
+        code(stats(&other.id(), &target).unwrap_err()),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(stats("static-s3-pv", &target).unwrap_err()),
+        Code::NotFound
+    );
+    // "should be possible to get node volume stats"
+    let ok = stats(&e.vol.id(), &target).unwrap();
+    assert!(ok.volume_condition.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]
