@@ -275,6 +275,9 @@ pub struct HubfsMount {
     child: Option<Child>,
     pub path: PathBuf,
     _dir: tempfile::TempDir,
+    /// How it was started: the command's arguments and credentials.
+    args: Vec<String>,
+    credentials: (String, String),
 }
 
 impl HubfsMount {
@@ -284,37 +287,60 @@ impl HubfsMount {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");
+        let mut args: Vec<String> = ["mount", "s3", "--foreground", "--force-path-style"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(["--endpoint-url", endpoint, "--region", &g.region].map(String::from));
+        args.extend(flags.iter().chain(sources).map(|a| a.to_string()));
+        let mut m = HubfsMount {
+            child: None,
+            path,
+            _dir: dir,
+            args,
+            credentials: (g.access_key.clone(), g.secret_key.clone()),
+        };
+        m.spawn();
+        m
+    }
+
+    /// Runs the server and waits until the mount answers.
+    fn spawn(&mut self) {
         let child = Command::new(hubfs_binary())
-            .args(["mount", "s3", "--foreground", "--force-path-style"])
-            .args(["--endpoint-url", endpoint, "--region", &g.region])
-            .args(flags)
-            .args(sources)
-            .arg(&path)
-            .env("AWS_ACCESS_KEY_ID", &g.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
+            .args(&self.args)
+            .arg(&self.path)
+            .env("AWS_ACCESS_KEY_ID", &self.credentials.0)
+            .env("AWS_SECRET_ACCESS_KEY", &self.credentials.1)
             .env_remove("AWS_PROFILE")
             .env("HUBFS_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
             .expect("run hubfs mount s3");
-        let mut m = HubfsMount {
-            child: Some(child),
-            path,
-            _dir: dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if hubfs_fuse::s3::session::probe(&m.path)
+            if hubfs_fuse::s3::session::probe(&self.path)
                 == hubfs_fuse::s3::session::MountState::Healthy
             {
-                return m;
+                return;
             }
-            if let Some(Ok(Some(status))) = m.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("hubfs mount exited early with {status}");
             }
             assert!(Instant::now() < deadline, "mount did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A restart as a crash makes one: SIGKILL, the dead mount detached,
+    /// and a fresh server with the same flags on the same mountpoint.
+    pub fn restart(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL the server");
+        child.wait().expect("reap the server");
+        nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH)
+            .expect("detach the dead mount");
+        self.spawn();
     }
 
     /// The FUSE process id.

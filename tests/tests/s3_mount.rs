@@ -757,8 +757,9 @@ fn s3_mount_a_class_of_readers_fetches_the_object_once() {
 
 /// The local-disk data cache against real Garage and a real mount: a second
 /// reader, after the kernel's page cache is dropped, gets the bytes from the
-/// node's disk (no GetObject reaches Garage), and a replaced object is read
-/// new (its new ETag misses), never stale.
+/// node's disk (no GetObject reaches Garage); so does a reader after the
+/// server was killed (SIGKILL) and started again with the same flags; a
+/// replaced object is read new (its new ETag misses), never stale.
 #[test]
 fn s3_mount_data_cache_serves_a_second_reader_and_never_a_stale_object() {
     let g = Garage::start("cached");
@@ -773,7 +774,7 @@ fn s3_mount_data_cache_serves_a_second_reader_and_never_a_stale_object() {
     ));
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().join("c");
-    let m = HubfsMount::start(
+    let mut m = HubfsMount::start(
         &g,
         &g.endpoint,
         &[
@@ -820,6 +821,15 @@ fn s3_mount_data_cache_serves_a_second_reader_and_never_a_stale_object() {
         g.s3_requests("GetObject"),
         gets1,
         "another reader, page cache dropped: served from the data cache"
+    );
+    // The server crashes and starts again: the cache it left is served.
+    m.restart();
+    drop_page_cache();
+    assert_eq!(sha_file(&m.path.join("set.bin")), sha(&v1));
+    assert_eq!(
+        g.s3_requests("GetObject"),
+        gets1,
+        "after a restart, the warm cache costs no GET"
     );
     // Replaced in S3: the next open sees the new ETag and never the old bytes.
     rt.block_on(put_many(

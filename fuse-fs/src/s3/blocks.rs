@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::watch;
 
+use super::cache::DiskCache;
 use super::error::ObjectError;
 use super::memory::{MemoryLimiter, Reservation};
 use super::metrics::S3Metrics;
@@ -55,6 +56,14 @@ pub struct ObjectVersion {
 /// Bytes of an object range as a list of shared slices (no copy made).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pieces(Vec<Bytes>);
+
+impl From<Bytes> for Pieces {
+    fn from(b: Bytes) -> Self {
+        let mut p = Pieces::default();
+        p.push(b);
+        p
+    }
+}
 
 impl Pieces {
     pub fn len(&self) -> usize {
@@ -214,6 +223,8 @@ type Objects = HashMap<Arc<VersionId>, Entry>;
 /// The blocks of every object version being read on the mount.
 pub struct Blocks<S> {
     store: Arc<S>,
+    /// Looked in before S3, filled from it (see [`super::cache`]).
+    disk: Option<Arc<DiskCache>>,
     limiter: Arc<MemoryLimiter>,
     cfg: BlockConfig,
     objects: Mutex<Objects>,
@@ -234,6 +245,22 @@ impl<S> Blocks<S> {
         cfg: BlockConfig,
         metrics: Arc<S3Metrics>,
     ) -> Arc<Self> {
+        Self::with_disk(store, None, limiter, cfg, metrics)
+    }
+
+    /// As [`Self::new`], with a disk cache (of the same block size) under
+    /// the blocks.
+    pub fn with_disk(
+        store: Arc<S>,
+        disk: Option<Arc<DiskCache>>,
+        limiter: Arc<MemoryLimiter>,
+        cfg: BlockConfig,
+        metrics: Arc<S3Metrics>,
+    ) -> Arc<Self> {
+        let cfg = BlockConfig {
+            block_size: disk.as_ref().map_or(cfg.block_size, |d| d.block_size()),
+            ..cfg
+        };
         let cfg = BlockConfig {
             block_size: cfg.block_size.max(1),
             part_size: cfg.part_size.max(1),
@@ -241,6 +268,7 @@ impl<S> Blocks<S> {
         };
         Arc::new(Self {
             store,
+            disk,
             limiter,
             cfg,
             objects: Mutex::new(HashMap::new()),
@@ -452,26 +480,80 @@ impl<S: ObjectStore> Blocks<S> {
         out
     }
 
-    /// Fetches `job` (consecutive blocks) with one ranged GET, handing each
-    /// block to its waiters as soon as it is complete.
+    /// Fetches `job` (consecutive blocks): from the disk cache what is
+    /// there, the rest with one ranged GET per run of missing blocks.
     async fn fetch(self: Arc<Self>, version: Arc<VersionId>, job: Vec<Arc<Block>>) {
-        let range = job[0].range.start..job[job.len() - 1].range.end;
+        let missing = match (&self.disk, &version.object.etag) {
+            (Some(disk), Some(_)) => {
+                let (disk, v, j) = (disk.clone(), version.clone(), job.clone());
+                let bs = self.cfg.block_size;
+                // Each block found is handed over as soon as it is read.
+                let found = tokio::task::spawn_blocking(move || {
+                    j.iter()
+                        .map(
+                            |b| match disk.read(&v.object, b.range.start / bs, b.len()) {
+                                Some(data) => {
+                                    b.finish(State::Ready(data.into()));
+                                    true
+                                }
+                                None => false,
+                            },
+                        )
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_else(|_| vec![false; job.len()]);
+                self.metrics
+                    .cache_misses
+                    .inc_by(found.iter().filter(|f| !**f).count() as u64);
+                let mut runs: Vec<Vec<Arc<Block>>> = Vec::new();
+                let mut last_found = true;
+                for (b, hit) in job.into_iter().zip(found) {
+                    if !hit {
+                        if last_found {
+                            runs.push(Vec::new());
+                        }
+                        runs.last_mut().expect("a run").push(b);
+                    }
+                    last_found = hit;
+                }
+                runs
+            }
+            _ => vec![job],
+        };
+        futures::future::join_all(missing.into_iter().map(|run| self.get(&version, run))).await;
+        self.collect(&version);
+    }
+
+    /// Fetches `run` (consecutive blocks) with one ranged GET, handing each
+    /// block to its waiters as soon as it is complete (and to the disk
+    /// cache, off their path).
+    async fn get(&self, version: &Arc<VersionId>, run: Vec<Arc<Block>>) {
+        let range = run[0].range.start..run[run.len() - 1].range.end;
+        let object = &version.object;
+        let keep = self.disk.as_ref().filter(|_| object.etag.is_some());
         let mut next = 0usize;
         let mut filling = Pieces::default();
         let mut filled = 0u64;
         let result = fetch_range(
             &*self.store,
-            &version.object,
+            object,
             range,
             self.cfg.max_attempts,
             |mut chunk| {
-                while !chunk.is_empty() && next < job.len() {
-                    let want = (job[next].len() - filled) as usize;
+                while !chunk.is_empty() && next < run.len() {
+                    let want = (run[next].len() - filled) as usize;
                     let piece = chunk.split_to(want.min(chunk.len()));
                     filled += piece.len() as u64;
                     filling.push(piece);
-                    if filled == job[next].len() {
-                        job[next].finish(State::Ready(std::mem::take(&mut filling)));
+                    if filled == run[next].len() {
+                        let data = std::mem::take(&mut filling);
+                        if let Some(disk) = keep {
+                            let (disk, v, d) = (disk.clone(), version.clone(), data.clone());
+                            let block = run[next].range.start / self.cfg.block_size;
+                            tokio::task::spawn_blocking(move || disk.write(&v.object, block, &d));
+                        }
+                        run[next].finish(State::Ready(data));
                         next += 1;
                         filled = 0;
                     }
@@ -483,16 +565,16 @@ impl<S: ObjectStore> Blocks<S> {
             Ok(()) => {
                 // A short body: the object shrank under a reader of unknown
                 // version; the rest of it is what exists (nothing).
-                for b in &job[next..] {
+                for b in &run[next..] {
                     b.finish(State::Ready(std::mem::take(&mut filling)));
                 }
             }
             Err(e) => {
                 let mut objects = self.objects.lock();
-                for b in &job[next..] {
+                for b in &run[next..] {
                     b.finish(State::Failed(e.clone()));
                     // Out of the map, so that the next reader asks again.
-                    if let Some(entry) = objects.get_mut(&version) {
+                    if let Some(entry) = objects.get_mut(version) {
                         let index = b.range.start / self.cfg.block_size;
                         if entry.blocks.get(&index).is_some_and(|m| Arc::ptr_eq(m, b)) {
                             entry.blocks.remove(&index);
@@ -501,8 +583,6 @@ impl<S: ObjectStore> Blocks<S> {
                 }
             }
         }
-        drop(job);
-        self.collect(&version);
     }
 }
 
@@ -548,6 +628,40 @@ impl<S> Reader<S> {
 }
 
 impl<S: ObjectStore> Reader<S> {
+    /// `range` for this reader alone (a random read no block in memory
+    /// covers): from the disk cache if it holds every block of it, else
+    /// one GET of exactly the range, not kept.
+    pub async fn scattered(&self, range: Range<u64>) -> Result<Pieces, ObjectError> {
+        let object = &self.version.object;
+        if let (Some(disk), Some(_), false) = (&self.blocks.disk, &object.etag, range.is_empty()) {
+            let (disk, v, bs) = (disk.clone(), self.version.clone(), self.block_size());
+            let r = range.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                let mut all = Pieces::default();
+                for block in r.start / bs..=(r.end - 1) / bs {
+                    let start = block * bs;
+                    let len = bs.min(v.object.size - start);
+                    all.push(disk.read(&v.object, block, len)?);
+                }
+                let from = (r.start - r.start / bs * bs) as usize;
+                Some(all.slice(from, from + (r.end - r.start) as usize))
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(p) = found {
+                return Ok(p);
+            }
+        }
+        fetch_part(
+            &*self.blocks.store,
+            object,
+            range,
+            self.blocks.cfg.max_attempts,
+        )
+        .await
+    }
+
     /// The blocks `indices` (up to the object's end), fetching the missing
     /// ones; read-ahead (`urgent` false) stops where memory runs out.
     pub fn acquire(&self, indices: Range<u64>, urgent: bool) -> Vec<Arc<Block>> {

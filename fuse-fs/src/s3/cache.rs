@@ -1,48 +1,57 @@
-//! A bounded local-disk cache of object data, shared by every reader of a
-//! mount.
+//! A bounded local-disk cache of object data that outlives the server:
+//! restarts, crashes and takeovers keep a class's warm dataset.
 //!
-//! Fifty notebooks on a node reading one course dataset share the mount and
-//! so its page cache; once the kernel drops those pages, this cache lets the
-//! next reader get the bytes from local disk instead of S3.
+//! Fifty notebooks on a node reading one course dataset share the mount,
+//! its [shared blocks](super::blocks) and its page cache; once the kernel
+//! drops those pages, or the server is restarted or upgraded, this cache
+//! lets the next reader get the bytes from local disk instead of S3.
 //!
-//! [`CachedStore`] wraps the store: a ranged GET of a known version (an
-//! ETag) is served from the cache when every byte of it is there, and
-//! otherwise goes to S3 while the blocks it covers are written to the cache
-//! on the way to the reader. Blocks are keyed by bucket, key **and ETag**, so
-//! a replaced object is never served stale: its new ETag misses, and its old
-//! blocks are never read again and age out. A GET without an ETag bypasses
-//! the cache. Each block file starts with a header naming bucket, key, ETag
-//! and block number, checked on every read, so neither a hash collision nor
-//! a damaged file can serve the wrong bytes (a bad file is a miss and is
-//! removed). Files are written whole and renamed into place.
+//! The shared blocks use it: a block of a known version (an ETag) is looked
+//! for here before it is fetched, and every block fetched whole from S3 is
+//! written here off the reader's path. One file per block, named by a
+//! digest of bucket, key, ETag and size and the block's number, written
+//! whole under a temporary name and renamed into place. Each file starts
+//! with a header naming bucket, key, ETag, object size, block size, block
+//! number and data length, and a CRC-32 of the data; a read checks all of
+//! it against what it asked for and the file's length, so a torn file (a
+//! crash before its data reached the disk), a damaged one, or one claiming
+//! another version (a digest collision, a file put there by hand) is a
+//! miss, removed and never served. A replaced object has a new ETag, so it
+//! misses and is fetched new; its old blocks are never read again and age
+//! out. Objects without a known ETag are not cached.
 //!
-//! The cache holds at most `max_bytes` of data; least recently used blocks
-//! are evicted first. It starts empty (whatever an earlier mount left in the
-//! directory is removed), so it is valid exactly as long as the mount. It
-//! is not shared between mounts: whoever starts mounts gives each bucket,
-//! prefix and identity its own directory, so one identity's data never
-//! reaches a reader of another.
+//! What an earlier server left in the directory is kept: at start the
+//! directory is scanned (names and sizes only — checking every block there
+//! would read the whole cache; each block is checked when read), files of
+//! an older format and temporary files older than a minute (a server that
+//! died mid-write; a server being taken over may still be writing fresh
+//! ones) are removed, anything else that is not a block file is left alone
+//! and not counted, and least recently used blocks (by file time, which a
+//! hit refreshes) are evicted until the cache fits `max_bytes` again. Two
+//! servers may share the directory for the moments of a takeover: writes
+//! are atomic renames, a block one of them evicts is only a miss to the
+//! other.
+//!
+//! The cache is not shared between identities: whoever starts servers gives
+//! each bucket, prefix and identity its own directory, so one identity's
+//! data never reaches a reader of another. Nothing here needs root: files
+//! are created 0600 by whoever the server runs as, in a directory it owns.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
-use std::io::{self, Write};
-use std::ops::Range;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 
-use super::error::ObjectError;
-use super::layer::{Get, Layer, Layered};
+use super::blocks::{ObjectVersion, Pieces};
 use super::metrics::S3Metrics;
-use super::store::{ByteStream, ObjectStore};
-
-/// Bytes per cache block: the unit kept, evicted and checked. A divisor of
-/// the prefetcher's part sizes, so sequential reads fill whole blocks.
-pub const BLOCK_SIZE: u64 = 1 << 20;
 
 /// Where and how much.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,36 +60,70 @@ pub struct CacheOptions {
     pub max_bytes: u64,
 }
 
-/// One object version.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Version<'a> {
-    bucket: &'a str,
-    key: &'a str,
-    etag: &'a str,
+/// The first bytes of every block file of this format.
+const MAGIC: &[u8] = b"hubfs-cache-v2\0";
+
+/// Temporary files older than this belong to a writer that is gone.
+const STALE_TMP: Duration = Duration::from_secs(60);
+
+/// One block of one version, as a file: its name and header.
+struct BlockFile {
+    name: String,
+    header: Vec<u8>,
 }
 
-impl Version<'_> {
-    /// The header every block file of this version starts with.
-    fn header(&self, block: u64) -> Vec<u8> {
-        let mut h = b"hubfs-cache-v1\0".to_vec();
-        for part in [self.bucket, self.key, self.etag] {
-            h.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            h.extend_from_slice(part.as_bytes());
+impl BlockFile {
+    /// `None` for a version without an ETag (never cached).
+    fn of(v: &ObjectVersion, block_size: u64, block: u64, len: u64) -> Option<Self> {
+        let etag = v.etag.as_deref()?;
+        let mut digest = Sha256::new();
+        for part in [v.bucket.as_bytes(), v.key.as_bytes(), etag.as_bytes()] {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
         }
-        h.extend_from_slice(&block.to_le_bytes());
-        h
+        digest.update(v.size.to_le_bytes());
+        let hex: String = digest.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut header = MAGIC.to_vec();
+        for part in [v.bucket.as_bytes(), v.key.as_bytes(), etag.as_bytes()] {
+            header.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            header.extend_from_slice(part);
+        }
+        for n in [v.size, block_size, block, len] {
+            header.extend_from_slice(&n.to_le_bytes());
+        }
+        Some(BlockFile {
+            name: format!("{hex}-{block}"),
+            header,
+        })
     }
+}
 
-    fn file_name(&self, block: u64) -> String {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut hasher);
-        format!("{:016x}-{block}", hasher.finish())
-    }
+/// Whether `name` is a block file's name: 32 hex digits, `-`, a number.
+fn is_block_name(name: &str) -> bool {
+    name.split_once('-').is_some_and(|(hex, n)| {
+        hex.len() == 32
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Whether `name` is a block file of the first format (16 hex digits),
+/// which servers emptied at every start and this one removes.
+fn is_old_format(name: &str) -> bool {
+    name.split_once('-').is_some_and(|(hex, n)| {
+        hex.len() == 16
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 #[derive(Debug, Default)]
 struct Index {
-    /// File name -> (data bytes, last use).
+    /// File name -> (bytes on disk, last use).
     blocks: HashMap<String, (u64, u64)>,
     /// Last use -> file name, oldest first.
     by_use: BTreeMap<u64, String>,
@@ -89,21 +132,12 @@ struct Index {
 }
 
 impl Index {
-    fn touch(&mut self, name: &str) {
+    /// Records a use of `name` (of `len` bytes), adding it if new.
+    fn touch(&mut self, name: &str, len: u64) {
+        self.remove(name);
         self.tick += 1;
-        let tick = self.tick;
-        if let Some((_, used)) = self.blocks.get_mut(name) {
-            self.by_use.remove(used);
-            *used = tick;
-            self.by_use.insert(tick, name.to_string());
-        }
-    }
-
-    fn insert(&mut self, name: String, len: u64) {
-        self.remove(&name);
-        self.tick += 1;
-        self.by_use.insert(self.tick, name.clone());
-        self.blocks.insert(name, (len, self.tick));
+        self.by_use.insert(self.tick, name.to_string());
+        self.blocks.insert(name.to_string(), (len, self.tick));
         self.bytes += len;
     }
 
@@ -131,38 +165,107 @@ impl Index {
 pub struct DiskCache {
     dir: PathBuf,
     max_bytes: u64,
+    block_size: u64,
     index: Mutex<Index>,
+    next_tmp: AtomicU64,
     metrics: Arc<S3Metrics>,
 }
 
 impl DiskCache {
-    /// Opens (creates) the directory and empties it.
-    pub fn new(opts: &CacheOptions, metrics: Arc<S3Metrics>) -> io::Result<Arc<Self>> {
-        if opts.max_bytes < BLOCK_SIZE {
+    /// Opens (creates, 0700) the directory with blocks of `block_size`
+    /// bytes, keeping the blocks an earlier server left there (see the
+    /// module doc).
+    pub fn open(
+        opts: &CacheOptions,
+        block_size: u64,
+        metrics: Arc<S3Metrics>,
+    ) -> io::Result<Arc<Self>> {
+        if opts.max_bytes < block_size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("a cache needs at least {BLOCK_SIZE} bytes"),
+                format!("a cache needs at least {block_size} bytes"),
             ));
         }
-        std::fs::create_dir_all(&opts.dir)?;
-        for entry in std::fs::read_dir(&opts.dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path)?;
-            } else {
-                std::fs::remove_file(&path)?;
-            }
-        }
-        metrics.cache_bytes.set(0);
-        Ok(Arc::new(Self {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.dir)?;
+        let cache = Arc::new(Self {
             dir: opts.dir.clone(),
             max_bytes: opts.max_bytes,
+            block_size,
             index: Mutex::new(Index::default()),
+            next_tmp: AtomicU64::new(0),
             metrics,
-        }))
+        });
+        cache.scan()?;
+        Ok(cache)
     }
 
-    /// Bytes of data held now.
+    /// Indexes the block files in the directory, oldest use first, removes
+    /// what is known to be dead, and evicts down to the limit.
+    fn scan(&self) -> io::Result<()> {
+        let now = SystemTime::now();
+        let mut found = Vec::new();
+        let (mut removed, mut unknown) = (0usize, 0usize);
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // Not followed: a link is never a block file.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            let dead = meta.is_file()
+                && (is_old_format(&name)
+                    || (name.starts_with('.') && name.ends_with(".tmp") && age > STALE_TMP));
+            if dead {
+                removed += std::fs::remove_file(entry.path()).is_ok() as usize;
+            } else if meta.is_file() && is_block_name(&name) {
+                found.push((
+                    meta.modified().unwrap_or(now),
+                    name.into_owned(),
+                    meta.len(),
+                ));
+            } else if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                unknown += 1;
+            }
+        }
+        found.sort();
+        let kept = found.len();
+        {
+            let mut index = self.index.lock();
+            for (_, name, len) in found {
+                index.touch(&name, len);
+            }
+        }
+        let evicted = self.evict();
+        if unknown > 0 {
+            tracing::warn!(dir = %self.dir.display(), unknown, "the data cache directory holds files that are not cache blocks; they are left alone and not counted");
+        }
+        tracing::info!(dir = %self.dir.display(), blocks = kept - evicted, bytes = self.bytes(), removed, evicted, "data cache opened");
+        Ok(())
+    }
+
+    /// Evicts least recently used blocks until the cache fits; how many went.
+    fn evict(&self) -> usize {
+        let mut index = self.index.lock();
+        let mut n = 0;
+        while let Some(victim) = index.victim(self.max_bytes) {
+            index.remove(&victim);
+            let _ = std::fs::remove_file(self.dir.join(&victim));
+            n += 1;
+        }
+        self.metrics.cache_bytes.set(index.bytes as i64);
+        n
+    }
+
+    /// Bytes of block files held now.
     pub fn bytes(&self) -> u64 {
         self.index.lock().bytes
     }
@@ -171,201 +274,110 @@ impl DiskCache {
         &self.dir
     }
 
-    /// Reads `range` of one version if every byte of it is cached.
-    fn read(&self, v: &Version<'_>, range: &Range<u64>) -> Option<Vec<Bytes>> {
-        let mut out = Vec::new();
-        let first = range.start / BLOCK_SIZE;
-        let last = (range.end - 1) / BLOCK_SIZE;
-        for block in first..=last {
-            let name = v.file_name(block);
-            let base = block * BLOCK_SIZE;
-            let want_end = (range.end - base).min(BLOCK_SIZE) as usize;
-            if !self.index.lock().blocks.contains_key(&name) {
-                return None;
-            }
-            let data = match self.read_block(v, block, &name) {
-                Some(d) if d.len() >= want_end => d,
-                _ => return None,
-            };
-            self.index.lock().touch(&name);
-            let from = range.start.saturating_sub(base) as usize;
-            out.push(data.slice(from..want_end));
-        }
-        Some(out)
+    pub fn block_size(&self) -> u64 {
+        self.block_size
     }
 
-    fn read_block(&self, v: &Version<'_>, block: u64, name: &str) -> Option<Bytes> {
-        let header = v.header(block);
-        match std::fs::read(self.dir.join(name)) {
-            Ok(raw) if raw.starts_with(&header) => Some(Bytes::from(raw).slice(header.len()..)),
-            _ => {
-                // Gone or not what it claims to be: a miss, and out it goes.
-                self.forget(name);
+    /// Block `block` (of `len` bytes) of version `v`, if a file holds
+    /// exactly it. Anything else found under its name is removed.
+    pub fn read(&self, v: &ObjectVersion, block: u64, len: u64) -> Option<Bytes> {
+        let file = BlockFile::of(v, self.block_size, block, len)?;
+        let path = self.dir.join(&file.name);
+        let checked = (|| -> io::Result<Option<(Bytes, u64)>> {
+            let mut f = File::open(&path)?;
+            let total = file.header.len() as u64 + 4 + len;
+            if f.metadata()?.len() != total {
+                return Ok(None);
+            }
+            let mut raw = vec![0u8; total as usize];
+            f.read_exact(&mut raw)?;
+            let (head, rest) = raw.split_at(file.header.len());
+            if head != file.header {
+                return Ok(None);
+            }
+            let crc = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            if crc32fast::hash(&rest[4..]) != crc {
+                return Ok(None);
+            }
+            // A hit is a use: the next server's scan orders by file time.
+            let _ = f.set_modified(SystemTime::now());
+            let data = Bytes::from(raw).slice(file.header.len() + 4..);
+            Ok(Some((data, total)))
+        })();
+        match checked {
+            Ok(Some((data, total))) => {
+                self.index.lock().touch(&file.name, total);
+                self.metrics.cache_hits.inc();
+                self.metrics.cache_hit_bytes.inc_by(len);
+                Some(data)
+            }
+            Ok(None) => {
+                tracing::warn!(file = %path.display(), "dropping a torn, damaged or foreign data cache block");
+                self.remove(&file.name);
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.index.lock().remove(&file.name);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(file = %path.display(), error = %e, "data cache block unreadable");
+                self.remove(&file.name);
                 None
             }
         }
     }
 
-    fn forget(&self, name: &str) {
-        if self.index.lock().remove(name) {
-            let _ = std::fs::remove_file(self.dir.join(name));
-        }
-        self.metrics.cache_bytes.set(self.bytes() as i64);
+    fn remove(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.join(name));
+        let mut index = self.index.lock();
+        index.remove(name);
+        self.metrics.cache_bytes.set(index.bytes as i64);
     }
 
-    /// Stores one block (written whole, renamed into place), then evicts
-    /// least recently used blocks until the cache fits again.
-    fn write(&self, v: &Version<'_>, block: u64, data: &[u8]) {
-        let name = v.file_name(block);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
+    /// Stores block `block` of version `v` (written whole, renamed into
+    /// place), then evicts least recently used blocks until the cache fits
+    /// again. A failed write is only a miss later.
+    pub fn write(&self, v: &ObjectVersion, block: u64, data: &Pieces) {
+        let len = data.len() as u64;
+        let Some(file) = BlockFile::of(v, self.block_size, block, len) else {
+            return;
+        };
+        let tmp = self.dir.join(format!(
+            ".{}.{}.{}.tmp",
+            file.name,
+            std::process::id(),
+            self.next_tmp.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut crc = crc32fast::Hasher::new();
+        for s in data.slices() {
+            crc.update(s);
+        }
+        let mut head = file.header;
+        head.extend_from_slice(&crc.finalize().to_le_bytes());
+        let total = head.len() as u64 + len;
         let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&v.header(block))?;
-            f.write_all(data)?;
-            std::fs::rename(&tmp, self.dir.join(&name))
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&head)?;
+            for s in data.slices() {
+                f.write_all(s)?;
+            }
+            std::fs::rename(&tmp, self.dir.join(&file.name))
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the data cache");
             return;
         }
-        let mut index = self.index.lock();
-        index.insert(name, data.len() as u64);
-        while let Some(victim) = index.victim(self.max_bytes) {
-            index.remove(&victim);
-            let _ = std::fs::remove_file(self.dir.join(&victim));
-        }
-        self.metrics.cache_bytes.set(index.bytes as i64);
+        self.index.lock().touch(&file.name, total);
+        self.evict();
         // Counted once the block is in and the cache fits again, so a reader
         // of the metric (or a test) sees each fill complete.
-        self.metrics.cache_fill_bytes.inc_by(data.len() as u64);
-    }
-}
-
-/// The layer that serves versioned GETs from a [`DiskCache`] (if there is
-/// one); every other request passes untouched.
-#[derive(Debug)]
-pub struct Cached(Option<Arc<DiskCache>>);
-
-/// A store whose versioned GETs go through a [`DiskCache`] (if there is one).
-pub type CachedStore<S> = Layered<S, Cached>;
-
-impl<S> CachedStore<S> {
-    pub fn new(inner: S, cache: Option<Arc<DiskCache>>) -> Self {
-        Layered::with_layer(inner, Cached(cache))
-    }
-}
-
-/// Owned copy of a [`Version`], for the tee task.
-#[derive(Debug, Clone)]
-struct OwnedVersion {
-    bucket: String,
-    key: String,
-    etag: String,
-}
-
-impl OwnedVersion {
-    fn as_ref(&self) -> Version<'_> {
-        Version {
-            bucket: &self.bucket,
-            key: &self.key,
-            etag: &self.etag,
-        }
-    }
-}
-
-/// Passes a GET body through and writes every block it covers from the
-/// block's start (the first block of a range starting mid-block is not
-/// cached) to the cache, the last one possibly short.
-fn tee(cache: Arc<DiskCache>, v: OwnedVersion, range: Range<u64>, body: ByteStream) -> ByteStream {
-    struct State {
-        cache: Arc<DiskCache>,
-        v: OwnedVersion,
-        pos: u64,
-        end: u64,
-        block: BytesMut,
-        body: ByteStream,
-    }
-    let state = State {
-        cache,
-        v,
-        pos: range.start,
-        end: range.end,
-        block: BytesMut::new(),
-        body,
-    };
-    Box::pin(futures::stream::unfold(state, |mut st| async move {
-        let item = st.body.next().await?;
-        if let Ok(chunk) = &item {
-            let mut rest = &chunk[..];
-            while !rest.is_empty() {
-                let in_block = st.pos % BLOCK_SIZE;
-                let room = (BLOCK_SIZE - in_block) as usize;
-                let take = room.min(rest.len());
-                // A block is kept only if the range covers it from its start.
-                if in_block == 0 || !st.block.is_empty() {
-                    st.block.extend_from_slice(&rest[..take]);
-                }
-                st.pos += take as u64;
-                rest = &rest[take..];
-                let full = st.pos % BLOCK_SIZE == 0 || st.pos == st.end;
-                if full && !st.block.is_empty() {
-                    let data = std::mem::take(&mut st.block).freeze();
-                    let block = (st.pos - 1) / BLOCK_SIZE;
-                    let (cache, v) = (st.cache.clone(), st.v.clone());
-                    // Off the reader's path; a failed write is only a miss later.
-                    tokio::task::spawn_blocking(move || cache.write(&v.as_ref(), block, &data));
-                }
-            }
-        }
-        Some((item, st))
-    }))
-}
-
-#[async_trait]
-impl Layer for Cached {
-    async fn get_range<S: ObjectStore>(
-        &self,
-        inner: &S,
-        get: Get<'_>,
-    ) -> Result<ByteStream, ObjectError> {
-        let Get {
-            bucket,
-            key,
-            range,
-            etag,
-        } = get;
-        let (Some(cache), Some(etag)) = (&self.0, etag) else {
-            return inner.get_range(bucket, key, range, etag).await;
-        };
-        if range.start >= range.end {
-            return inner.get_range(bucket, key, range, Some(etag)).await;
-        }
-        let v = OwnedVersion {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            etag: etag.to_string(),
-        };
-        let hit = {
-            let (cache, v, range) = (cache.clone(), v.clone(), range.clone());
-            tokio::task::spawn_blocking(move || cache.read(&v.as_ref(), &range))
-                .await
-                .ok()
-                .flatten()
-        };
-        if let Some(pieces) = hit {
-            cache.metrics.cache_hits.inc();
-            cache
-                .metrics
-                .cache_hit_bytes
-                .inc_by(range.end - range.start);
-            return Ok(Box::pin(futures::stream::iter(pieces.into_iter().map(Ok))));
-        }
-        cache.metrics.cache_misses.inc();
-        let body = inner
-            .get_range(bucket, key, range.clone(), Some(etag))
-            .await?;
-        Ok(tee(cache.clone(), v, range, body))
+        self.metrics.cache_fill_bytes.inc_by(len);
     }
 }
 

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::blocks::{Blocks, ObjectVersion, Pieces};
+use super::cache::DiskCache;
 use super::error::{FsError, ObjectError};
 use super::inode::{Ino, Inode, InodeTable, Kind, Location, NewChild, Stat};
 use super::listing::{page_entries, valid_name, DirCache, DirEntry, Listing, NAME_MAX};
@@ -152,6 +153,8 @@ pub struct S3Fs<S> {
     limiter: Arc<MemoryLimiter>,
     /// The blocks every open file reads from (one fetch per block).
     blocks: Arc<Blocks<S>>,
+    /// The local-disk data cache under the blocks, if any.
+    disk: Option<Arc<DiskCache>>,
     metrics: Arc<S3Metrics>,
     started: SystemTime,
 }
@@ -222,6 +225,7 @@ impl<S: ObjectStore> S3Fs<S> {
             next_fh: AtomicU64::new(1),
             limiter,
             blocks,
+            disk: None,
             metrics,
             started: SystemTime::now(),
             cfg,
@@ -230,13 +234,24 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// Counts give-ups (and cache traffic) in these metrics, the mount's.
     pub fn with_metrics(mut self, metrics: Arc<S3Metrics>) -> Self {
-        self.blocks = Blocks::new(
+        self.metrics = metrics;
+        self.new_blocks()
+    }
+
+    /// Reads through a local-disk data cache (see [`super::cache`]).
+    pub fn with_data_cache(mut self, disk: Option<Arc<DiskCache>>) -> Self {
+        self.disk = disk;
+        self.new_blocks()
+    }
+
+    fn new_blocks(mut self) -> Self {
+        self.blocks = Blocks::with_disk(
             self.store.clone(),
+            self.disk.clone(),
             self.limiter.clone(),
             self.cfg.prefetch.blocks(),
-            metrics.clone(),
+            self.metrics.clone(),
         );
-        self.metrics = metrics;
         self
     }
 

@@ -1,8 +1,7 @@
 //! Wrappers around a store, with the forwarding written once.
 //!
-//! Counting requests ([`metrics`](super::metrics)), serving GETs from the
-//! local disk ([`cache`](super::cache)) and, in tests, failing requests on
-//! purpose (`faults`) all wrap another [`ObjectStore`]. Each is a [`Layer`]:
+//! Counting requests ([`metrics`](super::metrics)) and, in tests, failing
+//! requests on purpose (`faults`) both wrap another [`ObjectStore`]. Each is a [`Layer`]:
 //! what it does around one request, and, where it must, to a ranged GET as a
 //! whole. [`Layered`] is the one [`ObjectStore`] implementation that sends
 //! every call of the trait through a layer to the store beneath, so adding a

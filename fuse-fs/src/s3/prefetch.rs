@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::blocks::{fetch_part, Block, Pieces, Reader};
+use super::blocks::{Block, Pieces, Reader};
 use super::error::ObjectError;
 use super::memory::Reservation;
 use super::store::ObjectStore;
@@ -143,7 +143,18 @@ impl<S> Prefetcher<S> {
         }
     }
 
-    /// The index of the block after the held ones.
+    /// Whether `offset` is past the held blocks of a sequential reader, by
+    /// less than its window.
+    fn just_ahead(&self, offset: u64) -> bool {
+        match (self.held.front(), self.held_end()) {
+            (Some(f), Some(end)) => {
+                !self.random && f.range().start <= offset && offset < end + self.window
+            }
+            _ => false,
+        }
+    }
+
+    /// The offset right after the held blocks.
     fn held_end(&self) -> Option<u64> {
         self.held.back().map(|b| b.range().end)
     }
@@ -176,11 +187,17 @@ impl<S: ObjectStore> Prefetcher<S> {
         }
         let bs = self.block_size();
         if self.covers(offset) {
-            // Blocks wholly behind the reader are done, but the one just
-            // before is kept: kernel readahead may arrive slightly out of order.
-            while self.held.len() > 1 && self.held[1].range().end <= offset {
+            // Blocks wholly behind this read and the previous one are done,
+            // but the one just before is kept: kernel readahead may arrive
+            // slightly out of order.
+            let behind = offset.min(self.next_seq);
+            while self.held.len() > 1 && self.held[1].range().end <= behind {
                 self.held.pop_front();
             }
+        } else if self.just_ahead(offset) {
+            // Kernel readahead runs several reads at once, and one may
+            // arrive before those in front of it: the stream goes on (the
+            // blocks up to it are taken below), it is no random read.
         } else {
             self.held.clear();
             if !sequential {
@@ -223,13 +240,7 @@ impl<S: ObjectStore> Prefetcher<S> {
         self.scattered = None;
         let stop = (offset + (end - offset).max(self.cfg.random_read_size)).min(self.size);
         let memory = self.reader.blocks().limiter().reserve_forced(stop - offset);
-        let data = fetch_part(
-            &**self.reader.blocks().store(),
-            self.reader.object(),
-            offset..stop,
-            self.cfg.max_attempts,
-        )
-        .await?;
+        let data = self.reader.scattered(offset..stop).await?;
         let out = data.slice(0, (end - offset) as usize);
         self.scattered = Some(Scattered {
             range: offset..offset + data.len() as u64,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::cache::{CacheOptions, CachedStore, DiskCache};
+use super::cache::{CacheOptions, DiskCache};
 use super::confine;
 use super::fs::{BucketSource, FsConfig, S3Fs};
 use super::fuse::FuseAdapter;
@@ -339,20 +339,26 @@ pub fn run(
         metrics_listener,
         read_ahead,
     } = prepared;
-    // From here on a server being taken over is paused.
-    let adopted = old.map(takeover::request).transpose()?;
+    // What an earlier server cached is kept: it is indexed (as the user
+    // this server runs as, whose directory it is) before a server being
+    // taken over is paused.
     let cache = match &opts.cache {
-        Some(c) => Some(DiskCache::new(c, metrics.clone()).map_err(|e| {
-            SessionError::Invalid(format!("data cache at {}: {e}", c.dir.display()))
-        })?),
+        Some(c) => Some(
+            DiskCache::open(c, opts.prefetch.block_size, metrics.clone()).map_err(|e| {
+                SessionError::Invalid(format!("data cache at {}: {e}", c.dir.display()))
+            })?,
+        ),
         None => None,
     };
-    let store = Arc::new(CachedStore::new(s3, cache));
+    // From here on a server being taken over is paused.
+    let adopted = old.map(takeover::request).transpose()?;
+    let store = Arc::new(s3);
     let limiter =
         MemoryLimiter::with_gauge(opts.prefetch.max_memory, metrics.prefetch_bytes.clone());
     let mut fs = S3Fs::new(store, opts.fs_config(), limiter)
         .map_err(SessionError::Invalid)?
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_data_cache(cache);
     if let Some((_, state)) = &adopted {
         fs.adopt(state)?;
     }

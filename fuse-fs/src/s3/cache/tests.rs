@@ -1,40 +1,29 @@
-//! The data cache against the in-memory store: what is served from disk,
-//! what goes to S3, what is evicted, and that nothing stale or damaged is
-//! ever served.
+//! The data cache under the shared blocks, against the in-memory store:
+//! what is served from disk (also by a server started anew on the same
+//! directory), what goes to S3, what is evicted, and that nothing stale,
+//! torn, damaged or foreign is ever served.
 
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::s3::blocks::Blocks;
 use crate::s3::fake::MemStore;
-use crate::s3::store::{collect, Op};
+use crate::s3::memory::MemoryLimiter;
+use crate::s3::prefetch::{PrefetchConfig, Prefetcher};
+use crate::s3::store::{ObjectStore, Op};
 
-const MIB: u64 = 1 << 20;
+const KIB: u64 = 1 << 10;
+const BS: u64 = 64 * KIB;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    store: CachedStore<MemStore>,
-    cache: Arc<DiskCache>,
-    metrics: Arc<S3Metrics>,
-}
-
-fn fixture(max_bytes: u64) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let mem = MemStore::new();
-    mem.create_bucket("bkt");
-    let metrics = S3Metrics::new();
-    let cache = DiskCache::new(
-        &CacheOptions {
-            dir: dir.path().join("cache"),
-            max_bytes,
-        },
-        metrics.clone(),
-    )
-    .unwrap();
-    Fixture {
-        store: CachedStore::new(mem, Some(cache.clone())),
-        _dir: dir,
-        cache,
-        metrics,
+fn cfg() -> PrefetchConfig {
+    PrefetchConfig {
+        part_size: 256 * KIB,
+        initial_window: 64 * KIB,
+        max_window: 512 * KIB,
+        max_memory: 16 << 20,
+        random_read_size: 16 * KIB,
+        max_attempts: 3,
+        block_size: BS,
     }
 }
 
@@ -42,175 +31,304 @@ fn bytes(n: u64, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
 }
 
-/// Block writes happen off the reader's path. Waits until `n` bytes have been filled in (each fill counted once its
-/// block is stored and older ones evicted).
-fn wait_for_fills(f: &Fixture, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while f.metrics.cache_fill_bytes.get() != n {
-        assert!(
-            Instant::now() < deadline,
-            "fills stuck at {} bytes, want {n}",
-            f.metrics.cache_fill_bytes.get()
-        );
-        std::thread::sleep(Duration::from_millis(5));
+/// A bucket in memory and a cache directory; each [`Fixture::start`] is a
+/// server starting on them.
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Arc<MemStore>,
+}
+
+/// One server: its cache and blocks.
+struct Server {
+    cache: Arc<DiskCache>,
+    blocks: Arc<Blocks<MemStore>>,
+    metrics: Arc<S3Metrics>,
+}
+
+fn fixture() -> Fixture {
+    let mem = MemStore::new();
+    mem.create_bucket("bkt");
+    Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        store: Arc::new(mem),
     }
 }
 
-/// Block writes happen off the reader's path: wait until the cache holds `n` bytes.
-fn wait_for_bytes(cache: &DiskCache, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cache.bytes() != n {
-        assert!(
-            Instant::now() < deadline,
-            "cache holds {} bytes, expected {n}",
-            cache.bytes()
+impl Fixture {
+    fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn start(&self, max_bytes: u64) -> Server {
+        let metrics = S3Metrics::new();
+        let opts = CacheOptions {
+            dir: self.cache_dir(),
+            max_bytes,
+        };
+        let cache = DiskCache::open(&opts, BS, metrics.clone()).unwrap();
+        let c = cfg();
+        let blocks = Blocks::with_disk(
+            self.store.clone(),
+            Some(cache.clone()),
+            MemoryLimiter::new(c.max_memory),
+            c.blocks(),
+            metrics.clone(),
         );
-        std::thread::sleep(Duration::from_millis(5));
+        Server {
+            cache,
+            blocks,
+            metrics,
+        }
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> ObjectVersion {
+        self.store.insert("bkt", key, data.to_vec());
+        let etag = futures::executor::block_on(self.store.head("bkt", key))
+            .unwrap()
+            .etag;
+        ObjectVersion {
+            bucket: "bkt".into(),
+            key: key.into(),
+            size: data.len() as u64,
+            etag,
+        }
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.cache_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn block_path(&self, v: &ObjectVersion, block: u64) -> PathBuf {
+        let len = BS.min(v.size - block * BS);
+        self.cache_dir()
+            .join(BlockFile::of(v, BS, block, len).unwrap().name)
     }
 }
 
-async fn get(f: &Fixture, key: &str, range: Range<u64>, etag: Option<&str>) -> Vec<u8> {
-    collect(f.store.get_range("bkt", key, range, etag).await.unwrap())
-        .await
-        .unwrap()
-        .to_vec()
-}
+impl Server {
+    /// Reads `v` whole, sequentially, as one open file does.
+    async fn read_all(&self, v: &ObjectVersion) -> Vec<u8> {
+        let mut p = Prefetcher::new(self.blocks.register(v.clone()), cfg());
+        let mut out = Vec::new();
+        loop {
+            let b = p.read(out.len() as u64, 100 * KIB).await.unwrap();
+            if b.is_empty() {
+                return out;
+            }
+            out.extend_from_slice(&b);
+        }
+    }
 
-fn etag_of(f: &Fixture, key: &str) -> String {
-    futures::executor::block_on(f.store.inner().head("bkt", key))
-        .unwrap()
-        .etag
-        .unwrap()
+    /// Fetches let go of their blocks just after their reader got them:
+    /// waits until no block is in memory.
+    async fn released(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.blocks.resident() > 0 {
+            assert!(Instant::now() < deadline, "blocks stay in memory");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Block writes happen off the reader's path: waits until `n` bytes of
+    /// data have been filled in.
+    async fn filled(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metrics.cache_fill_bytes.get() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fills stuck at {} bytes, want {n}",
+                self.metrics.cache_fill_bytes.get()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_reader_gets_the_bytes_from_disk_not_s3() {
-    let f = fixture(64 * MIB);
-    let data = bytes(3 * MIB + 100, 7);
-    f.store.inner().insert("bkt", "big.bin", data.clone());
-    let etag = etag_of(&f, "big.bin");
-    // As the prefetcher reads: 1 MiB, then 2 MiB, then the rest.
-    let mut first = Vec::new();
-    for r in [0..MIB, MIB..3 * MIB, 3 * MIB..3 * MIB + 100] {
-        first.extend(get(&f, "big.bin", r, Some(&etag)).await);
-    }
-    assert_eq!(first, data);
-    assert_eq!(f.store.inner().count(Op::Get), 3);
-    wait_for_bytes(&f.cache, data.len() as u64);
-    f.store.inner().reset_counts();
-    // Another reader, other ranges: all from disk.
-    let second = get(&f, "big.bin", 0..data.len() as u64, Some(&etag)).await;
-    assert_eq!(second, data);
-    let middle = get(&f, "big.bin", MIB - 10..MIB + 10, Some(&etag)).await;
-    assert_eq!(middle, &data[(MIB - 10) as usize..(MIB + 10) as usize]);
-    assert_eq!(f.store.inner().count(Op::Get), 0, "no request reached S3");
-    assert_eq!(f.metrics.cache_hits.get(), 2);
-    assert_eq!(f.metrics.cache_misses.get(), 3);
-    assert_eq!(f.metrics.cache_hit_bytes.get(), data.len() as u64 + 20);
-    assert_eq!(f.metrics.cache_fill_bytes.get(), data.len() as u64);
-    assert_eq!(f.metrics.cache_bytes.get(), data.len() as i64);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_object_is_never_served_stale() {
-    let f = fixture(64 * MIB);
-    f.store.inner().insert("bkt", "f", bytes(MIB, 1));
-    let old = etag_of(&f, "f");
-    assert_eq!(get(&f, "f", 0..MIB, Some(&old)).await, bytes(MIB, 1));
-    wait_for_bytes(&f.cache, MIB);
-    f.store.inner().insert("bkt", "f", bytes(MIB, 2));
-    let new = etag_of(&f, "f");
-    assert_ne!(old, new);
-    f.store.inner().reset_counts();
-    assert_eq!(get(&f, "f", 0..MIB, Some(&new)).await, bytes(MIB, 2));
+    let f = fixture();
+    let data = bytes(10 * BS + 100, 7);
+    let v = f.put("big.bin", &data);
+    let s = f.start(16 << 20);
+    assert_eq!(s.read_all(&v).await, data);
+    s.filled(data.len() as u64).await;
+    assert_eq!(s.metrics.cache_misses.get(), 11);
+    f.store.reset_counts();
+    // Nothing is kept in memory once the first reader is gone: the second
+    // one reads the disk.
+    s.released().await;
+    assert_eq!(s.read_all(&v).await, data);
+    assert_eq!(f.store.count(Op::Get), 0, "no request reached S3");
+    assert_eq!(s.metrics.cache_hits.get(), 11);
+    assert_eq!(s.metrics.cache_hit_bytes.get(), data.len() as u64);
+    // So does a random read.
+    let mut p = Prefetcher::new(s.blocks.register(v.clone()), cfg());
+    let mid = p.read(5 * BS - 10, 20).await.unwrap();
     assert_eq!(
-        f.store.inner().count(Op::Get),
-        1,
-        "the new version comes from S3"
+        &mid[..],
+        &data[(5 * BS - 10) as usize..(5 * BS + 10) as usize]
     );
-    // A handle opened on the old version still reads that version whole
-    // from the cache (S3 itself would answer 412, ESTALE); every lookup
-    // after the metadata TTL sees the new ETag and so the new bytes.
-    assert_eq!(get(&f, "f", 0..MIB, Some(&old)).await, bytes(MIB, 1));
-    // Without an ETag the cache is bypassed.
-    f.store.inner().reset_counts();
-    assert_eq!(get(&f, "f", 0..MIB, None).await, bytes(MIB, 2));
-    assert_eq!(f.store.inner().count(Op::Get), 1);
+    assert_eq!(f.store.count(Op::Get), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_least_recently_used_blocks_are_evicted_at_the_limit() {
-    let f = fixture(2 * MIB);
-    f.store.inner().insert("bkt", "a", bytes(4 * MIB, 3));
-    let etag = etag_of(&f, "a");
-    for i in 0..4 {
-        get(&f, "a", i * MIB..(i + 1) * MIB, Some(&etag)).await;
-        wait_for_fills(&f, (i + 1) * MIB);
-        assert_eq!(f.cache.bytes(), ((i + 1) * MIB).min(2 * MIB));
-    }
-    let files = std::fs::read_dir(f.cache.dir()).unwrap().count();
-    assert_eq!(files, 2, "two blocks of 1 MiB fit in 2 MiB");
-    // The last two blocks are the ones kept.
-    f.store.inner().reset_counts();
-    get(&f, "a", 2 * MIB..4 * MIB, Some(&etag)).await;
-    assert_eq!(f.store.inner().count(Op::Get), 0);
-    get(&f, "a", 0..MIB, Some(&etag)).await;
-    assert_eq!(f.store.inner().count(Op::Get), 1);
+async fn a_restarted_server_serves_a_warm_cache_with_zero_gets() {
+    let f = fixture();
+    let data = bytes(12 * BS, 8);
+    let v = f.put("set.bin", &data);
+    let first = f.start(16 << 20);
+    assert_eq!(first.read_all(&v).await, data);
+    first.filled(data.len() as u64).await;
+    let held = first.cache.bytes();
+    drop(first);
+    // A fresh server (a restart, a crash, a takeover) on the same directory.
+    f.store.reset_counts();
+    let second = f.start(16 << 20);
+    assert_eq!(second.cache.bytes(), held, "the earlier blocks are indexed");
+    assert_eq!(second.read_all(&v).await, data);
+    assert_eq!(f.store.count(Op::Get), 0, "a warm cache costs no GET");
+    assert_eq!(second.metrics.cache_hits.get(), 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_block_is_a_miss_and_is_replaced() {
-    let f = fixture(64 * MIB);
-    f.store.inner().insert("bkt", "d", bytes(MIB, 4));
-    let etag = etag_of(&f, "d");
-    get(&f, "d", 0..MIB, Some(&etag)).await;
-    wait_for_bytes(&f.cache, MIB);
-    let file = std::fs::read_dir(f.cache.dir())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let mut raw = std::fs::read(&file).unwrap();
-    raw[3] ^= 0xff; // the header no longer names this version
-    std::fs::write(&file, raw).unwrap();
-    f.store.inner().reset_counts();
-    assert_eq!(get(&f, "d", 0..MIB, Some(&etag)).await, bytes(MIB, 4));
-    assert_eq!(f.store.inner().count(Op::Get), 1);
-    wait_for_bytes(&f.cache, MIB);
-    f.store.inner().reset_counts();
-    assert_eq!(get(&f, "d", 0..MIB, Some(&etag)).await, bytes(MIB, 4));
-    assert_eq!(f.store.inner().count(Op::Get), 0, "rewritten whole");
+async fn a_replaced_object_is_never_served_from_disk() {
+    let f = fixture();
+    let (d1, d2) = (bytes(4 * BS, 1), bytes(4 * BS, 2));
+    let v1 = f.put("f", &d1);
+    let s = f.start(16 << 20);
+    assert_eq!(s.read_all(&v1).await, d1);
+    s.filled(d1.len() as u64).await;
+    let v2 = f.put("f", &d2);
+    assert_ne!(v1.etag, v2.etag);
+    f.store.reset_counts();
+    assert_eq!(s.read_all(&v2).await, d2, "the new version, from S3");
+    assert_eq!(f.store.bytes_read(), d2.len() as u64);
+    s.filled((d1.len() + d2.len()) as u64).await;
+    // After a restart too: each version's own blocks, never the other's.
+    drop(s);
+    let s = f.start(16 << 20);
+    f.store.reset_counts();
+    assert_eq!(s.read_all(&v2).await, d2);
+    assert_eq!(f.store.count(Op::Get), 0);
+    // Without an ETag the cache is not used at all.
+    let mut unknown = v2.clone();
+    unknown.etag = None;
+    assert_eq!(s.read_all(&unknown).await, d2);
+    assert_eq!(f.store.bytes_read(), d2.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_block_is_cached_only_from_its_start_and_an_old_cache_is_emptied() {
-    let f = fixture(64 * MIB);
-    f.store.inner().insert("bkt", "r", bytes(2 * MIB, 5));
-    let etag = etag_of(&f, "r");
-    // A random read from mid-block: the first block is not kept, the second is.
-    get(&f, "r", MIB / 2..2 * MIB, Some(&etag)).await;
-    wait_for_bytes(&f.cache, MIB);
-    f.store.inner().reset_counts();
-    get(&f, "r", MIB / 2..MIB, Some(&etag)).await;
-    assert_eq!(f.store.inner().count(Op::Get), 1);
-    // A new cache over the same directory starts empty.
-    let again = DiskCache::new(
-        &CacheOptions {
-            dir: f.cache.dir().to_path_buf(),
-            max_bytes: 64 * MIB,
-        },
-        S3Metrics::new(),
-    )
-    .unwrap();
-    assert_eq!(again.bytes(), 0);
-    assert_eq!(std::fs::read_dir(again.dir()).unwrap().count(), 0);
-    assert!(DiskCache::new(
-        &CacheOptions {
-            dir: f.cache.dir().to_path_buf(),
-            max_bytes: 1000,
-        },
-        S3Metrics::new(),
-    )
-    .is_err());
+async fn torn_damaged_and_foreign_block_files_are_dropped_never_served() {
+    let f = fixture();
+    let data = bytes(8 * BS, 3);
+    let v = f.put("d", &data);
+    let s = f.start(16 << 20);
+    s.read_all(&v).await;
+    s.filled(data.len() as u64).await;
+    drop(s);
+    // Block 0 cut short (a crash mid-write), block 1 with a flipped data
+    // byte, block 2 zeros where its data was (written but never flushed
+    // before a power loss), block 3 holding block 4's file (foreign: its
+    // header names another block).
+    let path = |b| f.block_path(&v, b);
+    let raw0 = std::fs::read(path(0)).unwrap();
+    std::fs::write(path(0), &raw0[..raw0.len() - 1000]).unwrap();
+    let mut raw1 = std::fs::read(path(1)).unwrap();
+    let last = raw1.len() - 1;
+    raw1[last] ^= 0x01;
+    std::fs::write(path(1), raw1).unwrap();
+    let mut raw2 = std::fs::read(path(2)).unwrap();
+    let n = raw2.len();
+    raw2[n - 4096..].fill(0);
+    std::fs::write(path(2), raw2).unwrap();
+    std::fs::copy(path(4), path(3)).unwrap();
+    f.store.reset_counts();
+    let s = f.start(16 << 20);
+    assert_eq!(s.read_all(&v).await, data, "never the bad files' bytes");
+    let per_block = f.store.fetches_per_unit("bkt", "d", data.len() as u64, BS);
+    assert_eq!(per_block, [1, 1, 1, 1, 0, 0, 0, 0]);
+    // Fetched again and rewritten whole: the next reader gets them from disk.
+    s.filled(4 * BS).await;
+    f.store.reset_counts();
+    assert_eq!(s.read_all(&v).await, data);
+    assert_eq!(f.store.count(Op::Get), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_bounded_least_recently_used_first_across_restarts() {
+    let f = fixture();
+    let (da, db) = (bytes(4 * BS, 4), bytes(4 * BS, 5));
+    let (a, b) = (f.put("a", &da), f.put("b", &db));
+    // Room for four blocks (and their headers): `a` is read, then `b`.
+    let s = f.start(4 * BS + 4 * KIB);
+    assert_eq!(s.read_all(&a).await, da);
+    s.filled(4 * BS).await;
+    assert_eq!(s.read_all(&b).await, db);
+    s.filled(8 * BS).await;
+    assert_eq!(f.files().len(), 4, "{:?}", f.files());
+    // `b`, used last, is the one kept.
+    s.released().await;
+    f.store.reset_counts();
+    assert_eq!(s.read_all(&b).await, db);
+    assert_eq!(f.store.count(Op::Get), 0);
+    drop(s);
+    // Uses ordered by file time (a hit refreshes it): 3 oldest, then 0, 1, 2.
+    let at = |block: u64, secs: u64| {
+        let t = SystemTime::now() - Duration::from_secs(secs);
+        File::options()
+            .write(true)
+            .open(f.block_path(&b, block))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    };
+    at(3, 400);
+    at(0, 300);
+    at(1, 200);
+    at(2, 100);
+    // A server started with room for two keeps the two used last.
+    let file_len = std::fs::metadata(f.block_path(&b, 1)).unwrap().len();
+    let s = f.start(2 * file_len + 1);
+    assert_eq!(s.cache.bytes(), 2 * file_len);
+    let kept: Vec<bool> = (0..4).map(|i| f.block_path(&b, i).exists()).collect();
+    assert_eq!(kept, [false, true, true, false]);
+    // Too small for one block: refused.
+    let opts = CacheOptions {
+        dir: f.cache_dir(),
+        max_bytes: BS - 1,
+    };
+    assert!(DiskCache::open(&opts, BS, S3Metrics::new()).is_err());
+}
+
+#[tokio::test]
+async fn at_start_dead_files_go_and_unknown_ones_stay_uncounted() {
+    let f = fixture();
+    let dir = f.cache_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = SystemTime::now() - Duration::from_secs(600);
+    let write = |name: &str, body: &[u8], mtime: Option<SystemTime>| {
+        std::fs::write(dir.join(name), body).unwrap();
+        if let Some(t) = mtime {
+            File::options()
+                .write(true)
+                .open(dir.join(name))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+    };
+    // A writer that died ten minutes ago, one writing now (the server
+    // being taken over), a block of the first format, someone's notes.
+    write(".abc-1.77.0.tmp", b"half a block", Some(old));
+    write(".abc-2.78.0.tmp", b"being written", None);
+    write("0123456789abcdef-3", b"hubfs-cache-v1\0...", None);
+    write("notes.txt", b"not ours", None);
+    let s = f.start(16 << 20);
+    assert_eq!(f.files(), [".abc-2.78.0.tmp", "notes.txt"]);
+    assert_eq!(s.cache.bytes(), 0, "nothing unknown is counted");
 }

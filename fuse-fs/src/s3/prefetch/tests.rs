@@ -279,3 +279,28 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn a_read_arriving_just_ahead_of_the_stream_keeps_it_going() {
+    let n = 4 << 20;
+    let (s, d) = store(n);
+    let mut p = pf(s.clone(), n, cfg());
+    let mut off = 0u64;
+    while off < 512 << 10 {
+        off += p.read(off, 128 << 10).await.unwrap().len() as u64;
+    }
+    let window = p.window();
+    // Readahead out of order: the read after next arrives first.
+    let ahead = off + (128 << 10);
+    let b = p.read(ahead, 128 << 10).await.unwrap();
+    assert_eq!(&b[..], &d[ahead as usize..ahead as usize + b.len()]);
+    assert_eq!(p.window(), window, "no random read: the window stays");
+    let b = p.read(off, 128 << 10).await.unwrap();
+    assert_eq!(&b[..], &d[off as usize..off as usize + b.len()]);
+    // Whole blocks only, each once: nothing was fetched as a random range.
+    let bs = cfg().block_size;
+    let ranges = s.get_ranges("b", "k");
+    assert!(ranges.iter().all(|r| r.start % bs == 0), "{ranges:?}");
+    let per_block = s.fetches_per_unit("b", "k", n as u64, bs);
+    assert!(per_block.iter().all(|&c| c <= 1), "{per_block:?}");
+}
