@@ -5,34 +5,49 @@
 #
 # For each filesystem: `ls -l` of 1,000 (median of three cold prefixes) and
 # 10,000 objects (seconds and S3 requests, counted server-side by Garage's
-# metrics), `cat` of 1,000 files of 64 KiB (page cache dropped), time to
+# metrics), the FUSE requests of a fourth cold `ls -l` of 1,000 by opcode
+# (counted by the kernel's fuse:fuse_request_send tracepoint, with perf,
+# untimed), `cat` of 1,000 files of 64 KiB (page cache dropped), time to
 # first byte, sequential read of 1 GiB (MiB/s, median of $READS cold-cache
-# reads) and peak RSS of the FUSE process; a direct single-stream GET with
-# aws-sdk-s3, configured as hubfs configures it (fuse-fs/benches/sdk_get.rs),
-# is the ceiling (curl's GET is printed beside it). Then hubfs with its
-# local-disk data cache: the 1 GiB read by one reader, the page cache
-# dropped, and read again by another. Then hubfs and Mountpoint mounted
-# together, taking turns at the 1 GiB read (fairer on a loaded machine), with
-# the CPU seconds per GiB of each FUSE process. Prints hubfs/peer ratios.
+# reads) and peak RSS of the FUSE process. The ceiling is what Garage
+# delivers to a minimal client in the same run: ranged GETs of 8 MiB, 8 in
+# flight, with aws-sdk-s3 configured as hubfs configures it
+# (fuse-fs/benches/sdk_get.rs; a single-stream GET and curl's are printed
+# beside it); each filesystem's sequential read is printed as a fraction of
+# it. Then a class (hubfs and Mountpoint, $CLASS readers of the 1 GiB
+# object, page cache dropped first): all starting together, and staggered
+# (reader i starts i x $STAGGER_S s / (readers / 8) after the first), with
+# the wall time, the bytes Garage read from its disks to serve them
+# (block_bytes_read) and its GetObject count. Then hubfs with its local-disk
+# data cache: the 1 GiB read by one reader, the page cache dropped, read
+# again by another, and read again after the server was killed (SIGKILL) and
+# started with the same flags. Then hubfs and Mountpoint mounted together,
+# taking turns at the 1 GiB read (fairer on a loaded machine), with the CPU
+# seconds per GiB of each FUSE process. Prints hubfs/peer ratios.
 #
 # Mountpoint runs through bench/mountpoint-peer (its published crates with
 # Mountpoint's defaults; see its doc comment), built here when missing
 # (cmake, clang and libfuse3-dev are installed with apt-get if absent).
 #
-# Needs: garage, s3fs, rclone, curl (.ci/install-s3.sh). Run as root.
+# Needs: garage, s3fs, rclone, curl (.ci/install-s3.sh) and perf (installed
+# here with apt-get if absent). Run as root.
 # Usage: bench/s3.sh   (HUBFS_BENCH_SIZE_MIB=1024 by default; HUBFS_BIN=path
 #                      to use an already built binary instead of building;
-#                      PEERS="mountpoint s3fs rclone" to choose the peers)
+#                      PEERS="mountpoint s3fs rclone" to choose the peers;
+#                      CLASS="8 32" class sizes, STAGGER_S=2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${HUBFS_BENCH_SIZE_MIB:-1024}
 READS=${READS:-3}
+CLASS=${CLASS:-8 32}
+STAGGER_S=${STAGGER_S:-2}
 unset AWS_CA_BUNDLE # rclone refuses plain-HTTP endpoints with it set
 
 GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
 for t in "$GARAGE" rclone curl $( [[ " ${PEERS:-s3fs} " == *" s3fs "* ]] && echo s3fs); do
     command -v "$t" >/dev/null 2>&1 || { echo "bench/s3.sh: $t missing (run .ci/install-s3.sh)" >&2; exit 1; }
 done
+command -v perf >/dev/null 2>&1 || apt-get install -y linux-perf >/dev/null
 if [ -n "${HUBFS_BIN:-}" ]; then
     HUBFS=$HUBFS_BIN
 else
@@ -66,10 +81,13 @@ trap cleanup EXIT
 . bench/lib/garage.sh
 start_garage 100
 
-requests() {
+garage_metric() { # awk pattern -> the sum of the matching samples
     curl -s -H "Authorization: Bearer $MT" "http://127.0.0.1:$ADMP/metrics" |
-        awk '/^api_s3_request_counter/ {s += $NF} END {printf "%d\n", s}'
+        awk "$1"' {s += $NF} END {printf "%d\n", s}'
 }
+requests() { garage_metric '/^api_s3_request_counter/'; }
+gets() { garage_metric '/^api_s3_request_counter\{api_endpoint="GetObject"\}/'; }
+s3bytes() { garage_metric '/^block_bytes_read /'; } # bytes Garage read to serve GETs
 
 export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other RCLONE_CONFIG_G_ENDPOINT=$EP
 export RCLONE_CONFIG_G_ACCESS_KEY_ID=$AK RCLONE_CONFIG_G_SECRET_ACCESS_KEY=$SK RCLONE_CONFIG_G_REGION=garage
@@ -77,7 +95,7 @@ export RCLONE_CONFIG_G_FORCE_PATH_STYLE=true
 
 echo "== populating: 1,000 + 10,000 small objects, one ${SIZE_MIB} MiB object"
 mkdir -p "$W/src/l10k"
-for r in 1 2 3; do # three 1,000-object prefixes: three cold listings per filesystem
+for r in 1 2 3 4; do # 1,000-object prefixes: three timed cold listings per filesystem, one traced
     mkdir -p "$W/src/l1k-$r"
     for i in $(seq -w 0 999); do printf 'object %s\n' "$i" >"$W/src/l1k-$r/f$i"; done
 done
@@ -123,7 +141,36 @@ mount_fs() { # name -> mountpoint, sets FSPID
 now() { date +%s.%N; }
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a process, in ticks
 TICK=$(getconf CLK_TCK)
-declare -A LS1 LS1R LS10 LS10R READ TTFB RSS CAT CATR CPU
+# The FUSE requests the kernel sends to the mount at $1 while "${@:2}" runs,
+# by opcode ("LOOKUP=3 READDIRPLUS=40 ..."), from the fuse:fuse_request_send
+# tracepoint filtered on the mount's connection (its device number).
+fuse_ops() {
+    local m=$1; shift
+    local conn=$(( ($(stat -c %Hd "$m") << 20) | $(stat -c %Ld "$m") ))
+    perf record -q -o "$W/perf.data" -e fuse:fuse_request_send --filter "connection == $conn" -a -- "$@" >/dev/null 2>&1
+    perf script -i "$W/perf.data" -F trace 2>/dev/null | grep -o 'FUSE_[A-Z_]*' | sed 's/^FUSE_//' |
+        sort | uniq -c | awk '{printf "%s=%d ", $2, $1}'
+}
+# A class: $2 readers of the 1 GiB object on filesystem $1, the page cache
+# dropped first; reader i starts (i - 1) x $3 s after the first. Sets
+# CLASS_T (wall seconds, first start to last end), CLASS_B (bytes Garage
+# read to serve them) and CLASS_G (GetObject requests).
+class() {
+    local m=$W/mnt-$1 n=$2 stagger=$3 i b0 g0 t0
+    local pids=()
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    b0=$(s3bytes); g0=$(gets); t0=$(now)
+    for i in $(seq "$n"); do
+        (sleep "$(echo "($i - 1) * $stagger" | bc -l)"; cat "$m/big.bin" | wc -c >"$W/class.$i") &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    CLASS_T=$(echo "$(now) - $t0" | bc -l); CLASS_B=$(( $(s3bytes) - b0 )); CLASS_G=$(( $(gets) - g0 ))
+    for i in $(seq "$n"); do
+        [ "$(cat "$W/class.$i")" -eq $((SIZE_MIB << 20)) ] || echo "  ERROR: $1 reader $i read $(cat "$W/class.$i") bytes"
+    done
+}
+declare -A LS1 LS1R LS10 LS10R READ TTFB RSS CAT CATR CPU OPS CT CB CG
 for fs in hubfs $PEERS; do
     echo "== $fs"
     mount_fs "$fs"; m=$W/mnt-$fs
@@ -134,6 +181,7 @@ for fs in hubfs $PEERS; do
         [ "$n" -eq 1001 ] || echo "  warning: ls -l l1k-$r printed $n lines"
     done
     LS1[$fs]=$(echo "$runs" | median)
+    OPS[$fs]=$(fuse_ops "$m" ls -l "$m/l1k-4")
     r0=$(requests); t0=$(now); n=$(ls -l "$m/l10k" | wc -l); t1=$(now); r1=$(requests)
     LS10[$fs]=$(echo "$t1 - $t0" | bc -l); LS10R[$fs]=$((r1 - r0))
     sync; echo 3 >/proc/sys/vm/drop_caches
@@ -161,24 +209,42 @@ for fs in hubfs $PEERS; do
     printf '  ls -l 1k: %.3fs %d req | ls -l 10k: %.3fs %d req | cat 1k x 64K: %.3fs %d req | ttfb %.3fs | read %.0f MiB/s (runs: %s), %.2f CPU-s/GiB | peak RSS %d MiB\n' \
         "${LS1[$fs]}" "${LS1R[$fs]}" "${LS10[$fs]}" "${LS10R[$fs]}" "${CAT[$fs]}" "${CATR[$fs]}" \
         "${TTFB[$fs]}" "${READ[$fs]}" "$runs" "${CPU[$fs]}" "${RSS[$fs]}"
+    echo "  FUSE requests of a cold ls -l of 1,000: ${OPS[$fs]}"
+    if [ "$fs" = hubfs ] || [ "$fs" = mountpoint ]; then
+        for n in $CLASS; do
+            for how in together staggered; do
+                stagger=0; [ "$how" = staggered ] && stagger=$(echo "$STAGGER_S * 8 / $n" | bc -l)
+                class "$fs" "$n" "$stagger"
+                CT[$fs.$n.$how]=$CLASS_T; CB[$fs.$n.$how]=$CLASS_B; CG[$fs.$n.$how]=$CLASS_G
+                printf '  class of %d, %s: %.1f s, %.2f GiB from S3 in %d GETs\n' "$n" "$how" "$CLASS_T" \
+                    "$(echo "$CLASS_B / 1073741824" | bc -l)" "$CLASS_G"
+            done
+        done
+    fi
     umount "$m" 2>/dev/null || umount -l "$m"
     kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
 done
 
-echo "== hubfs with its data cache (--cache-dir): a reader, page cache dropped, another reader"
+echo "== hubfs with its data cache (--cache-dir): a reader; page cache dropped, another; the server killed and started again, another"
 mount_fs hubfs-cache; m=$W/mnt-hubfs-cache
 sync; echo 3 >/proc/sys/vm/drop_caches
 r0=$(requests); t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now); r1=$(requests)
 C1=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l); C1R=$((r1 - r0))
-# Blocks are written off the reader's path: wait until the cache holds the object.
-for _ in $(seq 300); do [ "$(du -sm "$W/cache" | cut -f1)" -ge "$SIZE_MIB" ] && break; sleep 0.1; done
+# Blocks (1 MiB each) are written off the reader's path: wait until all are there.
+for _ in $(seq 300); do [ "$(find "$W/cache" -type f ! -name '.*' | wc -l)" -ge "$SIZE_MIB" ] && break; sleep 0.1; done
 sync; echo 3 >/proc/sys/vm/drop_caches
 r0=$(requests); t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now); r1=$(requests)
 C2=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l); C2R=$((r1 - r0))
+# A crash: SIGKILL, the dead mount detached, the same command again.
+kill -9 "$FSPID"; wait "$FSPID" 2>/dev/null || true; umount -l "$m"
+mount_fs hubfs-cache
+sync; echo 3 >/proc/sys/vm/drop_caches
+r0=$(gets); t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now); r1=$(gets)
+C3=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l); C3R=$((r1 - r0))
 sync; echo 3 >/proc/sys/vm/drop_caches
 [ "$(sha256sum "$m/big.bin" | cut -d' ' -f1)" = "$BIGSHA" ] || echo "  ERROR: the cache returned different bytes"
-printf '  first reader %.0f MiB/s (%d requests); another reader, page cache dropped: %.0f MiB/s (%d requests), %.2fx\n' \
-    "$C1" "$C1R" "$C2" "$C2R" "$(echo "$C2 / $C1" | bc -l)"
+printf '  first reader %.0f MiB/s (%d requests); another reader, page cache dropped: %.0f MiB/s (%d requests), %.2fx; after a restart: %.0f MiB/s (%d GETs)\n' \
+    "$C1" "$C1R" "$C2" "$C2R" "$(echo "$C2 / $C1" | bc -l)" "$C3" "$C3R"
 umount "$m" 2>/dev/null || umount -l "$m"
 kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
 
@@ -204,9 +270,15 @@ if [[ " $PEERS " == *" mountpoint "* ]]; then
         "$TH" "$(echo "${TCPU[hubfs]}" | median)" "$TM" "$(echo "${TCPU[mountpoint]}" | median)" "$(echo "$TH / $TM" | bc -l)"
 fi
 
-echo "== direct single-stream GET (aws-sdk-s3, as hubfs configures it; $READS runs)"
-DIRECT=$(AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK cargo bench -q -p hubfs-fuse --bench sdk_get -- \
-    --endpoint-url "$EP" --runs "$READS" bench big.bin | median)
+sdk_get() { # sdk_get.rs arguments -> the median MiB/s of $READS runs
+    AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK cargo bench -q -p hubfs-fuse --bench sdk_get -- \
+        --endpoint-url "$EP" --runs "$READS" "$@" bench big.bin | median
+}
+echo "== the ceiling: ranged GETs of 8 MiB, 8 in flight (aws-sdk-s3, as hubfs configures it; $READS runs)"
+CEIL=$(sdk_get --parallel 8 --part-size $((8 << 20)))
+printf '  %.0f MiB/s (median)\n' "$CEIL"
+echo "== direct single-stream GET (aws-sdk-s3; $READS runs)"
+DIRECT=$(sdk_get)
 printf '  %.0f MiB/s (median)\n' "$DIRECT"
 echo "== direct single-stream GET (curl, SigV4; for reference)"
 runs=""
@@ -218,6 +290,10 @@ for _ in $(seq "$READS"); do
 done
 CURL=$(echo "$runs" | median)
 printf '  %.0f MiB/s (median)\n' "$CURL"
+echo "== sequential read as a fraction of the ceiling (${CEIL%.*} MiB/s)"
+for fs in hubfs $PEERS; do
+    printf '  %s %.2fx\n' "$fs" "$(echo "${READ[$fs]} / $CEIL" | bc -l)"
+done
 
 min() { echo "if ($1 < $2) $1 else $2" | bc -l; }
 max() { echo "if ($1 > $2) $1 else $2" | bc -l; }
@@ -230,6 +306,19 @@ if [[ " $PEERS " == *" mountpoint "* ]]; then
         "$(echo "${CAT[mountpoint]} / ${CAT[hubfs]}" | bc -l)" "${CATR[hubfs]}" "${CATR[mountpoint]}" \
         "$(echo "${READ[hubfs]} / ${READ[mountpoint]}" | bc -l)" "$(echo "${CPU[mountpoint]} / ${CPU[hubfs]}" | bc -l)" \
         "$(echo "${TTFB[mountpoint]} / ${TTFB[hubfs]}" | bc -l)" "${RSS[hubfs]}" "${RSS[mountpoint]}"
+    echo "  class (wall time, GiB from S3, GETs; time ratio > 1 means hubfs is faster):"
+    for n in $CLASS; do
+        for how in together staggered; do
+            k=$n.$how
+            printf '    %2d %-9s hubfs %5.1f s %5.2f GiB %5d GETs | Mountpoint %5.1f s %5.2f GiB %5d GETs | %.2fx time, %.2fx bytes\n' \
+                "$n" "$how" "${CT[hubfs.$k]}" "$(echo "${CB[hubfs.$k]} / 1073741824" | bc -l)" "${CG[hubfs.$k]}" \
+                "${CT[mountpoint.$k]}" "$(echo "${CB[mountpoint.$k]} / 1073741824" | bc -l)" "${CG[mountpoint.$k]}" \
+                "$(echo "${CT[mountpoint.$k]} / ${CT[hubfs.$k]}" | bc -l)" "$(echo "${CB[mountpoint.$k]} / ${CB[hubfs.$k]}" | bc -l)"
+        done
+    done
+    printf '  class of %s together vs one cold reader: hubfs %.2fx its single-read time, Mountpoint %.2fx\n' \
+        "${CLASS%% *}" "$(echo "${CT[hubfs.${CLASS%% *}.together]} * ${READ[hubfs]} / $SIZE_MIB" | bc -l)" \
+        "$(echo "${CT[mountpoint.${CLASS%% *}.together]} * ${READ[mountpoint]} / $SIZE_MIB" | bc -l)"
 fi
 if [[ " $PEERS " == *" s3fs "* && " $PEERS " == *" rclone "* ]]; then
 best_ls1=$(min "${LS1[s3fs]}" "${LS1[rclone]}")
@@ -240,9 +329,9 @@ printf '  ls -l 1,000:   %.1fx faster (hubfs %d requests, s3fs %d, rclone %d; ta
     "$(echo "$best_ls1 / ${LS1[hubfs]}" | bc -l)" "${LS1R[hubfs]}" "${LS1R[s3fs]}" "${LS1R[rclone]}"
 printf '  ls -l 10,000:  %.1fx faster (hubfs %d requests, s3fs %d, rclone %d; target 10)\n' \
     "$(echo "$best_ls10 / ${LS10[hubfs]}" | bc -l)" "${LS10R[hubfs]}" "${LS10R[s3fs]}" "${LS10R[rclone]}"
-printf '  sequential read: %.2fx the better peer, %.2fx the SDK single-stream GET (%.2fx curl)\n' \
-    "$(echo "${READ[hubfs]} / $best_read" | bc -l)" "$(echo "${READ[hubfs]} / $DIRECT" | bc -l)" \
-    "$(echo "${READ[hubfs]} / $CURL" | bc -l)"
+printf '  sequential read: %.2fx the better peer, %.2fx the ceiling, %.2fx the SDK single-stream GET (%.2fx curl)\n' \
+    "$(echo "${READ[hubfs]} / $best_read" | bc -l)" "$(echo "${READ[hubfs]} / $CEIL" | bc -l)" \
+    "$(echo "${READ[hubfs]} / $DIRECT" | bc -l)" "$(echo "${READ[hubfs]} / $CURL" | bc -l)"
 printf '  time to first byte: %.2fx (peer / hubfs)\n' \
     "$(echo "$(min "${TTFB[s3fs]}" "${TTFB[rclone]}") / ${TTFB[hubfs]}" | bc -l)"
 printf '  peak RSS: hubfs %d MiB (target < 300), s3fs %d MiB, rclone %d MiB\n' "${RSS[hubfs]}" "${RSS[s3fs]}" "${RSS[rclone]}"

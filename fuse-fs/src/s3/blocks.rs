@@ -12,15 +12,15 @@
 //!
 //! A block stays in memory while a reader holds it (the blocks of its
 //! read-ahead window), and afterwards for as long as a registered reader of
-//! its version has not passed it yet and is at most `near` bytes (the
-//! largest read-ahead window) behind it: the class's stragglers read what
-//! the leader fetched. Every block holds a [`Reservation`] of the mount's
-//! `--max-memory`. Read-ahead that does not fit evicts blocks kept for
-//! stragglers that are needed later than itself (farthest ahead of their
-//! nearest reader first), then stops; the block a reader waits for is always
-//! fetched. So readers that drift far apart stop sharing — the one behind
-//! fetches again (from the disk cache, when there is one) — and memory
-//! stays bounded.
+//! its version has not passed it yet: the class's stragglers read what the
+//! leader fetched. Every block holds a [`Reservation`] of the mount's
+//! `--max-memory`, and that is the bound. Read-ahead that does not fit
+//! evicts blocks kept for stragglers that are needed later than itself
+//! (farthest ahead of their nearest reader first), then stops; the block a
+//! reader waits for is always fetched. So readers that drift further apart
+//! than the memory holds stop sharing what lies between them — the one
+//! behind fetches it again (from the disk cache, when there is one) — and
+//! memory stays bounded.
 //!
 //! An object whose ETag is unknown is never shared: each of its readers
 //! gets a version of its own, since nothing tells two versions apart.
@@ -196,12 +196,9 @@ impl Entry {
             .unwrap_or(u64::MAX)
     }
 
-    /// Whether some reader still needs a block of `range` soon: it has not
-    /// passed it and is at most `near` bytes behind it.
-    fn wanted(readers: &HashMap<u64, u64>, range: &Range<u64>, near: u64) -> bool {
-        readers
-            .values()
-            .any(|&p| p < range.end && range.start < p.saturating_add(near))
+    /// Whether some reader has not passed a block of `range` yet.
+    fn wanted(readers: &HashMap<u64, u64>, range: &Range<u64>) -> bool {
+        readers.values().any(|&p| p < range.end)
     }
 }
 
@@ -212,8 +209,6 @@ pub struct BlockConfig {
     pub block_size: u64,
     /// Largest single ranged GET.
     pub part_size: u64,
-    /// How far behind a block a reader may be and still have it kept.
-    pub near: u64,
     /// Attempts of one GET whose body breaks mid-stream.
     pub max_attempts: u32,
 }
@@ -367,7 +362,7 @@ impl<S> Blocks<S> {
     }
 
     /// Reader `id` now needs `pos` next: the blocks between where it was
-    /// and there that no other nearby reader needs are let go.
+    /// and there that no other reader needs are let go.
     fn advance(&self, version: &VersionId, id: u64, pos: u64) {
         let mut objects = self.objects.lock();
         let Some(e) = objects.get_mut(version) else {
@@ -376,18 +371,41 @@ impl<S> Blocks<S> {
         let Some(old) = e.readers.insert(id, pos) else {
             return;
         };
+        // Only blocks between where it was and where it is can have lost
+        // their last reader.
         let bs = self.cfg.block_size;
         let (lo, hi) = (old.min(pos) / bs, old.max(pos) / bs);
         let readers = &e.readers;
-        let near = self.cfg.near;
         let gone: Vec<u64> = e
             .blocks
             .range(lo..=hi)
-            .filter(|(_, b)| Arc::strong_count(b) == 1 && !Entry::wanted(readers, &b.range, near))
+            .filter(|(_, b)| Arc::strong_count(b) == 1 && !Entry::wanted(readers, &b.range))
             .map(|(i, _)| *i)
             .collect();
         for i in gone {
             e.blocks.remove(&i);
+        }
+    }
+
+    /// `blocks`, which a reader of `version` held, are let go of if nobody
+    /// else holds them and no reader needs them.
+    fn release(&self, version: &VersionId, blocks: impl IntoIterator<Item = Arc<Block>>) {
+        let indices: Vec<u64> = blocks
+            .into_iter()
+            .map(|b| b.range.start / self.cfg.block_size)
+            .collect();
+        let mut objects = self.objects.lock();
+        let Some(e) = objects.get_mut(version) else {
+            return;
+        };
+        for i in indices {
+            let gone = e
+                .blocks
+                .get(&i)
+                .is_some_and(|b| Arc::strong_count(b) == 1 && !Entry::wanted(&e.readers, &b.range));
+            if gone {
+                e.blocks.remove(&i);
+            }
         }
     }
 
@@ -398,9 +416,9 @@ impl<S> Blocks<S> {
         let Some(e) = objects.get_mut(version) else {
             return;
         };
-        let (readers, near) = (&e.readers, self.cfg.near);
+        let readers = &e.readers;
         e.blocks
-            .retain(|_, b| Arc::strong_count(b) > 1 || Entry::wanted(readers, &b.range, near));
+            .retain(|_, b| Arc::strong_count(b) > 1 || Entry::wanted(readers, &b.range));
         if e.readers.is_empty() && e.blocks.is_empty() {
             objects.remove(version);
         }
@@ -624,6 +642,11 @@ impl<S> Reader<S> {
     /// This reader needs `pos` next.
     pub fn advance(&self, pos: u64) {
         self.blocks.advance(&self.version, self.id, pos)
+    }
+
+    /// This reader no longer holds `blocks`.
+    pub fn release(&self, blocks: impl IntoIterator<Item = Arc<Block>>) {
+        self.blocks.release(&self.version, blocks)
     }
 }
 

@@ -63,13 +63,11 @@ impl Default for PrefetchConfig {
 }
 
 impl PrefetchConfig {
-    /// The shape of the mount's shared blocks for these settings: stragglers
-    /// up to one full window behind a block keep it.
+    /// The shape of the mount's shared blocks for these settings.
     pub fn blocks(&self) -> super::blocks::BlockConfig {
         super::blocks::BlockConfig {
             block_size: self.block_size,
             part_size: self.part_size,
-            near: self.max_window,
             max_attempts: self.max_attempts,
         }
     }
@@ -186,20 +184,21 @@ impl<S: ObjectStore> Prefetcher<S> {
             }
         }
         let bs = self.block_size();
-        if self.covers(offset) {
+        // Kernel readahead runs several reads at once, and one may arrive
+        // before those in front of it: a read just past the held blocks
+        // goes on with the stream (the blocks up to it are taken below),
+        // it is no random read.
+        if self.covers(offset) || self.just_ahead(offset) {
             // Blocks wholly behind this read and the previous one are done,
-            // but the one just before is kept: kernel readahead may arrive
-            // slightly out of order.
+            // but the one just before is kept: reads may arrive slightly out
+            // of order.
             let behind = offset.min(self.next_seq);
             while self.held.len() > 1 && self.held[1].range().end <= behind {
-                self.held.pop_front();
+                let done = self.held.pop_front();
+                self.reader.release(done);
             }
-        } else if self.just_ahead(offset) {
-            // Kernel readahead runs several reads at once, and one may
-            // arrive before those in front of it: the stream goes on (the
-            // blocks up to it are taken below), it is no random read.
         } else {
-            self.held.clear();
+            self.reader.release(self.held.drain(..));
             if !sequential {
                 self.random = true;
                 self.window = self.cfg.initial_window.max(1);
@@ -286,7 +285,7 @@ impl<S: ObjectStore> Prefetcher<S> {
                 Err(e) => {
                     // Forget this block and everything after it, so the
                     // next read asks again.
-                    self.held.truncate(i);
+                    self.reader.release(self.held.drain(i..));
                     return Err(e);
                 }
             };

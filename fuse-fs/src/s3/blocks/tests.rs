@@ -172,8 +172,8 @@ async fn a_reader_far_behind_does_not_pin_unbounded_memory() {
     let mut leader = f.open(&v, &c);
     read_all(&mut leader, &data, 128 * KIB).await;
     let limiter = f.blocks.limiter().clone();
-    // Kept for the stragglers: at most what is within a window of them; the
-    // leader's read-ahead pushed out what they would need last.
+    // Kept for the stragglers: what the memory holds; the leader's
+    // read-ahead pushed out what they would need last.
     assert!(f.metrics.blocks_evicted.get() > 0, "nothing was evicted");
     let forced = 128 * KIB + 2 * c.block_size;
     assert!(
@@ -183,7 +183,7 @@ async fn a_reader_far_behind_does_not_pin_unbounded_memory() {
         c.max_memory + forced
     );
     drop(leader);
-    settled(&f.blocks, (c.max_window / c.block_size) as usize).await;
+    settled(&f.blocks, (c.max_memory / c.block_size) as usize).await;
     // They catch up together with correct bytes, fetching again (once
     // between them) what was let go.
     f.store.set_get_delay(Duration::from_millis(1));
