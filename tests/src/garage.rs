@@ -332,14 +332,17 @@ impl HubfsMount {
         }
     }
 
-    /// A restart as a crash makes one: SIGKILL, the dead mount detached,
-    /// and a fresh server with the same flags on the same mountpoint.
+    /// A restart as a crash makes one: SIGKILL, the dead mount gone (its
+    /// guardian detaches it; so does this, whichever comes first), and a
+    /// fresh server with the same flags on the same mountpoint.
     pub fn restart(&mut self) {
         let mut child = self.child.take().expect("running");
         child.kill().expect("SIGKILL the server");
         child.wait().expect("reap the server");
-        nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH)
-            .expect("detach the dead mount");
+        crate::wait_until("the dead mount is gone", Duration::from_secs(20), || {
+            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+            !crate::csi::is_mounted(&self.path)
+        });
         self.spawn();
     }
 
