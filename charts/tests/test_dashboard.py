@@ -83,3 +83,22 @@ def test_dashboard_configmap_carries_the_file():
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["hubfs.json"]) == DASH
     assert not [d for d in render({}) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_admin_table_has_every_users_usage_quota_state_and_grace():
+    """Issue 21's admin page: one table, a line per user."""
+    table = [p for p in panels() if p["type"] == "table" and p["title"] == "Every user"]
+    assert len(table) == 1
+    exprs = " ".join(t["expr"] for t in table[0]["targets"])
+    for m in (
+        "hubfs_quota_used_bytes",
+        "hubfs_quota_limit_bytes",
+        "hubfs_quota_fraction_used",
+        "hubfs_quota_state",
+        "hubfs_quota_enforcement",
+        "hubfs_quota_grace_seconds",
+    ):
+        assert m in exprs, m
+    assert all(t["format"] == "table" and t["instant"] for t in table[0]["targets"])
+    names = table[0]["transformations"][1]["options"]["renameByName"].values()
+    assert {"Used", "Quota", "State", "Enforced", "Grace left"} <= set(names)

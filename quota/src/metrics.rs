@@ -1,6 +1,7 @@
-//! Prometheus metrics of the controller: per-user usage, quota, fraction and
-//! state (what efs-quota's DataDog dashboards showed), walk durations and
-//! timeouts, hub API errors, corrupt records.
+//! Prometheus metrics of the controller: per-user usage, quota, fraction,
+//! state, enforcement and grace left (what efs-quota's DataDog dashboards
+//! showed, and the chart's Grafana dashboard's admin table), walk durations
+//! and timeouts, hub API errors, corrupt records.
 
 use std::sync::atomic::AtomicU64;
 
@@ -11,7 +12,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::record::{QuotaRecord, QuotaState};
+use chrono::{DateTime, Utc};
+
+use crate::record::{Enforcement, QuotaRecord, QuotaState};
+use crate::state::NextEnforcement;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UserLabel {
@@ -22,6 +26,12 @@ pub struct UserLabel {
 pub struct UserStateLabel {
     pub user: String,
     pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserEnforcementLabel {
+    pub user: String,
+    pub enforcement: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +46,8 @@ pub struct Metrics {
     pub quota_bytes: Family<UserLabel, Gauge>,
     pub fraction_used: Family<UserLabel, Gauge<f64, AtomicU64>>,
     pub state: Family<UserStateLabel, Gauge>,
+    pub enforcement: Family<UserEnforcementLabel, Gauge>,
+    pub grace_seconds: Family<UserLabel, Gauge<f64, AtomicU64>>,
     pub walk_seconds: Histogram,
     pub walk_timeouts: Counter,
     pub hub_errors: Family<OpLabel, Counter>,
@@ -60,6 +72,8 @@ impl Metrics {
             quota_bytes: Family::default(),
             fraction_used: Family::default(),
             state: Family::default(),
+            enforcement: Family::default(),
+            grace_seconds: Family::default(),
             walk_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 10)),
             walk_timeouts: Counter::default(),
             hub_errors: Family::default(),
@@ -85,6 +99,16 @@ impl Metrics {
             "state",
             "1 for the user's current quota_state",
             m.state.clone(),
+        );
+        registry.register(
+            "enforcement",
+            "1 for what is enforced on the user now (none, cleanup, blocked)",
+            m.enforcement.clone(),
+        );
+        registry.register(
+            "grace_seconds",
+            "Seconds until the graded policy next gets stricter for the user (-1: nothing scheduled)",
+            m.grace_seconds.clone(),
         );
         registry.register(
             "walk_seconds",
@@ -129,10 +153,27 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    pub fn observe(&self, rec: &QuotaRecord) {
+    /// Sets the user's gauges from their record; `next` is when the policy
+    /// next gets stricter ([`crate::state::next_enforcement`]).
+    pub fn observe(&self, rec: &QuotaRecord, next: Option<&NextEnforcement>, now: DateTime<Utc>) {
         let u = UserLabel {
             user: rec.user.clone(),
         };
+        let grace = next.map_or(-1.0, |n| (n.at - now).num_seconds().max(0) as f64);
+        self.grace_seconds.get_or_create(&u).set(grace);
+        for (e, name) in [
+            (Enforcement::None, "none"),
+            (Enforcement::Cleanup, "cleanup"),
+            (Enforcement::Blocked, "blocked"),
+        ] {
+            let l = UserEnforcementLabel {
+                user: rec.user.clone(),
+                enforcement: name.into(),
+            };
+            self.enforcement
+                .get_or_create(&l)
+                .set(i64::from(e == rec.enforcement));
+        }
         self.used_bytes.get_or_create(&u).set(rec.actual_bytes);
         self.quota_bytes.get_or_create(&u).set(rec.quota_bytes);
         self.fraction_used.get_or_create(&u).set(rec.fraction_used);
@@ -158,5 +199,47 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Defaults;
+
+    #[test]
+    fn the_admin_table_gauges_show_enforcement_and_grace() {
+        let m = Metrics::new();
+        let now = Utc::now();
+        let mut rec = QuotaRecord::new("jmiller@stsci.edu", &Defaults::default());
+        rec.enforcement = Enforcement::Cleanup;
+        let next = NextEnforcement {
+            enforcement: Enforcement::Blocked,
+            level: "HARD_ADMIN".into(),
+            at: now + chrono::Duration::days(3),
+            days_left: 3,
+        };
+        m.observe(&rec, Some(&next), now);
+        let text = m.encode();
+        assert!(
+            text.contains("hubfs_quota_grace_seconds{user=\"jmiller@stsci.edu\"} 259200"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hubfs_quota_enforcement{user=\"jmiller@stsci.edu\",enforcement=\"cleanup\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hubfs_quota_enforcement{user=\"jmiller@stsci.edu\",enforcement=\"none\"} 0"
+            ),
+            "{text}"
+        );
+        m.observe(&rec, None, now);
+        assert!(m
+            .encode()
+            .contains("hubfs_quota_grace_seconds{user=\"jmiller@stsci.edu\"} -1"));
     }
 }

@@ -83,7 +83,12 @@ impl Controller {
         transition: Option<&Transition>,
         steps: &[Step],
     ) {
-        self.metrics.observe(rec);
+        let now = self.now();
+        self.metrics.observe(
+            rec,
+            state::next_enforcement(rec, &self.cfg, now).as_ref(),
+            now,
+        );
         if let Some(t) = transition {
             if t.from != t.to {
                 self.metrics
