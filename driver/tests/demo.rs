@@ -8,24 +8,17 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-#[test]
-fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("demo");
+/// Starts `hubfs demo ARGS --dir DIR`; its stdout lines arrive on the
+/// channel, read to the end (the demo prints until it stops).
+fn start_demo(
+    args: &[&str],
+    dir: &std::path::Path,
+) -> (std::process::Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-        .args([
-            "demo",
-            "--small-objects",
-            "1200",
-            "--big-object",
-            "6MiB",
-            "--quota",
-            "16MiB",
-            "--exit-after",
-            "300",
-        ])
+        .arg("demo")
+        .args(args)
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -37,6 +30,26 @@ fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
             let _ = tx.send(line);
         }
     });
+    (child, rx)
+}
+
+#[test]
+fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let (mut child, rx) = start_demo(
+        &[
+            "--small-objects",
+            "1200",
+            "--big-object",
+            "6MiB",
+            "--quota",
+            "16MiB",
+            "--exit-after",
+            "300",
+        ],
+        &dir,
+    );
     let mut seen = Vec::new();
     loop {
         let line = rx
@@ -177,4 +190,100 @@ fn demo_says_what_is_missing_without_root() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The README's demo as its guide tells a new user to try it, with a user
+/// named like `jmiller@stsci.edu`: the copy loop stops with "Disk quota
+/// exceeded", and the guide's very next command, `check-quota`, must say
+/// the home is full — it said "40%. All is well." when it took the figure
+/// from the controller, which heard of usage every 5 s. Both commands are
+/// run exactly as the guide prints them, one right after the other.
+#[test]
+fn demo_check_quota_right_after_edquot_says_full() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root: the demo mounts FUSE filesystems"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let (child, rx) = start_demo(
+        &[
+            "--user",
+            "jmiller@stsci.edu",
+            "--small-objects",
+            "20",
+            "--big-object",
+            "6MiB",
+            "--quota",
+            "16MiB",
+            "--exit-after",
+            "300",
+        ],
+        &dir,
+    );
+    // Stopped with Ctrl-C whatever happens below.
+    let demo = Demo(child);
+    let mut guide = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(240))
+            .expect("the demo prints its guide");
+        if line.contains("Ctrl-C stops the demo") {
+            break;
+        }
+        guide.push(line);
+    }
+    let command = |needle: &str| {
+        let line = guide
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in the guide: {guide:#?}"));
+        line.split(" # ").next().unwrap().trim().to_string()
+    };
+    let copy_loop = command("for i in 1 2 3");
+    let check = command("check-quota");
+
+    let out = Command::new("sh")
+        .args(["-c", &copy_loop])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Disk quota exceeded"),
+        "{copy_loop}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("sh")
+        .args(["-c", &format!("{check} --json")])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{check}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let used = v["record"]["actual_bytes"].as_i64().unwrap();
+    assert!(used * 100 >= (16 << 20) * 95, "{check}: {v}");
+    assert_eq!(v["figures"], "home", "{v}");
+    assert_eq!(v["user"], "jmiller@stsci.edu");
+    let out = Command::new("sh").args(["-c", &check]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "nearing-limit: {said}");
+    assert!(
+        said.contains("of 16 MiB (99%)") || said.contains("of 16 MiB (100%)"),
+        "{said}"
+    );
+    assert!(!said.contains("All is well"), "{said}");
+    drop(demo);
+    assert!(!dir.exists(), "the demo cleaned up");
+}
+
+/// The demo, stopped with Ctrl-C (SIGINT) so that it unmounts, whatever
+/// the test did.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.0.wait();
+    }
 }

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use hubfs_e2e::hub::free_port;
 use hubfs_fuse::home::sink::{ReportKind, SinkError};
 use hubfs_fuse::home::{
     ControllerVerdict, GrpcSink, Limits, Reporter, UsageCounters, UsageReport, UsageSink, Zone,
@@ -73,14 +74,6 @@ impl Drop for Controller {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_controller(hubfs: &Path, homes: usize) -> (Controller, String) {
