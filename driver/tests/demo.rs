@@ -8,6 +8,17 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// A small demo: a 6 MiB object, a 16 MiB quota, stopped after 5 minutes
+/// at the latest.
+const SMALL: &[&str] = &[
+    "--big-object",
+    "6MiB",
+    "--quota",
+    "16MiB",
+    "--exit-after",
+    "300",
+];
+
 /// Starts `hubfs demo ARGS --dir DIR`; its stdout lines arrive on the
 /// channel, read to the end (the demo prints until it stops).
 fn start_demo(
@@ -37,19 +48,7 @@ fn start_demo(
 fn demo_mounts_a_bucket_and_a_home_whose_quota_trips() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let (mut child, rx) = start_demo(
-        &[
-            "--small-objects",
-            "1200",
-            "--big-object",
-            "6MiB",
-            "--quota",
-            "16MiB",
-            "--exit-after",
-            "300",
-        ],
-        &dir,
-    );
+    let (mut child, rx) = start_demo(&[&["--small-objects", "1200"], SMALL].concat(), &dir);
     let mut seen = Vec::new();
     loop {
         let line = rx
@@ -208,17 +207,10 @@ fn demo_check_quota_right_after_edquot_says_full() {
     let dir = tmp.path().join("demo");
     let (child, rx) = start_demo(
         &[
-            "--user",
-            "jmiller@stsci.edu",
-            "--small-objects",
-            "20",
-            "--big-object",
-            "6MiB",
-            "--quota",
-            "16MiB",
-            "--exit-after",
-            "300",
-        ],
+            &["--user", "jmiller@stsci.edu", "--small-objects", "20"],
+            SMALL,
+        ]
+        .concat(),
         &dir,
     );
     // Stopped with Ctrl-C whatever happens below.

@@ -135,9 +135,15 @@ async fn serve_waits_for_the_users_directory_and_walks_the_first_home() {
     assert!(!server.is_finished());
 
     // A fresh install: the first provisioned home brings the directory.
-    let home = d.path().join("users/ada");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(home.join("notebook.ipynb"), vec![1u8; 3 << 20]).unwrap();
+    // The home appears whole (made beside it, then renamed in): a scan
+    // between its mkdir and the end of the write would walk it half
+    // written, and a measured home is not walked again for days.
+    let staging = d.path().join("staging");
+    std::fs::create_dir_all(staging.join("ada")).unwrap();
+    std::fs::write(staging.join("ada/notebook.ipynb"), vec![1u8; 3 << 20]).unwrap();
+    std::fs::create_dir(d.path().join("users.new")).unwrap();
+    std::fs::rename(staging.join("ada"), d.path().join("users.new/ada")).unwrap();
+    std::fs::rename(d.path().join("users.new"), d.path().join("users")).unwrap();
     wait_for("the scheduled walk of ada", || {
         ctrl.store
             .load("ada")
