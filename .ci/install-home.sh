@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the home layer's tests and benchmarks need: fuse3 (fusermount3
 # for unmounting as a non-root caller, and the kernel module helpers), fio and
-# bindfs (the benchmark's peers). Idempotent: skips what is already present.
+# bindfs (the benchmark's peers), acl (setfacl, for the act-as-the-caller
+# tests). Idempotent: skips what is already present.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,7 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v fio >/dev/null 2>&1 || need+=(fio)
 command -v bindfs >/dev/null 2>&1 || need+=(bindfs)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v setfacl >/dev/null 2>&1 || need+=(acl)
 
 if [ "${#need[@]}" -gt 0 ]; then
     echo "install-home: installing ${need[*]}"

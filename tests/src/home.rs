@@ -52,6 +52,31 @@ pub struct Mounted {
     pub dirs: Dirs,
     pub mount: Option<HomeMount>,
     pub sink: Arc<FakeSink>,
+    /// A tmpfs mounted on the source, unmounted after the home.
+    pub tmpfs: Option<Tmpfs>,
+}
+
+/// A tmpfs mounted at a path, detached when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path) -> Tmpfs {
+        nix::mount::mount(
+            Some("hubfs-test"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=256m,mode=0755"),
+        )
+        .expect("mount a tmpfs");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 impl Mounted {
@@ -94,7 +119,25 @@ pub fn mount_home(limits: Limits) -> Mounted {
 /// As [`mount_home`], with options changed by `configure` first.
 pub fn mount_home_with(limits: Limits, configure: impl FnOnce(&mut HomeOptions)) -> Mounted {
     require_root_fuse();
+    mount_home_in(dirs(), None, limits, configure)
+}
+
+/// As [`mount_home`], over a fresh tmpfs (which, unlike ext4, lets one
+/// inode carry megabytes of extended attributes).
+pub fn mount_home_on_tmpfs(limits: Limits) -> Mounted {
+    require_root_fuse();
     let dirs = dirs();
+    let tmpfs = Tmpfs::mount(&dirs.source);
+    std::os::unix::fs::chown(&dirs.source, Some(USER), Some(USER)).unwrap();
+    mount_home_in(dirs, Some(tmpfs), limits, |_| {})
+}
+
+fn mount_home_in(
+    dirs: Dirs,
+    tmpfs: Option<Tmpfs>,
+    limits: Limits,
+    configure: impl FnOnce(&mut HomeOptions),
+) -> Mounted {
     let mut opts = HomeOptions::new(dirs.source.clone(), dirs.mnt.clone(), "alice");
     opts.limits = limits;
     opts.report_interval = std::time::Duration::from_millis(200);
@@ -106,6 +149,7 @@ pub fn mount_home_with(limits: Limits, configure: impl FnOnce(&mut HomeOptions))
         dirs,
         mount: Some(m),
         sink,
+        tmpfs,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Model-based property test of write-time accounting: random sequences of
-//! create/write/truncate/unlink/rename/link/mkdir/rmdir through a mounted
+//! create/write/truncate/unlink/rename (plain and with RENAME_WHITEOUT,
+//! whose whiteout is one more inode)/link/mkdir/rmdir through a mounted
 //! home; afterwards the accounted usage must equal a fresh walk of the
 //! backing directory (the figure the quota controller would otherwise use).
 
@@ -21,6 +22,8 @@ enum Op {
     Truncate(usize, u64),
     Unlink(usize),
     Rename(usize, usize),
+    /// `renameat2(RENAME_WHITEOUT)` (as overlayfs and fsstress do; root).
+    RenameWhiteout(usize, usize),
     Link(usize, usize),
     Mkdir(usize),
     Rmdir(usize),
@@ -46,6 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
         (n.clone(), 0u64..40_000).prop_map(|(a, s)| Op::Truncate(a, s)),
         n.clone().prop_map(Op::Unlink),
         (n.clone(), n.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
+        (n.clone(), n.clone()).prop_map(|(a, b)| Op::RenameWhiteout(a, b)),
         (n.clone(), n.clone()).prop_map(|(a, b)| Op::Link(a, b)),
         n.clone().prop_map(Op::Mkdir),
         n.clone().prop_map(Op::Rmdir),
@@ -77,6 +81,14 @@ fn apply(root: &Path, op: &Op) {
             .and_then(|f| f.set_len(*s)),
         Op::Unlink(a) => fs::remove_file(p(root, *a)),
         Op::Rename(a, b) => fs::rename(p(root, *a), p(root, *b)),
+        Op::RenameWhiteout(a, b) => nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &p(root, *a),
+            nix::fcntl::AT_FDCWD,
+            &p(root, *b),
+            nix::fcntl::RenameFlags::RENAME_WHITEOUT,
+        )
+        .map_err(std::io::Error::from),
         Op::Link(a, b) => fs::hard_link(p(root, *a), p(root, *b)),
         Op::Mkdir(a) => fs::create_dir(p(root, *a)),
         Op::Rmdir(a) => fs::remove_dir(p(root, *a)),

@@ -232,7 +232,7 @@ fn kernel_has_passthrough() -> bool {
 }
 
 #[test]
-fn readers_pass_through_and_a_writer_joining_them_is_charged() {
+fn readers_pass_through_and_a_writer_joining_them_is_enforced() {
     use std::io::{Read, Write};
     let m = mount_home(limited(100 * MIB));
     let f = m.mnt().join("data");
@@ -256,14 +256,19 @@ fn readers_pass_through_and_a_writer_joining_them_is_charged() {
         );
     }
     // A writer while the reader holds the file: the kernel only accepts a
-    // passthrough open now, and its growth is charged within a second.
+    // passthrough open now, and the daemon grants it with FOPEN_DIRECT_IO,
+    // so its writes still come to the daemon: charged at once, refused
+    // past the limit while the reader stays open.
     let mut w = fs::OpenOptions::new().append(true).open(&f).unwrap();
     w.write_all(&vec![1u8; 2 * MIB as usize]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while m.usage().0 != 6 * MIB as i64 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(m.usage().0, 6 * MIB as i64, "charged while still open");
+    assert_eq!(m.usage().0, 6 * MIB as i64, "charged at once");
+    let e = w.write_all(&vec![1u8; 200 * MIB as usize]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+    assert!(m.usage().0 <= 100 * MIB as i64, "{:?}", m.usage());
+    assert_eq!(
+        fs::metadata(m.src().join("data")).unwrap().len() as i64,
+        m.usage().0
+    );
     w.set_len(MIB).unwrap();
     assert_eq!(m.usage().0, MIB as i64, "truncate through the daemon");
     drop(w);

@@ -759,7 +759,9 @@ impl ReplyDirectoryPlus {
 
     /// Add an entry to the directory reply buffer. Returns true if the buffer is full.
     /// A transparent offset value can be provided for each entry. The kernel uses these
-    /// value to request the next entries in further readdir calls
+    /// value to request the next entries in further readdir calls.
+    /// hubfs patch: `ino` is the entry's node id (0: the name is listed, with
+    /// `attr.ino` as its number, but the kernel gets no entry for it).
     pub fn add<T: AsRef<OsStr>>(
         &mut self,
         ino: INodeNo,

@@ -20,7 +20,7 @@ use fuser::{
 
 use super::error::HomeError;
 use super::fs::{Caller, Entry, HomeFs, SetAttr, SetTime};
-use super::iomode::{Grant, IoModes};
+use super::iomode::{Access, Grant, IoModes};
 use super::requests::Op;
 
 /// How long the kernel may trust attributes and names, and that a name
@@ -33,18 +33,13 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
 
-/// Whether an open only reads (and so may pass through).
-fn read_only(flags: i32) -> bool {
-    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0
-}
-
-/// Flags of a daemon-served open: page cache kept across opens; a reader's
-/// close needs no FLUSH round trip (nothing of it can fail late).
-fn cached_flags(read_only: bool) -> FopenFlags {
-    if read_only {
-        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
-    } else {
-        FopenFlags::FOPEN_KEEP_CACHE
+/// Flags of a daemon-served open through the page cache: pages kept
+/// across opens; a reader's close needs no FLUSH round trip (nothing of it
+/// can fail late).
+fn cached_flags(access: Access) -> FopenFlags {
+    match access {
+        Access::Read => FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        _ => FopenFlags::FOPEN_KEEP_CACHE,
     }
 }
 
@@ -88,6 +83,15 @@ impl HomeFuse {
         (self.io.clone(), self.passthrough.clone())
     }
 
+    /// Extended attribute `name` of `ino` was set or removed: an access ACL
+    /// of a directory changes who may search it (see `reach`).
+    fn acl_changed(&self, ino: u64, name: &OsStr) {
+        if name == "system.posix_acl_access" && self.fs.getattr(ino).is_ok_and(|st| sys_is_dir(&st))
+        {
+            self.fs.permissions_changed();
+        }
+    }
+
     /// Registers the backing file of `fh` for passthrough; `None` (and
     /// passthrough off for the rest of the mount) when the kernel refuses.
     fn backing(
@@ -98,7 +102,9 @@ impl HomeFuse {
         if !self.passthrough.load(Ordering::Relaxed) {
             return None;
         }
-        match self.fs.with_file(fh, open) {
+        // Registering a backing file needs CAP_SYS_ADMIN: the server's.
+        let opened = super::identity::as_server(|| self.fs.with_file(fh, open));
+        match opened.and_then(|r| r) {
             Ok(Ok(b)) => Some(b),
             Ok(Err(e)) => {
                 if self.passthrough.swap(false, Ordering::Relaxed) {
@@ -110,7 +116,20 @@ impl HomeFuse {
         }
     }
 
-    /// Decides how the kernel serves a new handle (see `iomode`).
+    /// Counts a request, switches this thread to its caller's credentials
+    /// (see `identity`) and checks that the caller may reach the inodes it
+    /// names by a path (see `reach`); an error refuses the request.
+    fn begin(&self, req: &Request, op: Op, reach: &[u64]) -> Result<(), Errno> {
+        self.fs.requests.count(op);
+        self.fs.act_as(&caller(req)).map_err(err)?;
+        reach
+            .iter()
+            .try_for_each(|&ino| self.fs.reach(ino))
+            .map_err(err)
+    }
+
+    /// Decides how the kernel serves a new handle (see `iomode`): every
+    /// writer's writes come to the daemon whatever the grant.
     fn grant(
         &self,
         ino: u64,
@@ -118,24 +137,33 @@ impl HomeFuse {
         flags: i32,
         open: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
     ) -> (Grant<BackingId>, FopenFlags) {
-        let ro = read_only(flags);
+        let access = Access::of(flags);
         let usage = self.fs.usage();
         let may = !usage.cleanup() && !usage.over_soft_limit();
-        let g = self.io.open(ino, fh, ro, may, || self.backing(fh, open));
-        if matches!(g, Grant::Passthrough(_)) && !ro {
-            if let Err(e) = self.fs.unmediated_writer(fh) {
-                tracing::warn!(error = %e, "cannot follow a passthrough writer");
-            }
-            tracing::debug!(ino, "writer joins passthrough readers; charged as it grows");
-        }
+        let g = self
+            .io
+            .open(ino, fh, access, may, || self.backing(fh, open));
         let f = match g {
-            // A passthrough writer's close must still reach us (flush).
-            Grant::Passthrough(_) if ro => FopenFlags::FOPEN_NOFLUSH,
-            Grant::Passthrough(_) => FopenFlags::empty(),
-            Grant::Cached => cached_flags(ro),
+            Grant::Passthrough(_) => FopenFlags::FOPEN_NOFLUSH,
+            // A writer's close must still reach us (flush).
+            Grant::PassthroughDirect(_) | Grant::Direct => FopenFlags::FOPEN_DIRECT_IO,
+            Grant::Cached => cached_flags(access),
         };
         (g, f)
     }
+}
+
+/// The inodes a request on `ino` reaches by a path: none when it came
+/// through an open file (a handle: fstat, ftruncate), as natively.
+fn by_path(fh: Option<FileHandle>, ino: &[u64; 1]) -> &[u64] {
+    match fh {
+        Some(_) => &[],
+        None => ino,
+    }
+}
+
+fn sys_is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 fn err(e: HomeError) -> Errno {
@@ -282,14 +310,16 @@ impl Filesystem for HomeFuse {
         // drops them itself when a getattr shows the file changed under us
         // (another node writing the same home).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
-        // POSIX ACLs as on the backing filesystem: the kernel checks
-        // permissions against them, and leaves the umask to us (we hand it
-        // to the backing filesystem, which skips it under a default ACL).
+        // The umask is left to us: we hand it to the backing filesystem,
+        // which skips it under a default ACL. Not FUSE_POSIX_ACL: the kernel
+        // would turn `default_permissions` on with it; POSIX ACLs pass
+        // through as extended attributes and the backing filesystem, judging
+        // each request as its caller, applies them.
         if config
-            .add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL | fuser::InitFlags::FUSE_DONT_MASK)
+            .add_capabilities(fuser::InitFlags::FUSE_DONT_MASK)
             .is_err()
         {
-            tracing::info!("kernel has no FUSE POSIX ACLs; ACLs are plain extended attributes");
+            tracing::info!("kernel applies the umask itself; default ACLs cannot override it");
         }
         // Depth 2: the backing may itself be stacked (an overlay root in a
         // container); this mount then cannot be stacked on, which nothing does.
@@ -304,8 +334,10 @@ impl Filesystem for HomeFuse {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.fs.requests.count(Op::Lookup);
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = self.begin(req, Op::Lookup, &[parent.0]) {
+            return reply.error(e);
+        }
         match self.fs.lookup(parent.0, name) {
             // A negative entry (node 0): the kernel remembers the name is
             // missing for TTL, so probing it again (an import path, a
@@ -323,8 +355,10 @@ impl Filesystem for HomeFuse {
         self.fs.forget(ino.0, nlookup)
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.fs.requests.count(Op::Getattr);
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Err(e) = self.begin(req, Op::Getattr, by_path(fh, &[ino.0])) {
+            return reply.error(e);
+        }
         match self.fs.getattr(ino.0) {
             Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
             Err(e) => reply.error(err(e)),
@@ -349,7 +383,9 @@ impl Filesystem for HomeFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.fs.requests.count(Op::Setattr);
+        if let Err(e) = self.begin(req, Op::Setattr, by_path(fh, &[ino.0])) {
+            return reply.error(e);
+        }
         let a = SetAttr {
             mode,
             uid,
@@ -358,14 +394,21 @@ impl Filesystem for HomeFuse {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(caller(req), ino.0, fh.map(|f| f.0), a) {
-            Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
+        match self.fs.setattr(ino.0, fh.map(|f| f.0), a) {
+            Ok(st) => {
+                if sys_is_dir(&st) && (mode.is_some() || uid.is_some() || gid.is_some()) {
+                    self.fs.permissions_changed();
+                }
+                reply.attr(&TTL, &attr(ino.0, &st))
+            }
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.fs.requests.count(Op::Readlink);
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        if let Err(e) = self.begin(req, Op::Readlink, &[ino.0]) {
+            return reply.error(e);
+        }
         match self.fs.readlink(ino.0) {
             Ok(v) => reply.data(&v),
             Err(e) => reply.error(err(e)),
@@ -382,12 +425,10 @@ impl Filesystem for HomeFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.fs.requests.count(Op::Mknod);
-        entry(
-            reply,
-            self.fs
-                .mknod(caller(req), parent.0, name, mode, umask, rdev),
-        )
+        if let Err(e) = self.begin(req, Op::Mknod, &[parent.0]) {
+            return reply.error(e);
+        }
+        entry(reply, self.fs.mknod(parent.0, name, mode, umask, rdev))
     }
 
     fn mkdir(
@@ -399,20 +440,23 @@ impl Filesystem for HomeFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.fs.requests.count(Op::Mkdir);
-        entry(
-            reply,
-            self.fs.mkdir(caller(req), parent.0, name, mode, umask),
-        )
+        if let Err(e) = self.begin(req, Op::Mkdir, &[parent.0]) {
+            return reply.error(e);
+        }
+        entry(reply, self.fs.mkdir(parent.0, name, mode, umask))
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.fs.requests.count(Op::Unlink);
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.begin(req, Op::Unlink, &[parent.0]) {
+            return reply.error(e);
+        }
         empty(reply, self.fs.unlink(parent.0, name))
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.fs.requests.count(Op::Rmdir);
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.begin(req, Op::Rmdir, &[parent.0]) {
+            return reply.error(e);
+        }
         empty(reply, self.fs.rmdir(parent.0, name))
     }
 
@@ -424,16 +468,15 @@ impl Filesystem for HomeFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.fs.requests.count(Op::Symlink);
-        entry(
-            reply,
-            self.fs.symlink(caller(req), parent.0, link_name, target),
-        )
+        if let Err(e) = self.begin(req, Op::Symlink, &[parent.0]) {
+            return reply.error(e);
+        }
+        entry(reply, self.fs.symlink(parent.0, link_name, target))
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -441,7 +484,9 @@ impl Filesystem for HomeFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.requests.count(Op::Rename);
+        if let Err(e) = self.begin(req, Op::Rename, &[parent.0, newparent.0]) {
+            return reply.error(e);
+        }
         empty(
             reply,
             self.fs
@@ -451,31 +496,37 @@ impl Filesystem for HomeFuse {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.fs.requests.count(Op::Link);
+        if let Err(e) = self.begin(req, Op::Link, &[ino.0, newparent.0]) {
+            return reply.error(e);
+        }
         entry(reply, self.fs.link(ino.0, newparent.0, newname))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.fs.requests.count(Op::Open);
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Err(e) = self.begin(req, Op::Open, &[ino.0]) {
+            return reply.error(e);
+        }
         let fh = match self.fs.open(ino.0, flags.0) {
             Ok(fh) => fh,
             Err(e) => return reply.error(err(e)),
         };
         match self.grant(ino.0, fh, flags.0, |f| reply.open_backing(f)) {
-            (Grant::Passthrough(b), f) => reply.opened_passthrough(FileHandle(fh), f, &b),
-            (Grant::Cached, f) => reply.opened(FileHandle(fh), f),
+            (Grant::Passthrough(b) | Grant::PassthroughDirect(b), f) => {
+                reply.opened_passthrough(FileHandle(fh), f, &b)
+            }
+            (Grant::Cached | Grant::Direct, f) => reply.opened(FileHandle(fh), f),
         }
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -484,7 +535,9 @@ impl Filesystem for HomeFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.fs.requests.count(Op::Read);
+        if let Err(e) = self.begin(req, Op::Read, &[]) {
+            return reply.error(e);
+        }
         self.fs.read(fh.0, offset, size, |r| match r {
             Ok(data) => reply.data(data),
             Err(e) => reply.error(err(e)),
@@ -503,8 +556,10 @@ impl Filesystem for HomeFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.fs.requests.count(Op::Write);
-        match self.fs.write(caller(req), fh.0, offset, data) {
+        if let Err(e) = self.begin(req, Op::Write, &[]) {
+            return reply.error(e);
+        }
+        match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),
         }
@@ -512,13 +567,15 @@ impl Filesystem for HomeFuse {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.fs.requests.count(Op::Flush);
+        if let Err(e) = self.begin(req, Op::Flush, &[]) {
+            return reply.error(e);
+        }
         empty(reply, self.fs.flush(fh.0))
     }
 
@@ -540,18 +597,22 @@ impl Filesystem for HomeFuse {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.requests.count(Op::Fsync);
+        if let Err(e) = self.begin(req, Op::Fsync, &[]) {
+            return reply.error(e);
+        }
         empty(reply, self.fs.fsync(fh.0, datasync))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.fs.requests.count(Op::Opendir);
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if let Err(e) = self.begin(req, Op::Opendir, &[ino.0]) {
+            return reply.error(e);
+        }
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
@@ -560,13 +621,15 @@ impl Filesystem for HomeFuse {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.fs.requests.count(Op::Readdir);
+        if let Err(e) = self.begin(req, Op::Readdir, &[]) {
+            return reply.error(e);
+        }
         let r = self.fs.readdir(ino.0, fh.0, offset, |e, next| {
             reply.add(INodeNo(e.ino), next, dkind(e.kind), &e.name)
         });
@@ -578,23 +641,34 @@ impl Filesystem for HomeFuse {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.fs.requests.count(Op::Readdirplus);
-        let r = self.fs.readdirplus(ino.0, fh.0, offset, |name, next, e| {
-            reply.add(
-                INodeNo(e.ino),
-                next,
-                name,
-                &TTL,
-                &attr(e.ino, &e.st),
-                Generation(0),
-            )
-        });
+        if let Err(e) = self.begin(req, Op::Readdirplus, &[]) {
+            return reply.error(e);
+        }
+        let r = self
+            .fs
+            .readdirplus(ino.0, fh.0, offset, |d, next, e| match e {
+                Some(e) => reply.add(
+                    INodeNo(e.ino),
+                    next,
+                    &d.name,
+                    &TTL,
+                    &attr(e.ino, &e.st),
+                    Generation(0),
+                ),
+                // Not looked up for this caller: the name alone (node id 0).
+                None => {
+                    let mut a = negative();
+                    a.ino = INodeNo(d.ino);
+                    a.kind = dkind(d.kind);
+                    reply.add(INodeNo(0), next, &d.name, &TTL, &a, Generation(0))
+                }
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -616,13 +690,15 @@ impl Filesystem for HomeFuse {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.requests.count(Op::Fsync);
+        if let Err(e) = self.begin(req, Op::Fsync, &[]) {
+            return reply.error(e);
+        }
         reply.ok()
     }
 
@@ -653,32 +729,47 @@ impl Filesystem for HomeFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.fs.requests.count(Op::Xattr);
-        empty(
-            reply,
-            self.fs.setxattr(caller(req), ino.0, name, value, flags),
-        )
+        if let Err(e) = self.begin(req, Op::Xattr, &[ino.0]) {
+            return reply.error(e);
+        }
+        let r = self.fs.setxattr(caller(req), ino.0, name, value, flags);
+        if r.is_ok() {
+            self.acl_changed(ino.0, name);
+        }
+        empty(reply, r)
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.fs.requests.count(Op::Xattr);
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Err(e) = self.begin(req, Op::Xattr, &[ino.0]) {
+            return reply.error(e);
+        }
         xattr(reply, size, self.fs.getxattr(ino.0, name))
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.fs.requests.count(Op::Xattr);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if let Err(e) = self.begin(req, Op::Xattr, &[ino.0]) {
+            return reply.error(e);
+        }
         xattr(reply, size, self.fs.listxattr(ino.0))
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.fs.requests.count(Op::Xattr);
-        empty(reply, self.fs.removexattr(ino.0, name))
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.begin(req, Op::Xattr, &[ino.0]) {
+            return reply.error(e);
+        }
+        let r = self.fs.removexattr(ino.0, name);
+        if r.is_ok() {
+            self.acl_changed(ino.0, name);
+        }
+        empty(reply, r)
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        self.fs.requests.count(Op::Other);
-        // The kernel checks permissions itself (default_permissions).
-        reply.ok()
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if let Err(e) = self.begin(req, Op::Other, &[ino.0]) {
+            return reply.error(e);
+        }
+        // access(2), chdir(2): the kernel asks (no default_permissions).
+        empty(reply, self.fs.access(ino.0, mask.bits()))
     }
 
     fn create(
@@ -691,18 +782,19 @@ impl Filesystem for HomeFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.fs.requests.count(Op::Create);
-        let (e, fh) = match self
-            .fs
-            .create(caller(req), parent.0, name, mode, umask, flags)
-        {
+        if let Err(e) = self.begin(req, Op::Create, &[parent.0]) {
+            return reply.error(e);
+        }
+        let (e, fh) = match self.fs.create(parent.0, name, mode, umask, flags) {
             Ok(r) => r,
             Err(e) => return reply.error(err(e)),
         };
         let (ttl, a, g, f) = (&TTL, &attr(e.ino, &e.st), Generation(0), FileHandle(fh));
         match self.grant(e.ino, fh, flags, |f| reply.open_backing(f)) {
-            (Grant::Passthrough(b), fl) => reply.created_passthrough(ttl, a, g, f, fl, &b),
-            (Grant::Cached, fl) => reply.created(ttl, a, g, f, fl),
+            (Grant::Passthrough(b) | Grant::PassthroughDirect(b), fl) => {
+                reply.created_passthrough(ttl, a, g, f, fl, &b)
+            }
+            (Grant::Cached | Grant::Direct, fl) => reply.created(ttl, a, g, f, fl),
         }
     }
 
@@ -716,23 +808,24 @@ impl Filesystem for HomeFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.fs.requests.count(Op::Other);
-        empty(
-            reply,
-            self.fs.fallocate(caller(req), fh.0, offset, length, mode),
-        )
+        if let Err(e) = self.begin(req, Op::Other, &[]) {
+            return reply.error(e);
+        }
+        empty(reply, self.fs.fallocate(fh.0, offset, length, mode))
     }
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.fs.requests.count(Op::Other);
+        if let Err(e) = self.begin(req, Op::Other, &[]) {
+            return reply.error(e);
+        }
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -741,7 +834,7 @@ impl Filesystem for HomeFuse {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: IoctlFlags,
@@ -750,7 +843,9 @@ impl Filesystem for HomeFuse {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        self.fs.requests.count(Op::Other);
+        if let Err(e) = self.begin(req, Op::Other, &[]) {
+            return reply.error(e);
+        }
         match self.fs.flags_ioctl(ino.0, fh.0, cmd, out_size) {
             Some(Ok(data)) => reply.ioctl(0, &data),
             Some(Err(e)) => reply.error(err(e)),
@@ -781,10 +876,12 @@ impl Filesystem for HomeFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.fs.requests.count(Op::Other);
+        if let Err(e) = self.begin(req, Op::Other, &[]) {
+            return reply.error(e);
+        }
         match self
             .fs
-            .copy_file_range(caller(req), fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),

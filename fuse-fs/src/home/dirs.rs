@@ -4,7 +4,7 @@
 //! kernel learns names and attributes of a whole batch in one request
 //! (`ls -l`, `du`, `rm -rf`, `find` then send no LOOKUP per entry).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -32,9 +32,10 @@ impl DirEntry {
 pub(super) type Listing = Arc<Vec<DirEntry>>;
 
 impl HomeFs {
-    /// Opens a directory handle; the listing is read by the first readdir.
+    /// Opens a directory handle for the caller, who needs read permission
+    /// as natively; the listing is read by the first readdir.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        self.inode(ino)?;
+        sys::access(self.inode(ino)?.fd(), libc::R_OK)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().insert(fh, None);
         Ok(fh)
@@ -91,7 +92,10 @@ impl HomeFs {
 
     /// As [`Self::readdir`], each entry but `.` and `..` looked up (one
     /// more kernel reference, as a LOOKUP takes). An entry gone since the
-    /// listing is left out; one that cannot be looked up for another
+    /// listing is left out; one the caller may not look up (no search
+    /// permission on the directory) is listed without attributes (`None`:
+    /// the kernel gets the name, no entry), as `ls` of such a directory
+    /// natively shows names only; one that cannot be looked up for another
     /// reason ends the batch (or fails it, if it is the first). An entry
     /// that does not fit (`add` true) gives its reference back.
     pub fn readdirplus(
@@ -99,7 +103,7 @@ impl HomeFs {
         ino: u64,
         fh: u64,
         offset: u64,
-        mut add: impl FnMut(&OsStr, u64, &Entry) -> bool,
+        mut add: impl FnMut(&DirEntry, u64, Option<&Entry>) -> bool,
     ) -> Result<()> {
         let l = self.listing(ino, fh, offset)?;
         let dir = self.inode(ino)?;
@@ -115,7 +119,7 @@ impl HomeFs {
                     None => *dot.insert(sys::stat_fd(dir.fd())?),
                 };
                 st.st_ino = e.ino;
-                if add(&e.name, next, &Entry { ino: e.ino, st }) {
+                if add(e, next, Some(&Entry { ino: e.ino, st })) {
                     break;
                 }
                 continue;
@@ -125,6 +129,12 @@ impl HomeFs {
                 Ok(found) => found,
                 // Gone since the listing: as if listed a moment later.
                 Err(HomeError::Os(libc::ENOENT)) => continue,
+                Err(HomeError::Os(libc::EACCES | libc::EPERM)) => {
+                    if add(e, next, None) {
+                        break;
+                    }
+                    continue;
+                }
                 // Anything else (EMFILE...) must not hide the entry: the
                 // batch ends before it, and a batch that would be empty
                 // reports the error.
@@ -132,7 +142,7 @@ impl HomeFs {
                 Err(_) => break,
             };
             added += 1;
-            if add(&e.name, next, &found) {
+            if add(e, next, Some(&found)) {
                 self.inodes.forget(found.ino, 1);
                 break;
             }
@@ -142,6 +152,20 @@ impl HomeFs {
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().remove(&fh);
+    }
+
+    /// The names in directory `ino` whose inodes the kernel knows (it may
+    /// hold them as cached names), listed with the server's credentials.
+    pub fn known_children(&self, ino: u64) -> Result<Vec<OsString>> {
+        let dir = self.inode(ino)?;
+        let listed = super::identity::as_server(|| sys::list_dir(dir.fd()))??;
+        let dev = dir.key().0;
+        Ok(listed
+            .into_iter()
+            .filter(|e| e.name != "." && e.name != "..")
+            .filter(|e| self.inodes.known((dev, e.ino)).is_some())
+            .map(|e| e.name)
+            .collect())
     }
 }
 
@@ -161,12 +185,13 @@ mod tests {
         let fh = fs.opendir(root).unwrap();
         let mut given = Vec::new();
         // The reply is "full" at the second real entry: it is given back.
-        fs.readdirplus(root, fh, 0, |name, next, e| {
-            if !(name == "." || name == "..") && given.len() == 1 {
+        fs.readdirplus(root, fh, 0, |d, next, e| {
+            let name = &d.name;
+            if !d.is_dot() && given.len() == 1 {
                 return true;
             }
-            if !(name == "." || name == "..") {
-                given.push((name.to_owned(), next, e.ino));
+            if !d.is_dot() {
+                given.push((name.to_owned(), next, e.unwrap().ino));
             }
             false
         })
@@ -176,9 +201,9 @@ mod tests {
         // The next batch starts after it and hands out the other two.
         let (_, after, _) = given[0].clone();
         let mut rest = Vec::new();
-        fs.readdirplus(root, fh, after, |name, _, e| {
-            if !(name == "." || name == "..") {
-                rest.push(e.ino);
+        fs.readdirplus(root, fh, after, |d, _, e| {
+            if !d.is_dot() {
+                rest.push(e.unwrap().ino);
             }
             false
         })
@@ -189,8 +214,8 @@ mod tests {
         fs.readdir(root, fh, 0, |_, _| false).unwrap();
         std::fs::remove_file(t.path().join("b")).unwrap();
         let mut names = Vec::new();
-        fs.readdirplus(root, fh, 1, |name, _, _| {
-            names.push(name.to_owned());
+        fs.readdirplus(root, fh, 1, |d, _, _| {
+            names.push(d.name.to_owned());
             false
         })
         .unwrap();

@@ -1,7 +1,7 @@
 //! Open files of the home layer: open, create, read, write and the other
 //! calls on a file handle, each size change accounted through
-//! `HomeFs::resize`, and the bookkeeping of writers the kernel serves
-//! itself (passthrough; see `iomode`).
+//! `HomeFs::resize`, and the bookkeeping of passthrough writers adopted from
+//! an older server in a takeover (see `iomode`).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::error::HomeError;
-use super::fs::{Caller, Entry, HomeFs, Result};
+use super::fs::{Entry, HomeFs, Result};
 use super::inodes::{self, Inode, Unmediated};
 use super::syscalls as sys;
 
@@ -22,7 +22,8 @@ pub(super) struct Handle {
     /// Written through this handle since the last flush: only then has a
     /// close anything to report.
     pub(super) dirty: AtomicBool,
-    /// The kernel writes through this handle without us (passthrough).
+    /// The kernel writes through this handle without us: a passthrough
+    /// writer adopted from an older server (see `iomode`).
     pub(super) unmediated: AtomicBool,
 }
 
@@ -36,8 +37,17 @@ thread_local! {
 /// page cache, and the daemon's buffers meet no alignment rule a backing
 /// filesystem may set for direct I/O (EINVAL for a 4 KiB `dd oflag=direct`).
 fn open_flags(flags: i32) -> i32 {
-    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_DIRECT)
+    flags
+        & !(libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_NOCTTY
+            | libc::O_TRUNC
+            | libc::O_DIRECT
+            | FMODE_EXEC)
 }
+
+/// `__FMODE_EXEC`: the kernel opens the file to execute it.
+const FMODE_EXEC: i32 = 0x20;
 
 impl HomeFs {
     pub(super) fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
@@ -70,9 +80,18 @@ impl HomeFs {
         fh
     }
 
+    /// Opens inode `ino` for the caller. An open to execute needs only
+    /// execute permission, as natively (a `--x` program runs): it is
+    /// checked for the caller, and the file opened for reading by the
+    /// server.
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let i = self.inode(ino)?;
-        let file = sys::reopen(i.fd(), open_flags(flags))?;
+        let file = if flags & FMODE_EXEC != 0 {
+            sys::access(i.fd(), libc::X_OK)?;
+            super::identity::as_server(|| sys::reopen(i.fd(), libc::O_RDONLY))??
+        } else {
+            sys::reopen(i.fd(), open_flags(flags))?
+        };
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             self.truncate_file(&i, &file, 0)?;
         }
@@ -81,7 +100,6 @@ impl HomeFs {
 
     pub fn create(
         &self,
-        c: Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -92,15 +110,12 @@ impl HomeFs {
         let n = sys::name(name)?;
         // The kernel has followed any symlink already; one here appeared
         // since, and following it would create an inode nobody charged.
-        let oflags =
-            (flags & !(libc::O_NOCTTY | libc::O_TRUNC | libc::O_DIRECT)) | libc::O_NOFOLLOW;
+        let oflags = open_flags(flags | libc::O_CREAT) | libc::O_NOFOLLOW;
         // Unmasked: the backing filesystem applies the caller's umask, or
         // the directory's default ACL instead, as a native one does.
         let make = |oflags: i32, new: bool| {
             self.charged(0, new as u64, || {
-                sys::as_user(c.uid, c.gid, || {
-                    sys::with_umask(umask, || sys::create_at(p.fd(), &n, oflags, mode))
-                })
+                sys::with_umask(umask, || sys::create_at(p.fd(), &n, oflags, mode))
             })
         };
         // Mostly the name is new: try that first (success means new). If
@@ -158,13 +173,12 @@ impl HomeFs {
         })
     }
 
-    pub fn write(&self, c: Caller, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let h = self.handle(fh)?;
         let end = |before: u64, n: u64| if h.append { before } else { offset } + n;
         let n = self.resize_to(
             &h.inode,
             &h.file,
-            Some(&c),
             |before| end(before, data.len() as u64).saturating_sub(before),
             |before| {
                 let n = sys::pwrite(&h.file, data, offset)?;
@@ -175,13 +189,12 @@ impl HomeFs {
         Ok(n)
     }
 
-    pub fn fallocate(&self, c: Caller, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         let h = self.handle(fh)?;
         let grows = mode & (libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE) == 0;
         self.resize(
             &h.inode,
             &h.file,
-            Some(&c),
             |before| match grows {
                 true => offset.saturating_add(length).saturating_sub(before),
                 false => 0,
@@ -192,7 +205,6 @@ impl HomeFs {
 
     pub fn copy_file_range(
         &self,
-        c: Caller,
         fh_in: u64,
         off_in: u64,
         fh_out: u64,
@@ -203,7 +215,6 @@ impl HomeFs {
         let n = self.resize(
             &ho.inode,
             &ho.file,
-            Some(&c),
             |before| off_out.saturating_add(len).saturating_sub(before),
             || sys::copy_file_range(&hi.file, off_in, &ho.file, off_out, len),
         )?;
@@ -246,24 +257,18 @@ impl HomeFs {
         }
     }
 
-    /// The kernel will write through `fh` without us (a passthrough
-    /// writer): from now on its size changes are charged when we look.
-    pub fn unmediated_writer(&self, fh: u64) -> Result<()> {
-        let h = self.handle(fh)?;
-        let mut g = h.inode.size_lock.lock();
-        let st = sys::stat_fd(h.file.as_fd())?;
-        // It will change without us asking: the walk must not count it.
-        self.freeze(&st);
-        if g.writers == 0 {
-            g.baseline = st.st_size;
-        }
-        g.writers += 1;
-        h.unmediated.store(true, Ordering::Relaxed);
-        Ok(())
+    /// True if any open handle is a passthrough writer (adopted).
+    pub fn has_unmediated(&self) -> bool {
+        self.files
+            .read()
+            .values()
+            .any(|h| h.unmediated.load(Ordering::Relaxed))
     }
 
     /// Charges what passthrough writers wrote since the last look (the
-    /// mount calls it twice a second).
+    /// mount calls it twice a second while there are any). Only a takeover
+    /// from a server before `FOPEN_DIRECT_IO` writers brings such writers
+    /// (see `iomode`); this server never makes one.
     pub fn settle_unmediated(&self) {
         let open: Vec<Arc<Handle>> = self
             .files

@@ -9,11 +9,11 @@
 //! attributes; open files are in [`super::files`], directory listings in
 //! [`super::dirs`], extended attributes in [`super::xattr`].
 //!
-//! The daemon runs as root. Permission checks are the kernel's (the mount
-//! uses `default_permissions`, so they are made against the caller's uid,
-//! gids and the mode bits we report); objects are created with the caller's
-//! fsuid/fsgid so they belong to the caller (and inherit a set-gid
-//! directory's group) exactly as on the native filesystem.
+//! Every operation runs with its caller's credentials ([`HomeFs::act_as`],
+//! see [`super::identity`]), so the backing filesystem checks permissions,
+//! POSIX ACLs and ownership as it would for the caller, and what is made
+//! belongs to the caller (inheriting a set-gid directory's group) exactly as
+//! on the native filesystem.
 //!
 //! Accounting rules (the same as the walker's, so a fresh walk agrees):
 //! bytes are apparent sizes of non-directories, a multiply-linked file counts
@@ -30,10 +30,11 @@ use std::sync::Arc;
 use hubfs_walker::{WalkError, WalkStats, Walker};
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
-use super::caller;
+use super::caller::CredentialCache;
 use super::dirs::Listing;
 use super::error::HomeError;
 use super::files::Handle;
+use super::identity;
 use super::inodes::{self, Inode, InodeTable, Key};
 use super::ledger::{charge_of, Ledger};
 use super::requests::RequestCounts;
@@ -100,7 +101,18 @@ pub struct HomeFs {
     /// every operation after it skip the lock.
     walk: RwLock<Option<Arc<Ledger>>>,
     walking: AtomicBool,
+    /// Callers' credentials, and whether this process can take them on
+    /// (it runs as root; an unprivileged server serves as itself).
+    creds: CredentialCache,
+    switch_identity: bool,
+    /// Bumped when a directory's permissions or place change (`reach`).
+    pub(super) perm_gen: AtomicU64,
+    /// Tells the kernel an inode's attributes changed under it (its number).
+    attr_changed: std::sync::OnceLock<AttrChanged>,
 }
+
+/// Tells the kernel the attributes of an inode (by number) changed.
+pub type AttrChanged = Box<dyn Fn(u64) + Send + Sync>;
 
 /// Passes over the home when directories keep moving during the walk.
 const MAX_WALK_PASSES: usize = 3;
@@ -126,7 +138,37 @@ impl HomeFs {
             requests: RequestCounts::default(),
             walk: RwLock::new(None),
             walking: AtomicBool::new(false),
+            creds: CredentialCache::default(),
+            switch_identity: nix::unistd::geteuid().is_root(),
+            perm_gen: AtomicU64::new(0),
+            attr_changed: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves what this thread does next as caller `c` (see
+    /// [`super::identity`]); an error refuses the request.
+    pub fn act_as(&self, c: &Caller) -> Result<()> {
+        if !self.switch_identity {
+            return Ok(());
+        }
+        identity::become_caller(&self.creds.get(c))
+    }
+
+    /// Whether requests are served as their callers (the server is root).
+    pub fn switches_identity(&self) -> bool {
+        self.switch_identity
+    }
+
+    /// How to tell the kernel that an operation changed attributes it had
+    /// no reply to learn them from (a write clearing set-ID bits).
+    pub fn on_attr_changed(&self, f: AttrChanged) {
+        let _ = self.attr_changed.set(f);
+    }
+
+    pub(super) fn attributes_changed(&self, inode: &Inode) {
+        if let Some(f) = self.attr_changed.get() {
+            f(inode.number());
+        }
     }
 
     /// Starts recording the daemon's changes for a mount-time walk; call it
@@ -234,13 +276,20 @@ impl HomeFs {
     }
 
     /// As [`Self::remember`], with the entry's attributes already at hand.
+    /// The caller found it in `parent`, so may reach it as far as `parent`.
     pub(super) fn remember_as(&self, parent: &Inode, name: &CStr, st: Stat) -> Result<Entry> {
-        if let Some(ino) = self.inodes.find(&st) {
-            return Ok(Entry { ino, st });
-        }
-        let (fd, st) = inodes::open_entry(parent, name)?;
-        let ino = self.inodes.insert(fd, &st);
-        Ok(Entry { ino, st })
+        let e = match self.inodes.find(&st) {
+            Some(ino) => Entry { ino, st },
+            None => {
+                let (fd, st) = inodes::open_entry(parent, name)?;
+                Entry {
+                    ino: self.inodes.insert(fd, &st),
+                    st,
+                }
+            }
+        };
+        self.reached_via(parent, e.ino);
+        Ok(e)
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry> {
@@ -252,15 +301,19 @@ impl HomeFs {
         self.inodes.forget(ino, n)
     }
 
+    /// Whether the caller may access inode `ino` for `mask` (`access(2)`,
+    /// `chdir(2)`).
+    pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
+        sys::access(self.inode(ino)?.fd(), mask)
+    }
+
     pub fn getattr(&self, ino: u64) -> Result<Stat> {
         sys::stat_fd(self.inode(ino)?.fd())
     }
 
-    /// Changes attributes for `c`. A size change clears the set-ID bits
-    /// the caller loses by the kernel's rule: the kernel's own FUSE
-    /// `setattr` keeps set-group-ID without group execute even for a caller
-    /// outside the file's group.
-    pub fn setattr(&self, c: Caller, ino: u64, fh: Option<u64>, a: SetAttr) -> Result<Stat> {
+    /// Changes attributes; the backing filesystem clears set-ID bits as
+    /// it does for the caller (a size change without CAP_FSETID, chown).
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, a: SetAttr) -> Result<Stat> {
         let inode = self.inode(ino)?;
         let handle = fh.and_then(|fh| self.handle(fh).ok());
         let file = handle.as_ref().map(|h| &h.file);
@@ -277,7 +330,7 @@ impl HomeFs {
             let truncate = |f: &File| {
                 let grow = |before: u64| size.saturating_sub(before);
                 let op = |_| sys::truncate(f, size).map(|()| ((), Some(size)));
-                self.resize_to(&inode, f, Some(&c), grow, op)
+                self.resize_to(&inode, f, grow, op).map(|_| ())
             };
             match file {
                 Some(f) => truncate(f)?,
@@ -293,33 +346,32 @@ impl HomeFs {
         sys::stat_fd(inode.fd())
     }
 
-    /// Truncate (shrink always allowed, growth reserved first) by the
-    /// daemon itself (`O_TRUNC`; the kernel clears set-ID bits for those).
+    /// Truncate (shrink always allowed, growth reserved first) for
+    /// `O_TRUNC`.
     pub(super) fn truncate_file(&self, inode: &Inode, file: &File, size: u64) -> Result<()> {
         self.resize_to(
             inode,
             file,
-            None,
             |before| size.saturating_sub(before),
             |_| sys::truncate(file, size).map(|()| ((), Some(size))),
         )
+        .map(|_| ())
     }
 
     /// Runs `op`, which changes the size or content of `file`, under the
     /// inode's size lock: catches up on what passthrough writers wrote,
     /// reserves the growth `grow(size before)` first (EDQUOT past the
-    /// limit), and charges the change that really happened. With a
-    /// `caller`, first clears the set-ID bits the caller's change takes
-    /// away on a native filesystem (see [`caller::setid_bits_lost`]).
+    /// limit), and charges the change that really happened. Tells the
+    /// kernel when the backing filesystem cleared set-ID bits on the way
+    /// (its cached mode would be stale, and no reply carries the new one).
     pub(super) fn resize<T>(
         &self,
         inode: &Inode,
         file: &File,
-        caller: Option<&Caller>,
         grow: impl FnOnce(u64) -> u64,
         op: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        self.resize_to(inode, file, caller, grow, |_| op().map(|v| (v, None)))
+        self.resize_to(inode, file, grow, |_| op().map(|v| (v, None)))
     }
 
     /// As [`Self::resize`], for an `op` that knows the size it leaves
@@ -330,7 +382,6 @@ impl HomeFs {
         &self,
         inode: &Inode,
         file: &File,
-        caller: Option<&Caller>,
         grow: impl FnOnce(u64) -> u64,
         op: impl FnOnce(u64) -> Result<(T, Option<u64>)>,
     ) -> Result<T> {
@@ -349,15 +400,6 @@ impl HomeFs {
                 return Err(e.into());
             }
         };
-        if let Some(c) = caller {
-            let lost = caller::setid_bits_lost(&st, c);
-            if lost != 0 {
-                if let Err(e) = sys::chmod_file(file, st.st_mode & !lost) {
-                    self.usage.release(r);
-                    return Err(e);
-                }
-            }
-        }
         let (out, known) = match op(before) {
             Ok(v) => v,
             Err(e) => {
@@ -365,14 +407,18 @@ impl HomeFs {
                 return Err(e);
             }
         };
-        let after = match known {
-            Some(size) if g.writers == 0 => size as i64,
-            _ => sys::stat_fd(std::os::fd::AsFd::as_fd(file))
-                .map(|s| s.st_size)
-                .unwrap_or((before + want) as i64),
+        let setid = sys::is_reg(&st) && st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+        let now = match known {
+            Some(size) if g.writers == 0 && !setid => Ok((size as i64, st.st_mode)),
+            _ => sys::stat_fd(std::os::fd::AsFd::as_fd(file)).map(|s| (s.st_size, s.st_mode)),
         };
+        let (after, mode) = now.unwrap_or(((before + want) as i64, st.st_mode));
         self.usage.settle(r, after - before as i64, 0);
         g.rebase(after);
+        drop(g);
+        if mode != st.st_mode {
+            self.attributes_changed(inode);
+        }
         Ok(out)
     }
 
@@ -380,29 +426,33 @@ impl HomeFs {
         sys::readlink(self.inode(ino)?.fd())
     }
 
-    /// Creates a non-regular node (fifo, socket, device) or a directory.
+    /// Creates a non-regular node (fifo, socket) or a directory. Device
+    /// nodes are refused whoever asks (a home is `nodev`, and the share
+    /// must never hold one another host might open), but for whiteouts
+    /// (character device 0/0, which opens nothing).
     pub fn mknod(
         &self,
-        c: Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
         umask: u32,
         rdev: u32,
     ) -> Result<Entry> {
+        let kind = mode & libc::S_IFMT;
+        if kind == libc::S_IFBLK || (kind == libc::S_IFCHR && rdev != 0) {
+            return Err(HomeError::Os(libc::EPERM));
+        }
         let p = self.inode(parent)?;
         let n = sys::name(name)?;
         // Unmasked: the backing filesystem applies the caller's umask, or
         // the directory's default ACL instead, as a native one does.
         self.create_node(&p, &n, 0, || {
-            sys::as_user(c.uid, c.gid, || {
-                sys::with_umask(umask, || {
-                    if mode & libc::S_IFMT == libc::S_IFDIR {
-                        sys::mkdir_at(p.fd(), &n, mode)
-                    } else {
-                        sys::mknod_at(p.fd(), &n, mode, rdev.into())
-                    }
-                })
+            sys::with_umask(umask, || {
+                if kind == libc::S_IFDIR {
+                    sys::mkdir_at(p.fd(), &n, mode)
+                } else {
+                    sys::mknod_at(p.fd(), &n, mode, rdev.into())
+                }
             })
         })
     }
@@ -448,25 +498,16 @@ impl HomeFs {
         Ok(e)
     }
 
-    pub fn mkdir(
-        &self,
-        c: Caller,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-    ) -> Result<Entry> {
-        self.mknod(c, parent, name, (mode & 0o7777) | libc::S_IFDIR, umask, 0)
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, umask: u32) -> Result<Entry> {
+        self.mknod(parent, name, (mode & 0o7777) | libc::S_IFDIR, umask, 0)
     }
 
-    pub fn symlink(&self, c: Caller, parent: u64, name: &OsStr, target: &Path) -> Result<Entry> {
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path) -> Result<Entry> {
         let p = self.inode(parent)?;
         let n = sys::name(name)?;
         let t = sys::cstring(target.as_os_str().as_bytes())?;
         let len = t.as_bytes().len() as u64;
-        self.create_node(&p, &n, len, || {
-            sys::as_user(c.uid, c.gid, || sys::symlink_at(&t, p.fd(), &n))
-        })
+        self.create_node(&p, &n, len, || sys::symlink_at(&t, p.fd(), &n))
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
@@ -534,7 +575,24 @@ impl HomeFs {
                 }
             }
         }
-        sys::rename_at(p.fd(), &n, np.fd(), &nn, flags)?;
+        // RENAME_WHITEOUT leaves a whiteout (a character device 0/0) where
+        // the source was: one more inode, reserved first like a create, and
+        // told to the walk as born (its later unlink takes it back).
+        let whiteout = flags & libc::RENAME_WHITEOUT != 0;
+        let ((), ledger) = self.charged(0, whiteout as u64, || {
+            sys::rename_at(p.fd(), &n, np.fd(), &nn, flags)
+        })?;
+        if let (true, Some(l)) = (whiteout, ledger) {
+            if let Ok(st) = sys::stat_at(p.fd(), &n) {
+                l.born(inodes::key_of(&st));
+            }
+        }
+        // What the moved inodes are reachable through changed (`reach`).
+        if sys::is_dir(&src) || exchange {
+            self.permissions_changed();
+        } else if let Some(ino) = self.inodes.known(inodes::key_of(&src)) {
+            self.moved(ino);
+        }
         if let Some(t) = target {
             let same: Key = inodes::key_of(&t);
             if same != inodes::key_of(&src) && (sys::is_dir(&t) || t.st_nlink <= 1) {
@@ -629,19 +687,12 @@ mod tests {
     fn create_write_truncate_unlink_are_accounted() {
         let (t, fs) = fs_with(None);
         let (e, fh) = fs
-            .create(
-                Caller::ROOT,
-                ROOT,
-                OsStr::new("f"),
-                0o644,
-                0o022,
-                libc::O_RDWR,
-            )
+            .create(ROOT, OsStr::new("f"), 0o644, 0o022, libc::O_RDWR)
             .unwrap();
         assert_eq!(e.st.st_mode & 0o777, 0o644);
-        assert_eq!(fs.write(Caller::ROOT, fh, 0, &[7u8; 5000]).unwrap(), 5000);
+        assert_eq!(fs.write(fh, 0, &[7u8; 5000]).unwrap(), 5000);
         assert_eq!(
-            fs.write(Caller::ROOT, fh, 1000, &[8u8; 10]).unwrap(),
+            fs.write(fh, 1000, &[8u8; 10]).unwrap(),
             10,
             "overwrite does not grow"
         );
@@ -651,7 +702,7 @@ mod tests {
             size: Some(100),
             ..SetAttr::NONE
         };
-        fs.setattr(Caller::ROOT, e.ino, Some(fh), shrink).unwrap();
+        fs.setattr(e.ino, Some(fh), shrink).unwrap();
         assert_eq!(fs.usage().snapshot().bytes, 100);
         fs.release(fh);
         assert_eq!(std::fs::metadata(t.path().join("f")).unwrap().len(), 100);
@@ -663,10 +714,10 @@ mod tests {
     fn writes_past_the_limit_get_edquot_and_deletes_still_work() {
         let (_t, fs) = fs_with(Some(10_000));
         let (_, fh) = fs
-            .create(Caller::ROOT, ROOT, OsStr::new("f"), 0o644, 0, libc::O_RDWR)
+            .create(ROOT, OsStr::new("f"), 0o644, 0, libc::O_RDWR)
             .unwrap();
-        fs.write(Caller::ROOT, fh, 0, &[1u8; 8000]).unwrap();
-        let err = fs.write(Caller::ROOT, fh, 8000, &[1u8; 4000]).unwrap_err();
+        fs.write(fh, 0, &[1u8; 8000]).unwrap();
+        let err = fs.write(fh, 8000, &[1u8; 4000]).unwrap_err();
         assert_eq!(err.errno(), libc::EDQUOT);
         assert_eq!(fs.usage().snapshot().bytes, 8000);
         fs.release(fh);
@@ -678,18 +729,18 @@ mod tests {
     fn hard_links_count_once_and_rename_over_frees_the_target() {
         let (_t, fs) = fs_with(None);
         let (a, fh) = fs
-            .create(Caller::ROOT, ROOT, OsStr::new("a"), 0o644, 0, libc::O_RDWR)
+            .create(ROOT, OsStr::new("a"), 0o644, 0, libc::O_RDWR)
             .unwrap();
-        fs.write(Caller::ROOT, fh, 0, &[1u8; 300]).unwrap();
+        fs.write(fh, 0, &[1u8; 300]).unwrap();
         fs.release(fh);
         fs.link(a.ino, ROOT, OsStr::new("b")).unwrap();
         assert_eq!(fs.usage().snapshot().bytes, 300);
         fs.unlink(ROOT, OsStr::new("a")).unwrap();
         assert_eq!(fs.usage().snapshot().bytes, 300, "b still holds the data");
         let (_, fh) = fs
-            .create(Caller::ROOT, ROOT, OsStr::new("c"), 0o644, 0, libc::O_RDWR)
+            .create(ROOT, OsStr::new("c"), 0o644, 0, libc::O_RDWR)
             .unwrap();
-        fs.write(Caller::ROOT, fh, 0, &[1u8; 50]).unwrap();
+        fs.write(fh, 0, &[1u8; 50]).unwrap();
         fs.release(fh);
         fs.rename(ROOT, OsStr::new("c"), ROOT, OsStr::new("b"), 0)
             .unwrap();

@@ -87,6 +87,10 @@ pub struct HomeState {
     pub io_handles: Vec<(u64, u64, bool)>,
     /// (inode, backing id) of every inode in a passthrough period.
     pub io_backings: Vec<(u64, u32)>,
+    /// The handles opened with `FOPEN_DIRECT_IO` (absent from older
+    /// servers, which had none).
+    #[serde(default)]
+    pub io_direct: Vec<u64>,
     /// Index of the control socket's descriptor, if the server had one.
     pub control: Option<usize>,
 }
@@ -195,7 +199,7 @@ impl HomeFs {
                 }),
             })
             .collect();
-        let (io_handles, io_backings) = io.export(id);
+        let io = io.export(id);
         let usage = self.usage.snapshot();
         Export {
             state: HomeState {
@@ -213,8 +217,9 @@ impl HomeFs {
                 files,
                 dirs,
                 next_fh: self.next_fh.load(Ordering::Relaxed),
-                io_handles,
-                io_backings,
+                io_handles: io.handles,
+                io_backings: io.backings,
+                io_direct: io.direct,
                 control,
             },
             inodes: inodes.into_iter().map(|(_, i)| i).collect(),
@@ -294,7 +299,7 @@ impl HomeFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::home::fs::{Caller, ROOT};
+    use crate::home::fs::ROOT;
     use crate::home::usage::{Limits, UsageCounters};
     use std::ffi::OsStr;
 
@@ -319,12 +324,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let old = fs_on(t.path());
         old.usage().add_baseline(0, 0);
-        let d = old
-            .mkdir(Caller::ROOT, ROOT, OsStr::new("d"), 0o755, 0)
-            .unwrap();
+        let d = old.mkdir(ROOT, OsStr::new("d"), 0o755, 0).unwrap();
         let (f, fh) = old
             .create(
-                Caller::ROOT,
                 d.ino,
                 OsStr::new("f"),
                 0o644,
@@ -332,7 +334,7 @@ mod tests {
                 libc::O_RDWR | libc::O_APPEND,
             )
             .unwrap();
-        old.write(Caller::ROOT, fh, 0, b"hello ").unwrap();
+        old.write(fh, 0, b"hello ").unwrap();
         old.lookup(d.ino, OsStr::new("f")).unwrap(); // two lookups of f now
         let dh = old.opendir(d.ino).unwrap();
         old.readdir(d.ino, dh, 0, |_, _| true).unwrap(); // the listing is read
@@ -352,7 +354,7 @@ mod tests {
         assert_eq!(new.usage().snapshot().inodes, 2);
         assert!(new.usage().baseline_known());
         // The open handle writes on (append) and is accounted by the new server.
-        new.write(Caller::ROOT, fh, 0, b"world").unwrap();
+        new.write(fh, 0, b"world").unwrap();
         assert_eq!(std::fs::read(t.path().join("d/f")).unwrap(), b"hello world");
         assert_eq!(new.usage().snapshot().bytes, 11);
         // Node numbers and lookup counts carried over: two forgets drop f.
@@ -376,32 +378,46 @@ mod tests {
         let fh2 = new.opendir(d.ino).unwrap();
         assert!(fh2 > dh && fh2 > fh);
         // The quota still holds.
-        let err = new
-            .write(Caller::ROOT, fh, 0, &vec![0u8; 1 << 20])
-            .unwrap_err();
+        let err = new.write(fh, 0, &vec![0u8; 1 << 20]).unwrap_err();
         assert_eq!(err.errno(), libc::EDQUOT);
     }
 
     #[test]
     fn passthrough_modes_and_backing_ids_carry_over() {
+        use crate::home::iomode::{Access, Grant, IoExport};
         let io = IoModes::<u32>::default();
-        let _ = io.open(5, 1, true, true, || Some(42));
-        let _ = io.open(6, 2, false, true, || None);
-        let (handles, backings) = io.export(|b| *b);
-        assert_eq!(backings, vec![(5, 42)]);
+        let _ = io.open(5, 1, Access::Read, true, || Some(42));
+        let _ = io.open(6, 2, Access::ReadWrite, true, || None);
+        let _ = io.open(6, 3, Access::Write, true, || None);
+        let t = tempfile::tempdir().unwrap();
+        let e = fs_on(t.path()).export(&io, |b| *b, (7, 41), true, None, 0);
+        let state = HomeState::decode(&e.state.encode()).unwrap();
+        assert_eq!(state.io_backings, vec![(5, 42)]);
+        assert_eq!(state.io_direct, vec![3]);
         let new = IoModes::<u32>::default();
         let mut adopted = vec![];
-        new.import(&handles, &backings, |id| {
+        let got = IoExport {
+            handles: state.io_handles.clone(),
+            backings: state.io_backings.clone(),
+            direct: state.io_direct.clone(),
+        };
+        new.import(&got, |id| {
             adopted.push(id);
             id
         });
         assert_eq!(adopted, vec![42]);
-        // A writer of inode 5 must join the passthrough period, as before.
-        match new.open(5, 3, false, true, || None) {
-            crate::home::iomode::Grant::Passthrough(b) => assert_eq!(*b, 42),
+        // A writer of inode 5 must join the passthrough period, as before,
+        // its writes still coming to the daemon.
+        match new.open(5, 4, Access::Write, true, || None) {
+            Grant::PassthroughDirect(b) => assert_eq!(*b, 42),
             _ => panic!("inode 5 is in a passthrough period"),
         }
-        assert_eq!(new.open_handles(), 3);
+        assert_eq!(new.open_handles(), 4);
+        // The state of a server before direct writers still decodes.
+        let mut v = serde_json::to_value(&state).unwrap();
+        v.as_object_mut().unwrap().remove("io_direct");
+        let old: HomeState = serde_json::from_value(v).unwrap();
+        assert!(old.io_direct.is_empty());
     }
 
     #[test]

@@ -43,12 +43,16 @@ pub type TableExport = (Vec<(u64, Arc<Inode>)>, Vec<(Key, u64)>, u64);
 
 /// An inode known to the kernel.
 pub struct Inode {
+    /// The number the kernel knows it by.
+    ino: u64,
     fd: OwnedFd,
     key: Key,
     nlookup: AtomicU64,
     /// Serialises size-changing operations so the before/after sizes
     /// measured around each one belong to it alone.
     pub size_lock: Mutex<Unmediated>,
+    /// Which callers may reach it by a path (see `reach`).
+    pub reached: Mutex<Vec<super::reach::Reached>>,
 }
 
 impl Inode {
@@ -59,6 +63,11 @@ impl Inode {
 
     pub fn key(&self) -> Key {
         self.key
+    }
+
+    /// The number the kernel knows this inode by.
+    pub fn number(&self) -> u64 {
+        self.ino
     }
 
     /// References the kernel holds.
@@ -119,7 +128,7 @@ impl InodeTable {
             ..Default::default()
         };
         t.by_key.insert(key, ROOT);
-        t.by_ino.insert(ROOT, new_inode(fd, key));
+        t.by_ino.insert(ROOT, new_inode(ROOT, fd, key));
         InodeTable {
             table: RwLock::new(t),
             root_key: key,
@@ -155,6 +164,12 @@ impl InodeTable {
         Some(ino)
     }
 
+    /// The number of the inode with identity `key`, if the kernel knows it
+    /// (no reference taken).
+    pub fn known(&self, key: Key) -> Option<u64> {
+        self.table.read().by_key.get(&key).copied()
+    }
+
     /// One more kernel reference to the inode open as `fd` with attributes
     /// `st`: its number (`fd` is dropped if the inode was known meanwhile).
     pub fn insert(&self, fd: OwnedFd, st: &Stat) -> u64 {
@@ -172,7 +187,7 @@ impl InodeTable {
             None => own_number(&mut t, key),
         };
         t.by_key.insert(key, ino);
-        t.by_ino.insert(ino, new_inode(fd, key));
+        t.by_ino.insert(ino, new_inode(ino, fd, key));
         ino
     }
 
@@ -225,7 +240,7 @@ impl InodeTable {
         baseline: i64,
     ) {
         let mut t = self.table.write();
-        let i = new_inode(fd, key);
+        let i = new_inode(ino, fd, key);
         i.nlookup.store(nlookup, Ordering::Release);
         *i.size_lock.lock() = Unmediated { writers, baseline };
         t.by_key.insert(key, ino);
@@ -254,12 +269,14 @@ impl InodeTable {
     }
 }
 
-fn new_inode(fd: OwnedFd, key: Key) -> Arc<Inode> {
+fn new_inode(ino: u64, fd: OwnedFd, key: Key) -> Arc<Inode> {
     Arc::new(Inode {
+        ino,
         fd,
         key,
         nlookup: AtomicU64::new(1),
         size_lock: Mutex::new(Unmediated::default()),
+        reached: Mutex::new(Vec::new()),
     })
 }
 

@@ -355,7 +355,7 @@ mod tests {
     /// the interleaving, the counters end equal to a walk of the result.
     #[test]
     fn a_walk_racing_the_daemon_counts_every_inode_once() {
-        use crate::home::fs::{Caller, HomeFs, SetAttr, SetTime, ROOT};
+        use crate::home::fs::{HomeFs, SetAttr, SetTime, ROOT};
         use crate::home::usage::{Limits, UsageCounters};
         use hubfs_walker::{WalkOptions, Walker};
         use rand::{Rng, SeedableRng};
@@ -410,19 +410,14 @@ mod tests {
                         let name = format!("f{}", rng.random_range(0..12));
                         let name = OsStr::new(&name);
                         let _ = match rng.random_range(0..9) {
-                            0..=2 => fs
-                                .create(Caller::ROOT, dir, name, 0o644, 0, libc::O_WRONLY)
-                                .and_then(|(_, fh)| {
+                            0..=2 => fs.create(dir, name, 0o644, 0, libc::O_WRONLY).and_then(
+                                |(_, fh)| {
                                     let at = rng.random_range(0..3000);
-                                    let r = fs.write(
-                                        Caller::ROOT,
-                                        fh,
-                                        at,
-                                        &vec![3u8; rng.random_range(1..2000)],
-                                    );
+                                    let r = fs.write(fh, at, &vec![3u8; rng.random_range(1..2000)]);
                                     fs.release(fh);
                                     r.map(drop)
-                                }),
+                                },
+                            ),
                             3 => fs.lookup(dir, name).and_then(|e| {
                                 let size = Some(rng.random_range(0..5000));
                                 let a = SetAttr {
@@ -433,16 +428,16 @@ mod tests {
                                     atime: SetTime::Omit,
                                     mtime: SetTime::Omit,
                                 };
-                                fs.setattr(Caller::ROOT, e.ino, None, a).map(drop)
+                                fs.setattr(e.ino, None, a).map(drop)
                             }),
                             4 => fs.unlink(dir, name),
                             5 => fs.rename(dir, name, top.ino, OsStr::new("moved"), 0),
                             6 => fs
-                                .mkdir(Caller::ROOT, dir, OsStr::new("new"), 0o755, 0)
+                                .mkdir(dir, OsStr::new("new"), 0o755, 0)
                                 .map(drop)
                                 .or_else(|_| fs.rmdir(dir, OsStr::new("new"))),
                             7 => fs
-                                .symlink(Caller::ROOT, dir, name, std::path::Path::new("target"))
+                                .symlink(dir, name, std::path::Path::new("target"))
                                 .map(drop),
                             _ if dir_moves > 0 => {
                                 dir_moves -= 1;

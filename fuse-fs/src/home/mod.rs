@@ -12,7 +12,8 @@
 //! * [`fs`]: the passthrough core (testable without the kernel): mount-wide
 //!   state, names and attributes; [`files`], [`dirs`], [`xattr`]: open
 //!   files, listings and extended attributes; [`inodes`]: the inode table;
-//!   [`caller`]: who asks and the set-ID rule applied for them;
+//!   [`caller`]: who asks and their credentials; [`identity`]: serving each
+//!   request with them; [`reach`]: the search permission of a path walk;
 //!   [`syscalls`]: the safe layer every system call goes through;
 //! * [`iomode`]: which opens the kernel serves itself (passthrough reads);
 //! * [`usage`]: counters, reservations, limits, cleanup mode;
@@ -30,9 +31,11 @@ pub mod error;
 pub mod files;
 pub mod fs;
 pub mod handoff;
+pub mod identity;
 pub mod inodes;
 pub mod iomode;
 pub mod ledger;
+pub mod reach;
 pub mod requests;
 pub mod session;
 pub mod sink;

@@ -17,7 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackgroundSession, BackingId, Config, MountOption, Session, SessionACL, SessionPauser, Version,
+    BackgroundSession, BackingId, Config, INodeNo, MountOption, Notifier, Session, SessionACL,
+    SessionPauser, Version,
 };
 use hubfs_walker::{WalkOptions, Walker};
 use parking_lot::Mutex;
@@ -31,7 +32,7 @@ use super::sink::{ReportKind, Reporter, UsageReport, UsageSink};
 use super::usage::{Limits, UsageCounters};
 use crate::handoff::{self as wire, HandoffError};
 
-/// How often growth by passthrough writers is charged.
+/// How often growth by adopted passthrough writers is charged.
 const SETTLE_EVERY: Duration = Duration::from_millis(500);
 
 /// Everything needed to mount one home.
@@ -168,13 +169,16 @@ fn fuse_config(opts: &HomeOptions) -> Result<Config, MountError> {
             opts.user.replace([',', ' ', '\\'], "_")
         )),
         MountOption::Subtype("hubfs-home".into()),
-        MountOption::DefaultPermissions,
+        // No `default_permissions`: each request is served with its
+        // caller's credentials (see `identity`), so the backing filesystem
+        // judges it, and the kernel need not refresh a directory's
+        // attributes after every change in it to judge the next one.
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
     config.mount_options.extend(extra);
-    // The daemon is root and the notebook is not: others must get in; the
-    // kernel's permission checks (default_permissions) keep them honest.
+    // The daemon is root and the notebook is not: others must get in; each
+    // request is served as its caller, which keeps them honest.
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.fuse_threads.max(1));
     config.clone_fd = true;
@@ -208,6 +212,7 @@ pub fn mount(
         source,
     };
     let session = Session::new(fuse, &opts.mountpoint, &config).map_err(mount_err)?;
+    tell_the_kernel(&fs, session.notifier());
     let handover = Handover::new(&fs, io, passthrough, &session).map_err(mount_err)?;
     let session = session.spawn().map_err(mount_err)?;
     Ok(start(opts, sink, fs, session, handover, control, false))
@@ -244,9 +249,13 @@ pub fn take_over(
     };
     let version = Version(state.proto.0, state.proto.1);
     let session = Session::resume(fuse, dev, config, version).map_err(mount_err)?;
-    io.import(&state.io_handles, &state.io_backings, |id| {
-        session.adopt_backing(id)
-    });
+    tell_the_kernel(&fs, session.notifier());
+    let modes = super::iomode::IoExport {
+        handles: state.io_handles.clone(),
+        backings: state.io_backings.clone(),
+        direct: state.io_direct.clone(),
+    };
+    io.import(&modes, |id| session.adopt_backing(id));
     if let Err(e) = package.pending.ready() {
         // The old server serves on: the backing ids are its, not ours to
         // close (dropping them would).
@@ -258,6 +267,16 @@ pub fn take_over(
     let session = session.spawn().map_err(mount_err)?;
     tracing::info!(user = %opts.user, inodes = state.nodes.len(), open_files = state.files.len(), bytes = state.bytes, "took the mount over");
     Ok(start(opts, sink, fs, session, handover, control, true))
+}
+
+/// Gives the filesystem the session's notifier, for what changes under the
+/// kernel's caches without a reply to say so (set-ID bits a write cleared).
+fn tell_the_kernel(fs: &HomeFs, n: Notifier) {
+    fs.on_attr_changed(Box::new(move |ino| {
+        if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+            tracing::debug!(error = %e, ino, "cannot invalidate cached attributes");
+        }
+    }));
 }
 
 /// Starts what runs beside a serving session: the reporter, the mount-time
@@ -317,10 +336,11 @@ fn start(
         }
         w => w.flatten(),
     };
-    // Passthrough writers grow files without us; charge them as they go.
-    // Without passthrough there are none, and no thread to wake.
-    let settle = opts
-        .passthrough
+    // Passthrough writers adopted from an older server grow files without
+    // us; charge them as they go. This server makes none (see `iomode`), so
+    // only a takeover may start the thread.
+    let settle = fs
+        .has_unmediated()
         .then(|| {
             let (h, cancel) = (handover.clone(), cancel.clone());
             std::thread::Builder::new()

@@ -201,15 +201,19 @@ pub fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()>
     Ok(unistd::symlinkat(target, dir, name)?)
 }
 
-/// A new name `dir/name` for the inode behind an `O_PATH` descriptor (needs
-/// CAP_DAC_READ_SEARCH, which the daemon has).
+/// A new name `dir/name` for the inode behind an `O_PATH` descriptor,
+/// through its `/proc/self/fd` link (`AT_SYMLINK_FOLLOW` follows that link,
+/// not a symlink the inode might be): `AT_EMPTY_PATH` would need
+/// CAP_DAC_READ_SEARCH, which a caller's request does not have. The
+/// kernel's hard-link rules (`fs.protected_hardlinks`) judge the caller.
 pub fn link_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    let p = proc_path(fd);
     Ok(unistd::linkat(
-        fd,
-        EMPTY,
+        AT_FDCWD,
+        p.as_c_str(),
         dir,
         name,
-        AtFlags::AT_EMPTY_PATH,
+        AtFlags::AT_SYMLINK_FOLLOW,
     )?)
 }
 
@@ -466,21 +470,39 @@ pub fn fs_xattr(file: &File) -> Result<FsXattr> {
     Ok(x)
 }
 
-/// Runs `f` with the caller's filesystem uid/gid on this thread, so what it
-/// creates belongs to the caller and the kernel checks what it does as the
-/// caller's. setfsuid is per thread on Linux; a non-zero fsuid also drops
-/// the thread's filesystem capabilities (CAP_FSETID, CAP_FOWNER...) for the
-/// call, as for the caller.
-pub fn as_user<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> T {
-    if uid == 0 && gid == 0 {
-        return f();
-    }
-    unistd::setfsgid(Gid::from_raw(gid));
-    unistd::setfsuid(Uid::from_raw(uid));
-    let r = f();
-    unistd::setfsuid(Uid::from_raw(0));
-    unistd::setfsgid(Gid::from_raw(0));
-    r
+/// The path of the inode behind a descriptor, as `/proc/self/fd` spells it
+/// (ENAMETOOLONG past what the kernel spells out).
+pub fn fd_path(fd: BorrowedFd<'_>) -> Result<OsString> {
+    let p = proc_path(fd);
+    Ok(fcntl::readlink(p.as_c_str())?)
+}
+
+/// Whether this thread's credentials may walk from directory `root` down
+/// `rel` (a path below it, no leading `/`): opens it `O_PATH` (which needs
+/// nothing of the final inode) beneath `root` without following symlinks
+/// or leaving the filesystem, and closes it again.
+pub fn reach_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let rel = cstring(rel)?;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV;
+    rustix::fs::openat2(root, rel.as_c_str(), flags, Mode::empty(), how)?;
+    Ok(())
+}
+
+/// Whether this thread's credentials (the caller's) may access the inode
+/// behind an `O_PATH` descriptor for `mode` (`R_OK`, `W_OK`, `X_OK`, or
+/// `F_OK`): `faccessat` with `AT_EACCESS`, so the effective ids decide,
+/// not the server's real ones.
+pub fn access(fd: BorrowedFd<'_>, mode: i32) -> Result<()> {
+    let p = proc_path(fd);
+    let mode = rustix::fs::Access::from_bits_retain(mode as u32);
+    Ok(rustix::fs::accessat(
+        rustix::fs::CWD,
+        p.as_c_str(),
+        mode,
+        rustix::fs::AtFlags::EACCESS,
+    )?)
 }
 
 thread_local! {

@@ -1,19 +1,27 @@
 //! Extended attributes of the home layer: passed through to the backing
-//! inode, but for the two on the root that read the accounted usage
-//! ([`XATTR_USAGE`]), the requests served ([`super::fs::XATTR_REQUESTS`]) and switch cleanup mode by hand ([`XATTR_MODE`]).
-//! POSIX ACLs are extended attributes too (`system.posix_acl_*`); the
-//! kernel checks permissions against them itself (`FUSE_POSIX_ACL`).
+//! inode (set and read as the caller), but for the ones on the root that
+//! read the accounted usage ([`XATTR_USAGE`]), the requests served
+//! ([`super::fs::XATTR_REQUESTS`]) and switch cleanup mode by hand
+//! ([`XATTR_MODE`]). POSIX ACLs are extended attributes too
+//! (`system.posix_acl_*`), which the backing filesystem applies.
+//!
+//! Extended attributes hold data the quota does not count (the walk that
+//! gives the home its figure reads sizes, not attributes), so what one
+//! inode may carry is bounded: [`XATTR_PER_INODE`] bytes of names and
+//! values, ext4's own limit for a 4 KiB block; past it a set fails with
+//! ENOSPC, as ext4's does. A home's attributes thus hold at most that much
+//! per inode (and the inode quota bounds the inodes).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use super::caller;
 use super::error::HomeError;
 use super::fs::{Caller, HomeFs, Result, ROOT, XATTR_MODE, XATTR_REQUESTS, XATTR_USAGE};
 use super::syscalls as sys;
 
-/// The POSIX access ACL, which also sets the mode.
-const ACL_ACCESS: &str = "system.posix_acl_access";
+/// Bytes of extended attribute names and values one inode may carry
+/// through this layer.
+pub const XATTR_PER_INODE: usize = 4096;
 
 impl HomeFs {
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
@@ -50,16 +58,19 @@ impl HomeFs {
             return Err(HomeError::Os(libc::EPERM));
         }
         let i = self.inode(ino)?;
-        sys::set_xattr(i.fd(), &sys::cstring(name.as_bytes())?, value, flags)?;
-        if name == ACL_ACCESS {
-            // Set as root, the backing filesystem kept the set-group-ID bit
-            // that the caller's own setfacl loses outside the file's group.
-            let st = sys::stat_fd(i.fd())?;
-            if st.st_mode & libc::S_ISGID != 0 && !caller::keeps_setgid_on_acl(st.st_gid, &c) {
-                sys::chmod_inode(i.fd(), st.st_mode & !libc::S_ISGID)?;
-            }
+        let n = sys::cstring(name.as_bytes())?;
+        // The inode's attributes with this one set: counted by the server
+        // (the caller may lack read permission) under the size lock, so
+        // two setters cannot both pass the bound.
+        let _g = i.size_lock.lock();
+        let held = super::identity::as_server(|| xattr_bytes(i.fd(), &n))??;
+        if held + name.len() + value.len() > XATTR_PER_INODE {
+            return Err(HomeError::Os(libc::ENOSPC));
         }
-        Ok(())
+        // Set as the caller: the backing filesystem updates the mode an
+        // access ACL implies, and drops the set-group-ID bit of an owner
+        // outside the file's group, as natively.
+        sys::set_xattr(i.fd(), &n, value, flags)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
@@ -70,4 +81,27 @@ impl HomeFs {
         let i = self.inode(ino)?;
         sys::remove_xattr(i.fd(), &sys::cstring(name.as_bytes())?)
     }
+}
+
+/// Bytes of the names and values of the extended attributes of the inode
+/// behind `fd`, but for `except` (about to be replaced).
+fn xattr_bytes(fd: std::os::fd::BorrowedFd<'_>, except: &std::ffi::CStr) -> Result<usize> {
+    let names = match sys::list_xattr(fd) {
+        Ok(n) => n,
+        Err(HomeError::Os(libc::EOPNOTSUPP)) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut total = 0;
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if name == except.to_bytes() {
+            continue;
+        }
+        let value = match sys::get_xattr(fd, &sys::cstring(name)?) {
+            Ok(v) => v.len(),
+            // Gone meanwhile, or not readable even to the server.
+            Err(_) => 0,
+        };
+        total += name.len() + value;
+    }
+    Ok(total)
 }
