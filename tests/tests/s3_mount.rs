@@ -4,7 +4,7 @@
 //! back through the mount with ordinary tools and syscalls; request counts
 //! come from Garage's own metrics, so they include every request hubfs made.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -134,6 +134,7 @@ fn s3_mount_lists_stats_and_reads_like_a_filesystem() {
         put_many(&s3, "data", items).await;
     });
 
+    let metrics_addr = free_addr();
     let m = HubfsMount::start(
         &g,
         &g.endpoint,
@@ -145,6 +146,8 @@ fn s3_mount_lists_stats_and_reads_like_a_filesystem() {
             "--allow-other",
             "--file-mode",
             "444",
+            "--metrics-addr",
+            &metrics_addr,
         ],
         &["data"],
     );
@@ -176,13 +179,16 @@ fn s3_mount_lists_stats_and_reads_like_a_filesystem() {
         BTreeSet::from(["ünïcödé ƒile ☃.txt".to_string()])
     );
 
-    // ls -l of 10,000 objects: exactly 10 LISTs, no HEAD, no GET.
+    // ls -l of 10,000 objects: exactly 10 LISTs, no HEAD, no GET; and from
+    // the kernel, pages of entries with their attributes (READDIRPLUS) and
+    // no request per entry.
     std::fs::metadata(root.join("many")).expect("stat many");
     let (lists, heads, gets) = (
         g.s3_requests("ListObjectsV2"),
         g.s3_requests("HeadObject"),
         g.s3_requests("GetObject"),
     );
+    let fuse_before = fuse_requests(&metrics_addr);
     let out = Command::new("ls")
         .arg("-l")
         .arg(root.join("many"))
@@ -201,6 +207,35 @@ fn s3_mount_lists_stats_and_reads_like_a_filesystem() {
     );
     assert_eq!(g.s3_requests("HeadObject") - heads, 0);
     assert_eq!(g.s3_requests("GetObject") - gets, 0);
+    let fuse: BTreeMap<String, u64> = fuse_requests(&metrics_addr)
+        .into_iter()
+        .map(|(op, n)| {
+            let d = n - fuse_before.get(&op).copied().unwrap_or(0);
+            (op, d)
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    let per_entry: u64 = fuse
+        .iter()
+        .filter(|(op, _)| {
+            ![
+                "READDIRPLUS",
+                "OPENDIR",
+                "RELEASEDIR",
+                "GETXATTR",
+                "LISTXATTR",
+            ]
+            .contains(&op.as_str())
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert!(per_entry <= 2, "requests besides the listing: {fuse:?}");
+    let pages = fuse.get("READDIRPLUS").copied().unwrap_or(0);
+    assert!(
+        pages >= 1 && pages <= (MANY / 10) as u64,
+        "{pages} READDIRPLUS for {MANY} entries: {fuse:?}"
+    );
+    assert_eq!(fuse.get("READDIR"), None, "{fuse:?}");
     // The sizes came from the listing.
     let meta = std::fs::metadata(root.join("many/f00099")).unwrap();
     assert_eq!(meta.len(), 99);
@@ -668,6 +703,27 @@ fn s3_mount_never_mixes_two_versions_of_an_object() {
     assert_eq!(buf, v2[far..far + 4096]);
     assert_eq!(sha_file(&p), sha(&v2));
     assert!(m.stop().success());
+}
+
+/// A free loopback address for a metrics endpoint.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// FUSE requests the mount has served so far, by opcode, from its metrics.
+fn fuse_requests(metrics_addr: &str) -> BTreeMap<String, u64> {
+    let text = http_get(metrics_addr, "/metrics");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("hubfs_s3_fuse_requests_total{op=\""))
+        .filter_map(|l| {
+            let (op, rest) = l.split_once('"')?;
+            Some((
+                op.to_string(),
+                rest.rsplit(' ').next()?.trim().parse().ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// Bytes hubfs has fetched with GetObject so far, from its own metrics.

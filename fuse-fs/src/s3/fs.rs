@@ -105,6 +105,8 @@ impl FsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {
     pub ino: Ino,
+    /// How long the kernel may cache these attributes and the entry.
+    pub ttl: Duration,
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
@@ -268,18 +270,22 @@ impl<S: ObjectStore> S3Fs<S> {
         &self.limiter
     }
 
-    /// The TTL the kernel may cache attributes and entries for.
-    pub fn kernel_ttl(&self, attr: &Attr) -> Duration {
-        match self.inodes.get(attr.ino) {
-            Some(n) if n.local => Duration::ZERO,
-            _ => self.cfg.metadata_ttl.min(Duration::from_secs(365 * 86_400)),
-        }
+    /// The mount's counters.
+    pub fn metrics(&self) -> &Arc<S3Metrics> {
+        &self.metrics
     }
 
     fn attr(&self, n: &Inode) -> Attr {
+        // What exists only here may change under the kernel at any time.
+        let ttl = if n.local {
+            Duration::ZERO
+        } else {
+            self.cfg.metadata_ttl.min(Duration::from_secs(365 * 86_400))
+        };
         match n.kind {
             Kind::Dir => Attr {
                 ino: n.ino,
+                ttl,
                 kind: Kind::Dir,
                 size: 0,
                 mtime: if n.stat.mtime == SystemTime::UNIX_EPOCH {
@@ -294,6 +300,7 @@ impl<S: ObjectStore> S3Fs<S> {
             },
             Kind::File => Attr {
                 ino: n.ino,
+                ttl,
                 kind: Kind::File,
                 size: n.stat.size,
                 mtime: n.stat.mtime,
@@ -429,9 +436,7 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(self.new_fh(Handle::Dir(Arc::new(AsyncMutex::new(h)))))
     }
 
-    /// Up to `max` entries from `offset` (0 = start, then the offsets returned).
-    /// Fetches the next listing page only when the kernel has consumed the
-    /// previous ones, so huge directories stream.
+    /// Up to `max` entries from `offset` (see [`Self::readdir_with`]).
     pub async fn readdir(
         &self,
         ino: Ino,
@@ -439,6 +444,34 @@ impl<S: ObjectStore> S3Fs<S> {
         offset: u64,
         max: usize,
     ) -> Result<Vec<ReaddirEntry>, FsError> {
+        let mut out = Vec::new();
+        self.readdir_with(ino, fh, offset, |next, name, attr| {
+            if out.len() >= max {
+                return true;
+            }
+            out.push((next, name.to_string(), attr.clone()));
+            false
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Offers the entries of `ino` from `offset` (0 = start, then the
+    /// offsets handed out) to `add` one by one — the offset of the next
+    /// entry, the name, the attributes — until `add` answers that the
+    /// reply is full (`true`) or the listing ends; returns how many it
+    /// took. An entry's inode and attributes are worked out only when it
+    /// is offered: the kernel's buffer takes a few dozen entries per
+    /// request, and the entries after them cost nothing until asked for.
+    /// The next listing page is fetched only when none of those already
+    /// listed is left to offer, so huge directories stream.
+    pub async fn readdir_with(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &str, &Attr) -> bool + Send,
+    ) -> Result<usize, FsError> {
         let Handle::Dir(h) = self.handle(fh)? else {
             return Err(FsError::BadHandle);
         };
@@ -447,32 +480,29 @@ impl<S: ObjectStore> S3Fs<S> {
             return Err(FsError::BadHandle);
         }
         let dir = self.node(ino)?;
-        let mut out = Vec::new();
+        let mut taken = 0usize;
         let mut i = offset;
         loop {
-            while out.len() < max {
-                let attr_and_name = match i {
-                    0 => Some((".".to_string(), self.attr(&dir))),
+            loop {
+                let full = match i {
+                    0 => add(1, ".", &self.attr(&dir)),
                     1 => {
                         let p = self.inodes.get(dir.parent).unwrap_or(dir.clone());
-                        Some(("..".to_string(), self.attr(&p)))
+                        add(2, "..", &self.attr(&p))
                     }
-                    _ => h
-                        .listing
-                        .entries
-                        .get((i - 2) as usize)
-                        .map(|e| (e.name.clone(), self.entry_attr(&dir, e))),
+                    _ => match h.listing.entries.get((i - 2) as usize) {
+                        Some(e) => add(i + 1, &e.name, &self.entry_attr(&dir, e)),
+                        None => break,
+                    },
                 };
-                match attr_and_name {
-                    Some((name, attr)) => {
-                        out.push((i + 1, name, attr));
-                        i += 1;
-                    }
-                    None => break,
+                if full {
+                    return Ok(taken);
                 }
+                taken += 1;
+                i += 1;
             }
-            if out.len() >= max || h.done || !out.is_empty() {
-                return Ok(out);
+            if h.done || taken > 0 {
+                return Ok(taken);
             }
             self.next_page(&dir, &mut h).await?;
         }
@@ -481,8 +511,10 @@ impl<S: ObjectStore> S3Fs<S> {
     fn entry_attr(&self, dir: &Inode, e: &DirEntry) -> Attr {
         let node = match &dir.loc {
             Location::Dir { source, prefix } => {
-                self.inodes
-                    .upsert(dir.ino, &e.name, self.child_from_entry(*source, prefix, e))
+                let child = self.child_from_entry(*source, prefix, e);
+                return self
+                    .inodes
+                    .upsert_with(dir.ino, &e.name, child, |n| self.attr(n));
             }
             _ => {
                 // Children of the multi-bucket root are the sources.

@@ -21,15 +21,14 @@ use super::blocks::Pieces;
 use super::error::FsError;
 use super::fs::{Attr, S3Fs};
 use super::inode::Kind;
+use super::metrics::{OpLabel, S3Metrics};
 use super::store::ObjectStore;
-
-/// Entries asked of the core per readdir call; the kernel buffer takes fewer.
-const READDIR_BATCH: usize = 512;
 
 pub struct FuseAdapter<S> {
     fs: Arc<S3Fs<S>>,
     rt: tokio::runtime::Handle,
     in_flight: Arc<AtomicUsize>,
+    metrics: Arc<S3Metrics>,
 }
 
 /// One spawned request not replied to yet (see [`FuseAdapter::in_flight`]).
@@ -50,10 +49,19 @@ impl<S> std::fmt::Debug for FuseAdapter<S> {
 impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<S3Fs<S>>, rt: tokio::runtime::Handle) -> Self {
         Self {
+            metrics: fs.metrics().clone(),
             fs,
             rt,
             in_flight: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Counts a request of FUSE opcode `op` (`hubfs_s3_fuse_requests_total`).
+    fn count(&self, op: &'static str) {
+        self.metrics
+            .fuse_requests
+            .get_or_create(&OpLabel { op })
+            .inc();
     }
 
     /// Requests dispatched to the runtime and not replied to yet: parking
@@ -143,10 +151,13 @@ fn reply_pieces(reply: ReplyData, p: &Pieces) {
 
 impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // One READDIRPLUS gives `ls -l` names and attributes together.
-        if let Err(missing) = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
-        {
+        // Every page of a listing is a READDIRPLUS: names and attributes
+        // together, which S3's listing gives at no extra cost. Not the
+        // kernel's adaptive mode (FUSE_READDIRPLUS_AUTO): it asks for plain
+        // READDIR pages once a directory's first page is read, unless a
+        // stat came in between, and `ls -l` then costs a LOOKUP per entry
+        // of such pages (1,000 of 10,000 in a measured `ls -l`).
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
             tracing::debug!(?missing, "kernel lacks readdirplus");
         }
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
@@ -161,6 +172,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.count("LOOKUP");
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.spawn(async move {
@@ -169,21 +181,23 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
                 Err(e) => Err(e),
             };
             match r {
-                Ok(a) => reply.entry(&fs.kernel_ttl(&a), &to_fuse(&a), Generation(0)),
+                Ok(a) => reply.entry(&a.ttl, &to_fuse(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.count("FORGET");
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.count("GETATTR");
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&fs.kernel_ttl(&a), &to_fuse(&a)),
+                Ok(a) => reply.attr(&a.ttl, &to_fuse(&a)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -207,10 +221,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.count("SETATTR");
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.setattr(ino.0, size).await {
-                Ok(a) => reply.attr(&fs.kernel_ttl(&a), &to_fuse(&a)),
+                Ok(a) => reply.attr(&a.ttl, &to_fuse(&a)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -225,6 +240,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.count("MKDIR");
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.spawn(async move {
@@ -240,6 +256,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count("UNLINK");
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.spawn(async move {
@@ -255,6 +272,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count("RMDIR");
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.spawn(async move {
@@ -279,6 +297,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.count("RENAME");
         match self.fs.rename(&name.to_string_lossy()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -286,6 +305,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.count("OPEN");
         let fs = self.fs.clone();
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
@@ -319,6 +339,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.count("READ");
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.read_pieces(fh.0, offset, size).await {
@@ -340,6 +361,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.count("WRITE");
         let fs = self.fs.clone();
         let data = data.to_vec();
         self.spawn(async move {
@@ -358,6 +380,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.count("FLUSH");
         let fs = self.fs.clone();
         let tid = req.pid();
         self.spawn(async move {
@@ -389,6 +412,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.count("RELEASE");
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.release(fh.0).await {
@@ -399,6 +423,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.count("OPENDIR");
         let fs = self.fs.clone();
         self.spawn(async move {
             match fs.opendir(ino.0).await {
@@ -416,17 +441,16 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.count("READDIR");
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
-                Ok(entries) => {
-                    for (next, name, attr) in entries {
-                        if reply.add(INodeNo(attr.ino), next, kind(attr.kind), &name) {
-                            break;
-                        }
-                    }
-                    reply.ok();
-                }
+            let listed = fs
+                .readdir_with(ino.0, fh.0, offset, |next, name, attr| {
+                    reply.add(INodeNo(attr.ino), next, kind(attr.kind), name)
+                })
+                .await;
+            match listed {
+                Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -440,29 +464,28 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.count("READDIRPLUS");
         let fs = self.fs.clone();
         self.spawn(async move {
-            match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
-                Ok(entries) => {
-                    for (next, name, attr) in entries {
-                        let ttl = fs.kernel_ttl(&attr);
-                        if reply.add(
-                            INodeNo(attr.ino),
-                            next,
-                            &name,
-                            &ttl,
-                            &to_fuse(&attr),
-                            Generation(0),
-                        ) {
-                            break;
-                        }
-                        // The kernel holds a reference to every entry but "." and "..".
-                        if name != "." && name != ".." {
-                            fs.remember(attr.ino);
-                        }
+            let listed = fs
+                .readdir_with(ino.0, fh.0, offset, |next, name, attr| {
+                    let full = reply.add(
+                        INodeNo(attr.ino),
+                        next,
+                        name,
+                        &attr.ttl,
+                        &to_fuse(attr),
+                        Generation(0),
+                    );
+                    // The kernel holds a reference to every entry but "." and "..".
+                    if !full && name != "." && name != ".." {
+                        fs.remember(attr.ino);
                     }
-                    reply.ok();
-                }
+                    full
+                })
+                .await;
+            match listed {
+                Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -476,6 +499,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.count("RELEASEDIR");
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -489,14 +513,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        self.count("GETXATTR");
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        self.count("LISTXATTR");
         reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.count("STATFS");
         // S3 has no capacity; report a large, mostly free filesystem so
         // tools that check free space before writing proceed.
         let blocks = 1u64 << 40;
@@ -513,6 +540,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.count("CREATE");
         let fs = self.fs.clone();
         let name = name.to_owned();
         let tid = req.pid();

@@ -170,9 +170,22 @@ impl InodeTable {
 
     /// Records a child; keeps its inode number if it is known with the same kind.
     pub fn upsert(&self, parent: Ino, name: &str, child: NewChild) -> Inode {
+        self.upsert_with(parent, name, child, Inode::clone)
+    }
+
+    /// As [`Self::upsert`], returning `f` of the recorded inode (no copy).
+    pub fn upsert_with<T>(
+        &self,
+        parent: Ino,
+        name: &str,
+        child: NewChild,
+        f: impl FnOnce(&Inode) -> T,
+    ) -> T {
         let mut inner = self.inner.lock();
         let key = (parent, name.to_string());
-        inner.negative.remove(&key);
+        if !inner.negative.is_empty() {
+            inner.negative.remove(&key);
+        }
         if let Some(&ino) = inner.children.get(&key) {
             if let Some(node) = inner.nodes.get_mut(&ino) {
                 if node.kind == child.kind && node.loc == child.loc {
@@ -181,16 +194,17 @@ impl InodeTable {
                         node.stat = child.stat;
                         node.local = child.local;
                     }
-                    return node.clone();
+                    return f(node);
                 }
             }
         }
         let ino = inner.next;
         inner.next += 1;
         let node = Inode::from_parts(ino, parent, name.to_string(), child, 0);
+        let out = f(&node);
         inner.children.insert(key, ino);
-        inner.nodes.insert(ino, node.clone());
-        node
+        inner.nodes.insert(ino, node);
+        out
     }
 
     /// Updates attributes of a known inode (after a HEAD or an upload).

@@ -52,6 +52,8 @@ pub struct S3Metrics {
     /// Blocks kept for a reader behind that were let go for read-ahead
     /// needed sooner (readers drifted apart, memory full).
     pub blocks_evicted: Counter,
+    /// Requests the kernel sent to the mount, by FUSE opcode.
+    pub fuse_requests: Family<OpLabel, Counter>,
 }
 
 impl S3Metrics {
@@ -117,10 +119,20 @@ impl S3Metrics {
             self.blocks_reused.clone(),
         );
         sub.register(
+            "fuse_requests",
+            "Requests the kernel sent to the mount, by FUSE opcode",
+            self.fuse_requests.clone(),
+        );
+        sub.register(
             "blocks_evicted",
             "Blocks kept for a reader behind that were let go for read-ahead needed sooner",
             self.blocks_evicted.clone(),
         );
+    }
+
+    /// FUSE requests of opcode `op` (`LOOKUP`, `READDIRPLUS`, ...) so far.
+    pub fn fuse_requests_of(&self, op: &'static str) -> u64 {
+        self.fuse_requests.get_or_create(&OpLabel { op }).get()
     }
 
     pub fn requests_of(&self, op: Op) -> u64 {

@@ -73,6 +73,48 @@ async fn ls_l_of_n_objects_costs_ceil_n_over_1000_lists_and_nothing_else() {
     }
 }
 
+/// The kernel's readdir buffer takes a few dozen entries per request: only
+/// those offered are looked at (an inode each), not the whole page read.
+#[tokio::test]
+async fn a_readdir_request_costs_only_the_entries_it_takes() {
+    let s = mem();
+    for i in 0..2000 {
+        s.insert("bkt", &format!("d/f{i:05}"), vec![1u8; i % 5]);
+    }
+    let fs = fs(s.clone());
+    let dir = fs.lookup(ROOT, "d").await.unwrap();
+    let fh = fs.opendir(dir.ino).await.unwrap();
+    let before = fs.inodes.len();
+    let mut offset = 0;
+    let mut seen = Vec::new();
+    while seen.len() < 77 {
+        // A reply buffer with room for 25 entries.
+        let mut room = 25;
+        let taken = fs
+            .readdir_with(dir.ino, fh, offset, |next, name, attr| {
+                if room == 0 {
+                    return true;
+                }
+                room -= 1;
+                seen.push((next, (name.to_string(), attr.size)));
+                offset = next;
+                false
+            })
+            .await
+            .unwrap();
+        assert!(taken > 0);
+    }
+    // "." and ".." (the listing is fetched by the next call), then three
+    // times 25 objects, and one more offered each time: 78 inodes at most,
+    // not the 1000 of the page listed.
+    assert_eq!(seen.len(), 77);
+    let new = fs.inodes.len() - before;
+    assert!(new <= 78, "{new} inodes for 75 entries");
+    assert_eq!(s.count(Op::List), 2, "the lookup's probe and one page");
+    assert_eq!(seen[2].1, ("f00000".to_string(), 0));
+    assert_eq!(seen[4].1, ("f00002".to_string(), 2));
+}
+
 #[tokio::test]
 async fn implicit_directories_and_markers_both_appear() {
     let s = mem();
