@@ -62,6 +62,15 @@ pub enum MountOption {
     Atime,
     /// Don't update inode access time
     NoAtime,
+    // hubfs privilege patch (mount options): the rest of the atime family.
+    /// Update directory access times (the default; clears `NoDirAtime`)
+    DirAtime,
+    /// Don't update directory access times
+    NoDirAtime,
+    /// Update access times on every access
+    StrictAtime,
+    /// Keep time updates in memory only, written out lazily
+    LazyTime,
     /// All modifications to directories will be done synchronously
     DirSync,
     /// All I/O will be done synchronously
@@ -88,6 +97,10 @@ impl MountOption {
             "noexec" => MountOption::NoExec,
             "atime" => MountOption::Atime,
             "noatime" => MountOption::NoAtime,
+            "diratime" => MountOption::DirAtime,
+            "nodiratime" => MountOption::NoDirAtime,
+            "strictatime" => MountOption::StrictAtime,
+            "lazytime" => MountOption::LazyTime,
             "dirsync" => MountOption::DirSync,
             "sync" => MountOption::Sync,
             "async" => MountOption::Async,
@@ -131,6 +144,8 @@ fn conflicts_with(option: &MountOption) -> Vec<MountOption> {
         | MountOption::Subtype(_)
         | MountOption::CUSTOM(_)
         | MountOption::DirSync
+        | MountOption::StrictAtime
+        | MountOption::LazyTime
         | MountOption::AutoUnmount
         | MountOption::DefaultPermissions => vec![],
         MountOption::Dev => vec![MountOption::NoDev],
@@ -143,6 +158,8 @@ fn conflicts_with(option: &MountOption) -> Vec<MountOption> {
         MountOption::NoExec => vec![MountOption::Exec],
         MountOption::Atime => vec![MountOption::NoAtime],
         MountOption::NoAtime => vec![MountOption::Atime],
+        MountOption::DirAtime => vec![MountOption::NoDirAtime],
+        MountOption::NoDirAtime => vec![MountOption::DirAtime],
         MountOption::Sync => vec![MountOption::Async],
         MountOption::Async => vec![MountOption::Sync],
     }
@@ -167,6 +184,10 @@ pub(crate) fn option_to_string(option: &MountOption) -> String {
         MountOption::NoExec => "noexec".to_string(),
         MountOption::Atime => "atime".to_string(),
         MountOption::NoAtime => "noatime".to_string(),
+        MountOption::DirAtime => "diratime".to_string(),
+        MountOption::NoDirAtime => "nodiratime".to_string(),
+        MountOption::StrictAtime => "strictatime".to_string(),
+        MountOption::LazyTime => "lazytime".to_string(),
         MountOption::DirSync => "dirsync".to_string(),
         MountOption::Sync => "sync".to_string(),
         MountOption::Async => "async".to_string(),
@@ -190,6 +211,10 @@ pub(crate) fn option_group(option: &MountOption) -> MountOptionGroup {
         MountOption::NoExec => MountOptionGroup::KernelFlag,
         MountOption::Atime => MountOptionGroup::KernelFlag,
         MountOption::NoAtime => MountOptionGroup::KernelFlag,
+        MountOption::DirAtime
+        | MountOption::NoDirAtime
+        | MountOption::StrictAtime
+        | MountOption::LazyTime => MountOptionGroup::KernelFlag,
         MountOption::DirSync => MountOptionGroup::KernelFlag,
         MountOption::Sync => MountOptionGroup::KernelFlag,
         MountOption::Async => MountOptionGroup::KernelFlag,
@@ -211,6 +236,10 @@ pub(crate) fn option_to_flag(option: &MountOption) -> io::Result<nix::mount::MsF
         MountOption::NoExec => Ok(nix::mount::MsFlags::MS_NOEXEC),
         MountOption::Atime => Ok(nix::mount::MsFlags::empty()),
         MountOption::NoAtime => Ok(nix::mount::MsFlags::MS_NOATIME),
+        MountOption::DirAtime => Ok(nix::mount::MsFlags::empty()),
+        MountOption::NoDirAtime => Ok(nix::mount::MsFlags::MS_NODIRATIME),
+        MountOption::StrictAtime => Ok(nix::mount::MsFlags::MS_STRICTATIME),
+        MountOption::LazyTime => Ok(nix::mount::MsFlags::MS_LAZYTIME),
         MountOption::Async => Ok(nix::mount::MsFlags::empty()),
         MountOption::Sync => Ok(nix::mount::MsFlags::MS_SYNCHRONOUS),
         MountOption::DirSync => Ok(nix::mount::MsFlags::MS_DIRSYNC),
@@ -327,6 +356,10 @@ mod test {
             NoExec,
             Atime,
             NoAtime,
+            DirAtime,
+            NoDirAtime,
+            StrictAtime,
+            LazyTime,
             DirSync,
             Sync,
             Async,
