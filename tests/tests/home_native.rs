@@ -329,6 +329,35 @@ fn inode_flag_ioctls_are_answered_from_the_backing_file() {
 
 #[test]
 fn mount_options_reach_the_kernel() {
+    // The atime family too: fstests generic/003 cycle-mounts with nodiratime.
+    for (asked, shown) in [
+        ("nodiratime", "nodiratime"),
+        ("strictatime", "rw"),
+        ("lazytime", "lazytime"),
+        ("diratime", "relatime"),
+    ] {
+        let m = mount_home_with(limited(), |o| o.mount_options = vec![asked.to_string()]);
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mnt = m.mnt().display().to_string();
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
+            .unwrap_or_else(|| panic!("{mnt} not mounted with {asked}:\n{info}"));
+        // The mount's options and the superblock's (lazytime is one).
+        let fields: Vec<&str> = line.split(' ').collect();
+        let opts: Vec<&str> = [fields[5], fields[fields.len() - 1]]
+            .iter()
+            .flat_map(|f| f.split(','))
+            .collect();
+        assert!(opts.contains(&shown), "{asked}: {line}");
+        if asked == "strictatime" {
+            assert!(
+                !opts.contains(&"relatime") && !opts.contains(&"noatime"),
+                "{line}"
+            );
+        }
+        std::fs::write(m.mnt().join("x"), b"x").unwrap();
+    }
     let m = mount_home_with(limited(), |o| {
         o.mount_options = ["ro", "noatime", "noexec"].map(String::from).to_vec();
     });

@@ -63,7 +63,7 @@ pub struct HomeArgs {
     /// Stay in the foreground instead of daemonizing.
     #[arg(short, long)]
     pub foreground: bool,
-    /// Mount options for the kernel, comma-separated: ro, noatime, relatime, noexec, sync, dirsync, nosuid, nodev.
+    /// Mount options for the kernel, comma-separated: ro, noatime, relatime, strictatime, lazytime, nodiratime, diratime, noexec, sync, dirsync, nosuid, nodev.
     #[arg(short = 'o', long = "options", value_name = "OPTS", value_delimiter = ',', value_parser = |s: &str| home::session::mount_option(s).map(|_| s.to_string()))]
     pub options: Vec<String>,
     /// Listen on this unix socket for a new server that takes the mount over

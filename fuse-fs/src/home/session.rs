@@ -61,23 +61,33 @@ pub struct HomeOptions {
 }
 
 /// The usual mount options a home takes (CSI read-only publishes, an
-/// admin's `mountOptions`), as the kernel flag they set; `relatime` and
-/// `rw`, `atime`, `exec`, `async` are the defaults and set nothing. `suid`
-/// and `dev` are refused: a home never honours set-ID programs or devices.
+/// admin's `mountOptions`, fstests' cycle mounts), as the kernel flag they
+/// set; `relatime` and `rw`, `atime`, `diratime`, `exec`, `async` are the
+/// defaults and set nothing. The atime family reaches the kernel and
+/// mountinfo; access times themselves are the backing filesystem's (the
+/// kernel updates none of a FUSE inode's: the daemon's reads, and the
+/// passthrough reads of the backing file, update them as the share's own
+/// mount options say). `suid` and `dev` are refused: a home never honours
+/// set-ID programs or devices.
 pub fn mount_option(s: &str) -> Result<Option<MountOption>, String> {
     Ok(Some(match s {
         "ro" => MountOption::RO,
         "noatime" => MountOption::NoAtime,
+        "nodiratime" => MountOption::NoDirAtime,
+        "strictatime" => MountOption::StrictAtime,
+        "lazytime" => MountOption::LazyTime,
         "noexec" => MountOption::NoExec,
         "nosuid" => MountOption::NoSuid,
         "nodev" => MountOption::NoDev,
         "sync" => MountOption::Sync,
         "dirsync" => MountOption::DirSync,
-        "rw" | "relatime" | "atime" | "exec" | "async" | "defaults" => return Ok(None),
+        "rw" | "relatime" | "atime" | "diratime" | "exec" | "async" | "defaults" => {
+            return Ok(None)
+        }
         "suid" | "dev" => return Err(format!("mount option {s:?}: a home is always nosuid,nodev")),
         _ => {
             return Err(format!(
-                "unknown mount option {s:?} (known: ro, rw, noatime, relatime, atime, noexec, exec, nosuid, nodev, sync, async, dirsync)"
+                "unknown mount option {s:?} (known: ro, rw, noatime, relatime, atime, strictatime, lazytime, nodiratime, diratime, noexec, exec, nosuid, nodev, sync, async, dirsync)"
             ))
         }
     }))
@@ -530,6 +540,17 @@ mod tests {
         assert_eq!(mount_option("ro"), Ok(Some(MountOption::RO)));
         assert_eq!(mount_option("noatime"), Ok(Some(MountOption::NoAtime)));
         assert_eq!(mount_option("relatime"), Ok(None), "the kernel default");
+        // fstests generic/003 cycle-mounts with nodiratime.
+        assert_eq!(
+            mount_option("nodiratime"),
+            Ok(Some(MountOption::NoDirAtime))
+        );
+        assert_eq!(
+            mount_option("strictatime"),
+            Ok(Some(MountOption::StrictAtime))
+        );
+        assert_eq!(mount_option("lazytime"), Ok(Some(MountOption::LazyTime)));
+        assert_eq!(mount_option("diratime"), Ok(None));
         assert!(mount_option("suid").unwrap_err().contains("nosuid"));
         assert!(mount_option("bogus").unwrap_err().contains("known: ro"));
         assert!(mount_option("ro,noatime").is_err(), "one option at a time");
