@@ -34,7 +34,10 @@
 # Usage: bench/s3.sh   (HUBFS_BENCH_SIZE_MIB=1024 by default; HUBFS_BIN=path
 #                      to use an already built binary instead of building;
 #                      PEERS="mountpoint s3fs rclone" to choose the peers;
-#                      CLASS="8 32" class sizes, STAGGER_S=2)
+#                      CLASS="8 32" class sizes, STAGGER_S=2;
+#                      HUBFS_BASE_BIN=path and the peer "hubfs-base" measure
+#                      another hubfs build beside this one, e.g. the commit
+#                      before a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${HUBFS_BENCH_SIZE_MIB:-1024}
@@ -126,6 +129,10 @@ mount_fs() { # name -> mountpoint, sets FSPID
     mountpoint)
         AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$MOUNTPOINT_PEER" --endpoint-url "$EP" \
             --region garage bench "$m" &
+        FSPID=$! ;;
+    hubfs-base)
+        AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK HUBFS_LOG=warn "$HUBFS_BASE_BIN" mount s3 --foreground \
+            --endpoint-url "$EP" --region garage --force-path-style bench "$m" &
         FSPID=$! ;;
     hubfs-cache)
         AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK HUBFS_LOG=warn "$HUBFS" mount s3 --foreground \
@@ -297,6 +304,14 @@ done
 
 min() { echo "if ($1 < $2) $1 else $2" | bc -l; }
 max() { echo "if ($1 > $2) $1 else $2" | bc -l; }
+if [[ " $PEERS " == *" hubfs-base "* ]]; then
+    echo "== hubfs vs hubfs-base ($HUBFS_BASE_BIN; > 1 means this build is better)"
+    printf '  ls -l 1,000: %.2fx | ls -l 10,000: %.2fx | cat 1,000 x 64 KiB: %.2fx | sequential read: %.2fx (CPU per GiB %.2fx) | ttfb: %.2fx | peak RSS %d vs %d MiB\n' \
+        "$(echo "${LS1[hubfs-base]} / ${LS1[hubfs]}" | bc -l)" "$(echo "${LS10[hubfs-base]} / ${LS10[hubfs]}" | bc -l)" \
+        "$(echo "${CAT[hubfs-base]} / ${CAT[hubfs]}" | bc -l)" "$(echo "${READ[hubfs]} / ${READ[hubfs-base]}" | bc -l)" \
+        "$(echo "${CPU[hubfs-base]} / ${CPU[hubfs]}" | bc -l)" "$(echo "${TTFB[hubfs-base]} / ${TTFB[hubfs]}" | bc -l)" \
+        "${RSS[hubfs]}" "${RSS[hubfs-base]}"
+fi
 if [[ " $PEERS " == *" mountpoint "* ]]; then
     echo "== hubfs vs Mountpoint (> 1 means hubfs is better)"
     printf '  ls -l 1,000: %.2fx (hubfs %d requests, Mountpoint %d) | ls -l 10,000: %.2fx (%d, %d)\n' \

@@ -31,12 +31,17 @@ fn hubfs() -> PathBuf {
 }
 
 /// A bucket server: uid and gid 65534, no supplementary group, nothing in
-/// any capability set, no_new_privs.
+/// any capability set, no_new_privs, its seccomp allow-list.
 fn assert_bucket_dropped(s: &Status, when: &str) {
     assert!(s.runs_as(65534, 65534), "{when}: bucket server {s}");
     assert!(s.groups.is_empty(), "{when}: bucket server {s}");
     assert!(s.holds_exactly(Caps::empty()), "{when}: bucket server {s}");
     assert!(s.no_new_privs, "{when}: bucket server {s}");
+    assert_eq!(
+        (s.seccomp, s.seccomp_filters),
+        (2, 1),
+        "{when}: bucket server {s}"
+    );
 }
 
 /// A home server: uid 0, no_new_privs, bounded by its launch to the home

@@ -139,6 +139,10 @@ pub struct S3Args {
     /// server unmounts it, as the hubfs mounter does.
     #[arg(long, help_heading = "Privilege")]
     pub no_guardian: bool,
+    /// Serve without the seccomp allow-list (by default every system call
+    /// the server does not make fails with EPERM); for ruling it out.
+    #[arg(long, help_heading = "Privilege")]
+    pub no_seccomp: bool,
 }
 
 fn parse_run_as(s: &str) -> Result<(u32, u32), String> {
@@ -252,8 +256,13 @@ pub fn run(args: S3Args) -> anyhow::Result<ExitCode> {
         );
     }
     let from = args.take_over.as_deref();
+    let privileges = hubfs_sandbox::Privileges::user(opts.run_as.0, opts.run_as.1);
+    let privileges = match args.no_seccomp {
+        true => privileges,
+        false => privileges.with_seccomp(session::seccomp_filter()),
+    };
     let confine = || session::Confinement {
-        privileges: hubfs_sandbox::Privileges::user(opts.run_as.0, opts.run_as.1),
+        privileges: privileges.clone(),
         guardian: (!args.no_guardian).then(super::unmount_guard::command),
     };
     if args.foreground {

@@ -19,6 +19,8 @@
 //!   handshake waits for the dropped server;
 //! * open the mount's readahead knob in sysfs (root-only; written once INIT
 //!   has set the kernel's own value).
+//!
+//! [`allowed_syscalls`] is its seccomp allow-list, installed last by the drop.
 
 use std::fs::File;
 use std::io;
@@ -71,6 +73,7 @@ pub(super) fn prepare(
         hubfs_sandbox::tree::own_tree(&c.dir, opts.run_as.0, opts.run_as.1).map_err(|e| {
             io::Error::new(e.kind(), format!("data cache at {}: {e}", c.dir.display()))
         })?;
+        reachable(&c.dir, opts.run_as)?;
     }
     let metrics_file = match &opts.metrics_file {
         Some(path) => Some(
@@ -114,6 +117,39 @@ pub(super) fn prepare(
     })
 }
 
+/// Fails, with the reason, unless `uid:gid` may search every directory
+/// above `dir` (checked now, as root, rather than as a bare EACCES after
+/// the drop).
+fn reachable(dir: &Path, (uid, gid): (u32, u32)) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for a in dir.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(a) else {
+            continue;
+        };
+        let bit = if m.uid() == uid {
+            0o100
+        } else if m.gid() == gid {
+            0o010
+        } else {
+            0o001
+        };
+        if m.mode() & bit == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "data cache at {}: uid {uid} (--run-as) cannot reach it: {} is mode {:o}, owner {}:{}",
+                    dir.display(),
+                    a.display(),
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// FUSE tells the kernel 128 KiB of readahead at most, so sequential reads
 /// arrive as 128 KiB requests, one round trip each. The mount's backing
 /// device info accepts a larger value once INIT has set the kernel's (as
@@ -154,4 +190,164 @@ pub(super) fn rewrite_locked(file: &File, text: &[u8]) -> io::Result<()> {
         .and_then(|()| file.set_len(text.len() as u64));
     flock(file, FlockOperation::Unlock)?;
     r
+}
+
+/// The system calls a dropped bucket server makes, hot ones first (the
+/// filter compares in this order): serving FUSE requests and S3 over
+/// tokio, hyper and rustls, its data cache, metrics, control socket and
+/// takeover, threads and signals. Found by tracing a server (`strace -f`)
+/// through reads, listings, writes, deletes, the metrics file and port, a
+/// takeover and a SIGTERM, plus the calls of the same paths on other
+/// kernels and library versions (the `*at` forms, `clone`/`clone3`,
+/// `poll`/`ppoll`, `statx`/`fstat`). Absent on purpose: `execve`,
+/// `ptrace`, `mount`, the set*id calls, `unshare`, `setns`, `bpf`,
+/// `keyctl`, module and kexec calls, `process_vm_*`, `open_by_handle_at`.
+pub fn allowed_syscalls() -> Vec<libc::c_long> {
+    use libc::*;
+    let mut v = vec![
+        SYS_read,
+        SYS_write,
+        SYS_writev,
+        SYS_readv,
+        SYS_futex,
+        SYS_epoll_pwait,
+        SYS_recvfrom,
+        SYS_sendto,
+        SYS_recvmsg,
+        SYS_sendmsg,
+        SYS_pread64,
+        SYS_pwrite64,
+        SYS_preadv,
+        SYS_pwritev,
+        SYS_sched_yield,
+        SYS_madvise,
+        SYS_mmap,
+        SYS_munmap,
+        SYS_mprotect,
+        SYS_mremap,
+        SYS_brk,
+        SYS_clock_gettime,
+        SYS_clock_nanosleep,
+        SYS_nanosleep,
+        SYS_epoll_ctl,
+        SYS_close,
+        SYS_openat,
+        SYS_statx,
+        SYS_newfstatat,
+        SYS_fstat,
+        SYS_lseek,
+        SYS_fcntl,
+        SYS_ioctl,
+        SYS_getrandom,
+        SYS_gettid,
+        SYS_getpid,
+        SYS_tgkill,
+        SYS_rt_sigaction,
+        SYS_rt_sigprocmask,
+        SYS_rt_sigreturn,
+        SYS_sigaltstack,
+        SYS_ppoll,
+        SYS_socket,
+        SYS_connect,
+        SYS_accept4,
+        SYS_bind,
+        SYS_listen,
+        SYS_getsockname,
+        SYS_getpeername,
+        SYS_getsockopt,
+        SYS_setsockopt,
+        SYS_shutdown,
+        SYS_socketpair,
+        SYS_getdents64,
+        SYS_mkdirat,
+        SYS_unlinkat,
+        SYS_renameat,
+        SYS_renameat2,
+        SYS_ftruncate,
+        SYS_fsync,
+        SYS_fdatasync,
+        SYS_flock,
+        SYS_readlinkat,
+        SYS_faccessat,
+        SYS_faccessat2,
+        SYS_fstatfs,
+        SYS_statfs,
+        SYS_clone,
+        SYS_clone3,
+        SYS_set_robust_list,
+        SYS_rseq,
+        SYS_exit,
+        SYS_exit_group,
+        SYS_sched_getaffinity,
+        SYS_prctl,
+        SYS_eventfd2,
+        SYS_epoll_create1,
+        SYS_pipe2,
+        SYS_dup,
+        SYS_dup3,
+        SYS_geteuid,
+        SYS_getuid,
+        SYS_getegid,
+        SYS_getgid,
+        SYS_uname,
+        SYS_sysinfo,
+        SYS_prlimit64,
+        SYS_restart_syscall,
+    ];
+    // The older x86-64 forms some libraries still call.
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        SYS_epoll_wait,
+        SYS_poll,
+        SYS_open,
+        SYS_stat,
+        SYS_lstat,
+        SYS_access,
+        SYS_readlink,
+        SYS_unlink,
+        SYS_rename,
+        SYS_mkdir,
+        SYS_rmdir,
+        SYS_pipe,
+        SYS_dup2,
+        SYS_getrlimit,
+    ]);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_allow_list_has_no_way_out_of_the_sandbox() {
+        let f = super::super::session::seccomp_filter();
+        assert!(f.len() > 50 && f.len() <= 250);
+        for (name, nr) in [
+            ("execve", libc::SYS_execve),
+            ("execveat", libc::SYS_execveat),
+            ("ptrace", libc::SYS_ptrace),
+            ("mount", libc::SYS_mount),
+            ("umount2", libc::SYS_umount2),
+            ("setuid", libc::SYS_setuid),
+            ("setresuid", libc::SYS_setresuid),
+            ("capset", libc::SYS_capset),
+            ("unshare", libc::SYS_unshare),
+            ("setns", libc::SYS_setns),
+            ("bpf", libc::SYS_bpf),
+            ("keyctl", libc::SYS_keyctl),
+            ("init_module", libc::SYS_init_module),
+            ("process_vm_writev", libc::SYS_process_vm_writev),
+            ("open_by_handle_at", libc::SYS_open_by_handle_at),
+            ("kill", libc::SYS_kill),
+        ] {
+            assert!(!f.allows(nr), "{name} is allowed");
+        }
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_writev,
+            libc::SYS_futex,
+            libc::SYS_clone3,
+        ] {
+            assert!(f.allows(nr));
+        }
+    }
 }

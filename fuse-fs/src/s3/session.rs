@@ -484,6 +484,15 @@ pub fn run(
     Ok(())
 }
 
+/// The bucket server's seccomp allow-list ([`super::confine::allowed_syscalls`]):
+/// any other system call fails with EPERM, as under Docker's default profile.
+pub fn seccomp_filter() -> hubfs_sandbox::seccomp::Filter {
+    hubfs_sandbox::seccomp::Filter::allow(
+        &super::confine::allowed_syscalls(),
+        hubfs_sandbox::seccomp::Deny::Errno(libc::EPERM),
+    )
+}
+
 /// Who a server becomes once mounted, and who unmounts its mount then.
 #[derive(Debug)]
 pub struct Confinement {
