@@ -67,6 +67,23 @@ fn assert_home_confined(s: &Status, when: &str) {
         .contains(Caps::SYS_PTRACE | Caps::NET_ADMIN | Caps::SYS_MODULE));
 }
 
+/// Whatever a test leaves, even when it fails half-way: every hubfs process
+/// working below `dir` is killed and every mount below it detached.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let dir = self.0.display().to_string();
+        for (pid, _) in hubfs_e2e::csi::hubfs_processes(|cmd| cmd.contains(&dir)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        hubfs_e2e::csi::detach_mounts_below(&self.0);
+    }
+}
+
 /// A `hubfs mounter` on `state`, with the node's S3 identity (Garage's key).
 fn mounter(g: &Garage, state: &Path, take_over: bool) -> Child {
     let mut c = Command::new(hubfs());
@@ -135,6 +152,7 @@ fn every_server_the_mounter_starts_is_confined_fresh_restarted_and_taken_over() 
     let _one = serial();
     let g = Garage::start("priv");
     let dir = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(dir.path().to_owned());
     let state = dir.path().join("state");
     let share = dir.path().join("share/alice");
     std::fs::create_dir_all(&share).unwrap();
@@ -311,6 +329,7 @@ fn a_bucket_server_started_by_hand_as_root_drops_and_only_its_guardian_keeps_sys
     let g = Garage::start("hand");
     for foreground in [false, true] {
         let dir = tempfile::tempdir().unwrap();
+        let _cleanup = Cleanup(dir.path().to_owned());
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let child = mount_by_hand(&g, &mnt, foreground);
