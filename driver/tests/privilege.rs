@@ -132,6 +132,20 @@ fn servers(client: &MounterClient) -> Vec<(Kind, u32)> {
     out
 }
 
+/// Waits until both servers are healthy processes other than `old`.
+fn wait_replaced(client: &MounterClient, old: &[u32], what: &str) {
+    wait_until(what, PATIENCE, || {
+        let now: Vec<u32> = client
+            .status()
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| s.healthy)
+            .filter_map(|s| s.pid)
+            .collect();
+        now.len() == 2 && now.iter().all(|p| !old.contains(p))
+    });
+}
+
 fn check_all(client: &MounterClient, when: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for (kind, pid) in servers(client) {
@@ -209,31 +223,13 @@ fn every_server_the_mounter_starts_is_confined_fresh_restarted_and_taken_over() 
         )
         .unwrap();
     }
-    wait_until("both servers replaced", PATIENCE, || {
-        let now: Vec<u32> = client
-            .status()
-            .unwrap_or_default()
-            .iter()
-            .filter(|s| s.healthy)
-            .filter_map(|s| s.pid)
-            .collect();
-        now.len() == 2 && now.iter().all(|p| !fresh.contains(p))
-    });
+    wait_replaced(&client, &fresh, "both servers replaced");
     let restarted = check_all(&client, "restart after SIGKILL");
     assert_eq!(std::fs::read(t_home.join("hello")).unwrap(), b"hi");
 
     // A live takeover by a new mounter: new server processes, same mounts.
     let mut new = mounter(&g, &state, true);
-    wait_until("the new mounter's servers", PATIENCE, || {
-        let now: Vec<u32> = client
-            .status()
-            .unwrap_or_default()
-            .iter()
-            .filter(|s| s.healthy)
-            .filter_map(|s| s.pid)
-            .collect();
-        now.len() == 2 && now.iter().all(|p| !restarted.contains(p))
-    });
+    wait_replaced(&client, &restarted, "the new mounter's servers");
     check_all(&client, "live takeover");
     assert_eq!(std::fs::read(t_home.join("hello")).unwrap(), b"hi");
     assert!(
