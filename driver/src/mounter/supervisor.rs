@@ -89,7 +89,9 @@ impl SupervisorConfig {
             let file = super::metrics::metrics_file(&mp);
             added.extend(["--metrics-file".into(), file.into_os_string()]);
         }
-        if spec.kind == Kind::S3 && !given("--no-guardian") {
+        // The mounter detaches its servers' mounts itself: no guardian
+        // (bucket and home servers alike).
+        if !given("--no-guardian") {
             added.push("--no-guardian".into());
         }
         if let (Some(c), Kind::S3) = (&self.s3_cache, spec.kind) {
