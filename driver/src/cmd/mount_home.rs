@@ -75,6 +75,11 @@ pub struct HomeArgs {
     /// and usage; that server exits without unmounting.
     #[arg(long, value_name = "SOCKET")]
     pub take_over: Option<PathBuf>,
+    /// Start no unmount guardian (a root process with CAP_SYS_ADMIN only
+    /// that unmounts when this server stops or dies): whoever started this
+    /// server unmounts for it (the mounter does).
+    #[arg(long)]
+    pub no_guardian: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -161,15 +166,30 @@ fn serve(args: &HomeArgs, opts: HomeOptions, ready: impl FnOnce()) -> anyhow::Re
     }
     stop.thread_block().context("blocking signals")?;
     let sink = args.sink()?;
-    let mount = match &args.take_over {
-        Some(from) => home::take_over(&opts, sink, from).with_context(|| {
-            format!(
-                "taking over {} from {}",
-                opts.mountpoint.display(),
-                from.display()
-            )
-        })?,
-        None => home::mount(&opts, sink)
+    // Started as root (the mounter, or by hand), the server drops to the
+    // home layer's own list once mounted and serves each request as its
+    // caller (docs/home.md); otherwise it serves as itself.
+    let confine = nix::unistd::geteuid().is_root().then(|| home::Confinement {
+        privileges: home::server_privileges(opts.passthrough),
+        guardian: (!args.no_guardian).then(super::unmount_guard::command),
+    });
+    let mount = match (&args.take_over, confine) {
+        (Some(from), confine) => {
+            let r = match confine {
+                Some(c) => home::take_over_confined(&opts, sink, from, c),
+                None => home::take_over(&opts, sink, from),
+            };
+            r.with_context(|| {
+                format!(
+                    "taking over {} from {}",
+                    opts.mountpoint.display(),
+                    from.display()
+                )
+            })?
+        }
+        (None, Some(c)) => home::mount_confined(&opts, sink, c)
+            .with_context(|| format!("mounting {}", opts.mountpoint.display()))?,
+        (None, None) => home::mount(&opts, sink)
             .with_context(|| format!("mounting {}", opts.mountpoint.display()))?,
     };
     tracing::info!(user = %opts.user, source = %opts.source.display(), mountpoint = %opts.mountpoint.display(), quota = ?opts.limits.bytes, taken_over = args.take_over.is_some(), "home mounted");

@@ -22,10 +22,12 @@
 //! * [`sink`]: the `UsageSink` trait, its gRPC and fake implementations and
 //!   the batching reporter;
 //! * [`adapter`]: the `fuser` glue; [`session`]: mounting it all together;
+//!   [`confine`]: the server's own privilege once mounted;
 //!   [`handoff`]: the state a server hands to the next in a takeover.
 
 pub mod adapter;
 pub mod caller;
+pub mod confine;
 pub mod dirs;
 pub mod error;
 pub mod files;
@@ -43,28 +45,12 @@ pub mod syscalls;
 pub mod usage;
 pub mod xattr;
 
-/// The capabilities a home server keeps once mounted (it stays uid 0):
-/// the mounter's launch function (`SupervisorConfig::server_command`)
-/// bounds every home server to these plus what mounting and the drop need
-/// (`hubfs_sandbox::launch::launch_bounding`), and a home server drops to
-/// exactly these. The list is what the layer's system calls use as written
-/// today, acting as root for callers the kernel has already checked
-/// (`default_permissions`): `CAP_CHOWN` (new files get the caller as
-/// owner), `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` (open, list and
-/// walk any file of the home), `CAP_FOWNER` and `CAP_FSETID` (modes,
-/// times and set-ID bits of files the server does not own), `CAP_SYS_ADMIN`
-/// (kernel passthrough backing files; `trusted.*` extended attributes a
-/// caller reads or writes through the layer).
-pub const SERVER_CAPABILITIES: hubfs_sandbox::Caps = hubfs_sandbox::Caps::CHOWN
-    .union(hubfs_sandbox::Caps::DAC_OVERRIDE)
-    .union(hubfs_sandbox::Caps::DAC_READ_SEARCH)
-    .union(hubfs_sandbox::Caps::FOWNER)
-    .union(hubfs_sandbox::Caps::FSETID)
-    .union(hubfs_sandbox::Caps::SYS_ADMIN);
-
+pub use confine::{server_privileges, Confinement, SERVER_CAPABILITIES};
 pub use error::HomeError;
 pub use fs::HomeFs;
-pub use session::{mount, take_over, HomeMount, HomeOptions, MountError};
+pub use session::{
+    mount, mount_confined, take_over, take_over_confined, HomeMount, HomeOptions, MountError,
+};
 #[cfg(any(test, feature = "test-util"))]
 pub use sink::FakeSink;
 pub use sink::{ControllerVerdict, GrpcSink, Reporter, UsageReport, UsageSink};

@@ -24,6 +24,7 @@ use hubfs_walker::{WalkOptions, Walker};
 use parking_lot::Mutex;
 
 use super::adapter::HomeFuse;
+use super::confine::{Confinement, Unmounter};
 use super::error::HomeError;
 use super::fs::HomeFs;
 use super::handoff::HomeState;
@@ -128,6 +129,8 @@ pub enum MountError {
     },
     #[error("cannot take over: {0}")]
     Takeover(#[from] HandoffError),
+    #[error("{0}")]
+    Confine(String),
 }
 
 /// A mounted home; unmount with [`HomeMount::unmount`] (dropping it unmounts too).
@@ -139,9 +142,8 @@ pub struct HomeMount {
     settle: Option<JoinHandle<()>>,
     cancel: Arc<AtomicBool>,
     mountpoint: PathBuf,
-    /// Mounted by the server this one took over from: fuser holds no mount
-    /// to drop, so unmounting is ours.
-    resumed: bool,
+    /// Who ends the mount (see `confine`).
+    unmounter: Unmounter,
     handover: Arc<Handover>,
 }
 
@@ -204,11 +206,30 @@ fn open_fs(opts: &HomeOptions) -> Result<Arc<HomeFs>, MountError> {
     Ok(Arc::new(fs))
 }
 
-/// Mounts a home. `sink` receives usage reports (None: account and enforce
-/// locally only).
+/// Mounts a home in this process, which keeps its privilege (tests, and
+/// servers not started as root). `sink` receives usage reports (None:
+/// account and enforce locally only).
 pub fn mount(
     opts: &HomeOptions,
     sink: Option<Arc<dyn UsageSink>>,
+) -> Result<HomeMount, MountError> {
+    mount_as(opts, sink, None)
+}
+
+/// Mounts a home as root, then drops to `confine.privileges` before the
+/// first request (see [`super::confine`]): `hubfs mount home`.
+pub fn mount_confined(
+    opts: &HomeOptions,
+    sink: Option<Arc<dyn UsageSink>>,
+    confine: Confinement,
+) -> Result<HomeMount, MountError> {
+    mount_as(opts, sink, Some(confine))
+}
+
+fn mount_as(
+    opts: &HomeOptions,
+    sink: Option<Arc<dyn UsageSink>>,
+    confine: Option<Confinement>,
 ) -> Result<HomeMount, MountError> {
     let config = fuse_config(opts)?;
     let fs = open_fs(opts)?;
@@ -221,11 +242,55 @@ pub fn mount(
         path: opts.mountpoint.clone(),
         source,
     };
-    let session = Session::new(fuse, &opts.mountpoint, &config).map_err(mount_err)?;
+    let (session, unmounter) = match confine {
+        None => (
+            Session::new(fuse, &opts.mountpoint, &config).map_err(mount_err)?,
+            Unmounter::Session,
+        ),
+        Some(c) => {
+            // Resolved now: once mounted, a stat of the path would wait
+            // for the INIT this process answers only after its drop.
+            let mp = std::fs::canonicalize(&opts.mountpoint).map_err(mount_err)?;
+            let dev =
+                fuser::mount_device(&mp, &config.mount_options, config.acl).map_err(mount_err)?;
+            let detach = || {
+                let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+            };
+            let mut unmounter = Unmounter::start(c.guardian, &mp, false).map_err(|e| {
+                detach();
+                MountError::Confine(format!("unmount guardian: {e}"))
+            })?;
+            if let Err(e) = hubfs_sandbox::drop_to(&c.privileges) {
+                if !unmounter.unmount_by_guardian() {
+                    detach();
+                }
+                return Err(MountError::Confine(format!(
+                    "cannot drop to {}: {e}",
+                    c.privileges
+                )));
+            }
+            tracing::info!(privileges = %c.privileges, "dropped privilege");
+            let acl = config.acl;
+            match Session::from_fd(fuse, dev, acl, config) {
+                Ok(s) => (s, unmounter),
+                Err(e) => {
+                    unmounter.unmount_by_guardian();
+                    return Err(mount_err(e));
+                }
+            }
+        }
+    };
     tell_the_kernel(&fs, session.notifier());
     let handover = Handover::new(&fs, io, passthrough, &session).map_err(mount_err)?;
     let session = session.spawn().map_err(mount_err)?;
-    Ok(start(opts, sink, fs, session, handover, control, false))
+    let serving = Serving {
+        session,
+        handover,
+        control,
+        resumed: false,
+        unmounter,
+    };
+    Ok(start(opts, sink, fs, serving))
 }
 
 /// Takes over the mount a running server serves (it listens on `from`,
@@ -238,18 +303,57 @@ pub fn take_over(
     sink: Option<Arc<dyn UsageSink>>,
     from: &Path,
 ) -> Result<HomeMount, MountError> {
+    take_over_as(opts, sink, from, None)
+}
+
+/// As [`take_over`], started as root, dropping to `confine.privileges`
+/// before it reads anything the old server sends (see [`super::confine`]).
+pub fn take_over_confined(
+    opts: &HomeOptions,
+    sink: Option<Arc<dyn UsageSink>>,
+    from: &Path,
+    confine: Confinement,
+) -> Result<HomeMount, MountError> {
+    take_over_as(opts, sink, from, Some(confine))
+}
+
+fn take_over_as(
+    opts: &HomeOptions,
+    sink: Option<Arc<dyn UsageSink>>,
+    from: &Path,
+    confine: Option<Confinement>,
+) -> Result<HomeMount, MountError> {
     let config = fuse_config(opts)?;
     let fs = open_fs(opts)?;
+    // The old server's socket is root's: connected before the drop, read
+    // after it, so an old server's bytes never reach a root process.
     let s = UnixStream::connect(from).map_err(|source| MountError::Control {
         path: from.to_path_buf(),
         source,
     })?;
-    let mut package = wire::Package::request(s, "home")?;
-    let state = HomeState::decode(&package.state)?;
+    let mut unmounter = match confine {
+        None => Unmounter::Resumed,
+        Some(c) => {
+            let mut u = Unmounter::start(c.guardian, &opts.mountpoint, true)
+                .map_err(|e| MountError::Confine(format!("unmount guardian: {e}")))?;
+            if let Err(e) = hubfs_sandbox::drop_to(&c.privileges) {
+                u.leave();
+                return Err(MountError::Confine(format!(
+                    "cannot drop to {}: {e}",
+                    c.privileges
+                )));
+            }
+            tracing::info!(privileges = %c.privileges, "dropped privilege");
+            u
+        }
+    };
+    let mut package = wire::Package::request(s, "home").inspect_err(|_| unmounter.leave())?;
+    let state = HomeState::decode(&package.state).inspect_err(|_| unmounter.leave())?;
     let control = package
         .listener(state.control)
         .or_else(|| opts.control.as_deref().and_then(wire::listen_or_warn));
-    fs.adopt(&state, &mut package.fds)?;
+    fs.adopt(&state, &mut package.fds)
+        .inspect_err(|_| unmounter.leave())?;
     let dev = package.dev;
     let fuse = HomeFuse::new(fs.clone(), state.passthrough);
     let (io, passthrough) = fuse.shared();
@@ -258,7 +362,10 @@ pub fn take_over(
         source,
     };
     let version = Version(state.proto.0, state.proto.1);
-    let session = Session::resume(fuse, dev, config, version).map_err(mount_err)?;
+    let session = Session::resume(fuse, dev, config, version).map_err(|e| {
+        unmounter.leave();
+        mount_err(e)
+    })?;
     tell_the_kernel(&fs, session.notifier());
     let modes = super::iomode::IoExport {
         handles: state.io_handles.clone(),
@@ -271,12 +378,21 @@ pub fn take_over(
         // close (dropping them would).
         std::mem::forget(session);
         std::mem::forget(io);
+        unmounter.leave();
         return Err(e.into());
     }
+    unmounter.own();
     let handover = Handover::new(&fs, io, passthrough, &session).map_err(mount_err)?;
     let session = session.spawn().map_err(mount_err)?;
     tracing::info!(user = %opts.user, inodes = state.nodes.len(), open_files = state.files.len(), bytes = state.bytes, "took the mount over");
-    Ok(start(opts, sink, fs, session, handover, control, true))
+    let serving = Serving {
+        session,
+        handover,
+        control,
+        resumed: true,
+        unmounter,
+    };
+    Ok(start(opts, sink, fs, serving))
 }
 
 /// Gives the filesystem the session's notifier, for what changes under the
@@ -289,6 +405,16 @@ fn tell_the_kernel(fs: &HomeFs, n: Notifier) {
     }));
 }
 
+/// A session serving, and what comes with it.
+struct Serving {
+    session: BackgroundSession,
+    handover: Arc<Handover>,
+    control: Option<UnixListener>,
+    /// Taken over from another server (its usage came with it).
+    resumed: bool,
+    unmounter: Unmounter,
+}
+
 /// Starts what runs beside a serving session: the reporter, the mount-time
 /// walk (not for a mount taken over: its usage came with it), the settle
 /// thread and the control socket.
@@ -296,11 +422,15 @@ fn start(
     opts: &HomeOptions,
     sink: Option<Arc<dyn UsageSink>>,
     fs: Arc<HomeFs>,
-    session: BackgroundSession,
-    handover: Arc<Handover>,
-    control: Option<UnixListener>,
-    resumed: bool,
+    serving: Serving,
 ) -> HomeMount {
+    let Serving {
+        session,
+        handover,
+        control,
+        resumed,
+        unmounter,
+    } = serving;
     let usage = fs.usage().clone();
     let reporter =
         sink.map(|s| Reporter::start(usage.clone(), s, &opts.user, opts.report_interval));
@@ -379,7 +509,7 @@ fn start(
         settle,
         cancel,
         mountpoint: opts.mountpoint.clone(),
-        resumed,
+        unmounter,
         handover,
     }
 }
@@ -464,6 +594,7 @@ impl HomeMount {
         // Dropping the session would unmount and close the backing ids;
         // dropping `self` then stops the threads and sends the last report.
         std::mem::forget(self.session.take());
+        self.unmounter.leave();
     }
 
     /// True once the kernel has dropped the mount (e.g. `umount` from outside).
@@ -485,14 +616,26 @@ impl HomeMount {
 
     fn shutdown(&mut self) -> std::io::Result<()> {
         self.cancel.store(true, Ordering::Relaxed);
-        let r = match self.session.take() {
+        let r = match (self.session.take(), &mut self.unmounter) {
             // Unmounted from outside: the path may hold another mount now.
-            Some(s) if s.guard.is_finished() => {
+            (Some(s), u) if s.guard.is_finished() => {
                 crate::unmounted::forget_session(s, Duration::from_secs(5));
+                u.leave();
+                Ok(())
+            }
+            // Confined: the guardian unmounts (lazily if files are still
+            // open); without one, whoever started this server (the
+            // mounter) detaches the mount once this process is gone.
+            (Some(s), u @ Unmounter::Guardian(_)) => {
+                let wait = match u.unmount_by_guardian() {
+                    true => Duration::from_secs(5),
+                    false => Duration::ZERO,
+                };
+                crate::unmounted::forget_session(s, wait);
                 Ok(())
             }
             // Taken over: the mount is ours to end.
-            Some(s) if self.resumed => {
+            (Some(s), Unmounter::Resumed) => {
                 let r = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty())
                     .map_err(std::io::Error::from);
                 if r.is_ok() {
@@ -503,11 +646,11 @@ impl HomeMount {
                 }
                 r
             }
-            Some(s) => s.umount_and_join().inspect_err(|_| {
+            (Some(s), Unmounter::Session) => s.umount_and_join().inspect_err(|_| {
                 // Busy or already gone: detach so the session can end.
                 let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
             }),
-            None => Ok(()),
+            (None, _) => Ok(()),
         };
         if let Some(w) = self.walk.take() {
             let _ = w.join();
