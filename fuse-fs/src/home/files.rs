@@ -64,7 +64,24 @@ impl HomeFs {
         self.files.read().len()
     }
 
+    /// Registers an open file of `inode`. One whose last name already went
+    /// (an open racing an unlink, the kernel still holding the inode) is
+    /// charged again, as an orphan, until its last close: its writes must
+    /// count, and it was uncharged with its name.
     fn add_handle(&self, file: File, inode: Arc<Inode>, flags: i32) -> u64 {
+        {
+            let mut g = inode.size_lock.lock();
+            g.open += 1;
+            if !g.orphan {
+                if let Ok(st) = sys::stat_fd(file.as_fd()) {
+                    if st.st_nlink == 0 && sys::is_reg(&st) {
+                        g.orphan = true;
+                        let (b, i) = super::ledger::charge_of(&st);
+                        self.usage.apply(b, i);
+                    }
+                }
+            }
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let append = flags & libc::O_APPEND != 0;
         self.files.write().insert(
@@ -92,10 +109,15 @@ impl HomeFs {
         } else {
             sys::reopen(i.fd(), open_flags(flags))?
         };
+        let fh = self.add_handle(file, i.clone(), flags);
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
-            self.truncate_file(&i, &file, 0)?;
+            let h = self.handle(fh)?;
+            if let Err(e) = self.truncate_file(&i, &h.file, 0) {
+                self.release(fh);
+                return Err(e);
+            }
         }
-        Ok(self.add_handle(file, i, flags))
+        Ok(fh)
     }
 
     pub fn create(
@@ -118,6 +140,9 @@ impl HomeFs {
                 sys::with_umask(umask, || sys::create_at(p.fd(), &n, oflags, mode))
             })
         };
+        // No other change of this name through this mount meanwhile: what
+        // was there before stays there (see `names`).
+        let _names = self.names.names(&[(parent, &n)]);
         // Mostly the name is new: try that first (success means new). If
         // it exists after all (or the inode quota is full), open it as it
         // is, knowing what was there before.
@@ -247,13 +272,28 @@ impl HomeFs {
         Ok(f(&self.handle(fh)?.file))
     }
 
+    /// The kernel is done with handle `fh`. The last close of a file whose
+    /// last name went meanwhile (an orphan) uncharges it: its data leaves
+    /// the share now.
     pub fn release(&self, fh: u64) {
         let Some(h) = self.files.write().remove(&fh) else {
             return;
         };
-        if h.unmediated.load(Ordering::Relaxed) {
-            let mut g = self.charge_unseen(&h);
-            g.writers = g.writers.saturating_sub(1);
+        let mut g = match h.unmediated.load(Ordering::Relaxed) {
+            true => {
+                let mut g = self.charge_unseen(&h);
+                g.writers = g.writers.saturating_sub(1);
+                g
+            }
+            false => h.inode.size_lock.lock(),
+        };
+        g.open = g.open.saturating_sub(1);
+        if g.open == 0 && g.orphan {
+            g.orphan = false;
+            if let Ok(st) = sys::stat_fd(h.file.as_fd()) {
+                let (b, i) = super::ledger::charge_of(&st);
+                self.usage.apply(-b, -i);
+            }
         }
     }
 

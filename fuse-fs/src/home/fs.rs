@@ -35,7 +35,7 @@ use super::dirs::Listing;
 use super::error::HomeError;
 use super::files::Handle;
 use super::identity;
-use super::inodes::{self, Inode, InodeTable, Key};
+use super::inodes::{self, Inode, InodeTable};
 use super::ledger::{charge_of, Ledger};
 use super::requests::RequestCounts;
 use super::syscalls::{self as sys, FsFigures, Stat};
@@ -107,6 +107,8 @@ pub struct HomeFs {
     switch_identity: bool,
     /// Bumped when a directory's permissions or place change (`reach`).
     pub(super) perm_gen: AtomicU64,
+    /// Serialise changes of one name, and of one inode's links (`names`).
+    pub(super) names: super::names::NameLocks,
     /// Tells the kernel an inode's attributes changed under it (its number).
     attr_changed: std::sync::OnceLock<AttrChanged>,
 }
@@ -141,6 +143,7 @@ impl HomeFs {
             creds: CredentialCache::default(),
             switch_identity: nix::unistd::geteuid().is_root(),
             perm_gen: AtomicU64::new(0),
+            names: Default::default(),
             attr_changed: std::sync::OnceLock::new(),
         })
     }
@@ -388,6 +391,20 @@ impl HomeFs {
         let mut g = inode.size_lock.lock();
         let st = sys::stat_fd(std::os::fd::AsFd::as_fd(file))?;
         let before = st.st_size.max(0) as u64;
+        if st.st_nlink == 0 && !g.orphan {
+            if g.open == 0 {
+                // Nameless and open in no file of this mount (a truncate
+                // of an inode an unlink just took): not charged, and gone
+                // when this operation's own descriptor closes.
+                drop(g);
+                return op(before).map(|(out, _)| out);
+            }
+            // Its last name went while a file of it was opening: charged
+            // again until its last close (see `names`).
+            g.orphan = true;
+            let (b, i) = charge_of(&st);
+            self.usage.apply(b, i);
+        }
         g.seen(&self.usage, before as i64);
         self.freeze(&st);
         let want = grow(before);
@@ -490,6 +507,7 @@ impl HomeFs {
         bytes: u64,
         make: impl FnOnce() -> Result<()>,
     ) -> Result<Entry> {
+        let _names = self.names.names(&[(parent.number(), name)]);
         let ((), ledger) = self.charged(bytes, 1, make)?;
         let e = self.remember(parent, name)?;
         if let Some(l) = ledger {
@@ -514,93 +532,11 @@ impl HomeFs {
         let i = self.inode(ino)?;
         let p = self.inode(newparent)?;
         let n = sys::name(newname)?;
-        // A new name for a counted inode: nothing to charge (hard links count once).
-        sys::link_at(i.fd(), p.fd(), &n)?;
+        let _names = self.names.names(&[(newparent, &n)]);
+        // A new name for a counted inode: nothing to charge (hard links
+        // count once), but a removal of another of its names must see it.
+        self.adding_link(i.key(), || sys::link_at(i.fd(), p.fd(), &n))?;
         self.remember(&p, &n)
-    }
-
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
-        let p = self.inode(parent)?;
-        let n = sys::name(name)?;
-        let st = sys::stat_at(p.fd(), &n)?;
-        self.freeze(&st);
-        sys::unlink_at(p.fd(), &n, false)?;
-        if st.st_nlink <= 1 {
-            let (b, i) = charge_of(&st);
-            self.usage.apply(-b, -i);
-        }
-        Ok(())
-    }
-
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
-        let p = self.inode(parent)?;
-        let n = sys::name(name)?;
-        if self.walking.load(Ordering::Acquire) {
-            self.freeze(&sys::stat_at(p.fd(), &n)?);
-        }
-        sys::unlink_at(p.fd(), &n, true)?;
-        self.usage.apply(0, -1);
-        Ok(())
-    }
-
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> Result<()> {
-        let p = self.inode(parent)?;
-        let np = self.inode(newparent)?;
-        let (n, nn) = (sys::name(name)?, sys::name(newname)?);
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        let src = sys::stat_at(p.fd(), &n)?;
-        let target = if exchange {
-            None
-        } else {
-            sys::stat_at(np.fd(), &nn).ok()
-        };
-        if let Some(l) = self.ledger() {
-            // A name moving between parts of the tree the walk has and has
-            // not reached yet could be counted twice or not at all.
-            let other = match exchange {
-                true => sys::stat_at(np.fd(), &nn).ok(),
-                false => target,
-            };
-            for st in std::iter::once(&src).chain(other.as_ref()) {
-                l.freeze(inodes::key_of(st), charge_of(st));
-                if sys::is_dir(st) {
-                    l.disturb();
-                }
-            }
-        }
-        // RENAME_WHITEOUT leaves a whiteout (a character device 0/0) where
-        // the source was: one more inode, reserved first like a create, and
-        // told to the walk as born (its later unlink takes it back).
-        let whiteout = flags & libc::RENAME_WHITEOUT != 0;
-        let ((), ledger) = self.charged(0, whiteout as u64, || {
-            sys::rename_at(p.fd(), &n, np.fd(), &nn, flags)
-        })?;
-        if let (true, Some(l)) = (whiteout, ledger) {
-            if let Ok(st) = sys::stat_at(p.fd(), &n) {
-                l.born(inodes::key_of(&st));
-            }
-        }
-        // What the moved inodes are reachable through changed (`reach`).
-        if sys::is_dir(&src) || exchange {
-            self.permissions_changed();
-        } else if let Some(ino) = self.inodes.known(inodes::key_of(&src)) {
-            self.moved(ino);
-        }
-        if let Some(t) = target {
-            let same: Key = inodes::key_of(&t);
-            if same != inodes::key_of(&src) && (sys::is_dir(&t) || t.st_nlink <= 1) {
-                let (b, i) = charge_of(&t);
-                self.usage.apply(-b, -i);
-            }
-        }
-        Ok(())
     }
 
     /// Filesystem figures: the quota as the size, quota minus usage as free

@@ -44,6 +44,10 @@ pub struct InodeState {
     /// Passthrough writers open and the size last charged (see `inodes`).
     pub writers: u32,
     pub baseline: i64,
+    /// Its last name went while open: charged until its last close
+    /// (absent from older servers: none then).
+    #[serde(default)]
+    pub orphan: bool,
     pub fd: usize,
 }
 
@@ -159,6 +163,7 @@ impl HomeFs {
                     nlookup: i.lookups(),
                     writers: g.writers,
                     baseline: g.baseline,
+                    orphan: g.orphan,
                     fd: index(),
                 }
             })
@@ -253,6 +258,9 @@ impl HomeFs {
             let fd = take(n.fd)?;
             self.inodes
                 .adopt(n.ino, fd, n.key, n.nlookup, n.writers, n.baseline);
+            if let (true, Ok(i)) = (n.orphan, self.inode(n.ino)) {
+                i.size_lock.lock().orphan = true;
+            }
         }
         self.inodes.adopt_own(&s.own, s.next_own);
         let mut files = HashMap::new();
@@ -261,6 +269,7 @@ impl HomeFs {
             let inode = self.inode(f.ino).map_err(|_| {
                 HandoffError::State(format!("open file {} of unknown inode {}", f.fh, f.ino))
             })?;
+            inode.size_lock.lock().open += 1;
             files.insert(
                 f.fh,
                 Arc::new(Handle {

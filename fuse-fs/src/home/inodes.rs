@@ -76,15 +76,20 @@ impl Inode {
     }
 }
 
-/// Size changes the daemon does not see: a writer the kernel serves itself
-/// (a passthrough file; see `iomode`). While such writers are open, the size
-/// last accounted is kept, and the drift is charged whenever the daemon
-/// looks: around its own size changes, by the periodic
+/// What the size lock guards besides the order of size changes: the files
+/// of this mount open on the inode, whether its last name went while they
+/// were (an orphan, charged until the last closes; see `names`), and size
+/// changes the daemon does not see: a passthrough writer adopted from an
+/// older server (see `iomode`). While such writers are open, the size last
+/// accounted is kept, and the drift is charged whenever the daemon looks:
+/// around its own size changes, by the periodic
 /// `HomeFs::settle_unmediated`, and when the writer closes.
 #[derive(Default)]
 pub struct Unmediated {
     pub writers: u32,
     pub baseline: i64,
+    pub open: u32,
+    pub orphan: bool,
 }
 
 impl Unmediated {
@@ -242,7 +247,11 @@ impl InodeTable {
         let mut t = self.table.write();
         let i = new_inode(ino, fd, key);
         i.nlookup.store(nlookup, Ordering::Release);
-        *i.size_lock.lock() = Unmediated { writers, baseline };
+        *i.size_lock.lock() = Unmediated {
+            writers,
+            baseline,
+            ..Unmediated::default()
+        };
         t.by_key.insert(key, ino);
         t.by_ino.insert(ino, i);
     }

@@ -10,7 +10,8 @@
 //! to cleanup (no-write) mode while it stays mounted.
 //!
 //! * [`fs`]: the passthrough core (testable without the kernel): mount-wide
-//!   state, names and attributes; [`files`], [`dirs`], [`xattr`]: open
+//!   state, lookups, creation and attributes; [`names`]: removing and
+//!   renaming, and the locks that keep that exact; [`files`], [`dirs`], [`xattr`]: open
 //!   files, listings and extended attributes; [`inodes`]: the inode table;
 //!   [`caller`]: who asks and their credentials; [`identity`]: serving each
 //!   request with them; [`reach`]: the search permission of a path walk;
@@ -37,6 +38,7 @@ pub mod identity;
 pub mod inodes;
 pub mod iomode;
 pub mod ledger;
+pub mod names;
 pub mod reach;
 pub mod requests;
 pub mod session;
