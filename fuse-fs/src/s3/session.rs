@@ -511,8 +511,10 @@ impl Guardian {
     fn unmount(self) -> bool {
         match self.0.map(hubfs_sandbox::Guardian::unmount) {
             Some(Ok(())) => true,
+            // Unmounted from outside meanwhile, or something else mounted
+            // there since: not this server's to unmount.
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "the unmount guardian could not unmount");
+                tracing::info!(error = %e, "the unmount guardian left the mountpoint alone");
                 false
             }
             None => false,
