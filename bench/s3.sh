@@ -257,27 +257,29 @@ printf '  first reader %.0f MiB/s (%d requests); another reader, page cache drop
 umount "$m" 2>/dev/null || umount -l "$m"
 kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
 
-if [[ " $PEERS " == *" mountpoint "* ]]; then
+for TP in mountpoint hubfs-base; do
+if [[ " $PEERS " == *" $TP "* ]]; then
     # Reads of one filesystem after another drift with the machine's load
     # (two shared cores): here both are mounted and take turns, round by round.
-    echo "== sequential read, hubfs and Mountpoint taking turns ($READS rounds)"
-    mount_fs hubfs; HPID=$FSPID; mount_fs mountpoint; MPID=$FSPID
-    declare -A TURNS TCPU
+    echo "== sequential read, hubfs and $TP taking turns ($READS rounds)"
+    mount_fs hubfs; HPID=$FSPID; mount_fs "$TP"; PPID2=$FSPID
+    declare -A TURNS=() TCPU=()
     for _ in $(seq "$READS"); do
-        for fs in hubfs mountpoint; do
-            p=$HPID; [ "$fs" = mountpoint ] && p=$MPID
+        for fs in hubfs "$TP"; do
+            p=$HPID; [ "$fs" = "$TP" ] && p=$PPID2
             sync; echo 3 >/proc/sys/vm/drop_caches
             c0=$(cpu "$p"); t0=$(now); dd if="$W/mnt-$fs/big.bin" of=/dev/null bs=1M status=none; t1=$(now); c1=$(cpu "$p")
             TURNS[$fs]+="$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l) "
             TCPU[$fs]+="$(echo "($c1 - $c0) / $TICK * 1024 / $SIZE_MIB" | bc -l) "
         done
     done
-    for fs in hubfs mountpoint; do umount "$W/mnt-$fs" 2>/dev/null || umount -l "$W/mnt-$fs"; done
-    kill "$HPID" "$MPID" 2>/dev/null || true; wait "$HPID" "$MPID" 2>/dev/null || true
-    TH=$(echo "${TURNS[hubfs]}" | median); TM=$(echo "${TURNS[mountpoint]}" | median)
-    printf '  hubfs %.0f MiB/s (%.2f CPU-s/GiB), Mountpoint %.0f MiB/s (%.2f CPU-s/GiB): %.2fx\n' \
-        "$TH" "$(echo "${TCPU[hubfs]}" | median)" "$TM" "$(echo "${TCPU[mountpoint]}" | median)" "$(echo "$TH / $TM" | bc -l)"
+    for fs in hubfs "$TP"; do umount "$W/mnt-$fs" 2>/dev/null || umount -l "$W/mnt-$fs"; done
+    kill "$HPID" "$PPID2" 2>/dev/null || true; wait "$HPID" "$PPID2" 2>/dev/null || true
+    TH=$(echo "${TURNS[hubfs]}" | median); TM=$(echo "${TURNS[$TP]}" | median)
+    printf '  hubfs %.0f MiB/s (%.2f CPU-s/GiB), %s %.0f MiB/s (%.2f CPU-s/GiB): %.2fx\n' \
+        "$TH" "$(echo "${TCPU[hubfs]}" | median)" "$TP" "$TM" "$(echo "${TCPU[$TP]}" | median)" "$(echo "$TH / $TM" | bc -l)"
 fi
+done
 
 sdk_get() { # sdk_get.rs arguments -> the median MiB/s of $READS runs
     AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK cargo bench -q -p hubfs-fuse --bench sdk_get -- \
