@@ -58,32 +58,28 @@ fn the_fuse_crate_does_not_pull_the_controllers_dependencies() {
     }
 }
 
-#[test]
-fn the_walker_is_a_leaf() {
-    let tree = normal_deps("hubfs-walker");
+/// Asserts that `package` depends on no other hubfs crate.
+fn assert_leaf(package: &str) {
+    let tree = normal_deps(package);
     let hubfs: Vec<_> = crate_names(&tree)
         .into_iter()
         .filter(|n| n.starts_with("hubfs-"))
         .collect();
     assert_eq!(
         hubfs,
-        ["hubfs-walker"],
-        "the walker depends on no other hubfs crate:\n{tree}"
+        [package],
+        "{package} depends on no other hubfs crate:\n{tree}"
     );
 }
 
 #[test]
+fn the_walker_is_a_leaf() {
+    assert_leaf("hubfs-walker");
+}
+
+#[test]
 fn the_sandbox_is_a_leaf() {
-    let tree = normal_deps("hubfs-sandbox");
-    let hubfs: Vec<_> = crate_names(&tree)
-        .into_iter()
-        .filter(|n| n.starts_with("hubfs-"))
-        .collect();
-    assert_eq!(
-        hubfs,
-        ["hubfs-sandbox"],
-        "the sandbox depends on no other hubfs crate:\n{tree}"
-    );
+    assert_leaf("hubfs-sandbox");
 }
 
 /// The modules of `dir` (one `.rs` file each) that each module names through
