@@ -1,12 +1,23 @@
-//! Directory listings of the home layer: the first `readdir` (offset 0)
-//! reads the whole directory once, later ones hand it out from the
-//! kernel's offset on. `readdirplus` also looks every entry up, so the
-//! kernel learns names and attributes of a whole batch in one request
-//! (`ls -l`, `du`, `rm -rf`, `find` then send no LOOKUP per entry).
+//! Directory listings of the home layer, read from the backing directory
+//! as the kernel asks for them: a handle keeps the directory open (opened
+//! for the caller at OPENDIR, which needs read permission as natively) and
+//! at most one `getdents` batch of entries read but not handed out yet, so
+//! a directory of a million entries costs a handle 8 KiB, not a listing
+//! of a million names. An offset the kernel asks with is the backing
+//! directory's own position (`d_off`) after the entry before it, so any
+//! offset it was given works again (`seekdir`). `readdirplus` also looks
+//! every entry up, so the kernel learns names and attributes of a whole
+//! batch in one request (`ls -l`, `du`, `rm -rf`, `find` then send no
+//! LOOKUP per entry).
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::error::HomeError;
 use super::fs::{Entry, HomeFs, Result};
@@ -28,48 +39,131 @@ impl DirEntry {
     }
 }
 
-/// A listing read at offset 0, shared by the batches that follow.
-pub(super) type Listing = Arc<Vec<DirEntry>>;
+/// An open directory handle.
+pub(super) enum DirHandle {
+    /// The directory, read as the kernel asks.
+    Open(Mutex<DirStream>),
+    /// A whole listing handed over by a server before streamed listings,
+    /// offsets being indexes into it.
+    Snapshot(Arc<Vec<DirEntry>>),
+    /// Handed over by such a server before its first read: the directory
+    /// opens at the first read here.
+    Later,
+}
+
+pub(super) struct DirStream {
+    pub(super) dir: File,
+    /// Read but not handed out yet, each with the offset after it.
+    pending: VecDeque<(DirEntry, u64)>,
+    /// The offset of `pending`'s first entry (or of the next entry to
+    /// read); `None` when the descriptor's position is not known.
+    pub(super) at: Option<u64>,
+    eof: bool,
+}
+
+impl DirStream {
+    pub(super) fn new(dir: File, at: Option<u64>) -> Self {
+        DirStream {
+            dir,
+            pending: VecDeque::new(),
+            at,
+            eof: false,
+        }
+    }
+}
 
 impl HomeFs {
-    /// Opens a directory handle for the caller, who needs read permission
-    /// as natively; the listing is read by the first readdir.
+    /// Opens a directory handle: the directory opened for the caller, who
+    /// needs read permission as natively.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        sys::access(self.inode(ino)?.fd(), libc::R_OK)?;
+        let i = self.inode(ino)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        let dir = sys::reopen(i.fd()?.as_fd(), flags)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().insert(fh, None);
+        let stream = DirStream::new(dir, Some(0));
+        self.dirs
+            .lock()
+            .insert(fh, Arc::new(DirHandle::Open(Mutex::new(stream))));
         Ok(fh)
     }
 
-    fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
-        let i = self.inode(ino)?;
-        Ok(sys::list_dir(i.fd())?
-            .into_iter()
-            .map(|e| DirEntry {
-                // What `stat` will show for it (see `inodes`).
-                ino: self.inodes.listed_number(e.ino),
-                kind: e.kind,
-                name: e.name,
-            })
-            .collect())
+    fn dir_handle(&self, ino: u64, fh: u64) -> Result<Arc<DirHandle>> {
+        let h = self
+            .dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(HomeError::Os(libc::EBADF))?;
+        if !matches!(*h, DirHandle::Later) {
+            return Ok(h);
+        }
+        let dir = sys::reopen(
+            self.inode(ino)?.fd()?.as_fd(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?;
+        let open = Arc::new(DirHandle::Open(Mutex::new(DirStream::new(dir, Some(0)))));
+        self.dirs.lock().insert(fh, open.clone());
+        Ok(open)
     }
 
-    /// The listing of handle `fh`; offset 0 (or a handle not read yet)
-    /// reads the directory afresh (rewinddir).
-    fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<Listing> {
-        {
-            let dirs = self.dirs.lock();
-            match dirs.get(&fh) {
-                None => return Err(HomeError::Os(libc::EBADF)),
-                Some(Some(l)) if offset != 0 => return Ok(l.clone()),
-                Some(_) => {}
+    /// Hands entries from `offset` on to `add` (with the offset after each)
+    /// until it returns true (the reply is full: that entry stays for the
+    /// next request) or the directory ends.
+    fn each_entry(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, u64) -> Result<bool>,
+    ) -> Result<()> {
+        let h = self.dir_handle(ino, fh)?;
+        let s = match &*h {
+            DirHandle::Snapshot(l) => {
+                for (i, e) in l.iter().enumerate().skip(offset as usize) {
+                    if add(e, i as u64 + 1)? {
+                        break;
+                    }
+                }
+                return Ok(());
             }
+            DirHandle::Open(s) => s,
+            DirHandle::Later => unreachable!("opened by dir_handle"),
+        };
+        let mut s = s.lock();
+        if s.at != Some(offset) {
+            sys::lseek(&s.dir, offset as i64, libc::SEEK_SET)?;
+            s.pending.clear();
+            s.eof = false;
+            s.at = Some(offset);
         }
-        let fresh: Listing = Arc::new(self.list(ino)?);
-        if let Some(slot) = self.dirs.lock().get_mut(&fh) {
-            *slot = Some(fresh.clone());
+        loop {
+            if s.pending.is_empty() {
+                if s.eof {
+                    return Ok(());
+                }
+                let batch = sys::read_dir_batch(s.dir.as_fd())?;
+                if batch.is_empty() {
+                    s.eof = true;
+                    return Ok(());
+                }
+                for (e, next) in batch {
+                    let listed = DirEntry {
+                        // What `stat` will show for it (see `inodes`).
+                        ino: self.inodes.listed_number(e.ino),
+                        kind: e.kind,
+                        name: e.name,
+                    };
+                    s.pending.push_back((listed, next));
+                }
+            }
+            let (e, next) = s.pending.front().expect("filled above");
+            let next = *next;
+            if add(e, next)? {
+                return Ok(());
+            }
+            s.pending.pop_front();
+            s.at = Some(next);
         }
-        Ok(fresh)
     }
 
     /// Entries from `offset` on, each with the offset that follows it;
@@ -81,13 +175,7 @@ impl HomeFs {
         offset: u64,
         mut add: impl FnMut(&DirEntry, u64) -> bool,
     ) -> Result<()> {
-        let l = self.listing(ino, fh, offset)?;
-        for (i, e) in l.iter().enumerate().skip(offset as usize) {
-            if add(e, i as u64 + 1) {
-                break;
-            }
-        }
-        Ok(())
+        self.each_entry(ino, fh, offset, |e, next| Ok(add(e, next)))
     }
 
     /// As [`Self::readdir`], each entry but `.` and `..` looked up (one
@@ -105,67 +193,50 @@ impl HomeFs {
         offset: u64,
         mut add: impl FnMut(&DirEntry, u64, Option<&Entry>) -> bool,
     ) -> Result<()> {
-        let l = self.listing(ino, fh, offset)?;
         let dir = self.inode(ino)?;
         let mut added = 0;
         // "." and "..": their number and type are all the kernel uses, so
         // one stat of the directory serves both.
         let mut dot = None;
-        for (i, e) in l.iter().enumerate().skip(offset as usize) {
-            let next = i as u64 + 1;
+        let r = self.each_entry(ino, fh, offset, |e, next| {
             if e.is_dot() {
                 let mut st = match dot {
                     Some(st) => st,
-                    None => *dot.insert(sys::stat_fd(dir.fd())?),
+                    None => *dot.insert(sys::stat_fd(dir.fd()?.as_fd())?),
                 };
                 st.st_ino = e.ino;
-                if add(e, next, Some(&Entry { ino: e.ino, st })) {
-                    break;
-                }
-                continue;
+                return Ok(add(e, next, Some(&Entry { ino: e.ino, st })));
             }
-            let Ok(n) = sys::name(&e.name) else { continue };
+            let Ok(n) = sys::name(&e.name) else {
+                return Ok(false);
+            };
             let found = match self.remember(&dir, &n) {
                 Ok(found) => found,
-                // Gone since the listing: as if listed a moment later.
-                Err(HomeError::Os(libc::ENOENT)) => continue,
-                Err(HomeError::Os(libc::EACCES | libc::EPERM)) => {
-                    if add(e, next, None) {
-                        break;
-                    }
-                    continue;
-                }
+                // Gone since it was read: as if read a moment later.
+                Err(HomeError::Os(libc::ENOENT)) => return Ok(false),
+                Err(HomeError::Os(libc::EACCES | libc::EPERM)) => return Ok(add(e, next, None)),
                 // Anything else (EMFILE...) must not hide the entry: the
                 // batch ends before it, and a batch that would be empty
                 // reports the error.
-                Err(e) if added == 0 => return Err(e),
-                Err(_) => break,
+                Err(err) if added == 0 => return Err(err),
+                Err(_) => return Ok(true),
             };
             added += 1;
             if add(e, next, Some(&found)) {
                 self.inodes.forget(found.ino, 1);
-                break;
+                return Ok(true);
             }
+            Ok(false)
+        });
+        match r {
+            // A batch ended by an error after some entries: they stand.
+            Err(_) if added > 0 => Ok(()),
+            r => r,
         }
-        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().remove(&fh);
-    }
-
-    /// The names in directory `ino` whose inodes the kernel knows (it may
-    /// hold them as cached names), listed with the server's credentials.
-    pub fn known_children(&self, ino: u64) -> Result<Vec<OsString>> {
-        let dir = self.inode(ino)?;
-        let listed = super::identity::as_server(|| sys::list_dir(dir.fd()))??;
-        let dev = dir.key().0;
-        Ok(listed
-            .into_iter()
-            .filter(|e| e.name != "." && e.name != "..")
-            .filter(|e| self.inodes.known((dev, e.ino)).is_some())
-            .map(|e| e.name)
-            .collect())
     }
 }
 

@@ -104,10 +104,10 @@ impl HomeFs {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let i = self.inode(ino)?;
         let file = if flags & FMODE_EXEC != 0 {
-            sys::access(i.fd(), libc::X_OK)?;
-            super::identity::as_server(|| sys::reopen(i.fd(), libc::O_RDONLY))??
+            sys::access(i.fd()?.as_fd(), libc::X_OK)?;
+            super::identity::as_server(|| sys::reopen(i.fd()?.as_fd(), libc::O_RDONLY))??
         } else {
-            sys::reopen(i.fd(), open_flags(flags))?
+            sys::reopen(i.fd()?.as_fd(), open_flags(flags))?
         };
         let fh = self.add_handle(file, i.clone(), flags);
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
@@ -137,7 +137,7 @@ impl HomeFs {
         // the directory's default ACL instead, as a native one does.
         let make = |oflags: i32, new: bool| {
             self.charged(0, new as u64, || {
-                sys::with_umask(umask, || sys::create_at(p.fd(), &n, oflags, mode))
+                sys::with_umask(umask, || sys::create_at(p.fd()?.as_fd(), &n, oflags, mode))
             })
         };
         // No other change of this name through this mount meanwhile: what
@@ -152,7 +152,7 @@ impl HomeFs {
                 if flags & libc::O_EXCL == 0
                     && matches!(e, HomeError::Os(libc::EEXIST) | HomeError::Quota(_)) =>
             {
-                let before = sys::stat_at(p.fd(), &n).ok();
+                let before = sys::stat_at(p.fd()?.as_fd(), &n).ok();
                 let (f, l) = make(oflags, before.is_none())?;
                 (f, l, before)
             }
@@ -365,7 +365,7 @@ impl HomeFs {
             Ok(h) => answer(&h.file),
             Err(_) => self.inode(ino).and_then(|i| {
                 let flags = libc::O_RDONLY | libc::O_NONBLOCK;
-                answer(&sys::reopen(i.fd(), flags)?)
+                answer(&sys::reopen(i.fd()?.as_fd(), flags)?)
             }),
         })
     }

@@ -31,7 +31,7 @@ use hubfs_walker::{WalkError, WalkStats, Walker};
 use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
 use super::caller::CredentialCache;
-use super::dirs::Listing;
+use super::dirs::DirHandle;
 use super::error::HomeError;
 use super::files::Handle;
 use super::identity;
@@ -88,8 +88,8 @@ pub struct Entry {
 pub struct HomeFs {
     pub(super) inodes: InodeTable,
     pub(super) files: RwLock<HashMap<u64, Arc<Handle>>>,
-    /// Directory handles and their listing, read at the first readdir.
-    pub(super) dirs: Mutex<HashMap<u64, Option<Listing>>>,
+    /// Open directory handles (see `dirs`).
+    pub(super) dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     pub(super) next_fh: AtomicU64,
     pub(super) usage: Arc<UsageCounters>,
     root_dev: u64,
@@ -122,15 +122,15 @@ const MAX_WALK_PASSES: usize = 3;
 impl HomeFs {
     /// Opens `root` (the user's directory on the share) for serving.
     ///
-    /// The inode table holds a descriptor for every inode the kernel knows
-    /// (every entry listed or looked up, until the kernel forgets it), so
-    /// the process's soft limit of open files is raised to its hard one.
+    /// The inode table keeps descriptors of the inodes the kernel knows,
+    /// within half the open-file limit (see `inodes`), so the process's
+    /// soft limit of open files is raised to its hard one first.
     pub fn new(root: &Path, usage: Arc<UsageCounters>) -> Result<Self> {
-        raise_open_files_limit();
+        let open_files = raise_open_files_limit();
         let fd = sys::open_dir(root)?;
         let st = sys::stat_fd(std::os::fd::AsFd::as_fd(&fd))?;
         Ok(HomeFs {
-            inodes: InodeTable::new(fd, &st),
+            inodes: InodeTable::new(fd, &st, open_files),
             files: RwLock::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -269,19 +269,28 @@ impl HomeFs {
     }
 
     pub(super) fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
+        // Descriptors opened again since the last look may be over the bound.
+        self.inodes.trim();
         self.inodes.get(ino).ok_or(HomeError::Os(libc::ESTALE))
+    }
+
+    /// Descriptors of inodes open now, and how many may stay open (see
+    /// `inodes`).
+    pub fn inode_descriptors(&self) -> (usize, usize) {
+        self.inodes.descriptors()
     }
 
     /// Registers one more kernel reference to `parent/name` and returns it.
     pub(super) fn remember(&self, parent: &Inode, name: &CStr) -> Result<Entry> {
-        let st = sys::stat_at(parent.fd(), name)?;
+        let st = sys::stat_at(parent.fd()?.as_fd(), name)?;
         self.remember_as(parent, name, st)
     }
 
     /// As [`Self::remember`], with the entry's attributes already at hand.
     /// The caller found it in `parent`, so may reach it as far as `parent`.
     pub(super) fn remember_as(&self, parent: &Inode, name: &CStr, st: Stat) -> Result<Entry> {
-        let e = match self.inodes.find(&st) {
+        let handle = || sys::handle_at(parent.fd().ok()?.as_fd(), name).ok();
+        let e = match self.inodes.find(&st, handle) {
             Some(ino) => Entry { ino, st },
             None => {
                 let (fd, st) = inodes::open_entry(parent, name)?;
@@ -292,6 +301,9 @@ impl HomeFs {
             }
         };
         self.reached_via(parent, e.ino);
+        if !sys::is_dir(&e.st) {
+            self.seen_at(e.ino, parent.number(), name);
+        }
         Ok(e)
     }
 
@@ -307,11 +319,11 @@ impl HomeFs {
     /// Whether the caller may access inode `ino` for `mask` (`access(2)`,
     /// `chdir(2)`).
     pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
-        sys::access(self.inode(ino)?.fd(), mask)
+        sys::access(self.inode(ino)?.fd()?.as_fd(), mask)
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Stat> {
-        sys::stat_fd(self.inode(ino)?.fd())
+        sys::stat_fd(self.inode(ino)?.fd()?.as_fd())
     }
 
     /// Changes attributes; the backing filesystem clears set-ID bits as
@@ -323,11 +335,11 @@ impl HomeFs {
         if let Some(mode) = a.mode {
             match file {
                 Some(f) => sys::chmod_file(f, mode)?,
-                None => sys::chmod_inode(inode.fd(), mode)?,
+                None => sys::chmod_inode(inode.fd()?.as_fd(), mode)?,
             }
         }
         if a.uid.is_some() || a.gid.is_some() {
-            sys::chown_inode(inode.fd(), a.uid, a.gid)?;
+            sys::chown_inode(inode.fd()?.as_fd(), a.uid, a.gid)?;
         }
         if let Some(size) = a.size {
             let truncate = |f: &File| {
@@ -337,16 +349,16 @@ impl HomeFs {
             };
             match file {
                 Some(f) => truncate(f)?,
-                None => truncate(&sys::reopen(inode.fd(), libc::O_WRONLY)?)?,
+                None => truncate(&sys::reopen(inode.fd()?.as_fd(), libc::O_WRONLY)?)?,
             }
         }
         if !matches!((a.atime, a.mtime), (SetTime::Omit, SetTime::Omit)) {
             match file {
                 Some(f) => sys::set_times_file(f, a.atime, a.mtime)?,
-                None => sys::set_times_inode(inode.fd(), a.atime, a.mtime)?,
+                None => sys::set_times_inode(inode.fd()?.as_fd(), a.atime, a.mtime)?,
             }
         }
-        sys::stat_fd(inode.fd())
+        sys::stat_fd(inode.fd()?.as_fd())
     }
 
     /// Truncate (shrink always allowed, growth reserved first) for
@@ -440,7 +452,7 @@ impl HomeFs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        sys::readlink(self.inode(ino)?.fd())
+        sys::readlink(self.inode(ino)?.fd()?.as_fd())
     }
 
     /// Creates a non-regular node (fifo, socket) or a directory. Device
@@ -466,9 +478,9 @@ impl HomeFs {
         self.create_node(&p, &n, 0, || {
             sys::with_umask(umask, || {
                 if kind == libc::S_IFDIR {
-                    sys::mkdir_at(p.fd(), &n, mode)
+                    sys::mkdir_at(p.fd()?.as_fd(), &n, mode)
                 } else {
-                    sys::mknod_at(p.fd(), &n, mode, rdev.into())
+                    sys::mknod_at(p.fd()?.as_fd(), &n, mode, rdev.into())
                 }
             })
         })
@@ -525,7 +537,7 @@ impl HomeFs {
         let n = sys::name(name)?;
         let t = sys::cstring(target.as_os_str().as_bytes())?;
         let len = t.as_bytes().len() as u64;
-        self.create_node(&p, &n, len, || sys::symlink_at(&t, p.fd(), &n))
+        self.create_node(&p, &n, len, || sys::symlink_at(&t, p.fd()?.as_fd(), &n))
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Entry> {
@@ -535,7 +547,9 @@ impl HomeFs {
         let _names = self.names.names(&[(newparent, &n)]);
         // A new name for a counted inode: nothing to charge (hard links
         // count once), but a removal of another of its names must see it.
-        self.adding_link(i.key(), || sys::link_at(i.fd(), p.fd(), &n))?;
+        self.adding_link(i.key(), || {
+            sys::link_at(i.fd()?.as_fd(), p.fd()?.as_fd(), &n)
+        })?;
         self.remember(&p, &n)
     }
 
@@ -543,7 +557,7 @@ impl HomeFs {
     /// space (never more than the share really has free).
     pub fn statfs(&self) -> Result<FsFigures> {
         let root = self.inode(ROOT)?;
-        let mut sv = sys::statvfs(root.fd())?;
+        let mut sv = sys::statvfs(root.fd()?.as_fd())?;
         let limits = self.usage.limits();
         let used = self.usage.snapshot();
         let frsize = sv.frsize.max(1);
@@ -589,8 +603,8 @@ impl HomeFs {
 }
 
 /// Raises the soft limit of open files to the hard one, once per process
-/// (failing leaves the limit as it was).
-fn raise_open_files_limit() {
+/// (failing leaves the limit as it was); returns the soft limit then.
+fn raise_open_files_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -602,6 +616,7 @@ fn raise_open_files_limit() {
             }
         }
     });
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 #[cfg(test)]

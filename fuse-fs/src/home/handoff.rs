@@ -25,13 +25,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::dirs::DirEntry;
+use super::dirs::{DirEntry, DirHandle, DirStream};
 use super::files::Handle;
 use super::fs::HomeFs;
-use super::inodes::Key;
+use super::inodes::{Carried, Key};
 use super::iomode::IoModes;
+use super::syscalls::FileHandle;
 use super::usage::Snapshot;
 use crate::handoff::HandoffError;
+use parking_lot::Mutex;
 
 /// Version of [`HomeState`]; a server refuses state of another version.
 pub const STATE_VERSION: u32 = 1;
@@ -41,6 +43,10 @@ pub struct InodeState {
     pub ino: u64,
     pub key: Key,
     pub nlookup: u64,
+    /// Its file handle, when its descriptor was closed (see `inodes`): the
+    /// next server opens it from this. Older servers sent every descriptor.
+    #[serde(default)]
+    pub handle: Option<Vec<u8>>,
     /// Passthrough writers open and the size last charged (see `inodes`).
     pub writers: u32,
     pub baseline: i64,
@@ -48,7 +54,8 @@ pub struct InodeState {
     /// (absent from older servers: none then).
     #[serde(default)]
     pub orphan: bool,
-    pub fd: usize,
+    /// Its descriptor's index, when it travels as one.
+    pub fd: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,9 +71,16 @@ pub struct FileState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DirState {
     pub fh: u64,
-    /// (number, kind, name) of each entry; `None` for a handle whose
-    /// listing is not read yet (the next readdir reads it).
+    /// Older servers: (number, kind, name) of each entry of a listing read
+    /// whole (offsets index it); `None` for one not read yet.
+    #[serde(default)]
     pub entries: Option<Vec<(u64, u8, Vec<u8>)>>,
+    /// The open directory's descriptor index and the offset the kernel
+    /// asks with next (see `dirs`).
+    #[serde(default)]
+    pub fd: Option<usize>,
+    #[serde(default)]
+    pub at: Option<u64>,
 }
 
 /// Everything a home server hands over besides its descriptors.
@@ -112,20 +126,22 @@ impl HomeState {
 }
 
 /// What a server hands over: the state and the descriptors it names, kept
-/// open by the table entries this holds.
+/// open by what this holds.
 pub struct Export {
     pub state: HomeState,
-    inodes: Vec<Arc<super::inodes::Inode>>,
+    inodes: Vec<Arc<OwnedFd>>,
     files: Vec<Arc<Handle>>,
+    dirs: Vec<File>,
 }
 
 impl Export {
     /// The state's descriptors in index order after `/dev/fuse` and the
     /// control socket (the caller puts those first).
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        let inodes = self.inodes.iter().map(|i| i.fd());
+        let inodes = self.inodes.iter().map(|fd| fd.as_fd());
         inodes
             .chain(self.files.iter().map(|h| h.file.as_fd()))
+            .chain(self.dirs.iter().map(|d| d.as_fd()))
             .collect()
     }
 }
@@ -153,19 +169,28 @@ impl HomeFs {
             next += 1;
             next - 1
         };
+        let mut fds = Vec::new();
         let nodes = inodes
             .iter()
-            .map(|(ino, i)| {
+            .filter_map(|(ino, i)| {
                 let g = i.size_lock.lock();
-                InodeState {
+                let (fd, handle) = match i.carried()? {
+                    Carried::Fd(fd) => {
+                        fds.push(fd);
+                        (Some(index()), None)
+                    }
+                    Carried::Handle(h) => (None, Some(h.to_bytes())),
+                };
+                Some(InodeState {
                     ino: *ino,
                     key: i.key(),
                     nlookup: i.lookups(),
+                    handle,
                     writers: g.writers,
                     baseline: g.baseline,
                     orphan: g.orphan,
-                    fd: index(),
-                }
+                    fd,
+                })
             })
             .collect();
         let handles: Vec<(u64, Arc<Handle>)> = self
@@ -191,17 +216,52 @@ impl HomeFs {
                 fd: index(),
             })
             .collect();
+        let mut dir_files = Vec::new();
         let dirs = self
             .dirs
             .lock()
             .iter()
-            .map(|(&fh, es)| DirState {
-                fh,
-                entries: es.as_ref().map(|es| {
-                    es.iter()
-                        .map(|e| (e.ino, e.kind, e.name.as_bytes().to_vec()))
-                        .collect()
-                }),
+            .map(|(&fh, h)| match &**h {
+                DirHandle::Open(s) => {
+                    let s = s.lock();
+                    let file = s.dir.try_clone();
+                    let at = s.at;
+                    match file {
+                        Ok(f) => {
+                            dir_files.push(f);
+                            DirState {
+                                fh,
+                                entries: None,
+                                fd: Some(index()),
+                                at,
+                            }
+                        }
+                        // No descriptor to hand on: the new server opens
+                        // the directory again for its next readdir.
+                        Err(_) => DirState {
+                            fh,
+                            entries: None,
+                            fd: None,
+                            at,
+                        },
+                    }
+                }
+                DirHandle::Later => DirState {
+                    fh,
+                    entries: None,
+                    fd: None,
+                    at: None,
+                },
+                DirHandle::Snapshot(l) => DirState {
+                    fh,
+                    entries: Some(
+                        l.iter()
+                            .map(|e| (e.ino, e.kind, e.name.as_bytes().to_vec()))
+                            .collect(),
+                    ),
+                    fd: None,
+                    at: None,
+                },
             })
             .collect();
         let io = io.export(id);
@@ -227,8 +287,9 @@ impl HomeFs {
                 io_direct: io.direct,
                 control,
             },
-            inodes: inodes.into_iter().map(|(_, i)| i).collect(),
+            inodes: fds,
             files: handles.into_iter().map(|(_, h)| h).collect(),
+            dirs: dir_files,
         }
     }
 
@@ -255,9 +316,20 @@ impl HomeFs {
             s.cleanup,
         );
         for n in &s.nodes {
-            let fd = take(n.fd)?;
+            let carried = match (n.fd, &n.handle) {
+                (Some(i), _) => Carried::Fd(Arc::new(take(i)?)),
+                (None, Some(h)) => Carried::Handle(FileHandle::from_bytes(h).ok_or_else(|| {
+                    HandoffError::State(format!("inode {}: a malformed handle", n.ino))
+                })?),
+                (None, None) => {
+                    return Err(HandoffError::State(format!(
+                        "inode {} comes with neither descriptor nor handle",
+                        n.ino
+                    )))
+                }
+            };
             self.inodes
-                .adopt(n.ino, fd, n.key, n.nlookup, n.writers, n.baseline);
+                .adopt(n.ino, carried, n.key, n.nlookup, n.writers, n.baseline);
             if let (true, Ok(i)) = (n.orphan, self.inode(n.ino)) {
                 i.size_lock.lock().orphan = true;
             }
@@ -282,24 +354,29 @@ impl HomeFs {
             );
         }
         *self.files.write() = files;
-        *self.dirs.lock() = s
-            .dirs
-            .iter()
-            .map(|d| {
-                let entries = d.entries.as_ref().map(|es| {
-                    let es = es
-                        .iter()
+        let mut dirs = HashMap::new();
+        for d in &s.dirs {
+            let h = match (&d.entries, d.fd) {
+                (Some(es), _) => DirHandle::Snapshot(Arc::new(
+                    es.iter()
                         .map(|(ino, kind, name)| DirEntry {
                             ino: *ino,
                             kind: *kind,
                             name: OsString::from_vec(name.clone()),
                         })
-                        .collect();
-                    Arc::new(es)
-                });
-                (d.fh, entries)
-            })
-            .collect();
+                        .collect(),
+                )),
+                // Its position is the old server's: sought at the next read.
+                (None, Some(i)) => {
+                    DirHandle::Open(Mutex::new(DirStream::new(File::from(take(i)?), None)))
+                }
+                // An older server's handle not read yet: opened at its
+                // first read, with the directory the kernel names then.
+                (None, None) => DirHandle::Later,
+            };
+            dirs.insert(d.fh, Arc::new(h));
+        }
+        *self.dirs.lock() = dirs;
         self.next_fh.store(s.next_fh, Ordering::Relaxed);
         Ok(())
     }
@@ -346,14 +423,24 @@ mod tests {
         old.write(fh, 0, b"hello ").unwrap();
         old.lookup(d.ino, OsStr::new("f")).unwrap(); // two lookups of f now
         let dh = old.opendir(d.ino).unwrap();
-        old.readdir(d.ino, dh, 0, |_, _| true).unwrap(); // the listing is read
+        // The old server hands out one entry of the listing.
+        let mut first = Vec::new();
+        old.readdir(d.ino, dh, 0, |e, next| {
+            let full = !first.is_empty();
+            if !full {
+                first.push((e.name.clone(), next));
+            }
+            full
+        })
+        .unwrap();
+        let (first_name, resume) = first[0].clone();
         let io = IoModes::<u32>::default();
         let e = old.export(&io, |b| *b, (7, 41), true, None, 0);
         let state = HomeState::decode(&e.state.encode()).unwrap();
         assert_eq!(state, e.state, "the JSON round trip is exact");
         assert_eq!(state.nodes.len(), 2);
 
-        // Listed after the handle read its listing: not in it, before or after.
+        // Made after the listing began: it may show or not (as natively).
         std::fs::write(t.path().join("d/g"), b"").unwrap();
         let new = fs_on(t.path());
         new.adopt(&state, &mut carry(&e)).unwrap();
@@ -375,14 +462,22 @@ mod tests {
             new.getattr(f.ino).is_err(),
             "forgotten after its last lookup"
         );
-        // The listing handed over (".", ".." and f, not g), from offset 1 on.
-        let mut after_first = 0;
-        new.readdir(d.ino, dh, 1, |_, _| {
-            after_first += 1;
+        // The listing goes on where the old server left it: every entry
+        // once, the rest after the first.
+        let mut names = vec![first_name];
+        new.readdir(d.ino, dh, resume, |e, _| {
+            names.push(e.name.clone());
             false
         })
         .unwrap();
-        assert_eq!(after_first, 2);
+        names.sort();
+        let mut once = names.clone();
+        once.dedup();
+        assert_eq!(names, once, "no entry twice");
+        for n in [".", "..", "f"] {
+            assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+        }
+        assert!(names.len() <= 4, "{names:?}");
         // New handles do not reuse old numbers.
         let fh2 = new.opendir(d.ino).unwrap();
         assert!(fh2 > dh && fh2 > fh);

@@ -76,8 +76,8 @@ impl HomeFs {
         let p = self.inode(parent)?;
         let n = sys::name(name)?;
         let _names = self.names.names(&[(parent, &n)]);
-        let st = sys::stat_at(p.fd(), &n)?;
-        self.drop_name(&p, &n, &st, || sys::unlink_at(p.fd(), &n, false))
+        let st = sys::stat_at(p.fd()?.as_fd(), &n)?;
+        self.drop_name(&p, &n, &st, || sys::unlink_at(p.fd()?.as_fd(), &n, false))
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -85,9 +85,9 @@ impl HomeFs {
         let n = sys::name(name)?;
         let _names = self.names.names(&[(parent, &n)]);
         if self.walk_running() {
-            self.freeze(&sys::stat_at(p.fd(), &n)?);
+            self.freeze(&sys::stat_at(p.fd()?.as_fd(), &n)?);
         }
-        sys::unlink_at(p.fd(), &n, true)?;
+        sys::unlink_at(p.fd()?.as_fd(), &n, true)?;
         self.usage.apply(0, -1);
         Ok(())
     }
@@ -105,8 +105,8 @@ impl HomeFs {
         let (n, nn) = (sys::name(name)?, sys::name(newname)?);
         let _names = self.names.names(&[(parent, &n), (newparent, &nn)]);
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        let src = sys::stat_at(p.fd(), &n)?;
-        let other = sys::stat_at(np.fd(), &nn).ok();
+        let src = sys::stat_at(p.fd()?.as_fd(), &n)?;
+        let other = sys::stat_at(np.fd()?.as_fd(), &nn).ok();
         if let Some(l) = self.ledger() {
             // A name moving between parts of the tree the walk has and has
             // not reached yet could be counted twice or not at all.
@@ -123,10 +123,10 @@ impl HomeFs {
         let whiteout = flags & libc::RENAME_WHITEOUT != 0;
         let rename = || {
             let ((), ledger) = self.charged(0, whiteout as u64, || {
-                sys::rename_at(p.fd(), &n, np.fd(), &nn, flags)
+                sys::rename_at(p.fd()?.as_fd(), &n, np.fd()?.as_fd(), &nn, flags)
             })?;
             if let (true, Some(l)) = (whiteout, ledger) {
-                if let Ok(st) = sys::stat_at(p.fd(), &n) {
+                if let Ok(st) = sys::stat_at(p.fd()?.as_fd(), &n) {
                     l.born(inodes::key_of(&st));
                 }
             }
@@ -143,6 +143,17 @@ impl HomeFs {
                 }
             }
             _ => rename()?,
+        }
+        // Where the moved non-directories are now (`reach`).
+        if !sys::is_dir(&src) {
+            if let Some(ino) = self.inodes.known(inodes::key_of(&src)) {
+                self.seen_at(ino, newparent, &nn);
+            }
+        }
+        if let Some(t) = other.as_ref().filter(|t| exchange && !sys::is_dir(t)) {
+            if let Some(ino) = self.inodes.known(inodes::key_of(t)) {
+                self.seen_at(ino, parent, &n);
+            }
         }
         // What the moved inodes are reachable through changed (`reach`).
         if sys::is_dir(&src) || exchange {
@@ -170,9 +181,10 @@ impl HomeFs {
         let known: Option<Arc<Inode>> = self.inodes.known(key).and_then(|i| self.inode(i).ok());
         let mut sizes = known.as_ref().map(|i| i.size_lock.lock());
         // Afresh, under the locks: links made or removed meanwhile count.
-        let now = match &known {
-            Some(i) => sys::stat_fd(i.fd())?,
-            None => sys::stat_at(dir.fd(), name)?,
+        let now = match known.as_ref().and_then(|i| i.fd().ok()) {
+            Some(fd) => sys::stat_fd(fd.as_fd())?,
+            // Not known, or its descriptor cannot open again (gone).
+            None => sys::stat_at(dir.fd()?.as_fd(), name)?,
         };
         self.freeze(&now);
         let out = op()?;

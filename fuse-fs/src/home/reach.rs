@@ -21,6 +21,7 @@
 //! fresh inode costs nothing. Requests on an open file (read, write,
 //! fstat with a handle...) are not checked, as natively.
 
+use std::ffi::CStr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ use std::os::unix::ffi::OsStringExt;
 
 use super::fs::{HomeFs, Result, ROOT};
 use super::identity;
-use super::inodes::Inode;
+use super::inodes::{self, Inode};
 use super::syscalls as sys;
 
 /// How long an answer stands without a change seen through this mount.
@@ -105,16 +106,27 @@ impl HomeFs {
         }
     }
 
+    /// Non-directory `ino` was found or put at `parent/name` (see
+    /// [`Inode::seen`]).
+    pub(super) fn seen_at(&self, ino: u64, parent: u64, name: &CStr) {
+        if let Ok(i) = self.inode(ino) {
+            *i.seen.lock() = Some((parent, name.to_owned()));
+        }
+    }
+
     /// The walk itself, as the caller: its path below the root, opened
     /// `O_PATH` beneath the root without following symlinks.
     fn walk_to(&self, inode: &Inode) -> Result<()> {
-        let st = sys::stat_fd(inode.fd())?;
+        let st = sys::stat_fd(inode.fd()?.as_fd())?;
         if st.st_nlink == 0 {
             // Removed: reached only through what is open, as natively.
             return Ok(());
         }
         let root = self.inode(ROOT)?;
-        let (path, top) = match (sys::fd_path(inode.fd()), sys::fd_path(root.fd())) {
+        let (path, top) = match (
+            sys::fd_path(inode.fd()?.as_fd()),
+            sys::fd_path(root.fd()?.as_fd()),
+        ) {
             (Ok(p), Ok(r)) => (p, r),
             // A path longer than the kernel spells out (4 KiB): the
             // lookups along it were checked; nothing more to ask.
@@ -124,9 +136,29 @@ impl HomeFs {
         let mut top = top.into_vec();
         top.push(b'/');
         match path.as_encoded_bytes().strip_prefix(top.as_slice()) {
-            Some(rel) => sys::reach_beneath(root.fd(), rel),
+            Some(rel) => sys::reach_beneath(root.fd()?.as_fd(), rel),
+            // A file opened again from its handle without a path: by the
+            // parent it was last seen in, if the name still leads to it.
+            None if !sys::is_dir(&st) => self.walk_by_name(inode),
             // Moved out of the home (by another node): no path leads here.
             None => Err(HomeError::Os(libc::ENOENT)),
+        }
+    }
+
+    /// Reaches a non-directory through the parent and name it was last
+    /// seen at: the parent reached, then the name looked up in it as the
+    /// caller (search permission on the parent) and found to be this inode.
+    fn walk_by_name(&self, inode: &Inode) -> Result<()> {
+        let gone = HomeError::Os(libc::ENOENT);
+        let Some((parent, name)) = inode.seen.lock().clone() else {
+            return Err(gone);
+        };
+        self.reach(parent)?;
+        let p = self.inode(parent)?;
+        let st = sys::stat_at(p.fd()?.as_fd(), &name)?;
+        match inodes::key_of(&st) == inode.key() {
+            true => Ok(()),
+            false => Err(gone),
         }
     }
 }

@@ -577,6 +577,11 @@ impl HomeMount {
         self.fs.daemon_reads()
     }
 
+    /// Descriptors of inodes open now, and their bound (see `inodes`).
+    pub fn inode_descriptors(&self) -> (usize, usize) {
+        self.fs.inode_descriptors()
+    }
+
     /// Files the daemon holds open; see [`HomeFs::open_files`].
     pub fn open_files(&self) -> usize {
         self.fs.open_files()

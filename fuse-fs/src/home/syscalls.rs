@@ -2,9 +2,9 @@
 //!
 //! Every system call the passthrough makes on the backing directory goes
 //! through here as a safe function answering [`HomeError`]: thin wrappers
-//! over `nix` and `rustix`. The one call neither offers safely
-//! (`FS_IOC_FSGETXATTR`) is the only `unsafe` block of the home layer; it
-//! carries its SAFETY note. Nothing here decides anything: accounting,
+//! over `nix` and `rustix`. The calls neither offers safely
+//! (`FS_IOC_FSGETXATTR`, `name_to_handle_at`, `open_by_handle_at`) are the
+//! only `unsafe` blocks of the home layer; each carries its SAFETY note. Nothing here decides anything: accounting,
 //! permissions and naming rules live with the operations.
 
 use std::cell::Cell;
@@ -378,6 +378,45 @@ pub fn list_dir(fd: BorrowedFd<'_>) -> Result<Vec<RawEntry>> {
     Ok(out)
 }
 
+/// Bytes of one `getdents` batch (some hundred entries).
+const DIR_BATCH: usize = 8192;
+
+/// The next batch of entries of the open directory `dir` (one `getdents`;
+/// empty at its end), each with the directory's position after it
+/// (`d_off`, what `lseek` takes back).
+pub fn read_dir_batch(dir: BorrowedFd<'_>) -> Result<Vec<(RawEntry, u64)>> {
+    use rustix::fs::{FileType as T, RawDir};
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); DIR_BATCH];
+    let mut raw = RawDir::new(dir, &mut buf);
+    let mut out = Vec::new();
+    while let Some(e) = raw.next() {
+        let e = e?;
+        let kind = match e.file_type() {
+            T::Directory => libc::DT_DIR,
+            T::RegularFile => libc::DT_REG,
+            T::Symlink => libc::DT_LNK,
+            T::Fifo => libc::DT_FIFO,
+            T::Socket => libc::DT_SOCK,
+            T::CharacterDevice => libc::DT_CHR,
+            T::BlockDevice => libc::DT_BLK,
+            _ => libc::DT_UNKNOWN,
+        };
+        out.push((
+            RawEntry {
+                ino: e.ino(),
+                kind,
+                name: OsString::from_vec(e.file_name().to_bytes().to_vec()),
+            },
+            e.next_entry_cookie(),
+        ));
+        // One batch: stop before the next `getdents`.
+        if raw.is_buffer_empty() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Largest extended attribute value or name list read at once.
 const XATTR_MAX: usize = 64 * 1024;
 
@@ -407,6 +446,111 @@ pub fn list_xattr(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
 
 pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     Ok(rustix::fs::removexattr(proc_path(fd).as_c_str(), name)?)
+}
+
+/// A file handle (`name_to_handle_at`): an inode's identity on its
+/// filesystem, which opens it again after every descriptor of it closed
+/// (`open_by_handle_at`; ESTALE once the inode is gone). It carries the
+/// inode's generation, so a reused inode number has another handle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileHandle {
+    kind: i32,
+    bytes: Box<[u8]>,
+}
+
+/// `MAX_HANDLE_SZ` of `<linux/exportfs.h>`.
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+impl FileHandle {
+    /// The handle as bytes (type, then the opaque handle), for a takeover.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = self.kind.to_ne_bytes().to_vec();
+        v.extend_from_slice(&self.bytes);
+        v
+    }
+
+    /// Back from [`Self::to_bytes`].
+    pub fn from_bytes(b: &[u8]) -> Option<FileHandle> {
+        let (kind, bytes) = b.split_first_chunk::<4>()?;
+        (bytes.len() <= MAX_HANDLE_SZ).then(|| FileHandle {
+            kind: i32::from_ne_bytes(*kind),
+            bytes: bytes.into(),
+        })
+    }
+}
+
+/// The file handle of `dir/name` (not following a final symlink), or of
+/// the inode behind `dir` itself when `name` is empty.
+pub fn handle_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<FileHandle> {
+    let mut raw = RawHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let flags = match name.is_empty() {
+        true => libc::AT_EMPTY_PATH,
+        false => 0,
+    };
+    // SAFETY: `raw` is a `struct file_handle` whose `handle_bytes` says how
+    // much room follows (MAX_HANDLE_SZ bytes, the kernel's maximum); the
+    // kernel writes at most that into it and the mount id into `mount_id`,
+    // both valid and exclusively borrowed for the call; `name` is a valid
+    // C string and `dir` an open descriptor for the call's length.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            (&mut raw as *mut RawHandle).cast::<libc::file_handle>(),
+            &mut mount_id,
+            flags,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let n = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok(FileHandle {
+        kind: raw.handle_type,
+        bytes: raw.f_handle[..n].into(),
+    })
+}
+
+/// Opens the inode of handle `h` on the filesystem of `mount` as an
+/// `O_PATH` descriptor (needs CAP_DAC_READ_SEARCH).
+pub fn open_handle(mount: BorrowedFd<'_>, h: &FileHandle) -> Result<OwnedFd> {
+    let mut raw = RawHandle {
+        handle_bytes: h.bytes.len() as u32,
+        handle_type: h.kind,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    raw.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `raw` is a valid `struct file_handle` (its `handle_bytes`
+    // within the buffer that follows), only read by the kernel; `mount` is
+    // an open descriptor for the call's length. The result, when not
+    // negative, is a new descriptor this process owns alone.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&mut raw as *mut RawHandle).cast::<libc::file_handle>(),
+            flags,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: `fd` was just returned by the kernel, open, and owned by
+    // nothing else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// `FS_IOC_GETFLAGS`: the inode flags (`lsattr`) of an open file.

@@ -32,7 +32,7 @@ impl HomeFs {
             return Ok(self.requests.text().into_bytes());
         }
         let i = self.inode(ino)?;
-        sys::get_xattr(i.fd(), &sys::cstring(name.as_bytes())?)
+        sys::get_xattr(i.fd()?.as_fd(), &sys::cstring(name.as_bytes())?)
     }
 
     pub fn setxattr(
@@ -63,23 +63,23 @@ impl HomeFs {
         // (the caller may lack read permission) under the size lock, so
         // two setters cannot both pass the bound.
         let _g = i.size_lock.lock();
-        let held = super::identity::as_server(|| xattr_bytes(i.fd(), &n))??;
+        let held = super::identity::as_server(|| xattr_bytes(i.fd()?.as_fd(), &n))??;
         if held + name.len() + value.len() > XATTR_PER_INODE {
             return Err(HomeError::Os(libc::ENOSPC));
         }
         // Set as the caller: the backing filesystem updates the mode an
         // access ACL implies, and drops the set-group-ID bit of an owner
         // outside the file's group, as natively.
-        sys::set_xattr(i.fd(), &n, value, flags)
+        sys::set_xattr(i.fd()?.as_fd(), &n, value, flags)
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
-        sys::list_xattr(self.inode(ino)?.fd())
+        sys::list_xattr(self.inode(ino)?.fd()?.as_fd())
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         let i = self.inode(ino)?;
-        sys::remove_xattr(i.fd(), &sys::cstring(name.as_bytes())?)
+        sys::remove_xattr(i.fd()?.as_fd(), &sys::cstring(name.as_bytes())?)
     }
 }
 
