@@ -74,10 +74,15 @@ impl Home {
 
     /// The count of request `kind` so far.
     fn count(&self, kind: &str) -> u64 {
+        parse_count(&self.counts(), kind)
+    }
+
+    /// Every count so far, as `user.hubfs.requests` gives them (one GETXATTR).
+    fn counts(&self) -> String {
         let mut buf = vec![0u8; 4096];
         let n = rustix::fs::getxattr(&self.mnt, "user.hubfs.requests", &mut buf[..])
             .expect("read user.hubfs.requests");
-        parse_count(std::str::from_utf8(&buf[..n]).unwrap(), kind)
+        String::from_utf8(buf[..n].to_vec()).unwrap()
     }
 
     /// Requests of `kind` that `f` caused.
@@ -318,4 +323,88 @@ fn quota_limits_do_not_change_what_is_cached() {
     assert!(exists(&h.at("f")));
     assert_eq!(std::fs::metadata(h.at("g")).unwrap().len(), 0);
     h.mount.take().unwrap().unmount().unwrap();
+}
+
+/// An untar of `FILES` small files in `DIRS` directories, as uid 1000 with
+/// GNU tar, costs six requests a file (LOOKUP of the new name, CREATE,
+/// WRITE, SETATTR of its times, FLUSH, RELEASE), three a directory (LOOKUP,
+/// MKDIR, SETATTR) and a few once (tar's OPENDIR and RELEASEDIR of the
+/// target, GETATTRs of it, the root's times): no parent GETATTR after each
+/// create (no `default_permissions`), no `security.capability` GETXATTR
+/// before each first write (`FUSE_HANDLE_KILLPRIV_V2`; a write-only open is
+/// direct). A directory's name cached past the TTL on a slow run costs a
+/// LOOKUP more, so the count is tried a few times. Each file is one tar
+/// block (≤ 512 bytes), so tar writes it with one write(2): one that
+/// straddles tar's 10 KiB records is written in two, each a WRITE.
+#[test]
+fn an_untar_costs_six_requests_a_file() {
+    const FILES: u64 = 1000;
+    const DIRS: u64 = 10;
+    let h = Home::new(true);
+    let top = h.src.parent().unwrap();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&h.src, Some(1000), Some(1000)).unwrap();
+    let tar = top.join("small.tar");
+    let made = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import io, sys, tarfile\n\
+             with tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT) as t:\n\
+             \x20   for d in range(int(sys.argv[3])):\n\
+             \x20       i = tarfile.TarInfo('d%d' % d); i.type = tarfile.DIRTYPE; i.mode = 0o755; t.addfile(i)\n\
+             \x20   for f in range(int(sys.argv[2])):\n\
+             \x20       data = b'x' * (f % 512 + 1)\n\
+             \x20       i = tarfile.TarInfo('d%d/f%d' % (f * int(sys.argv[3]) // int(sys.argv[2]), f)); i.size = len(data); i.mode = 0o644\n\
+             \x20       t.addfile(i, io.BytesIO(data))\n",
+        )
+        .arg(&tar)
+        .arg(FILES.to_string())
+        .arg(DIRS.to_string())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let kinds = [
+        "lookup", "create", "write", "setattr", "flush", "release", "mkdir", "getattr", "xattr",
+        "total",
+    ];
+    let mut last = Vec::new();
+    let ok = in_some_try(|i| {
+        let dest = format!("u{i}");
+        std::fs::create_dir(h.behind(&dest)).unwrap();
+        std::os::unix::fs::chown(h.behind(&dest), Some(1000), Some(1000)).unwrap();
+        let before = h.counts();
+        let st = std::process::Command::new("setpriv")
+            .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--"])
+            .args(["tar", "-C"])
+            .arg(h.at(&dest))
+            .arg("-xf")
+            .arg(&tar)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let after = h.counts();
+        // Less the GETXATTR reading the counts.
+        let n: Vec<u64> = kinds
+            .iter()
+            .map(|k| {
+                parse_count(&after, k)
+                    - parse_count(&before, k)
+                    - u64::from(matches!(*k, "total" | "xattr"))
+            })
+            .collect();
+        let per = |k: &str| n[kinds.iter().position(|x| *x == k).unwrap()];
+        // What every file costs, whatever the TTL did.
+        for k in ["create", "write", "flush", "release"] {
+            assert_eq!(per(k), FILES, "{k}: {n:?}");
+        }
+        assert_eq!(per("mkdir"), DIRS);
+        assert_eq!(per("setattr"), FILES + DIRS, "times: {n:?}");
+        assert_eq!(per("xattr"), 0, "GETXATTR per file: {n:?}");
+        assert!(per("getattr") <= 4, "GETATTR per file: {n:?}");
+        last = n.clone();
+        // The destination's LOOKUP (made behind the mount) and its OPENDIR
+        // and RELEASEDIR by tar.
+        per("lookup") == FILES + DIRS + 1 && per("total") <= 6 * FILES + 3 * DIRS + 3 + 4
+    });
+    assert!(ok, "more than 6 requests a file: {kinds:?} = {last:?}");
 }
