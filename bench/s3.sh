@@ -87,9 +87,13 @@ start_garage 100
 
 garage_metric() { # awk pattern -> the sum of the matching samples
     curl -s -H "Authorization: Bearer $MT" "http://127.0.0.1:$ADMP/metrics" |
-        awk "$1"' {s += $NF} END {printf "%d\n", s}'
+        awk "$1"' {s += $NF} END {printf "%.0f\n", s}' # (%d stops at 2^31 in mawk)
 }
 requests() { garage_metric '/^api_s3_request_counter/'; }
+HUBFS_METRICS=127.0.0.1:$(port)
+hubfs_get_bytes() { # what the hubfs mount counts as GetObject bytes, beside Garage's figure
+    curl -s "http://$HUBFS_METRICS/metrics" | awk '/^hubfs_s3_bytes_total\{op="GetObject"\}/ {printf "%.0f\n", $NF}'
+}
 gets() { garage_metric '/^api_s3_request_counter\{api_endpoint="GetObject"\}/'; }
 s3bytes() { garage_metric '/^block_bytes_read /'; } # bytes Garage read to serve GETs
 
@@ -117,7 +121,7 @@ mount_fs() { # name -> mountpoint, sets FSPID
     case $name in
     hubfs)
         AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK HUBFS_LOG=warn "$HUBFS" mount s3 --foreground \
-            --endpoint-url "$EP" --region garage --force-path-style bench "$m" &
+            --endpoint-url "$EP" --region garage --force-path-style --metrics-addr "$HUBFS_METRICS" bench "$m" &
         FSPID=$! ;;
     s3fs)
         echo "$AK:$SK" >"$W/passwd"; chmod 600 "$W/passwd"
@@ -167,13 +171,14 @@ class() {
     local m=$W/mnt-$1 n=$2 stagger=$3 i b0 g0 t0
     local pids=()
     sync; echo 3 >/proc/sys/vm/drop_caches
-    b0=$(s3bytes); g0=$(gets); t0=$(now)
+    b0=$(s3bytes); g0=$(gets); t0=$(now); [ "$1" = hubfs ] && h0=$(hubfs_get_bytes)
     for i in $(seq "$n"); do
         (sleep "$(echo "($i - 1) * $stagger" | bc -l)"; cat "$m/big.bin" | wc -c >"$W/class.$i") &
         pids+=($!)
     done
     wait "${pids[@]}"
     CLASS_T=$(echo "$(now) - $t0" | bc -l); CLASS_B=$(( $(s3bytes) - b0 )); CLASS_G=$(( $(gets) - g0 ))
+    CLASS_H=""; [ "$1" = hubfs ] && CLASS_H=" (hubfs counted $(echo "($(hubfs_get_bytes) - $h0) / 1073741824" | bc -l | cut -c1-4) GiB)"
     for i in $(seq "$n"); do
         [ "$(cat "$W/class.$i")" -eq $((SIZE_MIB << 20)) ] || echo "  ERROR: $1 reader $i read $(cat "$W/class.$i") bytes"
     done
@@ -224,8 +229,8 @@ for fs in hubfs $PEERS; do
                 stagger=0; [ "$how" = staggered ] && stagger=$(echo "$STAGGER_S * 8 / $n" | bc -l)
                 class "$fs" "$n" "$stagger"
                 CT[$fs.$n.$how]=$CLASS_T; CB[$fs.$n.$how]=$CLASS_B; CG[$fs.$n.$how]=$CLASS_G
-                printf '  class of %d, %s: %.1f s, %.2f GiB from S3 in %d GETs\n' "$n" "$how" "$CLASS_T" \
-                    "$(echo "$CLASS_B / 1073741824" | bc -l)" "$CLASS_G"
+                printf '  class of %d, %s: %.1f s, %.2f GiB from S3 in %d GETs%s\n' "$n" "$how" "$CLASS_T" \
+                    "$(echo "$CLASS_B / 1073741824" | bc -l)" "$CLASS_G" "$CLASS_H"
             done
         done
     fi
@@ -244,8 +249,9 @@ sync; echo 3 >/proc/sys/vm/drop_caches
 r0=$(requests); t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now); r1=$(requests)
 C2=$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l); C2R=$((r1 - r0))
 # A crash: SIGKILL, the dead mount detached, the same command again.
-# (its unmount guardian may have detached it already)
-kill -9 "$FSPID"; wait "$FSPID" 2>/dev/null || true; umount -l "$m" 2>/dev/null || true
+# (its unmount guardian may have detached it already, or may still be detaching it)
+kill -9 "$FSPID"; wait "$FSPID" 2>/dev/null || true
+for _ in $(seq 100); do mountpoint -q "$m" || break; umount -l "$m" 2>/dev/null || true; sleep 0.1; done
 mount_fs hubfs-cache
 sync; echo 3 >/proc/sys/vm/drop_caches
 r0=$(gets); t0=$(now); dd if="$m/big.bin" of=/dev/null bs=1M status=none; t1=$(now); r1=$(gets)

@@ -362,21 +362,8 @@ impl Node {
         let target = self.path(&format!(
             "kubelet/pods/{pod}/volumes/kubernetes.io~csi/s3-data/mount"
         ));
-        node.node_publish_volume(NodePublishVolumeRequest {
-            volume_id: "s3-data".into(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(cap(Mode::MultiNodeReaderOnly)),
-            readonly: true,
-            volume_context: HashMap::from([
-                ("type".into(), "s3".into()),
-                ("bucket".into(), g.bucket.clone()),
-                ("endpoint".into(), g.endpoint.clone()),
-                ("region".into(), g.region.clone()),
-            ]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let request = hubfs_e2e::csi::s3_publish(g, &g.bucket, "s3-data", &target, HashMap::new());
+        node.node_publish_volume(request).await.unwrap();
         target
     }
 

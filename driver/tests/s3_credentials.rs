@@ -13,13 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use hubfs_e2e::csi::{mounter_metrics, s3_publish, start_s3_mounter};
 use hubfs_e2e::garage::{client, Garage};
 use hubfs_e2e::wait_until;
 use hubfs_fuse::s3::store::ObjectStore;
 use hubfs_proto::csi::{
-    node_client::NodeClient,
-    volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume},
-    NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability,
+    node_client::NodeClient, NodePublishVolumeRequest, NodeUnpublishVolumeRequest,
 };
 use tonic::transport::Channel;
 
@@ -50,14 +49,14 @@ impl Key {
 use hubfs_e2e::csi::NodeDriver as Driver;
 
 /// The node plugin, logging at debug level into the state dir, beside
-/// [`start_mounter`]; pods' volume `pv`.
+/// [`start_s3_mounter`]; pods' volume `pv`.
 fn start(g: &Garage) -> Driver {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(dir.path().join("kubelet")).unwrap();
     std::fs::create_dir_all(&state).unwrap();
     let log = |name: &str| std::fs::File::create(state.join(name)).unwrap();
-    let mounter = start_mounter(g, dir.path());
+    let mounter = start_s3_mounter(g, dir.path());
     let mut plugin = hubfs_e2e::csi::node_plugin(dir.path(), &state);
     plugin
         .env("HUBFS_LOG", "hubfs=debug,info")
@@ -98,80 +97,8 @@ fn request(
     g: &Garage,
     key: Option<&Key>,
 ) -> NodePublishVolumeRequest {
-    NodePublishVolumeRequest {
-        volume_id: format!("pv-{pod}"),
-        target_path: d.target(pod).display().to_string(),
-        volume_capability: Some(VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode {
-                mode: Mode::MultiNodeReaderOnly as i32,
-            }),
-        }),
-        readonly: true,
-        volume_context: HashMap::from([
-            ("type".into(), "s3".into()),
-            ("bucket".into(), bucket.into()),
-            ("endpoint".into(), g.endpoint.clone()),
-            ("region".into(), g.region.clone()),
-        ]),
-        secrets: key.map(Key::secrets).unwrap_or_default(),
-        ..Default::default()
-    }
-}
-
-/// A `hubfs mounter` on `dir/state` with the S3 data cache in `dir/cache`,
-/// logging at debug level into the state dir.
-fn start_mounter(g: &Garage, dir: &Path) -> Child {
-    let state = dir.join("state");
-    let log = |name: &str| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(state.join(name))
-            .unwrap()
-    };
-    let metrics_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
-    std::fs::write(dir.join("metrics-addr"), &metrics_addr).unwrap();
-    let m = Command::new(env!("CARGO_BIN_EXE_hubfs"))
-        .arg("mounter")
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--metrics-addr", &metrics_addr])
-        .arg("--s3-cache-dir")
-        .arg(dir.join("cache"))
-        .args(["--s3-cache-size", "64Mi"])
-        // The node's own identity (the default chain) is Garage's default
-        // key: volumes with a secret must not read with it.
-        .env("AWS_ACCESS_KEY_ID", &g.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
-        .env("HUBFS_LOG", "hubfs=debug,hubfs_fuse=debug,info")
-        .env_remove("RUST_LOG")
-        .env_remove("AWS_PROFILE")
-        .stdout(log("mounter.log"))
-        .stderr(log("mounter.err.log"))
-        .spawn()
-        .unwrap();
-    hubfs_e2e::wait_for_socket(
-        &state.join("mounter.sock"),
-        Duration::from_secs(20),
-        "the mounter's socket",
-    );
-    m
-}
-
-/// The mounter's `/metrics` (the mounter started last in `dir`).
-fn mounter_metrics(dir: &Path) -> String {
-    use std::io::{Read, Write};
-    let addr = std::fs::read_to_string(dir.join("metrics-addr")).unwrap();
-    let mut conn = std::net::TcpStream::connect(addr.trim()).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    conn.read_to_string(&mut out).unwrap();
-    out
+    let secrets = key.map(Key::secrets).unwrap_or_default();
+    s3_publish(g, bucket, &format!("pv-{pod}"), &d.target(pod), secrets)
 }
 
 /// Every file below `dir` whose name ends in `.log` or is `servers.json`.
@@ -368,7 +295,7 @@ async fn each_volume_reads_with_its_own_identity_and_no_secret_leaks() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    d.mounter = start_mounter(&g, d.dir.path());
+    d.mounter = start_s3_mounter(&g, d.dir.path());
     for pod in ["pa", "pa2"] {
         assert_eq!(
             read_eventually(&d.target(pod).join("b.txt")),

@@ -1,11 +1,19 @@
 //! The CSI node plugin as tests start it (alone, or with its mounter as a
-//! [`NodeDriver`]), and mount-table helpers for tests that mount: whether a
-//! path is a mount point, and cleaning up the mounts a failed test leaves
-//! below its temp dir.
+//! [`NodeDriver`]), a mounter for S3 volumes and their publications, and
+//! mount-table helpers for tests that mount: whether a path is a mount
+//! point, and cleaning up the mounts a failed test leaves below its temp dir.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
+
+use hubfs_proto::csi::{
+    volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume},
+    NodePublishVolumeRequest, VolumeCapability,
+};
+
+use crate::garage::Garage;
 
 /// `hubfs csi --mode node` as the node plugin container runs it beside a
 /// `hubfs mounter` on `state`: node `n1`, kubelet's directory `dir/kubelet`,
@@ -24,6 +32,93 @@ pub fn node_plugin(dir: &Path, state: &Path) -> Command {
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY");
     c
+}
+
+/// A `hubfs mounter` on `dir/state` (which must exist) with the S3 data
+/// cache in `dir/cache` (64 MiB), serving its metrics on a free port (its
+/// address in `dir/metrics-addr`, see [`mounter_metrics`]) and logging at
+/// debug level into the state dir. The node's own S3 identity (the default
+/// chain) is Garage's default key.
+pub fn start_s3_mounter(g: &Garage, dir: &Path) -> Child {
+    let state = dir.join("state");
+    let log = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.join(name))
+            .unwrap()
+    };
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    std::fs::write(dir.join("metrics-addr"), &metrics_addr).unwrap();
+    let m = Command::new(crate::hubfs_binary())
+        .arg("mounter")
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--metrics-addr", &metrics_addr])
+        .arg("--s3-cache-dir")
+        .arg(dir.join("cache"))
+        .args(["--s3-cache-size", "64Mi"])
+        .env("AWS_ACCESS_KEY_ID", &g.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &g.secret_key)
+        .env("HUBFS_LOG", "hubfs=debug,hubfs_fuse=debug,info")
+        .env_remove("RUST_LOG")
+        .env_remove("AWS_PROFILE")
+        .stdout(log("mounter.log"))
+        .stderr(log("mounter.err.log"))
+        .spawn()
+        .unwrap();
+    crate::wait_for_socket(
+        &state.join("mounter.sock"),
+        Duration::from_secs(20),
+        "the mounter's socket",
+    );
+    m
+}
+
+/// The `/metrics` of the mounter [`start_s3_mounter`] started last in `dir`.
+pub fn mounter_metrics(dir: &Path) -> String {
+    use std::io::{Read, Write};
+    let addr = std::fs::read_to_string(dir.join("metrics-addr")).unwrap();
+    let mut conn = std::net::TcpStream::connect(addr.trim()).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A read-only publication of `g`'s bucket `bucket` as volume `volume_id`
+/// at `target`, with the volume's own credentials in `secrets` (none: the
+/// node's identity).
+pub fn s3_publish(
+    g: &Garage,
+    bucket: &str,
+    volume_id: &str,
+    target: &Path,
+    secrets: HashMap<String, String>,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: Mode::MultiNodeReaderOnly as i32,
+            }),
+        }),
+        readonly: true,
+        volume_context: HashMap::from([
+            ("type".into(), "s3".into()),
+            ("bucket".into(), bucket.into()),
+            ("endpoint".into(), g.endpoint.clone()),
+            ("region".into(), g.region.clone()),
+        ]),
+        secrets,
+        ..Default::default()
+    }
 }
 
 /// A node plugin ([`node_plugin`]) beside a `hubfs mounter` on

@@ -214,6 +214,24 @@ pub fn sha(b: &[u8]) -> Vec<u8> {
     sha2::Sha256::digest(b).to_vec()
 }
 
+/// The sha256 (hex) of the file at `p`, read with 1 MiB reads as a reader
+/// of a mount reads it; `on_read` hears the length of each read.
+pub fn sha_of_file(p: &Path, mut on_read: impl FnMut(usize)) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read through the mount");
+        if n == 0 {
+            return hex::encode(h.finalize());
+        }
+        h.update(&buf[..n]);
+        on_read(n);
+    }
+}
+
 /// `program` as PID 1 of its own PID namespace (a container):
 /// `unshare --pid --fork --kill-child -- program`, so that killing the
 /// returned command's process kills everything in the namespace. Add

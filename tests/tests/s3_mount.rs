@@ -39,16 +39,7 @@ fn sha(b: &[u8]) -> String {
 }
 
 fn sha_file(p: &Path) -> String {
-    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).expect("read through the mount");
-        if n == 0 {
-            return hex::encode(h.finalize());
-        }
-        h.update(&buf[..n]);
-    }
+    hubfs_e2e::sha_of_file(p, |_| {})
 }
 
 async fn put_multipart(s: &S3Store, bucket: &str, key: &str, body: &[u8]) {
@@ -735,21 +726,6 @@ fn get_bytes(metrics_addr: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads `p` whole with 1 MiB reads; after each read, publishes how far it got.
-fn read_counting(p: &Path, progress: &std::sync::atomic::AtomicU64) -> String {
-    let mut f = std::fs::File::open(p).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).expect("read through the mount");
-        if n == 0 {
-            return hex::encode(h.finalize());
-        }
-        h.update(&buf[..n]);
-        progress.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// A class through a real kernel mount: eight readers open one object at
 /// once (page cache dropped first), then four more start one after another,
 /// each once the one before has read a quarter of it. Every reader gets the
@@ -793,7 +769,9 @@ fn s3_mount_a_class_of_readers_fetches_the_object_once() {
                             std::thread::sleep(std::time::Duration::from_millis(1));
                         }
                     }
-                    read_counting(&p, &progress[i])
+                    hubfs_e2e::sha_of_file(&p, |n| {
+                        progress[i].fetch_add(n as u64, Ordering::SeqCst);
+                    })
                 })
             })
             .collect();

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::blocks::ObjectVersion;
 use super::error::ObjectError;
 use super::store::{ByteStream, ListPage, ObjectInfo, ObjectStore, Op, UploadedPart};
 
@@ -74,6 +75,19 @@ impl MemStore {
                     etag: format!("\"{n:x}\""),
                 },
             );
+    }
+
+    /// The current version of an object (size and ETag), as an open of it
+    /// would read it.
+    pub fn version(&self, bucket: &str, key: &str) -> Option<ObjectVersion> {
+        let buckets = self.buckets.lock();
+        let o = buckets.get(bucket)?.get(key)?;
+        Some(ObjectVersion {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            size: o.data.len() as u64,
+            etag: Some(o.etag.clone()),
+        })
     }
 
     /// The stored bytes of an object, if present.

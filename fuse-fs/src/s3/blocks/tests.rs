@@ -52,16 +52,8 @@ fn fixture(cfg: &PrefetchConfig) -> Fixture {
 
 impl Fixture {
     fn put(&self, key: &str, data: Vec<u8>) -> ObjectVersion {
-        self.store.insert("b", key, data.clone());
-        let etag = futures::executor::block_on(self.store.head("b", key))
-            .unwrap()
-            .etag;
-        ObjectVersion {
-            bucket: "b".into(),
-            key: key.into(),
-            size: data.len() as u64,
-            etag,
-        }
+        self.store.insert("b", key, data);
+        self.store.version("b", key).unwrap()
     }
 
     fn open(&self, v: &ObjectVersion, cfg: &PrefetchConfig) -> Prefetcher<MemStore> {
@@ -82,6 +74,20 @@ async fn settled(blocks: &Blocks<MemStore>, n: usize) {
         "{} blocks still in memory, want at most {n}",
         blocks.resident()
     );
+}
+
+/// Each reader reads the whole object at the same time, as its own task.
+async fn read_together(readers: Vec<Prefetcher<MemStore>>, want: &Arc<Vec<u8>>) {
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut p| {
+            let want = want.clone();
+            tokio::spawn(async move { read_all(&mut p, &want, 128 * KIB).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 /// Reads the whole object in `step`-byte reads and checks every byte.
@@ -105,16 +111,7 @@ async fn eight_readers_of_one_version_fetch_each_block_once() {
     f.store.set_get_delay(Duration::from_millis(2));
     // Opened together, then read together.
     let readers: Vec<_> = (0..8).map(|_| f.open(&v, &c)).collect();
-    let tasks: Vec<_> = readers
-        .into_iter()
-        .map(|mut p| {
-            let data = data.clone();
-            tokio::spawn(async move { read_all(&mut p, &data, 128 * KIB).await })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    read_together(readers, &data).await;
     let per_block = f.store.fetches_per_unit("b", "k", n, c.block_size);
     assert!(
         per_block.iter().all(|&c| c == 1),
@@ -187,17 +184,7 @@ async fn a_reader_far_behind_does_not_pin_unbounded_memory() {
     // They catch up together with correct bytes, fetching again (once
     // between them) what was let go.
     f.store.set_get_delay(Duration::from_millis(1));
-    let data = Arc::new(data);
-    let tasks: Vec<_> = stalled
-        .into_iter()
-        .map(|mut p| {
-            let data = data.clone();
-            tokio::spawn(async move { read_all(&mut p, &data, 128 * KIB).await })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    read_together(stalled, &Arc::new(data)).await;
     assert!(
         f.store.bytes_read() < 3 * n,
         "stragglers shared among themselves: {} bytes fetched",

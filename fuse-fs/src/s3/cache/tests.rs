@@ -83,15 +83,7 @@ impl Fixture {
 
     fn put(&self, key: &str, data: &[u8]) -> ObjectVersion {
         self.store.insert("bkt", key, data.to_vec());
-        let etag = futures::executor::block_on(self.store.head("bkt", key))
-            .unwrap()
-            .etag;
-        ObjectVersion {
-            bucket: "bkt".into(),
-            key: key.into(),
-            size: data.len() as u64,
-            etag,
-        }
+        self.store.version("bkt", key).unwrap()
     }
 
     fn files(&self) -> Vec<String> {
