@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hubfs_e2e::csi::{mounter_metrics, s3_publish, start_s3_mounter};

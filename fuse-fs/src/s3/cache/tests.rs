@@ -10,7 +10,7 @@ use crate::s3::blocks::Blocks;
 use crate::s3::fake::MemStore;
 use crate::s3::memory::MemoryLimiter;
 use crate::s3::prefetch::{PrefetchConfig, Prefetcher};
-use crate::s3::store::{ObjectStore, Op};
+use crate::s3::store::Op;
 
 const KIB: u64 = 1 << 10;
 const BS: u64 = 64 * KIB;
