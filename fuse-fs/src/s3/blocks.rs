@@ -13,7 +13,8 @@
 //! A block stays in memory while a reader holds it (the blocks of its
 //! read-ahead window), and afterwards for as long as a registered reader of
 //! its version has not passed it yet: the class's stragglers read what the
-//! leader fetched. Every block holds a [`Reservation`] of the mount's
+//! leader fetched. (A sequential reader passes a block only once it is the
+//! kernel's readahead beyond it: its late reads may still come.) Every block holds a [`Reservation`] of the mount's
 //! `--max-memory`, and that is the bound. Read-ahead that does not fit
 //! evicts blocks kept for stragglers that are needed later than itself
 //! (farthest ahead of their nearest reader first), then stops; the block a
@@ -548,6 +549,7 @@ impl<S: ObjectStore> Blocks<S> {
     /// cache, off their path).
     async fn get(&self, version: &Arc<VersionId>, run: Vec<Arc<Block>>) {
         let range = run[0].range.start..run[run.len() - 1].range.end;
+        tracing::trace!(?range, "fetching blocks");
         let object = &version.object;
         let keep = self.disk.as_ref().filter(|_| object.etag.is_some());
         let mut next = 0usize;

@@ -26,11 +26,21 @@
 //! an older format and temporary files older than a minute (a server that
 //! died mid-write; a server being taken over may still be writing fresh
 //! ones) are removed, anything else that is not a block file is left alone
-//! and not counted, and least recently used blocks (by file time, which a
-//! hit refreshes) are evicted until the cache fits `max_bytes` again. Two
+//! and not counted, and least recently used blocks are evicted until the
+//! cache fits `max_bytes` again. Two
 //! servers may share the directory for the moments of a takeover: writes
 //! are atomic renames, a block one of them evicts is only a miss to the
 //! other.
+//!
+//! The order of use: while a server runs, its index (in memory) moves a
+//! block to the back at every hit and write. Across a restart, the scan
+//! ranks each file by the later of its modification time (its write) and
+//! its access time, which the kernel sets when the file is read (the
+//! server never sets file times: its seccomp list has no `utimensat`).
+//! Under the usual `relatime` the kernel records the first read after a
+//! write and then at most one a day, so across restarts a block read since
+//! it was written ranks by that read, one never read by its write, and a
+//! filesystem mounted `noatime` ranks by writes alone.
 //!
 //! The cache is not shared between identities: whoever starts servers gives
 //! each bucket, prefix and identity its own directory, so one identity's
@@ -227,8 +237,9 @@ impl DiskCache {
             if dead {
                 removed += std::fs::remove_file(entry.path()).is_ok() as usize;
             } else if meta.is_file() && is_block_name(&name) {
+                let written = meta.modified().unwrap_or(now);
                 found.push((
-                    meta.modified().unwrap_or(now),
+                    meta.accessed().map_or(written, |read| read.max(written)),
                     name.into_owned(),
                     meta.len(),
                 ));
@@ -299,8 +310,6 @@ impl DiskCache {
             if crc32fast::hash(&rest[4..]) != crc {
                 return Ok(None);
             }
-            // A hit is a use: the next server's scan orders by file time.
-            let _ = f.set_modified(SystemTime::now());
             let data = Bytes::from(raw).slice(file.header.len() + 4..);
             Ok(Some((data, total)))
         })();

@@ -199,11 +199,10 @@ pub(super) fn rewrite_locked(file: &File, text: &[u8]) -> io::Result<()> {
 /// through reads, listings, writes, deletes, the metrics file and port, a
 /// takeover and a SIGTERM, plus the calls of the same paths on other
 /// kernels and library versions (the `*at` forms, `clone`/`clone3`,
-/// `poll`/`ppoll`, `statx`/`fstat`). Not listed: `utimensat` (the data
-/// cache's touch of a block it serves, `File::set_modified`, then fails
-/// and is ignored: its eviction order stays the blocks' write times;
-/// allowing it made the warm-cache restart test of driver/tests/s3_cache.rs
-/// fail, which the cache's owner should look at first). Absent on purpose: `execve`,
+/// `poll`/`ppoll`, `statx`/`fstat`). No `utimensat` or `fchmod`: the data
+/// cache keeps its order of use in memory and reads the kernel's access
+/// times at start ([`super::cache`]), and never sets a file's times or
+/// mode. Absent on purpose: `execve`,
 /// `ptrace`, `mount`, the set*id calls, `unshare`, `setns`, `bpf`,
 /// `keyctl`, module and kexec calls, `process_vm_*`, `open_by_handle_at`.
 pub fn allowed_syscalls() -> Vec<libc::c_long> {

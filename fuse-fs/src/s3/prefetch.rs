@@ -7,12 +7,27 @@
 //! version fetch each block once between them. While reads stay sequential
 //! the window doubles up to a maximum, and read-ahead asks for a part
 //! (`window / 2`, at most `--part-size`) at a time, so a long read keeps
-//! several GETs in flight. A read inside the window (a small seek, or
-//! kernel readahead arriving out of order) is served from it; a read
-//! elsewhere drops the window and is random access: it takes blocks already
-//! in memory if they cover it, and otherwise fetches only a small range
-//! (`random_read_size`) for itself, so random access does not download data
-//! nobody reads.
+//! several GETs in flight. A read inside the window (a small seek) is
+//! served from it; a read elsewhere drops the window and is random access:
+//! it takes blocks already in memory if they cover it, and otherwise fetches
+//! only a small range (`random_read_size`) for itself, so random access does
+//! not download data nobody reads.
+//!
+//! The kernel's readahead sends a sequential reader's reads several at a
+//! time (up to `kernel_readahead` bytes ahead of it), and the server handles
+//! them in whatever order they reach the handle: on a busy node a read can
+//! overtake the ones in front of it, or lag behind, by most of that
+//! distance. Those reads belong to the stream. One up to `kernel_readahead`
+//! past it (also before the first read of a new handle) takes the blocks up
+//! to it as read-ahead. The blocks up to `kernel_readahead` behind the
+//! reader stay in the shared blocks (kept for it, which memory pressure can
+//! still undo), and a read that lags behind the held blocks is served on
+//! the side from them (else from the disk cache, or its exact range),
+//! leaving the stream as it is. Taken for random reads, such reads cost a
+//! GET of their own each, never shared with the class and never written to
+//! the disk cache (blocks read only that way were missing from it), and a
+//! late read whose block had just been let go fetched it again: a 24 MiB
+//! object read with `dd bs=1M` cost 24–29 MiB of GETs.
 //!
 //! Blocks keep the body chunks as the HTTP client handed them over, and a
 //! read returns [`Pieces`] (slices of those chunks): bytes are copied once,
@@ -46,6 +61,9 @@ pub struct PrefetchConfig {
     pub max_attempts: u32,
     /// Bytes per shared block (see [`super::blocks`]).
     pub block_size: u64,
+    /// How far ahead of the reader the kernel's readahead sends reads (the
+    /// mount's readahead): reads that far out of order are one stream.
+    pub kernel_readahead: u64,
 }
 
 impl Default for PrefetchConfig {
@@ -58,6 +76,7 @@ impl Default for PrefetchConfig {
             random_read_size: 128 << 10,
             max_attempts: 5,
             block_size: 1 << 20,
+            kernel_readahead: 4 << 20,
         }
     }
 }
@@ -141,15 +160,29 @@ impl<S> Prefetcher<S> {
         }
     }
 
-    /// Whether `offset` is past the held blocks of a sequential reader, by
-    /// less than its window.
+    /// How far ahead of the stream a read still belongs to it.
+    fn reach(&self) -> u64 {
+        self.window.max(self.cfg.kernel_readahead)
+    }
+
+    /// Whether `offset` is past the held blocks of a sequential reader (or
+    /// past where a reader holding none is), by less than [`Self::reach`].
     fn just_ahead(&self, offset: u64) -> bool {
-        match (self.held.front(), self.held_end()) {
-            (Some(f), Some(end)) => {
-                !self.random && f.range().start <= offset && offset < end + self.window
-            }
-            _ => false,
-        }
+        let (start, end) = match (self.held.front(), self.held_end()) {
+            (Some(f), Some(end)) => (f.range().start, end),
+            _ => (self.next_seq, self.next_seq),
+        };
+        !self.random && start <= offset && offset < end + self.reach()
+    }
+
+    /// Whether `offset` is behind the held blocks of a sequential reader by
+    /// less than the kernel's readahead: one of its reads, arriving late.
+    fn lagging(&self, offset: u64) -> bool {
+        self.held.front().is_some_and(|f| {
+            !self.random
+                && offset < f.range().start
+                && f.range().start - offset <= self.cfg.kernel_readahead
+        })
     }
 
     /// The offset right after the held blocks.
@@ -184,11 +217,15 @@ impl<S: ObjectStore> Prefetcher<S> {
             }
         }
         let bs = self.block_size();
+        if self.lagging(offset) {
+            return self.read_aside(offset, end).await;
+        }
         // Kernel readahead runs several reads at once, and one may arrive
         // before those in front of it: a read just past the held blocks
         // goes on with the stream (the blocks up to it are taken below),
         // it is no random read.
-        if self.covers(offset) || self.just_ahead(offset) {
+        let stream = self.covers(offset) || self.just_ahead(offset);
+        if stream {
             // Blocks wholly behind this read and the previous one are done,
             // but the one just before is kept: reads may arrive slightly out
             // of order.
@@ -215,11 +252,20 @@ impl<S: ObjectStore> Prefetcher<S> {
         if self.held.is_empty() && self.random {
             match self.reader.existing(wanted.clone()) {
                 Some(blocks) => self.held.extend(blocks),
-                None => return self.read_scattered(offset, end).await,
+                None => {
+                    tracing::debug!(offset, len, "random read");
+                    return self.read_scattered(offset, end).await;
+                }
             }
         }
-        // The blocks the reader waits for now.
-        let first = self.held_end().map_or(wanted.start, |e| e.div_ceil(bs));
+        // The blocks the reader waits for now (for a stream that holds none
+        // yet, from where it is: reads before this one are on their way).
+        let from = if stream {
+            self.next_seq / bs
+        } else {
+            wanted.start
+        };
+        let first = self.held_end().map_or(from, |e| e.div_ceil(bs));
         if first < wanted.end {
             self.held
                 .extend(self.reader.acquire(first..wanted.end, true));
@@ -229,8 +275,30 @@ impl<S: ObjectStore> Prefetcher<S> {
         }
         let out = self.collect(offset, end).await;
         self.next_seq = end;
-        self.reader.advance(end);
+        // Reads the kernel sent before this one may still arrive: the
+        // blocks up to its readahead behind stay in memory for them (kept
+        // for a reader, not held: memory pressure can still let them go).
+        let behind = if self.random {
+            0
+        } else {
+            self.cfg.kernel_readahead
+        };
+        self.reader.advance(end.saturating_sub(behind));
         out
+    }
+
+    /// A read that lags behind the stream: from the blocks still in memory
+    /// if they cover it, else from the disk cache or a GET of exactly its
+    /// range; the stream (held blocks, window, position) stays as it is.
+    async fn read_aside(&mut self, offset: u64, end: u64) -> Result<Pieces, ObjectError> {
+        let bs = self.block_size();
+        let Some(blocks) = self.reader.existing(offset / bs..(end - 1) / bs + 1) else {
+            tracing::debug!(offset, len = end - offset, "late read of a stream");
+            return self.reader.scattered(offset..end).await;
+        };
+        let out = gather(&blocks, offset, end).await;
+        self.reader.release(blocks);
+        out.map_err(|(_, e)| e)
     }
 
     /// A random read no block in memory covers: a small range, fetched for
@@ -271,35 +339,46 @@ impl<S: ObjectStore> Prefetcher<S> {
     }
 
     async fn collect(&mut self, offset: u64, end: u64) -> Result<Pieces, ObjectError> {
-        let mut out = Pieces::default();
-        for i in 0..self.held.len() {
-            let range = self.held[i].range().clone();
-            if range.end <= offset {
-                continue;
-            }
-            if range.start >= end {
-                break;
-            }
-            let data = match self.held[i].data().await {
-                Ok(d) => d,
-                Err(e) => {
-                    // Forget this block and everything after it, so the
-                    // next read asks again.
-                    self.reader.release(self.held.drain(i..));
-                    return Err(e);
-                }
-            };
-            let len = data.len();
-            let from = (offset.max(range.start) - range.start) as usize;
-            let to = ((end.min(range.end) - range.start) as usize).min(len);
-            out.append(data.slice(from.min(to), to));
-            if (len as u64) < range.end - range.start {
-                // The object shrank under us: stop at what exists.
-                break;
+        let held = self.held.make_contiguous();
+        match gather(held, offset, end).await {
+            Ok(out) => Ok(out),
+            Err((i, e)) => {
+                // Forget this block and everything after it, so the next
+                // read asks again.
+                self.reader.release(self.held.drain(i..));
+                Err(e)
             }
         }
-        Ok(out)
     }
+}
+
+/// The bytes `offset..end` from `blocks` (consecutive), waiting for the
+/// ones still being fetched; on an error, the index of the failed block.
+async fn gather(
+    blocks: &[Arc<Block>],
+    offset: u64,
+    end: u64,
+) -> Result<Pieces, (usize, ObjectError)> {
+    let mut out = Pieces::default();
+    for (i, block) in blocks.iter().enumerate() {
+        let range = block.range().clone();
+        if range.end <= offset {
+            continue;
+        }
+        if range.start >= end {
+            break;
+        }
+        let data = block.data().await.map_err(|e| (i, e))?;
+        let len = data.len();
+        let from = (offset.max(range.start) - range.start) as usize;
+        let to = ((end.min(range.end) - range.start) as usize).min(len);
+        out.append(data.slice(from.min(to), to));
+        if (len as u64) < range.end - range.start {
+            // The object shrank under us: stop at what exists.
+            break;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -102,6 +102,9 @@ impl MountOptions {
         cfg.metadata_ttl = self.metadata_ttl.unwrap_or(Duration::MAX);
         cfg.negative_ttl = self.negative_ttl.unwrap_or(Duration::MAX);
         cfg.prefetch = self.prefetch.clone();
+        // The kernel's readahead (0: its own 128 KiB) bounds how far out of
+        // order a stream's reads arrive.
+        cfg.prefetch.kernel_readahead = (u64::from(self.read_ahead_kb) << 10).max(128 << 10);
         cfg.allow_writes = self.allow_writes;
         cfg.allow_delete = self.allow_delete;
         cfg

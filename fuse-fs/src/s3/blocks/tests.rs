@@ -23,6 +23,7 @@ fn cfg() -> PrefetchConfig {
         random_read_size: 16 * KIB,
         max_attempts: 3,
         block_size: 64 * KIB,
+        kernel_readahead: 256 * KIB,
     }
 }
 

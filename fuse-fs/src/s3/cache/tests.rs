@@ -24,6 +24,7 @@ fn cfg() -> PrefetchConfig {
         random_read_size: 16 * KIB,
         max_attempts: 3,
         block_size: BS,
+        kernel_readahead: 4 * BS,
     }
 }
 
@@ -168,6 +169,45 @@ async fn a_second_reader_gets_the_bytes_from_disk_not_s3() {
     assert_eq!(f.store.count(Op::Get), 0);
 }
 
+/// A sequential reader whose reads reach the handle out of order, as the
+/// kernel's readahead sends them on a busy node: each run of two blocks'
+/// worth of 16 KiB reads arrives last first. The stream stays one stream:
+/// every block is fetched once, whole, and written to the disk cache, so a
+/// restarted server then reads it all with zero GETs. (Taken for random
+/// reads, the early ones fetched their own ranges, and blocks read only
+/// that way never reached the cache.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_arriving_out_of_order_fill_the_cache_with_every_block() {
+    let f = fixture();
+    let data = bytes(16 * BS, 9);
+    let v = f.put("stream.bin", &data);
+    let s = f.start(16 << 20);
+    let mut p = Prefetcher::new(s.blocks.register(v.clone()), cfg());
+    let read = 16 * KIB;
+    let group = 2 * BS / read;
+    for g in 0..data.len() as u64 / (group * read) {
+        for i in (0..group).rev() {
+            let off = (g * group + i) * read;
+            let b = p.read(off, read).await.unwrap();
+            assert_eq!(&b[..], &data[off as usize..(off + read) as usize]);
+        }
+    }
+    drop(p);
+    let ranges = f.store.get_ranges("bkt", "stream.bin");
+    assert!(
+        ranges.iter().all(|r| r.start % BS == 0 && r.end % BS == 0),
+        "only whole blocks: {ranges:?}"
+    );
+    let per_block = f.store.fetches_per_unit("bkt", "stream.bin", 16 * BS, BS);
+    assert!(per_block.iter().all(|&c| c == 1), "{per_block:?}");
+    s.filled(data.len() as u64).await;
+    drop(s);
+    f.store.reset_counts();
+    let again = f.start(16 << 20);
+    assert_eq!(again.read_all(&v).await, data);
+    assert_eq!(f.store.count(Op::Get), 0, "every block was in the cache");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_serves_a_warm_cache_with_zero_gets() {
     let f = fixture();
@@ -269,20 +309,25 @@ async fn the_cache_is_bounded_least_recently_used_first_across_restarts() {
     assert_eq!(s.read_all(&b).await, db);
     assert_eq!(f.store.count(Op::Get), 0);
     drop(s);
-    // Uses ordered by file time (a hit refreshes it): 3 oldest, then 0, 1, 2.
-    let at = |block: u64, secs: u64| {
-        let t = SystemTime::now() - Duration::from_secs(secs);
+    // Across a restart, uses are ordered by the later of each file's write
+    // and its last read the kernel recorded: 3 oldest, then 0, 1, 2 (0 and
+    // 2 written long ago but read since; 3 read before 1 was written).
+    let at = |block: u64, written: u64, read: u64| {
+        let ago = |secs| SystemTime::now() - Duration::from_secs(secs);
+        let times = std::fs::FileTimes::new()
+            .set_modified(ago(written))
+            .set_accessed(ago(read));
         File::options()
             .write(true)
             .open(f.block_path(&b, block))
             .unwrap()
-            .set_modified(t)
+            .set_times(times)
             .unwrap();
     };
-    at(3, 400);
-    at(0, 300);
-    at(1, 200);
-    at(2, 100);
+    at(3, 500, 400);
+    at(0, 900, 300);
+    at(1, 200, 900);
+    at(2, 900, 100);
     // A server started with room for two keeps the two used last.
     let file_len = std::fs::metadata(f.block_path(&b, 1)).unwrap().len();
     let s = f.start(2 * file_len + 1);

@@ -20,6 +20,7 @@ fn cfg() -> PrefetchConfig {
         random_read_size: 16 << 10,
         max_attempts: 3,
         block_size: 64 << 10,
+        kernel_readahead: 256 << 10,
     }
 }
 
@@ -310,4 +311,32 @@ async fn a_read_arriving_just_ahead_of_the_stream_keeps_it_going() {
     assert!(ranges.iter().all(|r| r.start % bs == 0), "{ranges:?}");
     let per_block = s.fetches_per_unit("b", "k", n as u64, bs);
     assert!(per_block.iter().all(|&c| c <= 1), "{per_block:?}");
+}
+
+/// Block-sized reads (the kernel's 1 MiB reads of 1 MiB blocks) come in
+/// fives, the middle one last: by the time it arrives the stream has moved
+/// two blocks past it. Its block is still in memory (kept for the reads
+/// the kernel's readahead may still send), so every block is fetched once,
+/// whole. (It was let go, and the late read fetched it again.)
+#[tokio::test]
+async fn a_read_arriving_after_the_stream_moved_on_costs_no_request() {
+    let c = cfg();
+    let bs = c.block_size;
+    let n = 20 * bs;
+    let (s, d) = store(n as usize);
+    let etag = s.head("b", "k").await.unwrap().etag;
+    let limiter = MemoryLimiter::new(c.max_memory);
+    let mut p = prefetcher(s.clone(), version(n as usize, etag), c, limiter);
+    for i in 0..n / bs {
+        let off = (i / 5 * 5 + [0, 1, 3, 4, 2][(i % 5) as usize]) * bs;
+        let b = p.read(off, bs).await.unwrap();
+        assert_eq!(&b[..], &d[off as usize..(off + bs) as usize]);
+    }
+    let ranges = s.get_ranges("b", "k");
+    assert!(
+        ranges.iter().all(|r| r.start % bs == 0 && r.end % bs == 0),
+        "{ranges:?}"
+    );
+    let per_block = s.fetches_per_unit("b", "k", n, bs);
+    assert!(per_block.iter().all(|&c| c == 1), "{per_block:?}");
 }
