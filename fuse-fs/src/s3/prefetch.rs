@@ -9,9 +9,13 @@
 //! (`window / 2`, at most `--part-size`) at a time, so a long read keeps
 //! several GETs in flight. A read inside the window (a small seek) is
 //! served from it; a read elsewhere drops the window and is random access:
-//! it takes blocks already in memory if they cover it, and otherwise fetches
-//! only a small range (`random_read_size`) for itself, so random access does
-//! not download data nobody reads.
+//! it takes blocks already in memory if they cover it; a read that covers a
+//! whole block takes its blocks through the shared blocks (one fetch
+//! between all readers, written to the disk cache: in a class, the reads
+//! at the front of the pack come to whichever handle's readahead gets there
+//! first, so each handle sees a stream with holes); a smaller one fetches
+//! only a small range (`random_read_size`) for itself, so random access
+//! does not download data nobody reads.
 //!
 //! The kernel's readahead sends a sequential reader's reads several at a
 //! time (up to `kernel_readahead` bytes ahead of it), and the server handles
@@ -160,6 +164,12 @@ impl<S> Prefetcher<S> {
         }
     }
 
+    /// Whether `offset..end` covers a whole block (or the last one whole).
+    fn spans_a_block(&self, offset: u64, end: u64) -> bool {
+        let first = offset.div_ceil(self.block_size()) * self.block_size();
+        first < end && (first + self.block_size()).min(self.size) <= end
+    }
+
     /// How far ahead of the stream a read still belongs to it.
     fn reach(&self) -> u64 {
         self.window.max(self.cfg.kernel_readahead)
@@ -252,6 +262,10 @@ impl<S: ObjectStore> Prefetcher<S> {
         if self.held.is_empty() && self.random {
             match self.reader.existing(wanted.clone()) {
                 Some(blocks) => self.held.extend(blocks),
+                // As large as a block: the blocks, through the shared map.
+                None if self.spans_a_block(offset, end) => {
+                    self.held.extend(self.reader.acquire(wanted.clone(), true))
+                }
                 None => {
                     tracing::debug!(offset, len, "random read");
                     return self.read_scattered(offset, end).await;

@@ -288,3 +288,41 @@ async fn a_failed_fetch_fails_its_waiters_and_is_asked_again() {
     );
     drop(rb);
 }
+
+/// Two readers of one version through one page cache: the kernel reads
+/// each page once, for whichever reader's readahead gets there first, so
+/// at the front of the pack each handle sees block-sized reads with holes
+/// (the leader's stream skips the blocks its follower's handle read, and the
+/// follower's first read is far into the object). Every block is fetched
+/// once: the follower's reads, random to its handle, take their blocks
+/// through the shared map instead of GETs of their own.
+#[tokio::test]
+async fn a_class_reading_through_one_page_cache_fetches_each_block_once() {
+    let c = cfg();
+    let bs = c.block_size;
+    let f = fixture(&c);
+    let n = 64 * bs;
+    let data = bytes(n, 3);
+    let v = f.put("k", data.clone());
+    // A leader that reads ahead by one block only, so that the follower's
+    // reads find nothing in memory.
+    let narrow = PrefetchConfig {
+        initial_window: bs,
+        max_window: bs,
+        ..c.clone()
+    };
+    let (mut leader, mut follower) = (f.open(&v, &narrow), f.open(&v, &c));
+    // Up to block 40 the leader reads alone; from there the follower's
+    // readahead takes every other block, each just before the leader's.
+    for block in 0..n / bs {
+        let p = match block >= 40 && block % 2 == 0 {
+            true => &mut follower,
+            false => &mut leader,
+        };
+        let off = block * bs;
+        let got = p.read(off, bs).await.unwrap();
+        assert_eq!(&got[..], &data[off as usize..(off + bs) as usize]);
+    }
+    let per_block = f.store.fetches_per_unit("b", "k", n, bs);
+    assert!(per_block.iter().all(|&c| c == 1), "{per_block:?}");
+}
