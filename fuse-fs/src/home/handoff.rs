@@ -405,6 +405,44 @@ mod tests {
             .collect()
     }
 
+    /// Inodes whose descriptors were closed (the descriptor bound) travel
+    /// as their file handles, and the new server reaches them by those.
+    #[test]
+    fn inodes_with_closed_descriptors_travel_as_file_handles() {
+        let t = tempfile::tempdir().unwrap();
+        let old = fs_on(t.path());
+        old.usage().add_baseline(0, 0);
+        let d = old.mkdir(ROOT, OsStr::new("d"), 0o755, 0).unwrap();
+        let (f, fh) = old
+            .create(d.ino, OsStr::new("f"), 0o644, 0, libc::O_WRONLY)
+            .unwrap();
+        old.write(fh, 0, b"four").unwrap();
+        old.release(fh);
+        let handles = old.inodes.uses_handles();
+        // Root (as the server runs) has handles on a local filesystem.
+        assert_eq!(handles, nix::unistd::geteuid().is_root());
+        let closed = old.inodes.let_go_idle();
+        assert_eq!(closed, if handles { 2 } else { 0 });
+        let io = IoModes::<u32>::default();
+        let e = old.export(&io, |b| *b, (7, 41), true, None, 0);
+        let state = HomeState::decode(&e.state.encode()).unwrap();
+        let by_handle = state.nodes.iter().filter(|n| n.handle.is_some()).count();
+        assert_eq!(by_handle, closed, "{:?}", state.nodes);
+        assert!(state
+            .nodes
+            .iter()
+            .all(|n| n.handle.is_some() != n.fd.is_some()));
+        assert_eq!(e.fds().len(), 2 - closed, "only open descriptors travel");
+
+        let new = fs_on(t.path());
+        new.adopt(&state, &mut carry(&e)).unwrap();
+        // Reached by their handles: attributes, and the same numbers again.
+        assert_eq!(new.getattr(f.ino).unwrap().st_size, 4);
+        assert_eq!(new.lookup(d.ino, OsStr::new("f")).unwrap().ino, f.ino);
+        assert_eq!(new.lookup(ROOT, OsStr::new("d")).unwrap().ino, d.ino);
+        assert_eq!(new.usage().snapshot().bytes, 4);
+    }
+
     #[test]
     fn a_new_server_continues_with_the_inodes_handles_and_usage_of_the_old() {
         let t = tempfile::tempdir().unwrap();

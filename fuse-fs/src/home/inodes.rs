@@ -390,6 +390,23 @@ impl InodeTable {
         (self.pool.open.load(Ordering::Relaxed), self.pool.cap)
     }
 
+    /// Whether inodes keep file handles (their descriptors may close).
+    pub fn uses_handles(&self) -> bool {
+        self.pool.handles
+    }
+
+    /// Closes every descriptor that can open again and nothing but the
+    /// table holds, as if over the bound (for tests); how many it closed.
+    #[cfg(test)]
+    pub fn let_go_idle(&self) -> usize {
+        let t = self.table.read();
+        t.by_ino
+            .values()
+            .filter(|i| Arc::strong_count(i) == 1)
+            .filter(|i| i.let_go())
+            .count()
+    }
+
     /// Every inode the kernel holds but the root, and the numbers given
     /// from the own range (for a takeover; see `home::handoff`).
     pub fn export(&self) -> TableExport {
@@ -596,7 +613,14 @@ mod tests {
         let (fd, st) = open(t.path());
         let table = InodeTable::new(fd, &st, 128);
         if !table.pool.handles {
-            return; // no handles here (not root): every descriptor stays
+            // Not root (open_by_handle_at needs CAP_DAC_READ_SEARCH): no
+            // handles, so every descriptor stays open, whatever the bound.
+            assert!(!nix::unistd::geteuid().is_root(), "root has handles here");
+            let (afd, ast) = open(t.path());
+            let n = table.insert(afd, &ast);
+            assert!(!table.get(n).unwrap().let_go(), "no handle: it stays");
+            assert!(table.get(n).unwrap().open_fd().is_some());
+            return;
         }
         let cap = table.descriptors().1;
         let mut numbers = Vec::new();
