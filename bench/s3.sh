@@ -14,14 +14,19 @@
 # flight, with aws-sdk-s3 configured as hubfs configures it
 # (fuse-fs/benches/sdk_get.rs; a single-stream GET and curl's are printed
 # beside it); each filesystem's sequential read is printed as a fraction of
-# it. Then a class (hubfs and Mountpoint, $CLASS readers of the 1 GiB
+# it, and, taking turns with hubfs's read, the CPU-seconds per GiB of each
+# path (Garage + FUSE server + reader, Garage + SDK client): the fraction of
+# the ceiling a CPU-bound machine allows. Then a class (hubfs and Mountpoint, $CLASS readers of the 1 GiB
 # object, page cache dropped first): all starting together, and staggered
 # (reader i starts i x $STAGGER_S s / (readers / 8) after the first), with
 # the wall time, the bytes Garage read from its disks to serve them
 # (block_bytes_read) and its GetObject count. Then hubfs with its local-disk
 # data cache: the 1 GiB read by one reader, the page cache dropped, read
 # again by another, and read again after the server was killed (SIGKILL) and
-# started with the same flags. Then hubfs and Mountpoint mounted together,
+# started with the same flags. Then two readers drifting apart through a
+# mount with --max-memory $DRIFT_MEMORY_MIB MiB: the second starts when the
+# first is half way (page cache dropped then), with the bytes from S3 and
+# the server's peak RSS. Then hubfs and Mountpoint mounted together,
 # taking turns at the 1 GiB read (fairer on a loaded machine), with the CPU
 # seconds per GiB of each FUSE process. Prints hubfs/peer ratios.
 #
@@ -35,6 +40,7 @@
 #                      to use an already built binary instead of building;
 #                      PEERS="mountpoint s3fs rclone" to choose the peers;
 #                      CLASS="8 32" class sizes, STAGGER_S=2;
+#                      DRIFT_MEMORY_MIB=64 the drifting readers' --max-memory;
 #                      HUBFS_BASE_BIN=path and the peer "hubfs-base" measure
 #                      another hubfs build beside this one, e.g. the commit
 #                      before a change)
@@ -44,6 +50,7 @@ SIZE_MIB=${HUBFS_BENCH_SIZE_MIB:-1024}
 READS=${READS:-3}
 CLASS=${CLASS:-8 32}
 STAGGER_S=${STAGGER_S:-2}
+DRIFT_MEMORY_MIB=${DRIFT_MEMORY_MIB:-64}
 unset AWS_CA_BUNDLE # rclone refuses plain-HTTP endpoints with it set
 
 GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
@@ -92,8 +99,11 @@ garage_metric() { # awk pattern -> the sum of the matching samples
 requests() { garage_metric '/^api_s3_request_counter/'; }
 HUBFS_METRICS=127.0.0.1:$(port)
 hubfs_get_bytes() { # what the hubfs mount counts as GetObject bytes, beside Garage's figure
-    curl -s "http://$HUBFS_METRICS/metrics" | awk '/^hubfs_s3_bytes_total\{op="GetObject"\}/ {printf "%.0f\n", $NF}'
+    curl -s "http://$HUBFS_METRICS/metrics" | awk '/^hubfs_s3_bytes_total\{op="GetObject"\}/ {s += $NF} END {printf "%.0f\n", s}'
 }
+# Global page cache drops so far (any process's echo 3 >/proc/sys/vm/drop_caches):
+# another job on the machine dropping it mid-run makes later readers fetch again.
+drops() { awk '/^drop_pagecache/ {print $2}' /proc/vmstat; }
 gets() { garage_metric '/^api_s3_request_counter\{api_endpoint="GetObject"\}/'; }
 s3bytes() { garage_metric '/^block_bytes_read /'; } # bytes Garage read to serve GETs
 
@@ -144,6 +154,11 @@ mount_fs() { # name -> mountpoint, sets FSPID
             --endpoint-url "$EP" --region garage --force-path-style \
             --cache-dir "$W/cache" --cache-size 2G bench "$m" &
         FSPID=$! ;;
+    hubfs-drift)
+        AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK HUBFS_LOG=warn "$HUBFS" mount s3 --foreground \
+            --endpoint-url "$EP" --region garage --force-path-style --metrics-addr "$HUBFS_METRICS" \
+            --max-memory "${DRIFT_MEMORY_MIB}Mi" bench "$m" &
+        FSPID=$! ;;
     esac
     PIDS+=("$FSPID")
     for _ in $(seq 200); do mountpoint -q "$m" && ls "$m" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -171,7 +186,7 @@ class() {
     local m=$W/mnt-$1 n=$2 stagger=$3 i b0 g0 t0
     local pids=()
     sync; echo 3 >/proc/sys/vm/drop_caches
-    b0=$(s3bytes); g0=$(gets); t0=$(now); [ "$1" = hubfs ] && h0=$(hubfs_get_bytes)
+    b0=$(s3bytes); g0=$(gets); t0=$(now); d0=$(drops); [ "$1" = hubfs ] && h0=$(hubfs_get_bytes)
     for i in $(seq "$n"); do
         (sleep "$(echo "($i - 1) * $stagger" | bc -l)"; cat "$m/big.bin" | wc -c >"$W/class.$i") &
         pids+=($!)
@@ -179,6 +194,7 @@ class() {
     wait "${pids[@]}"
     CLASS_T=$(echo "$(now) - $t0" | bc -l); CLASS_B=$(( $(s3bytes) - b0 )); CLASS_G=$(( $(gets) - g0 ))
     CLASS_H=""; [ "$1" = hubfs ] && CLASS_H=" (hubfs counted $(echo "($(hubfs_get_bytes) - $h0) / 1073741824" | bc -l | cut -c1-4) GiB)"
+    [ "$(drops)" = "$d0" ] || CLASS_H+=" [the page cache was dropped $(( $(drops) - d0 )) times by another process meanwhile]"
     for i in $(seq "$n"); do
         [ "$(cat "$W/class.$i")" -eq $((SIZE_MIB << 20)) ] || echo "  ERROR: $1 reader $i read $(cat "$W/class.$i") bytes"
     done
@@ -263,7 +279,29 @@ printf '  first reader %.0f MiB/s (%d requests); another reader, page cache drop
 umount "$m" 2>/dev/null || umount -l "$m"
 kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
 
-for TP in mountpoint hubfs-base; do
+echo "== readers drifting apart (hubfs --max-memory ${DRIFT_MEMORY_MIB} MiB): the second starts when the first is half way, the page cache dropped then"
+mount_fs hubfs-drift; m=$W/mnt-hubfs-drift
+buffers() { # the mount's read buffers now (bytes held against --max-memory)
+    curl -s "http://$HUBFS_METRICS/metrics" | awk '/^hubfs_s3_prefetch_memory_bytes / {printf "%.0f\n", $NF}'
+}
+sync; echo 3 >/proc/sys/vm/drop_caches
+b0=$(s3bytes); h0=$(hubfs_get_bytes)
+dd if="$m/big.bin" of=/dev/null bs=1M status=none & A=$!
+while [ "$(awk '/^rchar/ {print $2}' "/proc/$A/io" 2>/dev/null || echo $((SIZE_MIB << 20)))" -lt $((SIZE_MIB << 19)) ]; do sleep 0.02; done
+sync; echo 3 >/proc/sys/vm/drop_caches
+dd if="$m/big.bin" of=/dev/null bs=1M status=none & B=$!
+peak=0
+while kill -0 "$A" 2>/dev/null || kill -0 "$B" 2>/dev/null; do
+    b=$(buffers); [ "${b:-0}" -gt "$peak" ] && peak=$b; sleep 0.05
+done
+wait "$A" "$B"
+printf '  %.2f GiB from S3 for two readers of %d MiB (hubfs counted %.2f GiB); read buffers at most %d MiB (sampled every 50 ms), peak RSS %d MiB\n' \
+    "$(echo "($(s3bytes) - $b0) / 1073741824" | bc -l)" "$SIZE_MIB" "$(echo "($(hubfs_get_bytes) - $h0) / 1073741824" | bc -l)" \
+    "$((peak >> 20))" "$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$FSPID/status")"
+umount "$m" 2>/dev/null || umount -l "$m"
+kill "$FSPID" 2>/dev/null || true; wait "$FSPID" 2>/dev/null || true
+
+for TP in mountpoint hubfs-base s3fs; do
 if [[ " $PEERS " == *" $TP "* ]]; then
     # Reads of one filesystem after another drift with the machine's load
     # (two shared cores): here both are mounted and take turns, round by round.
@@ -311,6 +349,47 @@ echo "== sequential read as a fraction of the ceiling (${CEIL%.*} MiB/s)"
 for fs in hubfs $PEERS; do
     printf '  %s %.2fx\n' "$fs" "$(echo "${READ[$fs]} / $CEIL" | bc -l)"
 done
+
+# Where the CPU goes: on a machine whose cores are all busy (Garage serving,
+# the reader, the FUSE server, anyone else), the read that needs fewer
+# CPU-seconds per GiB end to end goes faster. hubfs's read and the ceiling's
+# GETs take turns; each one's CPU is counted for Garage, the FUSE server and
+# the reader (dd), or the SDK client. The ratio of the two totals is the
+# fraction of the ceiling a CPU-bound machine allows the FUSE path.
+echo "== CPU per GiB, hubfs's read and the ceiling's GETs taking turns ($READS rounds)"
+SDK_BIN=$(ls -t target/release/deps/sdk_get-* | grep -v '\.d$' | head -1)
+GPID=${PIDS[0]}
+mount_fs hubfs; HPID=$FSPID
+TIMEFORMAT='%U %S'
+declare -A FLOOR=()
+for _ in $(seq "$READS"); do
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    g0=$(cpu "$GPID"); h0=$(cpu "$HPID"); t0=$(now)
+    d=$({ time dd if="$W/mnt-hubfs/big.bin" of=/dev/null bs=1M status=none; } 2>&1 | awk '{print $1 + $2}')
+    t1=$(now); g1=$(cpu "$GPID"); h1=$(cpu "$HPID")
+    FLOOR[hread]+="$(echo "$SIZE_MIB / ($t1 - $t0)" | bc -l) "
+    FLOOR[hgarage]+="$(echo "($g1 - $g0) / $TICK * 1024 / $SIZE_MIB" | bc -l) "
+    FLOOR[hfuse]+="$(echo "($h1 - $h0) / $TICK * 1024 / $SIZE_MIB" | bc -l) "
+    FLOOR[hdd]+="$(echo "$d * 1024 / $SIZE_MIB" | bc -l) "
+    g0=$(cpu "$GPID")
+    out=$({ time AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK "$SDK_BIN" --endpoint-url "$EP" --runs 1 \
+        --parallel 8 --part-size $((8 << 20)) bench big.bin; } 2>&1)
+    g1=$(cpu "$GPID")
+    FLOOR[cread]+="$(echo "$out" | head -1) "
+    FLOOR[cgarage]+="$(echo "($g1 - $g0) / $TICK * 1024 / $SIZE_MIB" | bc -l) "
+    FLOOR[csdk]+="$(echo "$out" | tail -1 | awk -v s="$SIZE_MIB" '{print ($1 + $2) * 1024 / s}') "
+done
+umount "$W/mnt-hubfs" 2>/dev/null || umount -l "$W/mnt-hubfs"
+kill "$HPID" 2>/dev/null || true; wait "$HPID" 2>/dev/null || true
+for k in hread hgarage hfuse hdd cread cgarage csdk; do FLOOR[$k]=$(echo "${FLOOR[$k]}" | median); done
+HCPU=$(echo "${FLOOR[hgarage]} + ${FLOOR[hfuse]} + ${FLOOR[hdd]}" | bc -l)
+CCPU=$(echo "${FLOOR[cgarage]} + ${FLOOR[csdk]}" | bc -l)
+printf '  hubfs read %.0f MiB/s: Garage %.2f + hubfs %.2f + dd %.2f = %.2f CPU-s/GiB\n' \
+    "${FLOOR[hread]}" "${FLOOR[hgarage]}" "${FLOOR[hfuse]}" "${FLOOR[hdd]}" "$HCPU"
+printf '  ceiling  %.0f MiB/s: Garage %.2f + SDK client %.2f = %.2f CPU-s/GiB\n' \
+    "${FLOOR[cread]}" "${FLOOR[cgarage]}" "${FLOOR[csdk]}" "$CCPU"
+printf '  hubfs / ceiling: %.2fx measured; %.2fx the CPU allows when the cores are the limit\n' \
+    "$(echo "${FLOOR[hread]} / ${FLOOR[cread]}" | bc -l)" "$(echo "$CCPU / $HCPU" | bc -l)"
 
 min() { echo "if ($1 < $2) $1 else $2" | bc -l; }
 max() { echo "if ($1 > $2) $1 else $2" | bc -l; }
