@@ -1,7 +1,8 @@
 //! A hostile notebook user against a home's hard limit: every technique of
 //! `home_hostile/techniques.py` (a writer joining a passthrough reader, an
 //! appender, growth through a shared mapping, splice, ftruncate with a
-//! mapping, fallocate, copy_file_range, O_DIRECT, parallel writers), each
+//! mapping, fallocate, copy_file_range, O_DIRECT, parallel writers, user
+//! extended attributes), each
 //! run as uid 1000 on a fresh real kernel mount with a 32 MiB quota while
 //! trying to store three times that. What lands on the share must stay
 //! within the quota, the counters must equal a fresh walk, the attempt must
@@ -10,7 +11,7 @@
 use std::path::Path;
 
 use hubfs_e2e::home::{as_user, mount_home, mount_home_on_tmpfs, text, usage_xattr, Mounted};
-use hubfs_fuse::home::Limits;
+use hubfs_fuse::home::{HomeOptions, Limits};
 use hubfs_walker::Walker;
 
 const QUOTA: u64 = 32 << 20;
@@ -141,38 +142,74 @@ print(sum(len(n) + len(os.getxattr(f, n, follow_symlinks=False)) for f in files 
     String::from_utf8(o.stdout).unwrap().trim().parse().unwrap()
 }
 
-/// Extended attributes hold data the quota's walk does not see, so one
-/// inode takes at most 4 KiB of them (ENOSPC past it, as ext4), and the
-/// inode quota bounds the inodes: data hidden in attributes stays within
-/// 4 KiB per inode of the quota.
+/// User extended attributes are data too: they count against the quota
+/// (on tmpfs, which takes megabytes of them per inode; ext4 stops at 4 KiB
+/// by itself), so storing three quotas in them stops at the quota, and one
+/// inode still carries at most 4 KiB of them.
 #[test]
-fn user_xattrs_are_bounded_per_inode() {
-    const INODES: u64 = 200;
-    // On tmpfs, which takes megabytes of attributes per inode (ext4 stops
-    // at 4 KiB by itself).
-    let m = mount_home_on_tmpfs(Limits {
-        bytes: Some(QUOTA),
-        inodes: Some(INODES),
-        ..Limits::default()
-    });
+fn user_xattrs_count_against_the_quota() {
+    let m = mount_home_on_tmpfs(limited());
     let (m, line) = attempt_on("xattrs", m);
-    assert!(
-        line.ends_with("EDQUOT -1"),
-        "stopped by the inode quota: {line}"
-    );
+    assert_held(&m, &line);
     let dir = m.src().join("xattrs");
     let held = xattr_bytes(&dir);
-    let files = std::fs::read_dir(&dir).unwrap().count() as u64;
-    assert!(held <= files * 4096, "{held} bytes in {files} files");
-    assert!(held <= INODES * 4096, "{held}");
-    // One file alone took about 4 KiB, not three quotas.
+    assert!(
+        (QUOTA * 9 / 10..=QUOTA).contains(&held),
+        "{held} bytes of attributes with a {QUOTA}-byte quota: {line}"
+    );
     let one = xattr_bytes(&dir.join("x"));
     assert!((3000..=4096).contains(&one), "{one}");
-    assert_held_inodes(&m);
+    // The next mount's walk finds them again: the same figure.
+    let before = m.usage();
+    let mut m = m;
+    m.mount.take().unwrap().unmount().unwrap();
+    let mut opts = HomeOptions::new(m.src().to_path_buf(), m.mnt().to_path_buf(), "alice");
+    opts.limits = limited();
+    let mut again = hubfs_fuse::home::mount(&opts, None).unwrap();
+    again.wait_baseline();
+    let s = again.usage().snapshot();
+    again.unmount().unwrap();
+    assert_eq!((s.bytes, s.inodes), before, "remounted");
 }
 
-/// The counters equal a fresh walk (bytes and inodes).
-fn assert_held_inodes(m: &Mounted) {
-    let walk = Walker::default().walk(m.src()).unwrap();
-    assert_eq!(m.usage(), (walk.usage_bytes() as i64, walk.inodes() as i64));
+/// Every way an attribute's bytes come and go keeps the counters equal to
+/// a fresh walk: set, replace with a longer and a shorter value, remove,
+/// and the inode going with it (unlink, rmdir, a rename over it, a file
+/// unlinked while open and closed later).
+#[test]
+fn user_xattr_charges_follow_every_change() {
+    let m = mount_home_on_tmpfs(limited());
+    let steps = [
+        "os.mkdir(h + '/d'); os.setxattr(h + '/d', 'user.dir', b'x' * 300)",
+        "open(h + '/f', 'w').close(); os.setxattr(h + '/f', 'user.a', b'x' * 1000)",
+        "os.setxattr(h + '/f', 'user.a', b'x' * 2000)",
+        "os.setxattr(h + '/f', 'user.a', b'x' * 10)",
+        "os.setxattr(h + '/f', 'user.b', b'x' * 500); os.removexattr(h + '/f', 'user.a')",
+        "os.link(h + '/f', h + '/f2'); os.unlink(h + '/f')",
+        "os.unlink(h + '/f2')",
+        "os.rmdir(h + '/d')",
+        "open(h + '/g', 'w').close(); os.setxattr(h + '/g', 'user.g', b'x' * 700); \
+         open(h + '/t', 'w').close(); os.setxattr(h + '/t', 'user.t', b'x' * 900); \
+         os.rename(h + '/g', h + '/t')",
+        "k = open(h + '/t'); os.unlink(h + '/t'); k.close()",
+    ];
+    let mut charged = Vec::new();
+    for step in steps {
+        let o = as_user(&format!(
+            "/usr/bin/python3 -c \"import os; h = '{}'; {step}\"",
+            m.mnt().display()
+        ));
+        assert!(o.status.success(), "{step}: {}", text(&o));
+        let walk = Walker::default().walk(m.src()).unwrap();
+        assert_eq!(
+            m.usage(),
+            (walk.usage_bytes() as i64, walk.inodes() as i64),
+            "after {step}"
+        );
+        charged.push(walk.xattr_bytes);
+    }
+    // The walk saw them (so the steps tested something): 300 + 8, 1000 + 6,
+    // then 2000, then 10 in place of the value before.
+    assert_eq!(&charged[..4], [308, 308 + 1006, 308 + 2006, 308 + 16]);
+    assert_eq!(*charged.last().unwrap(), 0);
 }

@@ -46,6 +46,10 @@ pub struct DuArgs {
     /// Also count files on other filesystems mounted below PATH.
     #[arg(long)]
     pub cross_mounts: bool,
+    /// Leave user extended attributes out (they count by default, as the
+    /// quota charges them).
+    #[arg(long)]
+    pub no_xattrs: bool,
     /// Measure each entry directly inside PATH on its own (one line each,
     /// with its kind: what "What uses my space?" lists), not PATH as a whole.
     #[arg(long)]
@@ -70,6 +74,7 @@ pub fn run(args: DuArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         stats_per_second: args.stats_per_second,
         one_file_system: !args.cross_mounts,
+        xattrs: !args.no_xattrs,
     });
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let mut failed = false;

@@ -76,7 +76,7 @@ impl HomeFs {
                 if let Ok(st) = sys::stat_fd(file.as_fd()) {
                     if st.st_nlink == 0 && sys::is_reg(&st) {
                         g.orphan = true;
-                        let (b, i) = super::ledger::charge_of(&st);
+                        let (b, i) = self.charge_with(&st, || self.xattr_charge_fd(file.as_fd()));
                         self.usage.apply(b, i);
                     }
                 }
@@ -291,7 +291,7 @@ impl HomeFs {
         if g.open == 0 && g.orphan {
             g.orphan = false;
             if let Ok(st) = sys::stat_fd(h.file.as_fd()) {
-                let (b, i) = super::ledger::charge_of(&st);
+                let (b, i) = self.charge_with(&st, || self.xattr_charge_fd(h.file.as_fd()));
                 self.usage.apply(-b, -i);
             }
         }

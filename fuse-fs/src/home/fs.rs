@@ -20,8 +20,9 @@
 //! once, every file, directory and symlink is one inode.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +37,7 @@ use super::error::HomeError;
 use super::files::Handle;
 use super::identity;
 use super::inodes::{self, Inode, InodeTable};
-use super::ledger::{charge_of, Ledger};
+use super::ledger::{charge_of, Charge, Ledger};
 use super::requests::RequestCounts;
 use super::syscalls::{self as sys, FsFigures, Stat};
 use super::usage::UsageCounters;
@@ -111,6 +112,9 @@ pub struct HomeFs {
     pub(super) names: super::names::NameLocks,
     /// Tells the kernel an inode's attributes changed under it (its number).
     attr_changed: std::sync::OnceLock<AttrChanged>,
+    /// The backing filesystem keeps extended attributes (EFS does not): the
+    /// user ones are charged as bytes (see `xattr`).
+    xattrs: bool,
 }
 
 /// Tells the kernel the attributes of an inode (by number) changed.
@@ -129,6 +133,10 @@ impl HomeFs {
         let open_files = raise_open_files_limit();
         let fd = sys::open_dir(root)?;
         let st = sys::stat_fd(std::os::fd::AsFd::as_fd(&fd))?;
+        let xattrs = !matches!(
+            rustix::fs::listxattr_query(sys::proc_path(std::os::fd::AsFd::as_fd(&fd)).as_c_str()),
+            Err(rustix::io::Errno::OPNOTSUPP)
+        );
         Ok(HomeFs {
             inodes: InodeTable::new(fd, &st, open_files),
             files: RwLock::new(HashMap::new()),
@@ -145,6 +153,7 @@ impl HomeFs {
             perm_gen: AtomicU64::new(0),
             names: Default::default(),
             attr_changed: std::sync::OnceLock::new(),
+            xattrs,
         })
     }
 
@@ -247,10 +256,64 @@ impl HomeFs {
         RwLockReadGuard::try_map(self.walk.read_recursive(), |w| w.as_deref()).ok()
     }
 
-    /// `st` is about to change or go away (see [`Ledger::freeze`]).
-    pub(super) fn freeze(&self, st: &Stat) {
+    /// `st` is about to change or go away (see [`Ledger::freeze`]);
+    /// `xattrs` reads what its user extended attributes hold (asked only
+    /// while the walk runs).
+    pub(super) fn freeze(&self, st: &Stat, xattrs: impl FnOnce() -> i64) {
         if let Some(l) = self.ledger() {
-            l.freeze(inodes::key_of(st), charge_of(st));
+            l.freeze(inodes::key_of(st), self.charge_with(st, xattrs));
+        }
+    }
+
+    /// What the inode `st` is charged: its size and itself ([`charge_of`])
+    /// and, for a regular file or directory (the only inodes the kernel
+    /// lets carry user extended attributes), what `xattrs` reads they hold.
+    pub(super) fn charge_with(&self, st: &Stat, xattrs: impl FnOnce() -> i64) -> Charge {
+        let (b, i) = charge_of(st);
+        match sys::is_reg(st) || sys::is_dir(st) {
+            true => (b + xattrs(), i),
+            false => (b, i),
+        }
+    }
+
+    /// Bytes of the names and values of the user extended attributes of
+    /// the inode at `path` (`follow`: a `/proc/self/fd` link), as the walk
+    /// counts them; 0 on a backing filesystem without them. The list needs
+    /// no permission on the inode, so the values are read with the
+    /// server's credentials only when there is one.
+    pub(super) fn xattr_charge(&self, path: &CStr, follow: bool) -> i64 {
+        if !self.xattrs {
+            return 0;
+        }
+        let listed = match follow {
+            true => rustix::fs::listxattr_query(path),
+            false => rustix::fs::llistxattr_query(path),
+        };
+        if !matches!(listed, Ok(n) if n > 0) {
+            return 0;
+        }
+        identity::as_server(|| hubfs_walker::user_xattr_bytes(path, follow)).unwrap_or(0) as i64
+    }
+
+    /// Whether the backing filesystem keeps extended attributes.
+    pub(super) fn keeps_xattrs(&self) -> bool {
+        self.xattrs
+    }
+
+    /// [`Self::xattr_charge`] of the inode behind `fd`.
+    pub(super) fn xattr_charge_fd(&self, fd: BorrowedFd<'_>) -> i64 {
+        self.xattr_charge(&sys::proc_path(fd), true)
+    }
+
+    /// [`Self::xattr_charge`] of the inode named `name` in the directory
+    /// behind `dir`.
+    pub(super) fn xattr_charge_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> i64 {
+        let mut p = sys::proc_path(dir).into_bytes();
+        p.push(b'/');
+        p.extend_from_slice(name.to_bytes());
+        match CString::new(p) {
+            Ok(p) => self.xattr_charge(&p, false),
+            Err(_) => 0,
         }
     }
 
@@ -414,11 +477,12 @@ impl HomeFs {
             // Its last name went while a file of it was opening: charged
             // again until its last close (see `names`).
             g.orphan = true;
-            let (b, i) = charge_of(&st);
+            let fd = std::os::fd::AsFd::as_fd(file);
+            let (b, i) = self.charge_with(&st, || self.xattr_charge_fd(fd));
             self.usage.apply(b, i);
         }
         g.seen(&self.usage, before as i64);
-        self.freeze(&st);
+        self.freeze(&st, || self.xattr_charge_fd(std::os::fd::AsFd::as_fd(file)));
         let want = grow(before);
         let r = match self.usage.reserve(want, 0) {
             Ok(r) => r,

@@ -27,7 +27,6 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::fs::{HomeFs, Result};
 use super::inodes::{self, Inode, Key};
-use super::ledger::charge_of;
 use super::syscalls::{self as sys, Stat};
 
 const STRIPES: usize = 64;
@@ -84,11 +83,14 @@ impl HomeFs {
         let p = self.inode(parent)?;
         let n = sys::name(name)?;
         let _names = self.names.names(&[(parent, &n)]);
+        let pfd = p.fd()?;
+        // What its extended attributes hold leaves with it.
+        let xattrs = self.xattr_charge_at(pfd.as_fd(), &n);
         if self.walk_running() {
-            self.freeze(&sys::stat_at(p.fd()?.as_fd(), &n)?);
+            self.freeze(&sys::stat_at(pfd.as_fd(), &n)?, || xattrs);
         }
-        sys::unlink_at(p.fd()?.as_fd(), &n, true)?;
-        self.usage.apply(0, -1);
+        sys::unlink_at(pfd.as_fd(), &n, true)?;
+        self.usage.apply(-xattrs, -1);
         Ok(())
     }
 
@@ -110,8 +112,14 @@ impl HomeFs {
         if let Some(l) = self.ledger() {
             // A name moving between parts of the tree the walk has and has
             // not reached yet could be counted twice or not at all.
-            for st in std::iter::once(&src).chain(other.as_ref()) {
-                l.freeze(inodes::key_of(st), charge_of(st));
+            let (pfd, npfd) = (p.fd()?, np.fd()?);
+            let mut at = vec![(&src, pfd.as_fd(), n.as_c_str())];
+            if let Some(t) = other.as_ref() {
+                at.push((t, npfd.as_fd(), nn.as_c_str()));
+            }
+            for (st, dir, name) in at {
+                let charge = self.charge_with(st, || self.xattr_charge_at(dir, name));
+                l.freeze(inodes::key_of(st), charge);
                 if sys::is_dir(st) {
                     l.disturb();
                 }
@@ -136,8 +144,9 @@ impl HomeFs {
         match other {
             Some(t) if !exchange && inodes::key_of(&t) != inodes::key_of(&src) => {
                 if sys::is_dir(&t) {
+                    let xattrs = self.xattr_charge_at(np.fd()?.as_fd(), &nn);
                     rename()?;
-                    self.usage.apply(0, -1);
+                    self.usage.apply(-xattrs, -1);
                 } else {
                     self.drop_name(&np, &nn, &t, rename)?;
                 }
@@ -186,13 +195,18 @@ impl HomeFs {
             // Not known, or its descriptor cannot open again (gone).
             None => sys::stat_at(dir.fd()?.as_fd(), name)?,
         };
-        self.freeze(&now);
+        // What its extended attributes hold, read while it has this name.
+        let xattrs = match known.as_ref().and_then(|i| i.fd().ok()) {
+            Some(fd) => self.xattr_charge_fd(fd.as_fd()),
+            None => self.xattr_charge_at(dir.fd()?.as_fd(), name),
+        };
+        self.freeze(&now, || xattrs);
         let out = op()?;
         if now.st_nlink <= 1 {
             match sizes.as_mut() {
                 Some(s) if s.open > 0 => s.orphan = true,
                 _ => {
-                    let (b, i) = charge_of(&now);
+                    let (b, i) = self.charge_with(&now, || xattrs);
                     self.usage.apply(-b, -i);
                 }
             }

@@ -5,12 +5,15 @@
 //! ([`XATTR_MODE`]). POSIX ACLs are extended attributes too
 //! (`system.posix_acl_*`), which the backing filesystem applies.
 //!
-//! Extended attributes hold data the quota does not count (the walk that
-//! gives the home its figure reads sizes, not attributes), so what one
-//! inode may carry is bounded: [`XATTR_PER_INODE`] bytes of names and
-//! values, ext4's own limit for a 4 KiB block; past it a set fails with
-//! ENOSPC, as ext4's does. A home's attributes thus hold at most that much
-//! per inode (and the inode quota bounds the inodes).
+//! A user can store data in extended attributes, so the quota counts the
+//! user ones (`user.*`) as bytes: their names and values, charged when set
+//! (EDQUOT past the hard limit, as a write), given back when removed or
+//! when their inode goes, and counted by the walk that gives a home its
+//! figure (`hubfs_walker::user_xattr_bytes`). On a backing filesystem
+//! without extended attributes (EFS) there is nothing to count. What one
+//! inode may carry is also bounded: [`XATTR_PER_INODE`] bytes of names and
+//! values of every namespace, ext4's own limit for a 4 KiB block; past it
+//! a set fails with ENOSPC, as ext4's does.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -70,7 +73,31 @@ impl HomeFs {
         // Set as the caller: the backing filesystem updates the mode an
         // access ACL implies, and drops the set-group-ID bit of an owner
         // outside the file's group, as natively.
-        sys::set_xattr(i.fd()?.as_fd(), &n, value, flags)
+        let fd = i.fd()?;
+        let set = || sys::set_xattr(fd.as_fd(), &n, value, flags);
+        if !charged(name) {
+            return set();
+        }
+        // Charged: what it holds over the value it replaces.
+        let old = self.user_xattr(fd.as_fd(), &n)?;
+        self.freeze(&sys::stat_fd(fd.as_fd())?, || {
+            self.xattr_charge_fd(fd.as_fd())
+        });
+        let delta = (name.len() + value.len()) as i64 - old;
+        if delta <= 0 {
+            set()?;
+            self.usage.apply(delta, 0);
+            return Ok(());
+        }
+        let r = self.usage.reserve(delta as u64, 0)?;
+        match set() {
+            Ok(()) => self.usage.settle(r, delta, 0),
+            Err(e) => {
+                self.usage.release(r);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
@@ -79,8 +106,42 @@ impl HomeFs {
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
         let i = self.inode(ino)?;
-        sys::remove_xattr(i.fd()?.as_fd(), &sys::cstring(name.as_bytes())?)
+        let n = sys::cstring(name.as_bytes())?;
+        let fd = i.fd()?;
+        if !charged(name) {
+            return sys::remove_xattr(fd.as_fd(), &n);
+        }
+        let _g = i.size_lock.lock();
+        let old = self.user_xattr(fd.as_fd(), &n)?;
+        self.freeze(&sys::stat_fd(fd.as_fd())?, || {
+            self.xattr_charge_fd(fd.as_fd())
+        });
+        sys::remove_xattr(fd.as_fd(), &n)?;
+        self.usage.apply(-old, 0);
+        Ok(())
     }
+
+    /// What the user attribute `name` of the inode behind `fd` is charged
+    /// (its name and value; 0 if it has none), read as the server.
+    fn user_xattr(&self, fd: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<i64> {
+        if !self.keeps_xattrs() {
+            return Ok(0);
+        }
+        let len = super::identity::as_server(|| {
+            rustix::fs::getxattr_query(sys::proc_path(fd).as_c_str(), name)
+        })?;
+        Ok(match len {
+            Ok(v) => (name.to_bytes().len() + v) as i64,
+            Err(_) => 0,
+        })
+    }
+}
+
+/// Whether the attribute `name` is charged against the quota: the user
+/// namespace, where anyone may store anything (the others hold ACLs,
+/// capabilities and labels the kernel bounds).
+fn charged(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b"user.")
 }
 
 /// Bytes of the names and values of the extended attributes of the inode

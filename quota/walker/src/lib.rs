@@ -1,6 +1,6 @@
 //! The usage walker: how much a home holds, measured by walking it.
 //!
-//! A leaf crate on purpose: it depends on std and nix only, so the FUSE crate
+//! A leaf crate on purpose: it depends on std, nix and rustix only, so the FUSE crate
 //! (`hubfs-fuse`), the quota controller (`hubfs-quota`) and the driver can all
 //! use it without the FUSE crate pulling in the controller's dependencies
 //! (kube, reqwest). It must never depend on another hubfs crate.
@@ -15,6 +15,11 @@
 //! * apparent sizes of every inode (directories included), allocated blocks
 //!   kept beside them; hard-linked files count once; symlinks are never
 //!   followed (their own size counts); other filesystems are not entered;
+//! * user extended attributes (`user.*` names and values) of every counted
+//!   inode are counted beside the sizes ([`WalkStats::xattr_bytes`]): a user
+//!   can store data in them, so the quota charges them (one `llistxattr`
+//!   per file or directory; none at all on a filesystem without them, such
+//!   as EFS, found out once at the root);
 //! * an entry that vanishes or cannot be read mid-walk is counted in
 //!   [`WalkErrors`], never fatal — a home is written to while it is walked;
 //! * a deadline turns the result into a partial one marked `timed_out` (the
@@ -56,6 +61,9 @@ pub struct WalkOptions {
     /// Do not descend into other filesystems (like `du -x`). On by default:
     /// a home must not be charged for whatever is mounted inside it.
     pub one_file_system: bool,
+    /// Count user extended attributes ([`WalkStats::xattr_bytes`]). On by
+    /// default: the quota charges them.
+    pub xattrs: bool,
 }
 
 impl Default for WalkOptions {
@@ -65,6 +73,7 @@ impl Default for WalkOptions {
             timeout: None,
             stats_per_second: None,
             one_file_system: true,
+            xattrs: true,
         }
     }
 }
@@ -111,6 +120,10 @@ pub struct WalkStats {
     pub dir_bytes: u64,
     /// Allocated space (`st_blocks * 512`), as `du -s --block-size=1`.
     pub allocated_bytes: u64,
+    /// Names and values of the user extended attributes (`user.*`) of every
+    /// inode counted (regular files and directories: the only ones the
+    /// kernel lets carry them).
+    pub xattr_bytes: u64,
     /// Non-directory inodes (regular files, symlinks, fifos...), once each.
     pub files: u64,
     /// Directories, the root included.
@@ -131,9 +144,9 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 impl WalkStats {
     /// Bytes charged against the quota: apparent sizes of everything but
-    /// directories.
+    /// directories, and user extended attributes.
     pub fn usage_bytes(&self) -> u64 {
-        self.bytes - self.dir_bytes
+        self.bytes - self.dir_bytes + self.xattr_bytes
     }
 
     /// Inodes charged against the quota: files and directories.
@@ -147,6 +160,7 @@ impl WalkStats {
         self.bytes += o.bytes;
         self.dir_bytes += o.dir_bytes;
         self.allocated_bytes += o.allocated_bytes;
+        self.xattr_bytes += o.xattr_bytes;
         self.files += o.files;
         self.dirs += o.dirs;
         self.extra_links += o.extra_links;
@@ -221,9 +235,15 @@ impl Walker {
         })?;
         let mut total = WalkStats::default();
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let xattrs = self.opts.xattrs && xattrs_supported(root);
         if gate.is_none_or(|g| g.admit(&st)) {
             let size = st.st_size.max(0) as u64;
             total.bytes = size;
+            if xattrs && may_carry_xattrs(&st) {
+                if let Ok(p) = std::ffi::CString::new(root.as_os_str().as_bytes()) {
+                    total.xattr_bytes = user_xattr_bytes(&p, false);
+                }
+            }
             total.allocated_bytes = st.st_blocks.max(0) as u64 * 512;
             if is_dir {
                 total.dirs = 1;
@@ -248,6 +268,7 @@ impl Walker {
             threads: self.opts.threads.max(1),
             seen: Mutex::new(HashSet::new()),
             root_dev: st.st_dev,
+            xattrs,
             opts: &self.opts,
             deadline: self.opts.timeout.map(|t| started + t),
             limiter: self.opts.stats_per_second.map(|r| Limiter::new(r, started)),
@@ -291,6 +312,8 @@ struct Shared<'a> {
     /// (dev, ino) of multiply-linked files already counted.
     seen: Mutex<HashSet<(u64, u64)>>,
     root_dev: u64,
+    /// Count user extended attributes (asked for, and the root has them).
+    xattrs: bool,
     opts: &'a WalkOptions,
     deadline: Option<Instant>,
     limiter: Option<Limiter>,
@@ -455,6 +478,14 @@ impl Shared<'_> {
                 }
                 acc.files += 1;
             }
+            if self.xattrs && may_carry_xattrs(&st) {
+                let mut p = path.as_os_str().as_bytes().to_vec();
+                p.push(b'/');
+                p.extend_from_slice(nb);
+                if let Ok(p) = std::ffi::CString::new(p) {
+                    acc.xattr_bytes += user_xattr_bytes(&p, false);
+                }
+            }
             acc.bytes += size;
             acc.allocated_bytes += st.st_blocks.max(0) as u64 * 512;
             bytes += size;
@@ -463,6 +494,64 @@ impl Shared<'_> {
         self.progress.entries.fetch_add(entries, Ordering::Relaxed);
         self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
+}
+
+/// Whether the filesystem of `root` keeps extended attributes at all (EFS
+/// and NFS before 4.2 answer EOPNOTSUPP: nothing to count there, and no
+/// call per inode).
+fn xattrs_supported(root: &Path) -> bool {
+    !matches!(
+        rustix::fs::llistxattr_query(root),
+        Err(rustix::io::Errno::OPNOTSUPP)
+    )
+}
+
+/// Only regular files and directories may carry user extended attributes
+/// (the kernel refuses them elsewhere).
+fn may_carry_xattrs(st: &libc::stat) -> bool {
+    matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+}
+
+/// Bytes of the names and values of the `user.*` extended attributes of
+/// `path` (following a final symlink if `follow`: a `/proc/self/fd/N`
+/// link reaches the inode of descriptor N); 0 if they cannot be read
+/// (the entry went meanwhile). The figure the quota charges for them.
+pub fn user_xattr_bytes(path: &CStr, follow: bool) -> u64 {
+    let list = |buf: &mut [u8]| match follow {
+        true => rustix::fs::listxattr(path, buf),
+        false => rustix::fs::llistxattr(path, buf),
+    };
+    let query = || match follow {
+        true => rustix::fs::listxattr_query(path),
+        false => rustix::fs::llistxattr_query(path),
+    };
+    // The list's size first: nothing to read for most inodes (one call).
+    let size = match query() {
+        Ok(0) | Err(_) => return 0,
+        Ok(n) => n,
+    };
+    let mut names = vec![0u8; size];
+    let n = match list(&mut names[..]) {
+        Ok(n) => n,
+        Err(_) => return 0,
+    };
+    let mut total = 0;
+    for name in names[..n].split(|&b| b == 0) {
+        if !name.starts_with(b"user.") {
+            continue;
+        }
+        let Ok(c) = std::ffi::CString::new(name) else {
+            continue;
+        };
+        let len = match follow {
+            true => rustix::fs::getxattr_query(path, c.as_c_str()),
+            false => rustix::fs::lgetxattr_query(path, c.as_c_str()),
+        };
+        if let Ok(len) = len {
+            total += (name.len() + len) as u64;
+        }
+    }
+    total
 }
 
 /// Spaces `stat` calls evenly: call n may start no earlier than start + n/rate.
@@ -506,6 +595,42 @@ mod tests {
         fs::write(r.join("a/b/two"), vec![2u8; 2000]).unwrap();
         fs::write(r.join("a/b/c/three"), vec![3u8; 3000]).unwrap();
         t
+    }
+
+    #[test]
+    fn counts_user_xattrs_of_files_and_directories_once() {
+        let t = tree();
+        let r = t.path();
+        let set = |p: &Path, name: &str, len: usize| {
+            rustix::fs::setxattr(
+                p,
+                name,
+                &vec![7u8; len][..],
+                rustix::fs::XattrFlags::empty(),
+            )
+        };
+        if let Err(e) = set(&r.join("a/one"), "user.a", 100) {
+            // tmpfs before 6.6 and some overlays keep none: nothing to count.
+            assert_eq!(e, rustix::io::Errno::OPNOTSUPP, "setxattr: {e}");
+            assert_eq!(Walker::default().walk(r).unwrap().xattr_bytes, 0);
+            return;
+        }
+        set(&r.join("a/one"), "user.bb", 1000).unwrap();
+        set(&r.join("a/b"), "user.dir", 50).unwrap();
+        // A second name of a file is not a second set of attributes.
+        fs::hard_link(r.join("a/one"), r.join("a/b/again")).unwrap();
+        let want = (6 + 100) + (7 + 1000) + (8 + 50);
+        for xattrs in [true, false] {
+            let s = Walker::new(WalkOptions {
+                xattrs,
+                ..Default::default()
+            })
+            .walk(r)
+            .unwrap();
+            let x = if xattrs { want } else { 0 };
+            assert_eq!(s.xattr_bytes, x as u64);
+            assert_eq!(s.usage_bytes(), 6000 + x as u64);
+        }
     }
 
     #[test]
