@@ -103,6 +103,7 @@ const MANY: usize = 10_000;
 
 #[test]
 fn s3_mount_lists_stats_and_reads_like_a_filesystem() {
+    let _alone = one_at_a_time();
     let g = Garage::start("data");
     let rt = rt();
     let s3 = rt.block_on(client(&g, &g.endpoint));
@@ -390,6 +391,7 @@ async fn slowdown_proxy(upstream: String) -> (String, Arc<std::sync::atomic::Ato
 
 #[test]
 fn s3_mount_retries_503_slowdown() {
+    let _alone = one_at_a_time();
     let g = Garage::start("flaky");
     let rt = rt();
     let s3 = rt.block_on(client(&g, &g.endpoint));
@@ -427,6 +429,7 @@ fn s3_mount_retries_503_slowdown() {
 
 #[test]
 fn s3_mount_writes_deletes_and_shows_several_buckets() {
+    let _alone = one_at_a_time();
     let g = Garage::start("one");
     g.create_bucket("two");
     let rt = rt();
@@ -592,6 +595,7 @@ fn daemon_pid(mnt: &Path) -> Option<i32> {
 
 #[test]
 fn s3_mount_daemonizes_and_its_guardian_detaches_the_mount_of_a_killed_daemon() {
+    let _alone = one_at_a_time();
     let g = Garage::start("daemon");
     let rt = rt();
     let s3 = rt.block_on(client(&g, &g.endpoint));
@@ -660,6 +664,7 @@ fn s3_mount_daemonizes_and_its_guardian_detaches_the_mount_of_a_killed_daemon() 
 /// new version whole.
 #[test]
 fn s3_mount_never_mixes_two_versions_of_an_object() {
+    let _alone = one_at_a_time();
     let g = Garage::start("vers");
     let rt = rt();
     let s3 = rt.block_on(client(&g, &g.endpoint));
@@ -702,6 +707,17 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
+/// Taken first by every test of this file, so they run one at a time: each
+/// starts its own Garage and FUSE server, and the counts several assert
+/// (a class's bytes from S3, a listing's requests, the data cache's GETs)
+/// hold only when no sibling loads the CPUs or drops the kernel's caches
+/// meanwhile (CI saw a staggered class cost 1.31x the object with its
+/// siblings running; two busy loops on this 2-core machine make it 1.3-1.8x).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static PAGE_CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    PAGE_CACHE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// FUSE requests the mount has served so far, by opcode, from its metrics.
 fn fuse_requests(metrics_addr: &str) -> BTreeMap<String, u64> {
     let text = http_get(metrics_addr, "/metrics");
@@ -733,6 +749,7 @@ fn get_bytes(metrics_addr: &str) -> u64 {
 /// times its size; counted by hubfs's metrics and Garage's requests).
 #[test]
 fn s3_mount_a_class_of_readers_fetches_the_object_once() {
+    let _alone = one_at_a_time();
     use std::sync::atomic::{AtomicU64, Ordering};
     let g = Garage::start("class");
     let rt = rt();
@@ -741,10 +758,7 @@ fn s3_mount_a_class_of_readers_fetches_the_object_once() {
     let body = data(31, len);
     rt.block_on(put_multipart(&s3, "class", "set.bin", &body));
     let want = sha(&body);
-    let metrics_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let metrics_addr = free_addr();
     let m = HubfsMount::start(
         &g,
         &g.endpoint,
@@ -796,6 +810,7 @@ fn s3_mount_a_class_of_readers_fetches_the_object_once() {
 /// replaced object is read new (its new ETag misses), never stale.
 #[test]
 fn s3_mount_data_cache_serves_a_second_reader_and_never_a_stale_object() {
+    let _alone = one_at_a_time();
     let g = Garage::start("cached");
     let rt = rt();
     let s3 = rt.block_on(client(&g, &g.endpoint));
@@ -883,6 +898,7 @@ fn s3_mount_data_cache_serves_a_second_reader_and_never_a_stale_object() {
 /// table.
 #[test]
 fn s3_mount_reads_credentials_from_a_pipe_and_never_shows_them() {
+    let _alone = one_at_a_time();
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let g = Garage::start("private");
@@ -964,6 +980,7 @@ fn s3_mount_reads_credentials_from_a_pipe_and_never_shows_them() {
 /// remount gets an error naming hubfs.
 #[test]
 fn s3_mount_carries_its_subtype_and_remounts_read_only_with_the_real_mount() {
+    let _alone = one_at_a_time();
     let helper = Path::new("/usr/sbin/mount.fuse.hubfs-s3");
     let _ = std::fs::remove_file(helper);
     std::os::unix::fs::symlink(hubfs_e2e::hubfs_binary(), helper).unwrap();
