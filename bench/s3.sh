@@ -79,15 +79,8 @@ if [[ " $PEERS " == *" mountpoint "* ]] && [ ! -x "$MOUNTPOINT_PEER" ]; then
 fi
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-W=$(mktemp -d /tmp/hubfs-s3-bench.XXXXXX)
-chmod 755 "$W" # the servers run as 65534 and reach their --cache-dir below it
-PIDS=()
-cleanup() {
-    for m in "$W"/mnt-*; do umount -l "$m" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
+. bench/lib/workdir.sh
+bench_workdir hubfs-s3-bench
 
 . bench/lib/garage.sh
 start_garage 100

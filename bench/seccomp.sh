@@ -23,15 +23,8 @@ else
     cargo build --release -q -p hubfs
     HUBFS=$PWD/target/release/hubfs
 fi
-W=$(mktemp -d /tmp/hubfs-seccomp-bench.XXXXXX)
-chmod 755 "$W"
-PIDS=()
-cleanup() {
-    for m in "$W"/mnt-*; do umount -l "$m" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
+. bench/lib/workdir.sh
+bench_workdir hubfs-seccomp-bench
 . bench/lib/garage.sh
 start_garage 100
 requests() {
